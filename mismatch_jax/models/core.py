@@ -111,6 +111,22 @@ class ModelParams:
     min_logvar: jax.Array
 
 
+def _lift(v: jax.Array, ndim: int) -> jax.Array:
+    """Adds leading unit axes so a [D] vector combines with an [..., D] array without implicit
+    rank promotion (the test-suite runs with jax_numpy_rank_promotion='raise')."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
+def normalize_inputs(norm: Normalizer, x: jax.Array) -> jax.Array:
+    """[..., input_dim] original units → normalised units."""
+    return (x - _lift(norm.input_mean, x.ndim)) / _lift(norm.input_std, x.ndim)
+
+
+def normalize_targets(norm: Normalizer, y: jax.Array) -> jax.Array:
+    """[..., target_dim] delta targets → normalised units."""
+    return (y - _lift(norm.target_mean, y.ndim)) / _lift(norm.target_std, y.ndim)
+
+
 def identity_normalizer(config: ModelConfig) -> Normalizer:
     """A normaliser that leaves inputs and targets unchanged."""
     return Normalizer(
@@ -142,7 +158,7 @@ def fit_normalizer(config: ModelConfig, x, y, mask=None, eps: float = 1e-6) -> N
 
     def moments(v):
         mean = (v * w).sum(0) / n
-        std = jnp.sqrt(((v - mean) ** 2 * w).sum(0) / n)
+        std = jnp.sqrt(((v - mean[None]) ** 2 * w).sum(0) / n)
         return mean, jnp.where(std < eps, 1.0, std)
 
     im, isd = moments(x)
@@ -190,8 +206,9 @@ def apply_normalized(config: ModelConfig, params: ModelParams, x_norm: jax.Array
     if not config.probabilistic:
         return h, jnp.zeros_like(h)
     mean, logvar = jnp.split(h, 2, axis=-1)
-    logvar = params.max_logvar - jax.nn.softplus(params.max_logvar - logvar)
-    logvar = params.min_logvar + jax.nn.softplus(logvar - params.min_logvar)
+    max_lv, min_lv = _lift(params.max_logvar, 3), _lift(params.min_logvar, 3)
+    logvar = max_lv - jax.nn.softplus(max_lv - logvar)
+    logvar = min_lv + jax.nn.softplus(logvar - min_lv)
     return mean, logvar
 
 
@@ -203,10 +220,9 @@ def predict(config: ModelConfig, params: ModelParams, norm: Normalizer, obs, act
     with predict_reward the last dimension is the reward.
     """
     x = jnp.concatenate([obs, action], axis=-1)
-    x_norm = (x - norm.input_mean) / norm.input_std
-    mean_n, logvar_n = apply_normalized(config, params, x_norm)
-    mean = mean_n * norm.target_std + norm.target_mean
-    var = jnp.exp(logvar_n) * norm.target_std**2
+    mean_n, logvar_n = apply_normalized(config, params, normalize_inputs(norm, x))
+    mean = mean_n * _lift(norm.target_std, 3) + _lift(norm.target_mean, 3)
+    var = jnp.exp(logvar_n) * _lift(norm.target_std, 3) ** 2
     base = obs if obs.ndim == 3 else jnp.broadcast_to(obs, (config.ensemble_size,) + obs.shape)
     if config.predict_reward:
         base = jnp.concatenate([base, jnp.zeros(base.shape[:-1] + (1,), base.dtype)], axis=-1)
@@ -240,9 +256,8 @@ def model_loss(config: ModelConfig, params: ModelParams, norm: Normalizer, x, y,
     the PETS Gaussian NLL plus ``logvar_bound_coef * (Σ max_logvar − Σ min_logvar)``;
     deterministic kinds use MSE. Members' losses are summed (as in mbrl-lib).
     """
-    x_norm = (x - norm.input_mean) / norm.input_std
-    y_norm = (y - norm.target_mean) / norm.target_std
-    mean, logvar = apply_normalized(config, params, x_norm)
+    y_norm = normalize_targets(norm, y)
+    mean, logvar = apply_normalized(config, params, normalize_inputs(norm, x))
     if y_norm.ndim == 2:
         y_norm = jnp.broadcast_to(y_norm, mean.shape)
     if config.probabilistic:
