@@ -1,0 +1,108 @@
+"""Figures of the study, drawn from results tables only (never from a training run).
+
+``ll_reward_scatter`` reproduces the layout of Lambert et al. (2020) Fig. 3: one panel per
+(train dataset, eval dataset) pair, one-step validation log-likelihood on x, mean episode reward
+on y, model types coloured, Pearson/Spearman ρ in the title; the numbers go to a JSON beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mismatch_jax.analysis.correlation import correlate  # noqa: E402
+
+MODEL_COLOURS = {"P": "tab:blue", "PE": "tab:orange", "D": "tab:green", "DE": "tab:red"}
+REQUIRED_COLUMNS = ("model_id", "model_type", "train_dataset", "epoch", "reward_mean", "diverged")
+
+
+def eval_datasets(table: pd.DataFrame) -> list[str]:
+    """Names of the evaluation datasets present as ``ll_<name>`` columns."""
+    return sorted(c[3:] for c in table.columns if c.startswith("ll_"))
+
+
+def check_table(table: pd.DataFrame) -> None:
+    """Raises a ValueError naming the missing columns of a results table."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing or not eval_datasets(table):
+        raise ValueError(
+            f"not a sweep results table: missing columns {missing or ['ll_<dataset>']}; "
+            "pass the results.parquet written by `mismatch-jax sweep`"
+        )
+
+
+def select_epoch(table: pd.DataFrame, epoch: str | int = "last") -> pd.DataFrame:
+    """One row per model: its last evaluated epoch ("last") or the given epoch number."""
+    if epoch == "last":
+        idx = table.groupby("model_id")["epoch"].idxmax()
+        return table.loc[idx].reset_index(drop=True)
+    return table[table["epoch"] == int(epoch)].reset_index(drop=True)
+
+
+def ll_reward_correlations(table: pd.DataFrame, epoch: str | int = "last",
+                           num_bootstrap: int = 1000, seed: int = 0) -> list[dict]:
+    """Correlation records per (train dataset, eval dataset), diverged models excluded."""
+    check_table(table)
+    rows = select_epoch(table, epoch)
+    rows = rows[~rows["diverged"].astype(bool)]
+    records = []
+    for train in sorted(rows["train_dataset"].unique()):
+        part = rows[rows["train_dataset"] == train]
+        for ev in eval_datasets(rows):
+            stats = correlate(part[f"ll_{ev}"].to_numpy(), part["reward_mean"].to_numpy(),
+                              num_bootstrap=num_bootstrap, seed=seed)
+            records.append({"train_dataset": train, "eval_dataset": ev, "epoch": epoch, **stats})
+    return records
+
+
+def ll_reward_scatter(table: pd.DataFrame, out_dir: str | Path, epoch: str | int = "last",
+                      num_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Writes ll_reward_scatter.png and ll_reward_correlations.json into out_dir; returns the
+    JSON content. Rows of the figure: training dataset; columns: evaluation dataset."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = ll_reward_correlations(table, epoch, num_bootstrap, seed)
+    rows = select_epoch(table, epoch)
+    n_diverged = int(rows["diverged"].astype(bool).sum())
+    rows = rows[~rows["diverged"].astype(bool)]
+    trains = sorted(rows["train_dataset"].unique()) or ["(none)"]
+    evals = eval_datasets(table)
+    fig, axes = plt.subplots(len(trains), len(evals), figsize=(4.2 * len(evals), 3.6 * len(trains)),
+                             squeeze=False)
+    by_pair = {(r["train_dataset"], r["eval_dataset"]): r for r in records}
+    for i, train in enumerate(trains):
+        part = rows[rows["train_dataset"] == train]
+        for j, ev in enumerate(evals):
+            ax = axes[i, j]
+            for kind, group in part.groupby("model_type"):
+                ll = group[f"ll_{ev}"].to_numpy()
+                finite = np.isfinite(ll)
+                ax.scatter(ll[finite], group["reward_mean"].to_numpy()[finite], s=10, alpha=0.6,
+                           color=MODEL_COLOURS.get(kind, "gray"), label=kind)
+            stats = by_pair.get((train, ev), {})
+            rho = stats.get("pearson")
+            srho = stats.get("spearman")
+            title = f"train {train} · eval {ev}\n"
+            title += "ρ n/a" if rho is None else f"ρ={rho:.2f}  ρ_s={srho:.2f}  (n={stats['n']})"
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel(f"one-step log-likelihood on {ev}")
+            if j == 0:
+                ax.set_ylabel("mean episode reward")
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper right", title="model")
+    fig.suptitle(f"LL vs reward (epoch: {epoch}; {n_diverged} diverged models excluded)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.93, 0.95))
+    fig.savefig(out_dir / "ll_reward_scatter.png", dpi=110)
+    plt.close(fig)
+    content = {"epoch": epoch, "n_diverged_excluded": n_diverged, "correlations": records}
+    (out_dir / "ll_reward_correlations.json").write_text(json.dumps(content, indent=2))
+    return content
