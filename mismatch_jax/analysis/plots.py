@@ -106,3 +106,61 @@ def ll_reward_scatter(table: pd.DataFrame, out_dir: str | Path, epoch: str | int
     content = {"epoch": epoch, "n_diverged_excluded": n_diverged, "correlations": records}
     (out_dir / "ll_reward_correlations.json").write_text(json.dumps(content, indent=2))
     return content
+
+
+def per_epoch_curves(table: pd.DataFrame, out_dir: str | Path) -> dict:
+    """Lambert et al. Fig. 4–5 from a results table with several evaluated epochs per model.
+
+    For each (train dataset, model type): mean ± std over models of the episode reward and of
+    the validation NLL (−LL on the model's own training dataset's holdout) against the epoch,
+    with the reward-best and NLL-best epochs marked. Writes per_epoch_curves.png and
+    per_epoch_curves.json; returns the JSON content.
+    """
+    check_table(table)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = table[~table["diverged"].astype(bool)].copy()
+    own_ll = np.full(len(rows), np.nan)
+    for name in rows["train_dataset"].unique():
+        if f"ll_{name}" in rows.columns:
+            sel = (rows["train_dataset"] == name).to_numpy()
+            own_ll[sel] = rows.loc[sel, f"ll_{name}"].to_numpy()
+    rows["val_nll"] = -own_ll
+    trains = sorted(rows["train_dataset"].unique()) or ["(none)"]
+    fig, axes = plt.subplots(2, len(trains), figsize=(4.5 * len(trains), 6.5), squeeze=False, sharex=True)
+    content = {"curves": []}
+    for j, train in enumerate(trains):
+        part = rows[rows["train_dataset"] == train]
+        for kind, group in part.groupby("model_type"):
+            stats = group.groupby("epoch").agg(
+                reward=("reward_mean", "mean"), reward_std=("reward_mean", "std"),
+                nll=("val_nll", "mean"), nll_std=("val_nll", "std"), n=("model_id", "nunique"))
+            epochs = stats.index.to_numpy()
+            colour = MODEL_COLOURS.get(kind, "gray")
+            for ax, col in ((axes[0, j], "reward"), (axes[1, j], "nll")):
+                mean, std = stats[col].to_numpy(), np.nan_to_num(stats[f"{col}_std"].to_numpy())
+                ax.plot(epochs, mean, color=colour, label=kind, marker="o", ms=3)
+                ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
+            best_reward = int(epochs[np.nanargmax(stats["reward"].to_numpy())])
+            finite_nll = np.where(np.isfinite(stats["nll"].to_numpy()), stats["nll"].to_numpy(), np.inf)
+            best_nll = int(epochs[np.argmin(finite_nll)])
+            axes[0, j].axvline(best_reward, color=colour, ls="--", lw=0.8)
+            axes[1, j].axvline(best_nll, color=colour, ls=":", lw=0.8)
+            content["curves"].append({
+                "train_dataset": train, "model_type": kind, "epochs": epochs.tolist(),
+                "reward_mean": stats["reward"].tolist(), "val_nll_mean": stats["nll"].tolist(),
+                "num_models": int(stats["n"].max()),
+                "reward_best_epoch": best_reward, "nll_best_epoch": best_nll,
+            })
+        axes[0, j].set_title(f"train {train}")
+        axes[0, j].set_ylabel("episode reward")
+        axes[1, j].set_ylabel("validation NLL (own data)")
+        axes[1, j].set_xlabel("training epoch")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(title="model (-- reward-best, : NLL-best)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "per_epoch_curves.png", dpi=110)
+    plt.close(fig)
+    (out_dir / "per_epoch_curves.json").write_text(json.dumps(content, indent=2))
+    return content

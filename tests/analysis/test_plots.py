@@ -46,3 +46,19 @@ def test_scatter_json_equals_scipy(tmp_path):
 def test_rejects_non_results_table(tmp_path):
     with pytest.raises(ValueError, match="not a sweep results table"):
         ll_reward_scatter(pd.DataFrame({"a": [1]}), tmp_path)
+
+
+def test_per_epoch_curves_mark_best_epochs(tmp_path):
+    from mismatch_jax.analysis.plots import per_epoch_curves
+
+    rows = []
+    for m in range(8):
+        for epoch in (1, 2, 3, 4):
+            rows.append({"model_id": m, "model_type": "P", "train_dataset": "expert", "epoch": epoch,
+                         "ll_expert": float(epoch), "reward_mean": float(-(epoch - 2) ** 2 + m * 0.01),
+                         "diverged": False})
+    content = per_epoch_curves(pd.DataFrame(rows), tmp_path)
+    (curve,) = content["curves"]
+    assert curve["reward_best_epoch"] == 2 and curve["nll_best_epoch"] == 4
+    assert curve["num_models"] == 8
+    assert (tmp_path / "per_epoch_curves.png").is_file()
