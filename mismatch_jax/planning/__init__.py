@@ -8,10 +8,12 @@ from mismatch_jax.planning.cem import (
     Planner,
     Trajectory,
     cem_optimize,
+    initial_dispersion,
     initial_plan,
     make_planner,
     make_true_dynamics_planner,
     model_returns,
+    sample_candidates,
     mpc_episode,
     shift_plan,
     true_dynamics_returns,
@@ -19,6 +21,7 @@ from mismatch_jax.planning.cem import (
 
 __all__ = [
     "PROPAGATIONS", "SAMPLINGS", "CEMConfig", "CEMInfo", "Planner", "Trajectory", "cem_optimize",
+    "initial_dispersion", "sample_candidates",
     "initial_plan", "make_planner", "make_true_dynamics_planner", "model_returns", "mpc_episode",
     "shift_plan", "true_dynamics_returns",
 ]

@@ -171,33 +171,46 @@ class CEMInfo(NamedTuple):
     final_std: jax.Array
 
 
+def initial_dispersion(config: CEMConfig, shape) -> jax.Array:
+    """Dispersion at the start of every planning call: the variance ((high − low)/4)² for
+    truncated-normal sampling, the standard deviation 1 for clipped-normal sampling. → shape."""
+    low, high = _bounds(config)
+    if config.sampling == "truncated_normal":
+        return jnp.broadcast_to(((high - low) ** 2) / 16.0, shape).astype(jnp.float32)
+    return jnp.ones(shape, jnp.float32)
+
+
+def sample_candidates(key: jax.Array, config: CEMConfig, mean: jax.Array,
+                      dispersion: jax.Array) -> jax.Array:
+    """population_size candidates [P, H, A] around mean [H, A], always inside the action box.
+
+    truncated_normal: dispersion is a variance, capped so that ±2 std stays in the box.
+    clipped_normal: dispersion is a standard deviation; samples are clipped to the box.
+    """
+    low, high = _bounds(config)
+    shape = (config.population_size,) + mean.shape
+    if config.sampling == "truncated_normal":
+        room = jnp.minimum(((mean - low) / 2.0) ** 2, ((high - mean) / 2.0) ** 2)
+        std = jnp.sqrt(jnp.minimum(room, dispersion))
+        samples = mean + std * jax.random.truncated_normal(key, -2.0, 2.0, shape)
+        # ±2 std lies inside the box in exact arithmetic; the clip only removes float rounding.
+        return jnp.clip(samples, low, high)
+    return jnp.clip(mean + dispersion * jax.random.normal(key, shape), low, high)
+
+
 def cem_optimize(key: jax.Array, objective: Callable, init_mean: jax.Array, config: CEMConfig):
     """Maximises ``objective(key, actions [P, H, A]) -> returns [P]`` over the action box.
 
     init_mean: [H, A] warm start. Returns (solution [H, A], CEMInfo). Pure; one lax.scan over
     iterations.
     """
-    low, high = _bounds(config)
-    horizon, action_dim = init_mean.shape
-    shape = (config.population_size, horizon, action_dim)
     truncated = config.sampling == "truncated_normal"
-    if truncated:
-        init_dispersion = jnp.broadcast_to(((high - low) ** 2) / 16.0, init_mean.shape)
-    else:
-        init_dispersion = jnp.ones_like(init_mean)
-
-    def sample(key, mean, dispersion):
-        if truncated:  # dispersion is a variance
-            room = jnp.minimum(((mean - low) / 2.0) ** 2, ((high - mean) / 2.0) ** 2)
-            std = jnp.sqrt(jnp.minimum(room, dispersion))
-            return mean + std * jax.random.truncated_normal(key, -2.0, 2.0, shape)
-        # dispersion is a standard deviation
-        return jnp.clip(mean + dispersion * jax.random.normal(key, shape), low, high)
+    init_dispersion = initial_dispersion(config, init_mean.shape)
 
     def iteration(carry, key):
         mean, dispersion, best_value, best_solution = carry
         sample_key, eval_key = jax.random.split(key)
-        population = sample(sample_key, mean, dispersion)
+        population = sample_candidates(sample_key, config, mean, dispersion)
         values = objective(eval_key, population)
         values = jnp.where(jnp.isnan(values), -jnp.inf, values)
         elite_values, elite_idx = jax.lax.top_k(values, config.num_elites)

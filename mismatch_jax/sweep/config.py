@@ -117,13 +117,22 @@ class TrainingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetsConfig:
-    """Datasets to train on and to evaluate the one-step LL on, and how each is built."""
+    """Datasets to train on and to evaluate the one-step LL on, and how each is built.
+
+    on_policy: every transition of ``pets_seeds`` PETS runs (config ``pets_config``, a PETS TOML
+    path; empty = the packaged CPU config; its env is replaced by the sweep's env).
+    expert: the ``expert_episodes`` best planned trials of those runs whose reward exceeds
+    ``expert_min_reward`` (the paper: cartpole r > 179). If no trial passes, the best trials are
+    used and the manifest says so.
+    grid: ``grid_points`` per state-action dimension; sampled: ``sampled_size`` uniform tuples.
+    """
 
     train: tuple[str, ...] = ("expert", "on_policy", "grid")
     eval: tuple[str, ...] = DATASET_KINDS
+    pets_config: str = ""
+    pets_seeds: int = 1
     expert_episodes: int = 5
     expert_min_reward: float = 179.0
-    on_policy_trials: int = 5
     grid_points: int = 6
     sampled_size: int = 5000
     cache_dir: str = "runs/datasets"
@@ -136,7 +145,7 @@ class DatasetsConfig:
             for name in names:
                 if name not in DATASET_KINDS:
                     raise ValueError(f"{field}: {name!r} is not one of {list(DATASET_KINDS)}")
-        for name in ("expert_episodes", "on_policy_trials", "sampled_size"):
+        for name in ("expert_episodes", "pets_seeds", "sampled_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grid_points < 2:

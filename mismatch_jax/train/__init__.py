@@ -1,1 +1,18 @@
-"""mismatch_jax.train"""
+"""Population training of dynamics models: ``make_train(TrainConfig) -> train(keys, params, data,
+hparams, dataset_index) -> TrainResult`` (one jit, a lax.scan over epochs, vmap over models)."""
+
+from mismatch_jax.train.population import (
+    TrainConfig,
+    TrainHParams,
+    TrainMetrics,
+    TrainResult,
+    TransitionData,
+    make_optimizer,
+    make_train,
+    model_keys,
+)
+
+__all__ = [
+    "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult", "TransitionData",
+    "make_optimizer", "make_train", "model_keys",
+]

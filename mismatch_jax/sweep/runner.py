@@ -1,0 +1,253 @@
+"""The sweep runner: population training → one-step LL/MSE on every dataset → CEM reward in the
+true env, chunked, sharded over devices, written atomically, resumable.
+
+Model ``i`` (global index, see ``SweepConfig.model_spec``) gets key ``fold_in(model_root, i)``;
+everything it does — init, minibatch order, hyper-parameter draw, CEM trials — derives from that
+key, so its row is identical whatever the chunk size, the device count or a resume.
+Each chunk holds models of one type (one compiled function per type) and is split over all local
+devices along the population axis (``NamedSharding``); with several processes
+(``jax.distributed``) process p computes the chunks c with c % process_count == p.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mismatch_jax import models
+from mismatch_jax.envs import make
+from mismatch_jax.planning.cem import CEMConfig, make_planner, mpc_episode
+from mismatch_jax.sweep import results
+from mismatch_jax.sweep.config import SweepConfig, to_toml
+from mismatch_jax.sweep.study_data import build_study_datasets
+from mismatch_jax.train.population import TrainConfig, TrainHParams, TransitionData, make_train
+
+MODEL_SALT = 0x0DE1  # fold_in salt of the model keys (datasets use another)
+
+
+def model_config(config: SweepConfig, env, kind: str) -> models.ModelConfig:
+    """The ModelConfig of model type ``kind`` in this sweep."""
+    pop = config.population
+    return models.ModelConfig(
+        kind=kind, obs_dim=env.obs_dim, action_dim=env.action_dim, hidden_size=pop.hidden_size,
+        num_hidden_layers=pop.num_hidden_layers,
+        ensemble_size=pop.ensemble_size if kind.endswith("E") else 1, activation=pop.activation)
+
+
+def cem_config(config: SweepConfig, env) -> CEMConfig:
+    """The controller that scores each model."""
+    c = config.cem
+    return CEMConfig(horizon=c.horizon, population_size=c.population_size, num_elites=c.num_elites,
+                     num_iterations=c.num_iterations, alpha=c.alpha, propagation=c.propagation,
+                     num_particles=c.num_particles).for_env(env)
+
+
+def estimate_bytes_per_model(config: SweepConfig, env, kind: str, train_rows: int) -> int:
+    """Rough peak memory of one model in a chunk (bytes): its CEM evaluation dominates —
+    trials × eval epochs episodes in flight, each with population × particles rollouts whose
+    activations are E × hidden wide — plus parameters, optimiser state and its dataset slice."""
+    mcfg = model_config(config, env, kind)
+    cem = cem_config(config, env)
+    episodes = config.evaluation.trials * len(config.training.eval_epochs)
+    rollouts = cem.population_size * cem.particles
+    activations = episodes * rollouts * mcfg.ensemble_size * mcfg.hidden_size * 4 * 6
+    num_params = sum(a * b + b for a, b in zip(mcfg.layer_sizes[:-1], mcfg.layer_sizes[1:])) * mcfg.ensemble_size
+    params = num_params * 4 * (4 + len(config.training.eval_epochs))
+    batch = config.training.batch_size * mcfg.ensemble_size * mcfg.hidden_size * 4 * 4 * mcfg.num_hidden_layers
+    return int(activations + params + batch + train_rows * 4)
+
+
+def chunk_size_for(config: SweepConfig, env, kind: str, train_rows: int, num_devices: int) -> int:
+    """Models per compiled call: the user's chunk_size, or what memory_gb allows; always a
+    multiple of the device count."""
+    if config.run.chunk_size:
+        size = config.run.chunk_size
+    else:
+        size = int(config.run.memory_gb * 2**30 // estimate_bytes_per_model(config, env, kind, train_rows))
+        size = max(1, min(size, 1024))
+    return max(num_devices, (size // num_devices) * num_devices)
+
+
+def _sample_hparam(key, value):
+    if isinstance(value, tuple):
+        low, high = math.log(value[0]), math.log(value[1])
+        return jnp.exp(jax.random.uniform(key, (), minval=low, maxval=high))
+    return jnp.asarray(value, jnp.float32)
+
+
+def make_chunk_fn(config: SweepConfig, env, kind: str, train_data: TransitionData,
+                  eval_sets: dict, mesh: Mesh):
+    """jit-compiled ``chunk(indices [N], dataset_index [N]) -> dict of arrays`` for model type
+    ``kind``; N must be a multiple of the mesh size (the population axis is sharded)."""
+    mcfg = model_config(config, env, kind)
+    tr = config.training
+    train = make_train(TrainConfig(model=mcfg, num_epochs=tr.num_epochs, batch_size=tr.batch_size,
+                                   patience=tr.patience, keep_epochs=tuple(tr.eval_epochs),
+                                   keep_best=False), jit=False)
+    planner = make_planner(cem_config(config, env), mcfg, env.reward_fn, env.termination_fn)
+    model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
+    trials, length = config.evaluation.trials, config.evaluation.episode_length
+    eval_names = list(eval_sets)
+
+    def evaluate(params, norm, key):
+        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, *eval_sets[n]) for n in eval_names])
+        mses = jnp.stack([models.one_step_mse(mcfg, params, norm, *eval_sets[n]) for n in eval_names])
+        trial_keys = jax.random.split(key, trials)
+        _, rewards = jax.vmap(lambda k: mpc_episode(k, env, planner, params, norm, length))(trial_keys)
+        return lls, mses, rewards
+
+    def chunk(indices, dataset_index):
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
+        split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
+        train_keys, lr_keys, wd_keys, eval_keys = (split[:, i] for i in range(4))
+        hparams = TrainHParams(
+            learning_rate=jax.vmap(lambda k: _sample_hparam(k, tr.learning_rate))(lr_keys),
+            weight_decay=jax.vmap(lambda k: _sample_hparam(k, tr.weight_decay))(wd_keys),
+            nll_weight=jnp.ones(indices.shape), mse_weight=jnp.zeros(indices.shape))
+        result = train.core(train_keys, None, train_data, hparams, dataset_index) \
+            if hasattr(train, "core") else train(train_keys, None, train_data, hparams, dataset_index)
+        epoch_keys = jax.vmap(lambda k: jax.vmap(lambda e: jax.random.fold_in(k, e))(
+            jnp.asarray(tr.eval_epochs)))(eval_keys)  # [N, K]
+        norms = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], len(tr.eval_epochs)) + a.shape[1:]),
+                             result.normalizer)
+        lls, mses, rewards = jax.vmap(jax.vmap(evaluate))(result.kept_params, norms, epoch_keys)
+        return {"ll": lls, "mse": mses, "reward": rewards, "diverged": result.diverged,
+                "learning_rate": hparams.learning_rate, "weight_decay": hparams.weight_decay,
+                "epochs_trained": result.epochs_trained}
+
+    sharded = NamedSharding(mesh, PartitionSpec("pop"))
+    return jax.jit(chunk, in_shardings=(sharded, sharded))
+
+
+def _rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: list[str]) -> pd.DataFrame:
+    """One row per model × eval epoch."""
+    rows = []
+    for n, index in enumerate(indices):
+        kind, train_name, replicate = config.model_spec(int(index))
+        for k, epoch in enumerate(config.training.eval_epochs):
+            rewards = out["reward"][n, k].astype(np.float64)
+            lls, mses = out["ll"][n, k], out["mse"][n, k]
+            diverged = bool(out["diverged"][n]) or not (np.isfinite(lls).all() and np.isfinite(rewards).all())
+            row = {"model_id": int(index), "seed": config.seed, "replicate": replicate,
+                   "model_type": kind, "train_dataset": train_name, "epoch": int(epoch),
+                   "learning_rate": float(out["learning_rate"][n]),
+                   "weight_decay": float(out["weight_decay"][n])}
+            for j, name in enumerate(eval_names):
+                row[f"ll_{name}"] = float(lls[j])
+                row[f"mse_{name}"] = float(mses[j])
+            row.update({"reward": rewards.tolist(), "reward_mean": float(rewards.mean()),
+                        "reward_std": float(rewards.std()), "diverged": diverged})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _eval_arrays(ds) -> tuple:
+    val = ds.validation()
+    return (val.obs, val.action, val.next_obs)
+
+
+def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bool = False,
+              progress: bool = True, log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Runs (or resumes) a sweep; returns the merged results table. See the module docstring."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    console = Console()
+    log = log or console.print
+    out_dir = Path(out_dir or config.out_dir)
+    results.check_writable(out_dir)
+    resolved = to_toml(config)
+    digest = results.config_hash(resolved)
+    manifest = results.read_manifest(out_dir)
+    done = results.finished_models(out_dir)
+    if (manifest or done) and not resume:
+        raise results.OutputDirError(
+            f"{out_dir} already holds sweep results; pass --resume to continue it or choose another --out")
+    if resume and manifest and manifest.get("config_hash") != digest:
+        raise results.OutputDirError(
+            f"{out_dir} was written by a different config (hash {manifest.get('config_hash')} vs {digest}); "
+            "resume with the same config or choose another --out")
+    results.atomic_write_text(out_dir / "config.resolved.toml", resolved)
+    started = time.time()
+    manifest = {
+        "name": config.name, "config_hash": digest, "status": "running", "started": started,
+        "jax": jax.__version__, "python": platform.python_version(),
+        "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
+        "process_count": jax.process_count(), "num_models": config.num_models, "chunks": [],
+        **({"resumed_from": sorted(results.finished_chunks(out_dir))} if done else {}),
+    }
+    results.write_manifest(out_dir, manifest)
+
+    env = make(config.env)
+    t0 = time.perf_counter()
+    sets, notes = build_study_datasets(config, env, log=log)
+    manifest["datasets"] = {name: ds.size for name, ds in sets.items()}
+    manifest["dataset_notes"] = notes
+    manifest["dataset_s"] = time.perf_counter() - t0
+    train_names = list(config.datasets.train)
+    train_data = TransitionData.stack([
+        TransitionData(obs=ds.obs[None], action=ds.action[None], next_obs=ds.next_obs[None],
+                       reward=ds.reward[None], weight=jnp.ones((1, ds.size)),
+                       train_mask=~ds.is_validation[None], val_mask=ds.is_validation[None])
+        for ds in (sets[n] for n in train_names)])
+    eval_sets = {name: _eval_arrays(sets[name]) for name in config.datasets.eval}
+    eval_names = list(eval_sets)
+
+    devices = jax.local_devices()
+    mesh = Mesh(np.asarray(devices), ("pop",))
+    plan = []  # (kind, first, last)
+    per_type = len(train_names) * config.population.replicates
+    for t, kind in enumerate(config.population.model_types):
+        size = chunk_size_for(config, env, kind, int(train_data.capacity), len(devices))
+        for first in range(t * per_type, (t + 1) * per_type, size):
+            plan.append((kind, first, min(first + size, (t + 1) * per_type) - 1, size))
+    mine = [c for i, c in enumerate(plan) if i % jax.process_count() == jax.process_index()]
+    todo = [c for c in mine if (c[1], c[2]) not in set(results.finished_chunks(out_dir))]
+    log(f"sweep {config.name}: {config.num_models} models in {len(plan)} chunks on {len(devices)} "
+        f"device(s); {len(mine) - len(todo)} chunk(s) already done")
+    compiled: dict[str, Callable] = {}
+    timings = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("models"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("sweep", total=sum(c[2] - c[1] + 1 for c in mine))
+        bar.update(task, completed=sum(c[2] - c[1] + 1 for c in mine if c not in todo))
+        for number, (kind, first, last, size) in enumerate(todo):
+            bar.update(task, description=f"chunk {number + 1}/{len(todo)} ({kind})")
+            indices = np.arange(first, last + 1)
+            padded = np.concatenate([indices, np.full(size - indices.size, indices[-1])]).astype(np.int32)
+            dataset_index = np.asarray([train_names.index(config.model_spec(int(i))[1]) for i in padded], np.int32)
+            if kind not in compiled:
+                compiled[kind] = make_chunk_fn(config, env, kind, train_data, eval_sets, mesh)
+            t = time.perf_counter()
+            out = jax.device_get(compiled[kind](jnp.asarray(padded), jnp.asarray(dataset_index)))
+            elapsed = time.perf_counter() - t
+            out = {k: np.asarray(v)[: indices.size] for k, v in out.items()}
+            frame = _rows(config, indices, out, eval_names)
+            results.write_chunk(out_dir, first, last, frame)
+            timings.append({"first": first, "last": last, "kind": kind, "seconds": elapsed})
+            manifest["chunks"] = timings
+            results.write_manifest(out_dir, manifest)
+            bar.update(task, advance=indices.size)
+    if jax.process_index() != 0:
+        return pd.DataFrame()
+    if len(results.finished_chunks(out_dir)) < len(plan):
+        log("waiting chunks of other processes are missing; merge later with `mismatch-jax sweep --resume`")
+        return pd.DataFrame()
+    table = results.merge_chunks(out_dir)
+    manifest.update(status="complete", finished=time.time(), wall_s=time.time() - started,
+                    num_rows=len(table), num_diverged=int(table.groupby("model_id")["diverged"].any().sum()))
+    results.write_manifest(out_dir, manifest)
+    return table

@@ -1,0 +1,119 @@
+"""The four datasets of a sweep, built once per (env, kind, seed, spec) and cached on disk.
+
+``on_policy`` and ``expert`` come from one set of PETS runs (the data PETS itself trains on, and
+its best trials, as Lambert et al. 2020 describe their expert data: "high-reward trajectories
+(cartpole r > 179)"); ``grid`` and ``sampled`` step the true dynamics from states on a grid /
+drawn uniformly over the state-action box (``mismatch_jax.data``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from mismatch_jax import data as datasets
+from mismatch_jax.envs.base import Env
+from mismatch_jax.sweep.config import SweepConfig
+from mismatch_jax.sweep.results import atomic_write_bytes
+
+DATA_SALT = 0x5EED_DA7A  # fold_in salt separating dataset keys from model keys
+
+
+def _pets_config(config: SweepConfig):
+    from mismatch_jax.agents.config import load_pets_config
+
+    pets = load_pets_config(config.datasets.pets_config or None)
+    return dataclasses.replace(pets, env=config.env, seed=config.seed, num_seeds=config.datasets.pets_seeds)
+
+
+def pets_runs(config: SweepConfig, env: Env, cache_dir: Path, log: Callable[[str], None]) -> dict:
+    """Runs (or loads from cache) the PETS runs behind on_policy/expert data.
+
+    Returns numpy arrays obs/action/next_obs [S, R, T, d], reward/alive [S, R, T] (R = random
+    trial + planned trials, T = trial length) and trial_rewards [S, R].
+    """
+    from mismatch_jax.agents.pets import make_pets, seed_keys
+
+    pets_config = _pets_config(config)
+    spec = {"env": config.env, "kind": "pets_runs", "pets": dataclasses.asdict(pets_config)}
+    path = Path(cache_dir) / f"{config.env}_pets_runs_{datasets.spec_hash(spec)}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            log(f"datasets: PETS runs from cache {path}")
+            return {k: f[k] for k in f.files if k != "spec"}
+    pets = make_pets(pets_config, env)
+    log(f"datasets: running PETS ({pets_config.num_seeds} seed(s) × {pets_config.num_trials} trials) "
+        "for on-policy/expert data")
+    init, step = jax.jit(pets.init), jax.jit(pets.trial_step)
+    state, random_reward = init(seed_keys(pets_config))
+    trial_rewards = [np.asarray(random_reward)]
+    for trial in range(pets_config.num_trials):
+        state, metrics = step(state)
+        trial_rewards.append(np.asarray(metrics.reward))
+        log(f"  PETS trial {trial + 1}/{pets_config.num_trials}: reward {np.round(trial_rewards[-1], 1).tolist()}")
+    buffer = state.buffer
+    seeds, length = pets_config.num_seeds, pets.trial_length
+    shape = lambda a: np.asarray(a).reshape((seeds, pets_config.num_trials + 1, length) + np.shape(a)[2:])
+    out = {
+        "obs": shape(buffer.obs), "action": shape(buffer.action), "next_obs": shape(buffer.next_obs),
+        "reward": shape(buffer.reward),
+        "alive": shape(np.asarray(buffer.train_mask) | np.asarray(buffer.val_mask)),
+        "trial_rewards": np.stack(trial_rewards, axis=1),
+    }
+    buf = io.BytesIO()
+    np.savez(buf, spec=json.dumps(spec, sort_keys=True, default=str), **out)
+    atomic_write_bytes(path, buf.getvalue())
+    return out
+
+
+def build_study_datasets(config: SweepConfig, env: Env, log: Callable[[str], None] = print):
+    """Every dataset the sweep trains or evaluates on → ({name: Transitions}, notes dict)."""
+    cfg = config.datasets
+    cache_dir = Path(cfg.cache_dir)
+    needed = list(dict.fromkeys(cfg.train + cfg.eval))
+    root = jax.random.fold_in(jax.random.key(config.seed), DATA_SALT)
+    built, notes = {}, {}
+    runs = None
+    if "on_policy" in needed or "expert" in needed:
+        runs = pets_runs(config, env, cache_dir, log)
+    vf = config.training.validation_fraction
+    for index, name in enumerate(needed):
+        key = jax.random.fold_in(root, index)
+        if name == "on_policy":
+            built[name] = datasets.from_trajectories(
+                key, runs["obs"], runs["action"], runs["next_obs"], runs["reward"],
+                np.zeros(runs["reward"].shape, bool), runs["alive"], validation_fraction=vf)
+        elif name == "expert":
+            rewards = runs["trial_rewards"][:, 1:]  # planned trials only
+            order = np.argsort(-rewards, axis=None)
+            passing = [i for i in order if rewards.flat[i] > cfg.expert_min_reward][: cfg.expert_episodes]
+            if not passing:
+                passing = list(order[: cfg.expert_episodes])
+                notes["expert"] = (
+                    f"no PETS trial exceeded expert_min_reward={cfg.expert_min_reward}; used the best "
+                    f"{len(passing)} trials (rewards {np.round(rewards.flat[passing], 1).tolist()})")
+                log("datasets: warning: " + notes["expert"])
+            seed_idx, trial_idx = np.unravel_index(np.asarray(passing), rewards.shape)
+            pick = lambda a: a[seed_idx, trial_idx + 1]
+            built[name] = datasets.from_trajectories(
+                key, pick(runs["obs"]), pick(runs["action"]), pick(runs["next_obs"]),
+                pick(runs["reward"]), np.zeros(pick(runs["reward"]).shape, bool), pick(runs["alive"]),
+                validation_fraction=vf)
+            notes.setdefault("expert_rewards", np.round(rewards.flat[passing], 2).tolist())
+        elif name == "grid":
+            spec = {"env": config.env, "kind": "grid", "points": cfg.grid_points, "vf": vf, "seed": config.seed}
+            built[name] = datasets.cached(cache_dir, spec, lambda: datasets.grid_dataset(
+                key, env, cfg.grid_points, validation_fraction=vf))
+        elif name == "sampled":
+            spec = {"env": config.env, "kind": "sampled", "n": cfg.sampled_size, "vf": vf, "seed": config.seed}
+            built[name] = datasets.cached(cache_dir, spec, lambda: datasets.sampled_dataset(
+                key, env, cfg.sampled_size, validation_fraction=vf))
+        log(f"datasets: {name}: {built[name].size} transitions "
+            f"({int(np.asarray(built[name].is_validation).sum())} validation)")
+    return built, notes

@@ -1,0 +1,745 @@
+"""Population training: N independent dynamics models trained by one jitted function.
+
+``make_train(config)`` returns ``train(keys, params_or_none, data, hparams, dataset_index)``.
+Every model n has its own
+
+* key ``keys[n]`` (derive it as ``fold_in(root, global_model_index)``: see ``model_keys``), from
+  which its initial weights, bootstrap index sets and per-epoch minibatch orders are drawn, so a
+  model's numbers do not depend on N, on chunking or on the device count;
+* dataset ``data[dataset_index[n]]`` (M datasets of fixed capacity T share one ``TransitionData``);
+* vmappable hyper-parameters ``hparams[n]`` (learning rate, weight decay, loss weights).
+
+Structure (one ``jit``): a ``lax.scan`` over epochs, inside it a ``lax.scan`` over the
+ceil(T / batch_size) minibatch slots and a chunked validation pass; the per-model work is
+``vmap``-ed. The loops are at the *population* level so that a ``lax.cond`` can skip work no model
+needs (a minibatch slot past every model's training-row count, an epoch after every model stopped)
+while per-model differences — early stopping, divergence, short datasets — are masks. A masked
+update returns the old parameters and optimiser state bit for bit, so skipping is exact.
+
+Choices (see also ``TrainConfig``):
+
+* Weight decay is L2 by default (``weight_decay_mode="l2"``): ``wd * w`` is added to the gradient
+  of the weight matrices before Adam, i.e. the gradient of ``wd/2 ‖w‖²`` — the PETS regulariser
+  (its TF code adds ``decay * l2_loss(w)`` per layer). Biases and log-variance bounds are not
+  decayed. ``"decoupled"`` gives AdamW (``p ← p − lr (adam + wd p)``) on the same weights.
+* Early stopping follows mbrl-lib's ``ModelTrainer``: a per-member validation score is computed
+  before training and after every epoch; an epoch *improves* when any member's score drops by
+  more than ``improvement_threshold`` relative to that member's best; the best scores become the
+  element-wise minimum; after ``patience`` epochs without improvement the model stops (its
+  parameters freeze). With ``keep_best`` the parameters of the last improving epoch are returned
+  (if no epoch improved, the last parameters, as mbrl-lib does).
+* The score is the per-member mean squared error in normalised target units (``stop_metric =
+  "mse"``, mbrl-lib's ``GaussianMLP.eval_score``) or the PETS NLL (``"nll"``).
+* A model whose loss or new parameters are not finite is *diverged*: that update is discarded, the
+  model is frozen from then on and flagged; other models never see it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from mismatch_jax.models import core as models
+
+_STOP_METRICS = ("mse", "nll")
+_WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration, hyper-parameters, data.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Static training configuration (hashable; closed over by ``make_train``).
+
+    model: the dynamics model every member of the population shares.
+    num_epochs: epochs per model (an upper bound when ``patience`` is set).
+    batch_size: minibatch size; an epoch visits ceil(T / batch_size) slots of a per-model
+        permutation of that model's training rows, the last one partial, empty ones skipped.
+    patience: stop a model after this many epochs without a relative improvement of
+        ``improvement_threshold`` of its validation score (None: never stop early).
+    improvement_threshold: relative improvement that counts (mbrl-lib: 0.01).
+    stop_metric: "mse" (normalised per-member MSE, as mbrl-lib) or "nll" (PETS NLL).
+    keep_epochs: epochs e (0 ≤ e ≤ num_epochs) after which the parameters are kept, returned
+        stacked as ``TrainResult.kept_params`` [N, K, ...] (0 = initial parameters). A model that
+        stopped earlier keeps its frozen parameters.
+    keep_best: return the parameters of the best validation epoch (mbrl-lib) instead of the last.
+    bootstrap: ensemble members (E > 1) train on their own bootstrap resample (with replacement,
+        size = number of training rows) of the training rows; P/D models ignore it.
+    weight_decay_mode: "l2" (PETS / torch Adam: wd·w added to the gradient) or "decoupled" (AdamW).
+    adam_b1, adam_b2, adam_eps: Adam constants (torch / mbrl-lib defaults).
+    logvar_bound_coef: weight of Σ max_logvar − Σ min_logvar in the loss (PETS: 0.01).
+    eval_batch_size: validation rows per vectorised chunk (None: batch_size). Chunks past every
+        model's validation-row count are skipped, so small validation sets cost little.
+    """
+
+    model: models.ModelConfig
+    num_epochs: int = 50
+    batch_size: int = 256
+    patience: int | None = None
+    improvement_threshold: float = 0.01
+    stop_metric: str = "mse"
+    keep_epochs: tuple[int, ...] = ()
+    keep_best: bool = True
+    bootstrap: bool = True
+    weight_decay_mode: str = "l2"
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    logvar_bound_coef: float = 0.01
+    eval_batch_size: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.model, models.ModelConfig):
+            raise ValueError(f"TrainConfig.model must be a ModelConfig, got {type(self.model).__name__}")
+        if self.num_epochs < 1:
+            raise ValueError(f"TrainConfig.num_epochs must be >= 1, got {self.num_epochs}")
+        if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
+            raise ValueError("TrainConfig.batch_size and eval_batch_size must be >= 1")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"TrainConfig.patience must be None or >= 1, got {self.patience}")
+        if self.stop_metric not in _STOP_METRICS:
+            raise ValueError(f"TrainConfig.stop_metric must be one of {_STOP_METRICS}, got {self.stop_metric!r}")
+        if self.weight_decay_mode not in _WEIGHT_DECAY_MODES:
+            raise ValueError(
+                f"TrainConfig.weight_decay_mode must be one of {_WEIGHT_DECAY_MODES}, "
+                f"got {self.weight_decay_mode!r}"
+            )
+        keep = tuple(self.keep_epochs)
+        if any((not isinstance(e, (int, np.integer))) or e < 0 or e > self.num_epochs for e in keep):
+            raise ValueError(
+                f"TrainConfig.keep_epochs must be integers in [0, num_epochs={self.num_epochs}], got {keep}"
+            )
+        if len(set(keep)) != len(keep):
+            raise ValueError(f"TrainConfig.keep_epochs has duplicates: {keep}")
+        object.__setattr__(self, "keep_epochs", tuple(int(e) for e in keep))
+
+    @property
+    def uses_bootstrap(self) -> bool:
+        return self.bootstrap and self.model.ensemble_size > 1
+
+
+@struct.dataclass
+class TrainHParams:
+    """Vmappable hyper-parameters; for a population every leaf is [N] (scalars are broadcast).
+
+    learning_rate, weight_decay: Adam step size and weight decay (see ``TrainConfig``).
+    nll_weight: weight of the model's main loss (PETS NLL for P/PE, MSE for D/DE).
+    mse_weight: weight of an extra normalised-MSE term on the mean (0 by default).
+    """
+
+    learning_rate: jax.Array
+    weight_decay: jax.Array
+    nll_weight: jax.Array = 1.0
+    mse_weight: jax.Array = 0.0
+
+    @classmethod
+    def population(cls, num_models: int, learning_rate=1e-3, weight_decay=5e-5,
+                   nll_weight=1.0, mse_weight=0.0) -> "TrainHParams":
+        """[num_models] hyper-parameters from scalars or [num_models] arrays
+        (defaults: mbrl-lib's PETS cartpole model_lr 1e-3, model_wd 5e-5)."""
+        def leaf(v):
+            return jnp.broadcast_to(jnp.asarray(v, jnp.float32), (num_models,))
+        return cls(learning_rate=leaf(learning_rate), weight_decay=leaf(weight_decay),
+                   nll_weight=leaf(nll_weight), mse_weight=leaf(mse_weight))
+
+
+_DATA_FLOAT_FIELDS = ("obs", "action", "next_obs", "reward", "weight")
+
+
+@struct.dataclass
+class TransitionData:
+    """M datasets of fixed capacity T (a growing buffer trains without recompiling).
+
+    obs, next_obs [M, T, obs_dim]; action [M, T, act_dim]; reward [M, T] (zeros if unused);
+    weight [M, T] per-sample loss weights (1 by default); train_mask, val_mask [M, T] bool.
+    Rows in neither mask are never used but must be finite (pad with zeros).
+    """
+
+    obs: jax.Array
+    action: jax.Array
+    next_obs: jax.Array
+    reward: jax.Array
+    weight: jax.Array
+    train_mask: jax.Array
+    val_mask: jax.Array
+
+    @property
+    def num_datasets(self) -> int:
+        return self.obs.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.obs.shape[1]
+
+    @classmethod
+    def from_arrays(cls, key: jax.Array, obs, action, next_obs, reward=None, weight=None, *,
+                    validation_fraction: float = 0.1, capacity: int | None = None) -> "TransitionData":
+        """One dataset (M = 1) from obs [n, obs_dim], action [n, act_dim], next_obs [n, obs_dim],
+        optional reward [n] and weight [n]; a random ``floor(validation_fraction · n)`` rows become
+        validation rows (the rest training rows, as mbrl-lib's split). ``capacity`` ≥ n pads with
+        unused zero rows (default n). Raises ValueError on NaN/inf or inconsistent shapes."""
+        if not 0.0 <= validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        obs = np.asarray(obs, np.float32)
+        action = np.asarray(action, np.float32)
+        next_obs = np.asarray(next_obs, np.float32)
+        if obs.ndim != 2 or action.ndim != 2 or next_obs.ndim != 2:
+            raise ValueError(
+                f"from_arrays expects 2-D obs/action/next_obs [n, dim], got shapes "
+                f"obs {obs.shape}, action {action.shape}, next_obs {next_obs.shape}"
+            )
+        n = obs.shape[0]
+        reward = np.zeros(n, np.float32) if reward is None else np.asarray(reward, np.float32)
+        weight = np.ones(n, np.float32) if weight is None else np.asarray(weight, np.float32)
+        capacity = n if capacity is None else int(capacity)
+        if capacity < n:
+            raise ValueError(f"capacity ({capacity}) must be >= the number of rows ({n})")
+        num_val = int(n * validation_fraction)
+        perm = np.asarray(jax.random.permutation(key, n))
+        is_val = np.zeros(n, bool)
+        is_val[perm[:num_val]] = True
+
+        def pad(a):
+            out = np.zeros((capacity,) + a.shape[1:], a.dtype)
+            out[:n] = a
+            return out[None]
+
+        arrays = dict(obs=obs, action=action, next_obs=next_obs, reward=reward, weight=weight)
+        for name, a in arrays.items():
+            if a.shape[0] != n:
+                raise ValueError(f"from_arrays: {name} has {a.shape[0]} rows, obs has {n}")
+        data = cls(**{k: pad(v) for k, v in arrays.items()},
+                   train_mask=pad(~is_val), val_mask=pad(is_val))
+        data.validate()
+        return data
+
+    @classmethod
+    def stack(cls, datasets: Sequence["TransitionData"]) -> "TransitionData":
+        """Concatenate datasets along M; smaller capacities are padded with unused zero rows."""
+        if not datasets:
+            raise ValueError("TransitionData.stack needs at least one dataset")
+        cap = max(d.capacity for d in datasets)
+
+        def pad(a):
+            a = np.asarray(a)
+            width = [(0, 0), (0, cap - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+            return np.pad(a, width)
+
+        fields = [f.name for f in dataclasses.fields(cls)]
+        for name in fields:
+            shapes = {np.asarray(getattr(d, name)).shape[2:] for d in datasets}
+            if len(shapes) != 1:
+                raise ValueError(f"TransitionData.stack: {name} trailing shapes differ: {sorted(shapes)}")
+        data = cls(**{name: np.concatenate([pad(getattr(d, name)) for d in datasets], axis=0)
+                      for name in fields})
+        data.validate()
+        return data
+
+    def validate(self, check_values: bool = True) -> None:
+        """Raise ValueError on inconsistent shapes/dtypes or (if ``check_values`` and the arrays
+        are concrete) NaN/inf values, naming the offending array."""
+        if np.ndim(self.obs) != 3:
+            raise ValueError(f"TransitionData.obs must be [M, T, obs_dim], got shape {np.shape(self.obs)}")
+        m, t, obs_dim = np.shape(self.obs)
+        expected = {
+            "next_obs": (m, t, obs_dim), "reward": (m, t), "weight": (m, t),
+            "train_mask": (m, t), "val_mask": (m, t),
+        }
+        for name, shape in expected.items():
+            if tuple(np.shape(getattr(self, name))) != shape:
+                raise ValueError(
+                    f"TransitionData.{name} must have shape {shape} (from obs {np.shape(self.obs)}), "
+                    f"got {np.shape(getattr(self, name))}"
+                )
+        if np.ndim(self.action) != 3 or np.shape(self.action)[:2] != (m, t):
+            raise ValueError(f"TransitionData.action must be [{m}, {t}, act_dim], got {np.shape(self.action)}")
+        for name in ("train_mask", "val_mask"):
+            if jnp.asarray(getattr(self, name)).dtype != jnp.bool_:
+                raise ValueError(f"TransitionData.{name} must be boolean")
+        if not check_values or _is_traced(self):
+            return
+        for name in _DATA_FLOAT_FIELDS:
+            a = np.asarray(getattr(self, name))
+            if not np.all(np.isfinite(a)):
+                bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+                raise ValueError(
+                    f"TransitionData.{name} contains {bad} NaN/inf values; clean the data (unused "
+                    f"padding rows must be finite too, e.g. zeros)"
+                )
+        if np.any(np.asarray(self.train_mask) & np.asarray(self.val_mask)):
+            raise ValueError("TransitionData.train_mask and val_mask overlap; a row is either or neither")
+        if np.any(np.asarray(self.weight) < 0):
+            raise ValueError("TransitionData.weight must be non-negative")
+
+
+def _is_traced(tree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def model_keys(root: jax.Array, start: int, num_models: int) -> jax.Array:
+    """Keys [num_models] of models ``start … start+num_models-1``: ``fold_in(root, index)``, so a
+    model's key (hence its result) is the same whatever the chunk it is trained in."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, jnp.arange(start, start + num_models))
+
+
+# --------------------------------------------------------------------------------------------
+# Results.
+# --------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class TrainMetrics:
+    """Per-epoch metrics, each [N, num_epochs] (epoch e = after e+1 epochs of training).
+
+    train_loss: mean minibatch loss of the epoch (the optimised objective, incl. bound term).
+    val_nll: PETS NLL in normalised target units, averaged over members and validation rows.
+    val_ll: exact Gaussian log-likelihood in original units (ensembles: uniform mixture),
+        mean over validation rows — ``models.one_step_log_likelihood`` on the valid rows.
+    val_mse: squared error of the ensemble-mean prediction in original units, summed over
+        observation dims, mean over validation rows — ``models.one_step_mse``.
+    active: the model trained during this epoch (False after early stopping or divergence;
+        metrics of inactive epochs repeat the last active epoch's values).
+    """
+
+    train_loss: jax.Array
+    val_nll: jax.Array
+    val_ll: jax.Array
+    val_mse: jax.Array
+    active: jax.Array
+
+
+@struct.dataclass
+class TrainResult:
+    """params: [N]-stacked ModelParams (best or last, see ``TrainConfig.keep_best``);
+    normalizer: [N]-stacked Normalizer fitted on each model's training rows;
+    kept_params: ModelParams with leaves [N, K, ...] for ``TrainConfig.keep_epochs``
+    (None when keep_epochs is empty); metrics: TrainMetrics [N, num_epochs];
+    best_epoch [N] int (last improving epoch, 1-based; 0 = never improved);
+    diverged [N] bool; epochs_trained [N] int."""
+
+    params: models.ModelParams
+    normalizer: models.Normalizer
+    kept_params: models.ModelParams | None
+    metrics: TrainMetrics
+    best_epoch: jax.Array
+    diverged: jax.Array
+    epochs_trained: jax.Array
+
+
+# --------------------------------------------------------------------------------------------
+# Internal per-model state (one row of the population).
+# --------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class _EpochMetrics:
+    train_loss: jax.Array
+    val_nll: jax.Array
+    val_ll: jax.Array
+    val_mse: jax.Array
+
+
+@struct.dataclass
+class _EvalSums:
+    """Running sums over validation rows of one model."""
+
+    nll_member: jax.Array  # [E]
+    mse_norm_member: jax.Array  # [E]
+    ll: jax.Array  # []
+    mse: jax.Array  # []
+    count: jax.Array  # []
+
+
+@struct.dataclass
+class _ModelState:
+    params: models.ModelParams
+    opt_state: optax.OptState
+    best_params: models.ModelParams | None
+    kept_params: models.ModelParams | None
+    normalizer: models.Normalizer
+    bootstrap_slots: jax.Array | None  # [E, T] positions into the model's training rows
+    order_key: jax.Array
+    active: jax.Array
+    diverged: jax.Array
+    best_score: jax.Array  # [E]
+    best_epoch: jax.Array
+    epochs_since_improved: jax.Array
+    epochs_trained: jax.Array
+    loss_sum: jax.Array
+    loss_count: jax.Array
+    last_metrics: _EpochMetrics
+
+
+def _select(pred, on_true, on_false):
+    """Per-leaf ``where`` with a scalar predicate (keeps the untaken value bit for bit)."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def _weight_decay_mask(params: models.ModelParams) -> models.ModelParams:
+    """True for weight matrices only (biases and log-variance bounds are not decayed)."""
+    return models.ModelParams(
+        layers=tuple((True, False) for _ in params.layers), max_logvar=False, min_logvar=False
+    )
+
+
+def make_optimizer(config: TrainConfig, learning_rate, weight_decay) -> optax.GradientTransformation:
+    """Adam with L2 or decoupled weight decay on the weight matrices. ``learning_rate`` and
+    ``weight_decay`` may be traced scalars (one model of a vmapped population)."""
+    adam = optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+    decay = optax.add_decayed_weights(weight_decay, mask=_weight_decay_mask)
+    if config.weight_decay_mode == "l2":
+        return optax.chain(decay, adam, optax.scale(-learning_rate))
+    return optax.chain(adam, decay, optax.scale(-learning_rate))
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer.
+# --------------------------------------------------------------------------------------------
+
+
+def make_train(config: TrainConfig, *, jit: bool = True):
+    """Build ``train(keys, params_or_none, data, hparams, dataset_index) -> TrainResult``.
+
+    keys: [N] typed keys (``model_keys(root, start, N)``), one per model.
+    params_or_none: [N]-stacked ``ModelParams`` to continue training from, or None to
+        initialise each model from its key.
+    data: ``TransitionData`` with M datasets of capacity T.
+    hparams: ``TrainHParams`` with [N] leaves (scalars are broadcast).
+    dataset_index: [N] int in [0, M) — which dataset each model trains on (None: all 0).
+
+    The returned function validates its inputs in Python (shapes; NaN/inf when the data are
+    concrete) and then calls one jitted computation (``jit=False``: the same pure function,
+    un-jitted, e.g. to compare jit vs no-jit or to nest in a caller's own jit/vmap).
+    """
+    cfg = config
+    mcfg = cfg.model
+    num_members = mcfg.ensemble_size
+    keep_epochs = np.asarray(cfg.keep_epochs, np.int32)
+    num_keep = len(cfg.keep_epochs)
+
+    # ---------------------------------------------------------------- per-model pieces ------
+
+    def loss_fn(params, norm, x, y, w, hp):
+        """Weighted loss of one model on one minibatch; x [B, in] or [E, B, in], w [E, B]."""
+        x_n = (x - norm.input_mean) / norm.input_std
+        y_n = (y - norm.target_mean) / norm.target_std
+        mean, logvar = models.apply_normalized(mcfg, params, x_n)
+        y_n = jnp.broadcast_to(y_n, mean.shape)
+        mse = models.mse_per_sample(mean, y_n)
+        main = models.gaussian_nll_per_sample(mean, logvar, y_n) if mcfg.probabilistic else mse
+        per_sample = hp.nll_weight * main + hp.mse_weight * mse  # [E, B]
+        per_member = (per_sample * w).sum(-1) / jnp.maximum(w.sum(-1), 1e-12)
+        loss = per_member.sum()  # members' losses are summed, as in mbrl-lib
+        if mcfg.probabilistic:
+            loss = loss + cfg.logvar_bound_coef * (params.max_logvar.sum() - params.min_logvar.sum())
+        return loss
+
+    def gather_xy(data, ds, rows):
+        """Inputs/targets of rows ([B] or [E, B]) of dataset ds, original units."""
+        obs = data.obs[ds, rows]
+        return models.make_targets(mcfg, obs, data.action[ds, rows], data.next_obs[ds, rows],
+                                   data.reward[ds, rows] if mcfg.predict_reward else None), obs
+
+    def eval_chunk(params, norm, data, ds, rows, valid):
+        """Validation sums of one model over rows [V] (valid [V] bool)."""
+        (x, y), obs = gather_xy(data, ds, rows)
+        x_n = (x - norm.input_mean) / norm.input_std
+        y_n = (y - norm.target_mean) / norm.target_std
+        mean_n, logvar_n = models.apply_normalized(mcfg, params, x_n)  # [E, V, D]
+        y_nb = jnp.broadcast_to(y_n, mean_n.shape)
+        w = valid.astype(mean_n.dtype)
+        nll = models.gaussian_nll_per_sample(mean_n, logvar_n, y_nb)  # [E, V]
+        mse_n = models.mse_per_sample(mean_n, y_nb)
+        # Original units, exactly as models.predict / one_step_log_likelihood / one_step_mse.
+        base = obs
+        if mcfg.predict_reward:
+            base = jnp.concatenate([obs, jnp.zeros_like(obs[..., :1])], axis=-1)
+        mean_o = mean_n * norm.target_std + norm.target_mean + base
+        var_o = jnp.exp(logvar_n) * norm.target_std**2
+        target = y + base
+        ll_members = models.gaussian_log_likelihood(mean_o, var_o, jnp.broadcast_to(target, mean_o.shape))
+        ll = jax.scipy.special.logsumexp(ll_members, axis=0) - math.log(num_members)  # [V]
+        pred = mean_o.mean(0)[..., : mcfg.obs_dim]
+        mse_o = jnp.sum((pred - data.next_obs[ds, rows]) ** 2, axis=-1)  # [V]
+        return _EvalSums(
+            nll_member=(nll * w).sum(-1), mse_norm_member=(mse_n * w).sum(-1),
+            ll=(ll * w).sum(), mse=(mse_o * w).sum(), count=w.sum(),
+        )
+
+    def finish_eval(sums: _EvalSums):
+        """Per-model (stop score [E], _EpochMetrics without train_loss)."""
+        n = jnp.maximum(sums.count, 1.0)
+        nll_member = sums.nll_member / n
+        mse_member = sums.mse_norm_member / n
+        score = mse_member if cfg.stop_metric == "mse" else nll_member
+        return score, (nll_member.mean(), sums.ll / n, sums.mse / n)
+
+    # ------------------------------------------------------------------- the function ------
+
+    def train_core(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index):
+        num_models = keys.shape[0]
+        capacity = data.obs.shape[1]
+        batch = cfg.batch_size
+        num_steps = -(-capacity // batch)
+        eval_batch = min(cfg.eval_batch_size or batch, capacity)
+        num_eval_chunks = -(-capacity // eval_batch)
+        hp = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (num_models,)), hparams)
+        ds_index = jnp.asarray(dataset_index, jnp.int32)
+
+        # Per-dataset row lists: valid rows first (stable), so position p < count is a valid row.
+        def rows_first(mask):
+            return jnp.argsort(~mask, stable=True).astype(jnp.int32), mask.sum().astype(jnp.int32)
+
+        train_rows, num_train = jax.vmap(rows_first)(data.train_mask)  # [M, T], [M]
+        val_rows, num_val = jax.vmap(rows_first)(data.val_mask)
+        # No validation rows: score on the training rows (mbrl-lib evaluates on the training set).
+        eval_rows = jnp.where((num_val > 0)[:, None], val_rows, train_rows)
+        num_eval = jnp.where(num_val > 0, num_val, num_train)
+        pad_steps = num_steps * batch - capacity
+        pad_eval = num_eval_chunks * eval_batch - capacity
+        eval_rows = jnp.pad(eval_rows, ((0, 0), (0, pad_eval)))
+
+        def fit_norm(d_obs, d_act, d_next, d_rew, mask):
+            x, y = models.make_targets(mcfg, d_obs, d_act, d_next, d_rew if mcfg.predict_reward else None)
+            return models.fit_normalizer(mcfg, x, y, mask)
+
+        dataset_norms = jax.vmap(fit_norm)(data.obs, data.action, data.next_obs, data.reward, data.train_mask)
+        model_num_train = num_train[ds_index]  # [N]
+        model_num_eval = num_eval[ds_index]
+
+        # ---- population-level evaluation: chunks past every model's row count are skipped ----
+        def evaluate(params, norm):
+            def one_chunk(p, nm, ds, n_eval, start):
+                pos = start + jnp.arange(eval_batch)
+                rows = jax.lax.dynamic_slice(eval_rows[ds], (start,), (eval_batch,))
+                return eval_chunk(p, nm, data, ds, rows, pos < n_eval)
+
+            def body(acc, c):
+                start = c * eval_batch
+
+                def add(acc):
+                    sums = jax.vmap(one_chunk, in_axes=(0, 0, 0, 0, None))(
+                        params, norm, ds_index, model_num_eval, start)
+                    return jax.tree.map(jnp.add, acc, sums)
+
+                return jax.lax.cond(jnp.any(start < model_num_eval), add, lambda a: a, acc), None
+
+            zeros = _EvalSums(
+                nll_member=jnp.zeros((num_models, num_members)),
+                mse_norm_member=jnp.zeros((num_models, num_members)),
+                ll=jnp.zeros(num_models), mse=jnp.zeros(num_models), count=jnp.zeros(num_models),
+            )
+            sums, _ = jax.lax.scan(body, zeros, jnp.arange(num_eval_chunks))
+            return jax.vmap(finish_eval)(sums)
+
+        # ---- initial state of each model ----
+        def init_model(key, params, hp_n, ds):
+            init_key, boot_key, order_key = jax.random.split(key, 3)
+            if params is None:
+                params = models.init(init_key, mcfg)
+            opt_state = make_optimizer(cfg, hp_n.learning_rate, hp_n.weight_decay).init(params)
+            boot = None
+            if cfg.uses_bootstrap:
+                boot = jax.random.randint(boot_key, (num_members, capacity), 0,
+                                          jnp.maximum(num_train[ds], 1), dtype=jnp.int32)
+            return params, opt_state, boot, order_key
+
+        in_axes = (0, None if params_or_none is None else 0, 0, 0)
+        params0, opt0, boot0, order_keys = jax.vmap(init_model, in_axes=in_axes)(
+            keys, params_or_none, hp, ds_index)
+        norm0 = jax.tree.map(lambda a: a[ds_index], dataset_norms)
+        score0, (nll0, ll0, mse0) = evaluate(params0, norm0)
+        kept0 = None
+        if num_keep:
+            is_zero = jnp.asarray(keep_epochs == 0)
+            kept0 = jax.tree.map(
+                lambda p: jnp.where(is_zero.reshape((1, num_keep) + (1,) * (p.ndim - 1)),
+                                    p[:, None], jnp.zeros_like(p[:, None])),
+                params0,
+            )
+        zeros_n = jnp.zeros(num_models)
+        state = _ModelState(
+            params=params0, opt_state=opt0,
+            best_params=params0 if cfg.keep_best else None,
+            kept_params=kept0, normalizer=norm0, bootstrap_slots=boot0, order_key=order_keys,
+            active=jnp.ones(num_models, bool), diverged=jnp.zeros(num_models, bool),
+            best_score=score0, best_epoch=jnp.zeros(num_models, jnp.int32),
+            epochs_since_improved=jnp.zeros(num_models, jnp.int32),
+            epochs_trained=jnp.zeros(num_models, jnp.int32),
+            loss_sum=zeros_n, loss_count=zeros_n,
+            last_metrics=_EpochMetrics(train_loss=jnp.full(num_models, jnp.nan), val_nll=nll0,
+                                       val_ll=ll0, val_mse=mse0),
+        )
+
+        # ---- one minibatch update of one model ----
+        def model_step(s: _ModelState, order, hp_n, ds, n_train, start):
+            pos = start + jnp.arange(batch)
+            valid = pos < n_train
+            slots = jax.lax.dynamic_slice(order, (start,), (batch,))
+            if cfg.uses_bootstrap:
+                slots = s.bootstrap_slots[:, slots]  # [E, B]
+                valid = jnp.broadcast_to(valid, slots.shape)
+            rows = train_rows[ds, slots]
+            (x, y), _ = gather_xy(data, ds, rows)
+            w = jnp.broadcast_to(valid * data.weight[ds, rows], (num_members, batch))
+            loss, grads = jax.value_and_grad(loss_fn)(s.params, s.normalizer, x, y, w, hp_n)
+            opt = make_optimizer(cfg, hp_n.learning_rate, hp_n.weight_decay)
+            updates, new_opt = opt.update(grads, s.opt_state, s.params)
+            new_params = optax.apply_updates(s.params, updates)
+            attempted = s.active & (start < n_train)
+            finite = jnp.isfinite(loss) & _all_finite(new_params)
+            ok = attempted & finite
+            return s.replace(
+                params=_select(ok, new_params, s.params),
+                opt_state=_select(ok, new_opt, s.opt_state),
+                diverged=s.diverged | (attempted & ~finite),
+                active=s.active & ~(attempted & ~finite),
+                loss_sum=s.loss_sum + jnp.where(ok, loss, 0.0),
+                loss_count=s.loss_count + ok,
+            )
+
+        def epoch_order(order_key, n_train, epoch):
+            """A fresh permutation of this model's valid training positions, padded slots last."""
+            u = jax.random.uniform(jax.random.fold_in(order_key, epoch), (capacity,))
+            u = jnp.where(jnp.arange(capacity) < n_train, u, 2.0)
+            order = jnp.argsort(u).astype(jnp.int32)
+            return jnp.pad(order, (0, pad_steps))
+
+        def end_epoch(s: _ModelState, was_active, score, nll, ll, mse, epoch):
+            trained = s.loss_count > 0
+            train_loss = jnp.where(trained, s.loss_sum / jnp.maximum(s.loss_count, 1.0),
+                                   s.last_metrics.train_loss)
+            metrics = _EpochMetrics(train_loss=train_loss, val_nll=nll, val_ll=ll, val_mse=mse)
+            metrics = _select(was_active, metrics, s.last_metrics)
+            rel = (s.best_score - score) / jnp.maximum(jnp.abs(s.best_score), 1e-12)
+            improved = was_active & jnp.any(rel > cfg.improvement_threshold)
+            since = jnp.where(improved, 0, s.epochs_since_improved + was_active.astype(jnp.int32))
+            active = s.active
+            if cfg.patience is not None:
+                active = active & (since < cfg.patience)
+            s = s.replace(
+                best_score=jnp.where(improved, jnp.minimum(s.best_score, score), s.best_score),
+                best_epoch=jnp.where(improved, epoch + 1, s.best_epoch),
+                best_params=None if s.best_params is None else _select(improved, s.params, s.best_params),
+                epochs_since_improved=since,
+                epochs_trained=s.epochs_trained + was_active.astype(jnp.int32),
+                active=active, last_metrics=metrics,
+            )
+            return s, metrics
+
+        def run_epoch(s: _ModelState, epoch):
+            was_active = s.active
+            orders = jax.vmap(epoch_order, in_axes=(0, 0, None))(s.order_key, model_num_train, epoch)
+            s = s.replace(loss_sum=jnp.zeros_like(s.loss_sum), loss_count=jnp.zeros_like(s.loss_count))
+
+            def batch_body(s, b):
+                start = b * batch
+                needed = jnp.any(s.active & (start < model_num_train))
+                step = jax.vmap(model_step, in_axes=(0, 0, 0, 0, 0, None))
+                s = jax.lax.cond(needed, lambda s: step(s, orders, hp, ds_index, model_num_train, start),
+                                 lambda s: s, s)
+                return s, None
+
+            s, _ = jax.lax.scan(batch_body, s, jnp.arange(num_steps))
+            score, (nll, ll, mse) = evaluate(s.params, s.normalizer)
+            return jax.vmap(end_epoch, in_axes=(0, 0, 0, 0, 0, 0, None))(
+                s, was_active, score, nll, ll, mse, epoch)
+
+        def skip_epoch(s: _ModelState, epoch):
+            del epoch
+            return s, s.last_metrics
+
+        def epoch_body(s: _ModelState, epoch):
+            was_active = s.active
+            s, metrics = jax.lax.cond(jnp.any(s.active), run_epoch, skip_epoch, s, epoch)
+            if num_keep:
+                hit = jnp.asarray(keep_epochs) == epoch + 1  # [K]
+                s = s.replace(kept_params=jax.tree.map(
+                    lambda kept, p: jnp.where(hit.reshape((1, num_keep) + (1,) * (p.ndim - 1)),
+                                              p[:, None], kept),
+                    s.kept_params, s.params))
+            return s, (metrics, was_active)
+
+        state, (metrics, active) = jax.lax.scan(epoch_body, state, jnp.arange(cfg.num_epochs))
+        params = state.params
+        if cfg.keep_best:
+            params = jax.vmap(_select)(state.best_epoch > 0, state.best_params, state.params)
+        per_model = lambda a: jnp.swapaxes(a, 0, 1)  # [epochs, N] -> [N, epochs]
+        return TrainResult(
+            params=params, normalizer=state.normalizer, kept_params=state.kept_params,
+            metrics=TrainMetrics(
+                train_loss=per_model(metrics.train_loss), val_nll=per_model(metrics.val_nll),
+                val_ll=per_model(metrics.val_ll), val_mse=per_model(metrics.val_mse),
+                active=per_model(active),
+            ),
+            best_epoch=state.best_epoch, diverged=state.diverged, epochs_trained=state.epochs_trained,
+        )
+
+    core = jax.jit(train_core) if jit else train_core
+
+    def train(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index=None):
+        """See ``make_train``. Returns a ``TrainResult`` with a leading population axis [N]."""
+        _check_inputs(mcfg, keys, params_or_none, data, hparams, dataset_index)
+        num_models = keys.shape[0]
+        if dataset_index is None:
+            dataset_index = jnp.zeros(num_models, jnp.int32)
+        return core(keys, params_or_none, data, hparams, dataset_index)
+
+    train.core = train_core
+    return train
+
+
+def _check_inputs(mcfg, keys, params, data, hparams, dataset_index):
+    if not (hasattr(keys, "dtype") and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)):
+        raise ValueError("train: keys must be typed keys [N] (jax.random.key / model_keys), "
+                         f"got {getattr(keys, 'dtype', type(keys))}")
+    if keys.ndim != 1:
+        raise ValueError(f"train: keys must be [N], got shape {keys.shape}")
+    num_models = keys.shape[0]
+    if not isinstance(data, TransitionData):
+        raise ValueError(f"train: data must be a TransitionData, got {type(data).__name__}")
+    data.validate()
+    m, _, obs_dim = np.shape(data.obs)
+    if obs_dim != mcfg.obs_dim or np.shape(data.action)[-1] != mcfg.action_dim:
+        raise ValueError(
+            f"train: data dims (obs {obs_dim}, action {np.shape(data.action)[-1]}) do not match the "
+            f"model (obs_dim {mcfg.obs_dim}, action_dim {mcfg.action_dim})"
+        )
+    if not isinstance(hparams, TrainHParams):
+        raise ValueError(f"train: hparams must be TrainHParams, got {type(hparams).__name__}")
+    for f in dataclasses.fields(hparams):
+        shape = np.shape(getattr(hparams, f.name))
+        if shape not in ((), (num_models,)):
+            raise ValueError(f"train: hparams.{f.name} must be a scalar or [{num_models}], got {shape}")
+    if dataset_index is not None:
+        if np.shape(dataset_index) != (num_models,):
+            raise ValueError(f"train: dataset_index must be [{num_models}], got {np.shape(dataset_index)}")
+        if not jnp.issubdtype(jnp.asarray(dataset_index).dtype, jnp.integer):
+            raise ValueError("train: dataset_index must be integers")
+        if not _is_traced(dataset_index):
+            idx = np.asarray(dataset_index)
+            if idx.size and (idx.min() < 0 or idx.max() >= m):
+                raise ValueError(f"train: dataset_index must be in [0, {m}), got range "
+                                 f"[{idx.min()}, {idx.max()}]")
+    if params is not None:
+        expected = jax.eval_shape(lambda k: jax.vmap(lambda kk: models.init(kk, mcfg))(k), keys)
+        got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
+        want = jax.tree.map(lambda a: tuple(a.shape), expected)
+        if jax.tree.structure(params) != jax.tree.structure(expected) or got != want:
+            raise ValueError(f"train: params_or_none must be [N={num_models}]-stacked ModelParams of "
+                             f"the configured model; shapes {got} != expected {want}")
