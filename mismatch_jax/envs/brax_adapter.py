@@ -108,11 +108,14 @@ class BraxEnv(Env):
         return self._brax_env.sys
 
     def _with_sys(self, params, fn, *args):
-        """Calls fn with the brax env's system temporarily replaced by ``params`` (trace time)."""
+        """Calls fn with the brax env's system temporarily replaced by ``params`` (trace time).
+
+        Brax broadcasts implicitly, so rank promotion is allowed inside its calls only."""
         original = self._brax_env.sys
         self._brax_env.sys = params
         try:
-            return fn(*args)
+            with jax.numpy_rank_promotion("allow"):
+                return fn(*args)
         finally:
             self._brax_env.sys = original
 

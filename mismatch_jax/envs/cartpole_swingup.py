@@ -149,8 +149,10 @@ class CartpoleSwingup(Env):
     def _step_physics(self, physics, action, params):
         model = self.model_with(params)
         data = self._data_template.replace(qpos=physics.qpos, qvel=physics.qvel, ctrl=action)
-        # The control stays fixed over the frame-skip sub-steps (MuJoCo clamps it to ±3).
-        data = jax.lax.fori_loop(0, self.frame_skip, lambda _, d: mjx.step(model, d), data)
+        # The control stays fixed over the frame-skip sub-steps (MuJoCo clamps it to ±3). MJX's
+        # internals broadcast implicitly, so rank promotion is allowed inside its calls only.
+        with jax.numpy_rank_promotion("allow"):
+            data = jax.lax.fori_loop(0, self.frame_skip, lambda _, d: mjx.step(model, d), data)
         next_physics = CartpoleSwingupPhysics(qpos=data.qpos, qvel=data.qvel)
         return next_physics, self._observe(next_physics)
 

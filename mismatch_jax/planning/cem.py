@@ -176,7 +176,7 @@ def initial_dispersion(config: CEMConfig, shape) -> jax.Array:
     truncated-normal sampling, the standard deviation 1 for clipped-normal sampling. → shape."""
     low, high = _bounds(config)
     if config.sampling == "truncated_normal":
-        return jnp.broadcast_to(((high - low) ** 2) / 16.0, shape).astype(jnp.float32)
+        return jnp.broadcast_to(((high - low) ** 2) / 16.0, tuple(shape)).astype(jnp.float32)
     return jnp.ones(shape, jnp.float32)
 
 
@@ -188,14 +188,16 @@ def sample_candidates(key: jax.Array, config: CEMConfig, mean: jax.Array,
     clipped_normal: dispersion is a standard deviation; samples are clipped to the box.
     """
     low, high = _bounds(config)
+    low, high = jnp.broadcast_to(low, mean.shape), jnp.broadcast_to(high, mean.shape)
     shape = (config.population_size,) + mean.shape
     if config.sampling == "truncated_normal":
         room = jnp.minimum(((mean - low) / 2.0) ** 2, ((high - mean) / 2.0) ** 2)
         std = jnp.sqrt(jnp.minimum(room, dispersion))
-        samples = mean + std * jax.random.truncated_normal(key, -2.0, 2.0, shape)
+        samples = mean[None] + std[None] * jax.random.truncated_normal(key, -2.0, 2.0, shape)
         # ±2 std lies inside the box in exact arithmetic; the clip only removes float rounding.
-        return jnp.clip(samples, low, high)
-    return jnp.clip(mean + dispersion * jax.random.normal(key, shape), low, high)
+        return jnp.clip(samples, low[None], high[None])
+    samples = mean[None] + dispersion[None] * jax.random.normal(key, shape)
+    return jnp.clip(samples, low[None], high[None])
 
 
 def cem_optimize(key: jax.Array, objective: Callable, init_mean: jax.Array, config: CEMConfig):

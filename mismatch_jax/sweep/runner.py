@@ -202,6 +202,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
                        reward=ds.reward[None], weight=jnp.ones((1, ds.size)),
                        train_mask=~ds.is_validation[None], val_mask=ds.is_validation[None])
         for ds in (sets[n] for n in train_names)])
+    train_data = jax.tree.map(jnp.asarray, train_data)
     eval_sets = {name: _eval_arrays(sets[name]) for name in config.datasets.eval}
     eval_names = list(eval_sets)
 

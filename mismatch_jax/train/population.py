@@ -221,7 +221,7 @@ class TransitionData:
         data = cls(**{k: pad(v) for k, v in arrays.items()},
                    train_mask=pad(~is_val), val_mask=pad(is_val))
         data.validate()
-        return data
+        return jax.tree.map(jnp.asarray, data)
 
     @classmethod
     def stack(cls, datasets: Sequence["TransitionData"]) -> "TransitionData":
@@ -243,7 +243,7 @@ class TransitionData:
         data = cls(**{name: np.concatenate([pad(getattr(d, name)) for d in datasets], axis=0)
                       for name in fields})
         data.validate()
-        return data
+        return jax.tree.map(jnp.asarray, data)
 
     def validate(self, check_values: bool = True) -> None:
         """Raise ValueError on inconsistent shapes/dtypes or (if ``check_values`` and the arrays
@@ -436,10 +436,8 @@ def make_train(config: TrainConfig, *, jit: bool = True):
 
     def loss_fn(params, norm, x, y, w, hp):
         """Weighted loss of one model on one minibatch; x [B, in] or [E, B, in], w [E, B]."""
-        x_n = (x - norm.input_mean) / norm.input_std
-        y_n = (y - norm.target_mean) / norm.target_std
-        mean, logvar = models.apply_normalized(mcfg, params, x_n)
-        y_n = jnp.broadcast_to(y_n, mean.shape)
+        mean, logvar = models.apply_normalized(mcfg, params, models.normalize_inputs(norm, x))
+        y_n = jnp.broadcast_to(models.normalize_targets(norm, y), mean.shape)
         mse = models.mse_per_sample(mean, y_n)
         main = models.gaussian_nll_per_sample(mean, logvar, y_n) if mcfg.probabilistic else mse
         per_sample = hp.nll_weight * main + hp.mse_weight * mse  # [E, B]
@@ -458,10 +456,8 @@ def make_train(config: TrainConfig, *, jit: bool = True):
     def eval_chunk(params, norm, data, ds, rows, valid):
         """Validation sums of one model over rows [V] (valid [V] bool)."""
         (x, y), obs = gather_xy(data, ds, rows)
-        x_n = (x - norm.input_mean) / norm.input_std
-        y_n = (y - norm.target_mean) / norm.target_std
-        mean_n, logvar_n = models.apply_normalized(mcfg, params, x_n)  # [E, V, D]
-        y_nb = jnp.broadcast_to(y_n, mean_n.shape)
+        mean_n, logvar_n = models.apply_normalized(mcfg, params, models.normalize_inputs(norm, x))
+        y_nb = jnp.broadcast_to(models.normalize_targets(norm, y), mean_n.shape)  # [E, V, D]
         w = valid.astype(mean_n.dtype)
         nll = models.gaussian_nll_per_sample(mean_n, logvar_n, y_nb)  # [E, V]
         mse_n = models.mse_per_sample(mean_n, y_nb)
@@ -469,15 +465,16 @@ def make_train(config: TrainConfig, *, jit: bool = True):
         base = obs
         if mcfg.predict_reward:
             base = jnp.concatenate([obs, jnp.zeros_like(obs[..., :1])], axis=-1)
-        mean_o = mean_n * norm.target_std + norm.target_mean + base
-        var_o = jnp.exp(logvar_n) * norm.target_std**2
-        target = y + base
-        ll_members = models.gaussian_log_likelihood(mean_o, var_o, jnp.broadcast_to(target, mean_o.shape))
+        std, shift = norm.target_std[None, None], norm.target_mean[None, None]
+        mean_o = mean_n * std + shift + base[None]
+        var_o = jnp.exp(logvar_n) * std**2
+        target = jnp.broadcast_to((y + base)[None], mean_o.shape)
+        ll_members = models.gaussian_log_likelihood(mean_o, var_o, target)
         ll = jax.scipy.special.logsumexp(ll_members, axis=0) - math.log(num_members)  # [V]
         pred = mean_o.mean(0)[..., : mcfg.obs_dim]
         mse_o = jnp.sum((pred - data.next_obs[ds, rows]) ** 2, axis=-1)  # [V]
         return _EvalSums(
-            nll_member=(nll * w).sum(-1), mse_norm_member=(mse_n * w).sum(-1),
+            nll_member=(nll * w[None]).sum(-1), mse_norm_member=(mse_n * w[None]).sum(-1),
             ll=(ll * w).sum(), mse=(mse_o * w).sum(), count=w.sum(),
         )
 
@@ -492,6 +489,7 @@ def make_train(config: TrainConfig, *, jit: bool = True):
     # ------------------------------------------------------------------- the function ------
 
     def train_core(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index):
+        data = jax.tree.map(jnp.asarray, data)
         num_models = keys.shape[0]
         capacity = data.obs.shape[1]
         batch = cfg.batch_size

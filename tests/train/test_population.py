@@ -1,0 +1,368 @@
+"""Tests of mismatch_jax.train.population: reference equivalence, known-value learning, masking,
+early stopping, kept epochs, divergence isolation, chunk invariance, input validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mismatch_jax.models import core as models
+from mismatch_jax.train import (
+    TrainConfig,
+    TrainHParams,
+    TransitionData,
+    make_optimizer,
+    make_train,
+    model_keys,
+)
+
+OBS_DIM, ACT_DIM = 3, 1
+TINY = models.ModelConfig("P", OBS_DIM, ACT_DIM, hidden_size=8, num_hidden_layers=1)
+
+
+def linear_system(rows, seed=0, noise=0.0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(OBS_DIM, OBS_DIM)).astype(np.float32) * 0.3
+    b = rng.normal(size=(ACT_DIM, OBS_DIM)).astype(np.float32) * 0.3
+    obs = rng.normal(size=(rows, OBS_DIM)).astype(np.float32)
+    act = rng.uniform(-1, 1, size=(rows, ACT_DIM)).astype(np.float32)
+    nxt = obs + obs @ a + act @ b + noise * rng.normal(size=(rows, OBS_DIM)).astype(np.float32)
+    return obs, act, nxt
+
+
+def small_data(rows=60, capacity=64, seed=0, num=1):
+    sets = []
+    for i in range(num):
+        obs, act, nxt = linear_system(rows, seed=seed + i)
+        sets.append(TransitionData.from_arrays(jax.random.key(100 + i), obs, act, nxt,
+                                               validation_fraction=0.25, capacity=capacity))
+    return TransitionData.stack(sets)
+
+
+def assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol),
+                 a, b)
+
+
+def take(tree, idx):
+    return jax.tree.map(lambda x: x[np.asarray(idx)], tree)
+
+
+# ------------------------------------------------------------------ reference equivalence --
+
+
+def reference_train_one(config: TrainConfig, key, data: TransitionData, lr, wd, dataset=0):
+    """Plain Python loop over epochs and minibatches for one P model (no early stopping), using
+    ``models.model_loss`` — the reference the scan implementation must reproduce."""
+    mcfg = config.model
+    init_key, _, order_key = jax.random.split(key, 3)
+    params = models.init(init_key, mcfg)
+    train_mask = np.asarray(data.train_mask[dataset])
+    rows_sorted = np.argsort(~train_mask, kind="stable")
+    n_train = int(train_mask.sum())
+    obs, act, nxt = (np.asarray(a[dataset]) for a in (data.obs, data.action, data.next_obs))
+    x_all, y_all = models.make_targets(mcfg, obs, act, nxt)
+    norm = models.fit_normalizer(mcfg, x_all, y_all, jnp.asarray(train_mask))
+    opt = make_optimizer(config, lr, wd)
+    opt_state = opt.init(params)
+    capacity = train_mask.shape[0]
+    losses = []
+    grad_fn = jax.jit(jax.value_and_grad(
+        lambda p, x, y, w: models.model_loss(mcfg, p, norm, x, y, w, config.logvar_bound_coef)))
+    for epoch in range(config.num_epochs):
+        u = np.asarray(jax.random.uniform(jax.random.fold_in(order_key, epoch), (capacity,)))
+        u = np.where(np.arange(capacity) < n_train, u, 2.0)
+        order = np.argsort(u, kind="stable")
+        epoch_losses = []
+        for start in range(0, n_train, config.batch_size):
+            rows = rows_sorted[order[start:min(start + config.batch_size, n_train)]]
+            loss, grads = grad_fn(params, x_all[rows], y_all[rows], None)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            epoch_losses.append(float(loss))
+        losses.append(np.mean(epoch_losses))
+    return params, np.asarray(losses)
+
+
+def test_scan_matches_python_loop_reference():
+    data = small_data(rows=50, capacity=64)
+    cfg = TrainConfig(model=TINY, num_epochs=3, batch_size=16, keep_best=False)
+    keys = model_keys(jax.random.key(0), 0, 2)
+    lrs, wds = np.array([1e-2, 3e-3], np.float32), np.array([1e-3, 0.0], np.float32)
+    res = make_train(cfg)(keys, None, data, TrainHParams.population(2, lrs, wds))
+    for n in range(2):
+        ref_params, ref_losses = reference_train_one(cfg, keys[n], data, lrs[n], wds[n])
+        assert_trees_close(take(res.params, n), ref_params, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(np.asarray(res.metrics.train_loss[n]), ref_losses, rtol=2e-5)
+
+
+def test_jit_matches_no_jit():
+    data = small_data(num=2)
+    cfg = TrainConfig(model=dataclasses.replace(TINY, kind="PE", ensemble_size=2), num_epochs=2,
+                      batch_size=16, keep_epochs=(0, 1), patience=1)
+    keys = model_keys(jax.random.key(1), 0, 3)
+    hp = TrainHParams.population(3, learning_rate=jnp.array([1e-3, 1e-2, 3e-3]))
+    ds = jnp.array([0, 1, 1])
+    with_jit = make_train(cfg)(keys, None, data, hp, ds)
+    without = make_train(cfg, jit=False)(keys, None, data, hp, ds)
+    assert_trees_close(with_jit, without, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ learning ---------------
+
+
+def test_population_learns_linear_system():
+    obs, act, nxt = linear_system(600, seed=3)
+    data = TransitionData.from_arrays(jax.random.key(0), obs, act, nxt, validation_fraction=0.2)
+    mcfg = models.ModelConfig("PE", OBS_DIM, ACT_DIM, hidden_size=32, num_hidden_layers=2, ensemble_size=2)
+    cfg = TrainConfig(model=mcfg, num_epochs=40, batch_size=32)
+    res = make_train(cfg)(model_keys(jax.random.key(0), 0, 3), None, data,
+                          TrainHParams.population(3, learning_rate=jnp.array([3e-3, 2e-3, 1e-3])))
+    mse = np.asarray(res.metrics.val_mse)
+    assert np.all(mse[:, -1] < mse[:, 0] / 100), mse[:, [0, -1]]
+    ll = np.asarray(res.metrics.val_ll)
+    assert np.all(ll[:, -1] > ll[:, 0] + 5.0)  # nats per transition
+    assert not np.any(np.asarray(res.diverged))
+    assert res.metrics.val_mse.shape == (3, 40) and res.best_epoch.shape == (3,)
+
+
+def test_validation_metrics_match_model_functions_and_normaliser():
+    data = small_data(num=2)
+    cfg = TrainConfig(model=dataclasses.replace(TINY, kind="PE", ensemble_size=3), num_epochs=2,
+                      batch_size=16, keep_best=False)
+    keys = model_keys(jax.random.key(2), 0, 2)
+    ds = np.array([1, 0])
+    res = make_train(cfg)(keys, None, data, TrainHParams.population(2), jnp.asarray(ds))
+    for n in range(2):
+        d = ds[n]
+        val = np.asarray(data.val_mask[d])
+        train = np.asarray(data.train_mask[d])
+        obs, act, nxt = (np.asarray(a[d]) for a in (data.obs, data.action, data.next_obs))
+        p, nm = take(res.params, n), take(res.normalizer, n)
+        ll = models.one_step_log_likelihood(cfg.model, p, nm, obs[val], act[val], nxt[val])
+        mse = models.one_step_mse(cfg.model, p, nm, obs[val], act[val], nxt[val])
+        np.testing.assert_allclose(res.metrics.val_ll[n, -1], ll, rtol=1e-5)
+        np.testing.assert_allclose(res.metrics.val_mse[n, -1], mse, rtol=1e-5)
+        x, y = models.make_targets(cfg.model, obs[train], act[train], nxt[train])
+        assert_trees_close(nm, models.fit_normalizer(cfg.model, x, y), rtol=1e-5, atol=1e-6)
+
+
+def test_rows_outside_the_training_mask_are_never_used():
+    """Changing validation and padding rows leaves the trained weights unchanged (bootstrap too)."""
+    data = small_data(rows=50, capacity=64)
+    cfg = TrainConfig(model=dataclasses.replace(TINY, kind="PE", ensemble_size=2), num_epochs=2,
+                      batch_size=16, keep_best=False)
+    unused = ~np.asarray(data.train_mask)
+    noise = np.random.default_rng(0).normal(size=data.next_obs.shape).astype(np.float32)
+    other = data.replace(next_obs=np.where(unused[..., None], noise * 50, data.next_obs),
+                         obs=np.where(unused[..., None], noise, data.obs))
+    train = make_train(cfg)
+    keys = model_keys(jax.random.key(3), 0, 2)
+    a = train(keys, None, data, TrainHParams.population(2))
+    b = train(keys, None, other, TrainHParams.population(2))
+    assert_trees_close(a.params, b.params, rtol=0, atol=0)
+    assert not np.allclose(a.metrics.val_mse, b.metrics.val_mse)
+
+
+# ------------------------------------------------------------------ keys and chunks --------
+
+
+def test_chunks_equal_one_call():
+    data = small_data(rows=40, capacity=48, num=2)
+    cfg = TrainConfig(model=TINY, num_epochs=2, batch_size=16, patience=1, keep_epochs=(1,))
+    train = make_train(cfg)
+    root = jax.random.key(7)
+    n_total, chunk = 256, 64
+    lrs = jnp.asarray(np.geomspace(1e-4, 3e-2, n_total), jnp.float32)
+    ds = jnp.arange(n_total) % 2
+    whole = train(model_keys(root, 0, n_total), None, data, TrainHParams.population(n_total, lrs), ds)
+    parts = [train(model_keys(root, s, chunk), None, data,
+                   TrainHParams.population(chunk, lrs[s:s + chunk]), ds[s:s + chunk])
+             for s in range(0, n_total, chunk)]
+    joined = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+    assert_trees_close(whole, joined, rtol=1e-6, atol=1e-7)
+
+
+def test_growing_buffer_does_not_retrace():
+    cfg = TrainConfig(model=TINY, num_epochs=1, batch_size=16)
+    train = make_train(cfg, jit=False)
+    traces = []
+
+    def core(*args):
+        traces.append(1)
+        return train.core(*args)
+
+    jitted = jax.jit(core)
+    keys = model_keys(jax.random.key(0), 0, 2)
+    hp = TrainHParams.population(2)
+    ds = jnp.zeros(2, jnp.int32)
+    small = small_data(rows=20, capacity=64)
+    large = small_data(rows=60, capacity=64)
+    r_small = jitted(keys, None, small, hp, ds)
+    r_large = jitted(keys, None, large, hp, ds)
+    assert len(traces) == 1
+    assert not np.allclose(r_small.metrics.train_loss, r_large.metrics.train_loss)
+
+
+# ------------------------------------------------------------------ epochs -----------------
+
+
+def test_kept_params_equal_separate_shorter_runs():
+    data = small_data()
+    keys = model_keys(jax.random.key(4), 0, 2)
+    hp = TrainHParams.population(2, learning_rate=jnp.array([1e-2, 1e-3]))
+    base = dict(model=TINY, batch_size=16, keep_best=False)
+    res = make_train(TrainConfig(num_epochs=4, keep_epochs=(0, 1, 3), **base))(keys, None, data, hp)
+    assert jax.tree.leaves(res.kept_params)[0].shape[:2] == (2, 3)
+    init = jax.vmap(lambda k: models.init(jax.random.split(k, 3)[0], TINY))(keys)
+    assert_trees_close(take(res.kept_params, (slice(None), 0)), init, rtol=0, atol=0)
+    for k_index, epochs in ((1, 1), (2, 3)):
+        short = make_train(TrainConfig(num_epochs=epochs, **base))(keys, None, data, hp)
+        assert_trees_close(take(res.kept_params, (slice(None), k_index)), short.params, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(res.metrics.val_nll[:, :epochs], short.metrics.val_nll, rtol=1e-6)
+
+
+def test_warm_start_continues_training():
+    data = small_data()
+    keys = model_keys(jax.random.key(5), 0, 2)
+    hp = TrainHParams.population(2)
+    base = dict(model=TINY, batch_size=16, keep_best=False)
+    first = make_train(TrainConfig(num_epochs=2, **base))(keys, None, data, hp)
+    again = make_train(TrainConfig(num_epochs=1, **base))(keys, first.params, data, hp)
+    assert not np.allclose(jax.tree.leaves(again.params)[0], jax.tree.leaves(first.params)[0])
+    assert np.all(np.isfinite(again.metrics.val_mse))
+
+
+def test_early_stopping_freezes_params():
+    """Model 1 learns from pure-noise targets: its validation score stalls, it stops, and its
+    parameters equal a run of exactly that many epochs without early stopping."""
+    obs, act, nxt = linear_system(60)
+    noise = np.random.default_rng(1).normal(size=nxt.shape).astype(np.float32) * 3
+    learnable = TransitionData.from_arrays(jax.random.key(0), obs, act, nxt, validation_fraction=0.25)
+    noisy = TransitionData.from_arrays(jax.random.key(0), obs, act, noise, validation_fraction=0.25)
+    data = TransitionData.stack([learnable, noisy])
+    keys = model_keys(jax.random.key(8), 0, 2)
+    hp = TrainHParams.population(2, learning_rate=jnp.array([3e-3, 3e-2]))
+    ds = jnp.array([0, 1])
+    cfg = TrainConfig(model=TINY, num_epochs=12, batch_size=16, patience=2, keep_best=False,
+                      keep_epochs=(12,))
+    res = make_train(cfg)(keys, None, data, hp, ds)
+    active = np.asarray(res.metrics.active)
+    trained = np.asarray(res.epochs_trained)
+    assert trained[1] < 12, "the noise model should have stopped early"
+    for n in range(2):  # active is a prefix of True followed by False
+        assert active[n, : trained[n]].all() and not active[n, trained[n]:].any()
+        assert trained[n] >= res.best_epoch[n]
+    stop = int(trained[1])
+    np.testing.assert_array_equal(res.metrics.val_mse[1, stop:], res.metrics.val_mse[1, stop - 1])
+    np.testing.assert_array_equal(res.metrics.train_loss[1, stop:], res.metrics.train_loss[1, stop - 1])
+    assert_trees_close(take(res.kept_params, (slice(None), 0)), res.params, rtol=0, atol=0)
+    short = make_train(dataclasses.replace(cfg, num_epochs=stop, patience=None, keep_epochs=()))(
+        keys[1:], None, data, take(hp, slice(1, 2)), ds[1:])
+    assert_trees_close(take(res.params, slice(1, 2)), short.params, rtol=1e-6, atol=1e-7)
+
+
+def test_keep_best_returns_best_epoch_params():
+    data = small_data()
+    keys = model_keys(jax.random.key(9), 0, 2)
+    hp = TrainHParams.population(2, learning_rate=jnp.array([3e-2, 1e-2]))
+    cfg = TrainConfig(model=TINY, num_epochs=6, batch_size=16, keep_best=True, keep_epochs=(1, 2, 3, 4, 5, 6))
+    res = make_train(cfg)(keys, None, data, hp)
+    for n in range(2):
+        best = int(res.best_epoch[n])
+        assert 1 <= best <= 6
+        assert_trees_close(take(res.params, n), take(res.kept_params, (n, best - 1)), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ divergence -------------
+
+
+def test_diverged_model_is_flagged_frozen_and_isolated():
+    data = small_data()
+    keys = model_keys(jax.random.key(10), 0, 3)
+    lrs = jnp.array([1e-3, 1e30, 3e-3])
+    cfg = TrainConfig(model=TINY, num_epochs=3, batch_size=16, keep_best=False)
+    train = make_train(cfg)
+    res = train(keys, None, data, TrainHParams.population(3, lrs))
+    np.testing.assert_array_equal(np.asarray(res.diverged), [False, True, False])
+    assert np.all(np.isfinite(jax.tree.leaves(jax.tree.map(jnp.sum, res.params))))
+    assert not np.asarray(res.metrics.active)[1, -1]
+    others = train(keys[jnp.array([0, 2])], None, data, TrainHParams.population(2, lrs[jnp.array([0, 2])]))
+    assert_trees_close(take(res, [0, 2]), others, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ validation -------------
+
+
+def test_nan_in_data_raises_naming_the_array():
+    obs, act, nxt = linear_system(20)
+    nxt[3, 1] = np.nan
+    with pytest.raises(ValueError, match="next_obs"):
+        TransitionData.from_arrays(jax.random.key(0), obs, act, nxt)
+    data = small_data()
+    bad = data.replace(action=np.asarray(data.action).copy())
+    bad.action[0, 5, 0] = np.inf
+    train = make_train(TrainConfig(model=TINY, num_epochs=1, batch_size=16))
+    with pytest.raises(ValueError, match="action"):
+        train(model_keys(jax.random.key(0), 0, 1), None, bad, TrainHParams.population(1))
+
+
+def test_bad_shapes_raise():
+    obs, act, nxt = linear_system(20)
+    with pytest.raises(ValueError, match="rows"):
+        TransitionData.from_arrays(jax.random.key(0), obs, act[:10], nxt)
+    data = small_data()
+    train = make_train(TrainConfig(model=TINY, num_epochs=1, batch_size=16))
+    keys = model_keys(jax.random.key(0), 0, 2)
+    with pytest.raises(ValueError, match="reward"):
+        train(keys, None, data.replace(reward=data.reward[:, :5]), TrainHParams.population(2))
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(keys, None, data, TrainHParams.population(3))
+    with pytest.raises(ValueError, match="dataset_index"):
+        train(keys, None, data, TrainHParams.population(2), jnp.array([0, 1]))
+    with pytest.raises(ValueError, match="typed keys"):
+        train(jax.random.split(jax.random.PRNGKey(0), 2), None, data, TrainHParams.population(2))
+    wrong = models.ModelConfig("P", OBS_DIM + 1, ACT_DIM, hidden_size=8, num_hidden_layers=1)
+    with pytest.raises(ValueError, match="obs_dim"):
+        make_train(TrainConfig(model=wrong, num_epochs=1))(keys, None, data, TrainHParams.population(2))
+    with pytest.raises(ValueError, match="keep_epochs"):
+        TrainConfig(model=TINY, num_epochs=3, keep_epochs=(4,))
+    with pytest.raises(ValueError, match="weight_decay_mode"):
+        TrainConfig(model=TINY, weight_decay_mode="l1")
+
+
+@pytest.mark.slow
+def test_two_host_devices_sharded_equals_single(tmp_path):
+    """The population sharded over 2 host devices gives the same numbers (subprocess: XLA_FLAGS
+    must be set before jax starts)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "shard.py"
+    script.write_text(
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "import sys; sys.path.insert(0, %r)\n"
+        "from tests.train.test_population import small_data, TINY\n"
+        "from mismatch_jax.train import *\n"
+        "data = small_data(num=2)\n"
+        "cfg = TrainConfig(model=TINY, num_epochs=2, batch_size=16, patience=1)\n"
+        "train = make_train(cfg)\n"
+        "keys = model_keys(jax.random.key(0), 0, 8); hp = TrainHParams.population(8); ds = jnp.arange(8) %% 2\n"
+        "one = train(keys, None, data, hp, ds)\n"
+        "sh = NamedSharding(Mesh(np.asarray(jax.devices()), ('pop',)), P('pop'))\n"
+        "two = train(*jax.device_put((keys,), sh), None, data, jax.device_put(hp, sh), jax.device_put(ds, sh))\n"
+        "assert len(jax.devices()) == 2\n"
+        "jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), one, two)\n"
+        "print('ok')\n" % os.getcwd()
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
