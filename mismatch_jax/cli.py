@@ -17,7 +17,7 @@ def _cmd_pets(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
     from mismatch_jax.sweep.config import load
-    from mismatch_jax.sweep.runner import run_sweep
+    from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
 
     if args.distributed:
         import jax
@@ -25,6 +25,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         jax.distributed.initialize()
     config = load(args.config)
     out = args.out or config.out_dir
+    enable_compilation_cache()
     table = run_sweep(config, out, resume=args.resume, progress=not args.no_progress)
     if len(table):
         content = ll_reward_scatter(table, out)

@@ -122,7 +122,9 @@ class PetsConfig:
 
     env: registered environment name. num_trials: planned trials after the random one.
     trial_length: steps per trial (0 = the env's episode_length). seed: root seed.
-    num_seeds: independent runs (seeds seed … seed+num_seeds-1 via fold_in).
+    num_seeds: independent runs (keys fold_in(key(seed), i), i < num_seeds).
+    angle_dims: observation dims that are unbounded angles; the agent replaces each by
+        (sin, cos) (PETS's cart-pole preprocessing; [1] for cartpole_swingup's θ).
     """
 
     env: str = "cartpole_swingup"
@@ -130,6 +132,7 @@ class PetsConfig:
     trial_length: int = 0
     seed: int = 0
     num_seeds: int = 1
+    angle_dims: tuple[int, ...] = ()
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
     planner: PlannerSection = PlannerSection()
@@ -141,6 +144,9 @@ class PetsConfig:
             raise ValueError(f"trial_length must be >= 0 (0 = env episode length), got {self.trial_length}")
         if self.num_seeds < 1:
             raise ValueError(f"num_seeds must be >= 1, got {self.num_seeds}")
+
+        if any(d < 0 for d in self.angle_dims) or len(set(self.angle_dims)) != len(self.angle_dims):
+            raise ValueError(f"angle_dims must be distinct non-negative indices, got {self.angle_dims}")
 
     def steps_per_trial(self, env) -> int:
         return self.trial_length or int(env.episode_length)

@@ -305,26 +305,34 @@ def full_classifier_logits(p: jax.Array, q: jax.Array) -> jax.Array:
 @struct.dataclass
 class _Carry:
     q_values: jax.Array   # [S, A]
-    model: jax.Array      # [S, A, S] (full) or [B, A, D] (blocks)
+    model: jax.Array      # [S, A, K] compact full model, or [B, A, D] block model
     key: jax.Array
 
 
-def sample_next_states(key: jax.Array, dynamics: jax.Array, num_samples: int) -> jax.Array:
-    """[S, A, num_samples] next-state indices drawn from dynamics [S, A, S] (inverse CDF)."""
-    cdf = jnp.cumsum(dynamics, axis=-1)
+def sample_support(key: jax.Array, probs: jax.Array, num_samples: int) -> jax.Array:
+    """[..., num_samples] indices into the last axis of probs [..., K], drawn by inverse CDF."""
+    cdf = jnp.cumsum(probs, axis=-1)
     # Scale by the last cdf entry so float rounding never leaves u above the total mass.
-    uniforms = jax.random.uniform(key, dynamics.shape[:-1] + (num_samples,)) * cdf[..., -1:]
+    uniforms = jax.random.uniform(key, probs.shape[:-1] + (num_samples,)) * cdf[..., -1:]
     index = jnp.sum(uniforms[..., None] > cdf[..., None, :], axis=-1)
-    return jnp.minimum(index, dynamics.shape[-1] - 1)
+    return jnp.minimum(index, probs.shape[-1] - 1)
+
+
+def support_size(mdp: TabularMDP) -> int:
+    """Largest number of next states with p > 0 for one (s, a) (static; needs a concrete p)."""
+    return int(np.max(np.sum(np.asarray(mdp.p) > 0, axis=-1)))
 
 
 def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: int = 100,
              mode: str = "sampled", model_class: str = "full", block_size: int = 3,
-             num_samples: int = 1, track_bounds: bool = True):
+             num_samples: int = 1, track_bounds: bool = True, support: int | None = None):
     """Builds the pure ``run_fn(mdp, key, hparams) -> TabularResult`` for static settings.
 
-    ``mdp_template`` is needed only for ``model_class="blocks"`` (the block tables are static).
-    The returned function is jit- and vmap-friendly over mdp arrays, keys and hparams.
+    Learning runs on a compact view of the dynamics: for each (s, a) the K next states that p can
+    reach (``support``, default: computed from ``mdp_template``, else K = S), since every model
+    MnM/VMBPO learns stays inside p's support. ``mdp_template`` is required for
+    ``model_class="blocks"`` (its block tables are static). The returned function is jit- and
+    vmap-friendly over the MDP arrays, the key and the hparams.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -340,18 +348,31 @@ def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: 
     if blocks and mdp_template is None:
         raise ValueError("model_class='blocks' needs mdp_template (a grid MDP)")
     tables = _block_tables(mdp_template, block_size) if blocks else None
-
-    def dynamics_of(mdp, model):
-        if not learns_model:
-            return mdp.p
-        return block_model_dynamics(model, tables) if blocks else model
+    if support is None and mdp_template is not None:
+        support = support_size(mdp_template)
 
     def run_fn(mdp: TabularMDP, key: jax.Array, hparams: TabularHParams) -> TabularResult:
         gamma, kappa = mdp.gamma, hparams.kl_coef
+        num_states = mdp.num_states
         reward = transformed_reward(reward_kind, mdp)
-        p_bar = block_true_displacements(mdp, tables) if blocks else None
-        model0 = p_bar if blocks else (mdp.p if learns_model else jnp.zeros((), mdp.p.dtype))
-        carry0 = _Carry(q_values=jnp.zeros_like(mdp.r), model=model0, key=key)
+        if blocks:
+            p_bar = block_true_displacements(mdp, tables)
+            next_index = jnp.broadcast_to(tables.dest[:, None, :],
+                                          mdp.r.shape + (tables.dest.shape[-1],))
+            model0 = p_bar
+        else:
+            k = num_states if support is None else min(int(support), num_states)
+            p_compact, next_index = jax.lax.top_k(mdp.p, k)  # [S, A, K]
+            model0 = p_compact if learns_model else jnp.zeros((), mdp.p.dtype)
+        next_onehot = jax.nn.one_hot(next_index, num_states, dtype=mdp.p.dtype)  # [S, A, K, S]
+
+        def compact_model(model):
+            if not learns_model:
+                return p_compact
+            return model[tables.block] if blocks else model
+
+        def dense(compact):
+            return jnp.einsum("sak,sakt->sat", compact, next_onehot)
 
         def step(carry: _Carry, _):
             key, sample_key = jax.random.split(carry.key)
@@ -361,24 +382,30 @@ def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: 
                 if blocks:
                     response = block_best_response(p_bar, values, tables, gamma, kappa)
                 else:
-                    response = optimistic_model(mdp.p, values, gamma, kappa)
+                    logits = jnp.where(p_compact > 0,
+                                       jnp.log(jnp.where(p_compact > 0, p_compact, 1.0))
+                                       + gamma * values[next_index] / kappa, -jnp.inf)
+                    response = jax.nn.softmax(logits, axis=-1)
                 model = (1.0 - hparams.model_smoothing) * model + hparams.model_smoothing * response
-            dynamics = dynamics_of(mdp, model)
-            if classifier_in_reward:
-                logits = (block_classifier_logits(mdp, dynamics, tables, hparams.logit_clip)
-                          if blocks else full_classifier_logits(mdp.p, dynamics))
-                logits = kappa * logits
+            q_compact = compact_model(model)  # [S, A, K]
+            if not classifier_in_reward:
+                logits = jnp.zeros_like(q_compact)
+            elif blocks:
+                dense_logits = block_classifier_logits(mdp, dense(q_compact), tables,
+                                                       hparams.logit_clip)
+                logits = kappa * jnp.take_along_axis(dense_logits, next_index, axis=-1)
             else:
-                logits = jnp.zeros_like(dynamics)
+                logits = kappa * full_classifier_logits(p_compact, q_compact)
+            next_values = gamma * values[next_index]  # [S, A, K]
             if mode == "exact":
-                target = reward + jnp.einsum("sat,sat->sa", dynamics,
-                                             logits + gamma * values[None, None, :])
+                target = reward + jnp.sum(q_compact * (logits + next_values), axis=-1)
             else:
-                nxt = sample_next_states(sample_key, dynamics, num_samples)  # [S, A, N]
-                sampled_logit = jnp.take_along_axis(logits, nxt, axis=-1)
-                target = reward + jnp.mean(sampled_logit + gamma * values[nxt], axis=-1)
+                drawn = sample_support(sample_key, q_compact, num_samples)  # [S, A, N]
+                target = reward + jnp.mean(jnp.take_along_axis(logits + next_values, drawn, -1),
+                                           axis=-1)
             q_values = carry.q_values + hparams.lr * (target - carry.q_values)
             policy = greedy(q_values)
+            dynamics = dense(q_compact) if learns_model else mdp.p
             metrics = _metrics(mdp, policy, dynamics, reward, kappa)
             return _Carry(q_values=q_values, model=model, key=key), metrics
 
@@ -404,17 +431,15 @@ def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: 
                 out["vmbpo_bound"] = augmented_value(
                     policy, q_hat, mdp.r, kappa * kl_divergence(q_hat, mdp.p), gamma, mdp.start)
             else:
-                out["mnm_bound"] = jnp.full((), jnp.nan)
-                out["vmbpo_bound"] = jnp.full((), jnp.nan)
+                out["mnm_bound"] = jnp.full((), jnp.nan, ret.dtype)
+                out["vmbpo_bound"] = jnp.full((), jnp.nan, ret.dtype)
             return out
 
+        carry0 = _Carry(q_values=jnp.zeros_like(mdp.r), model=model0, key=key)
         carry, metrics = jax.lax.scan(step, carry0, None, length=num_iters)
-        return TabularResult(
-            policy=greedy(carry.q_values),
-            q=dynamics_of(mdp, carry.model),
-            q_values=carry.q_values,
-            **metrics,
-        )
+        final_dynamics = dense(compact_model(carry.model)) if learns_model else mdp.p
+        return TabularResult(policy=greedy(carry.q_values), q=final_dynamics,
+                             q_values=carry.q_values, **metrics)
 
     return run_fn
 
@@ -456,8 +481,12 @@ def run(method: Literal["mnm", "vmbpo", "q_learning", "mnm_no_kl", "mnm_no_log"]
                          f"float: {_HPARAM_KEYS}")
     static = {k: hparams[k] for k in _STATIC_KEYS if k in hparams}
     floats = {k: jnp.asarray(hparams[k], jnp.float32) for k in _HPARAM_KEYS if k in hparams}
-    needs_template = static.get("model_class", "full") == "blocks" and method != "q_learning"
-    template_key = _template_key(mdp) if needs_template else None
+    if static.get("model_class", "full") == "blocks" and method != "q_learning":
+        template_key = _template_key(mdp)
+    else:
+        template_key = None
+        concrete = not isinstance(mdp.p, jax.core.Tracer)
+        static["support"] = support_size(mdp) if concrete else None
     run_fn = _cached_run(method, int(num_iters), tuple(sorted(static.items())), template_key)
     return run_fn(mdp, key, TabularHParams(**floats))
 

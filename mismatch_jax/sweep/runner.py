@@ -86,10 +86,11 @@ def _sample_hparam(key, value):
     return jnp.asarray(value, jnp.float32)
 
 
-def make_chunk_fn(config: SweepConfig, env, kind: str, train_data: TransitionData,
-                  eval_sets: dict, mesh: Mesh):
-    """jit-compiled ``chunk(indices [N], dataset_index [N]) -> dict of arrays`` for model type
-    ``kind``; N must be a multiple of the mesh size (the population axis is sharded)."""
+def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
+    """jit-compiled ``chunk(indices [N], dataset_index [N], train_data, eval_sets) -> dict of
+    arrays`` for model type ``kind``; N must be a multiple of the mesh size (the population axis
+    is sharded, the data replicated). Data are arguments, not closure constants, so they are not
+    baked into the compiled program and the persistent compilation cache can reuse it."""
     mcfg = model_config(config, env, kind)
     tr = config.training
     train = make_train(TrainConfig(model=mcfg, num_epochs=tr.num_epochs, batch_size=tr.batch_size,
@@ -98,16 +99,15 @@ def make_chunk_fn(config: SweepConfig, env, kind: str, train_data: TransitionDat
     planner = make_planner(cem_config(config, env), mcfg, env.reward_fn, env.termination_fn)
     model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
     trials, length = config.evaluation.trials, config.evaluation.episode_length
-    eval_names = list(eval_sets)
 
-    def evaluate(params, norm, key):
-        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, *eval_sets[n]) for n in eval_names])
-        mses = jnp.stack([models.one_step_mse(mcfg, params, norm, *eval_sets[n]) for n in eval_names])
+    def evaluate(params, norm, key, eval_sets):
+        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, *arrays) for arrays in eval_sets])
+        mses = jnp.stack([models.one_step_mse(mcfg, params, norm, *arrays) for arrays in eval_sets])
         trial_keys = jax.random.split(key, trials)
         _, rewards = jax.vmap(lambda k: mpc_episode(k, env, planner, params, norm, length))(trial_keys)
         return lls, mses, rewards
 
-    def chunk(indices, dataset_index):
+    def chunk(indices, dataset_index, train_data, eval_sets):
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
         split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
         train_keys, lr_keys, wd_keys, eval_keys = (split[:, i] for i in range(4))
@@ -121,13 +121,15 @@ def make_chunk_fn(config: SweepConfig, env, kind: str, train_data: TransitionDat
             jnp.asarray(tr.eval_epochs)))(eval_keys)  # [N, K]
         norms = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], len(tr.eval_epochs)) + a.shape[1:]),
                              result.normalizer)
-        lls, mses, rewards = jax.vmap(jax.vmap(evaluate))(result.kept_params, norms, epoch_keys)
+        lls, mses, rewards = jax.vmap(jax.vmap(evaluate, in_axes=(0, 0, 0, None)), in_axes=(0, 0, 0, None))(
+            result.kept_params, norms, epoch_keys, eval_sets)
         return {"ll": lls, "mse": mses, "reward": rewards, "diverged": result.diverged,
                 "learning_rate": hparams.learning_rate, "weight_decay": hparams.weight_decay,
                 "epochs_trained": result.epochs_trained}
 
     sharded = NamedSharding(mesh, PartitionSpec("pop"))
-    return jax.jit(chunk, in_shardings=(sharded, sharded))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(chunk, in_shardings=(sharded, sharded, replicated, replicated))
 
 
 def _rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: list[str]) -> pd.DataFrame:
@@ -155,6 +157,21 @@ def _rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: list[
 def _eval_arrays(ds) -> tuple:
     val = ds.validation()
     return (val.obs, val.action, val.next_obs)
+
+
+def enable_compilation_cache(path: str | Path | None = None) -> None:
+    """Persists compiled programs on disk (default ~/.cache/mismatch_jax/xla, or
+    $MISMATCH_JAX_CACHE), so a resumed or repeated sweep does not compile again."""
+    import os
+
+    path = Path(path or os.environ.get("MISMATCH_JAX_CACHE") or Path.home() / ".cache" / "mismatch_jax" / "xla")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # a cache is an optimisation only
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bool = False,
@@ -203,8 +220,8 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
                        train_mask=~ds.is_validation[None], val_mask=ds.is_validation[None])
         for ds in (sets[n] for n in train_names)])
     train_data = jax.tree.map(jnp.asarray, train_data)
-    eval_sets = {name: _eval_arrays(sets[name]) for name in config.datasets.eval}
-    eval_names = list(eval_sets)
+    eval_names = list(config.datasets.eval)
+    eval_sets = tuple(_eval_arrays(sets[name]) for name in eval_names)
 
     devices = jax.local_devices()
     mesh = Mesh(np.asarray(devices), ("pop",))
@@ -231,9 +248,10 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
             padded = np.concatenate([indices, np.full(size - indices.size, indices[-1])]).astype(np.int32)
             dataset_index = np.asarray([train_names.index(config.model_spec(int(i))[1]) for i in padded], np.int32)
             if kind not in compiled:
-                compiled[kind] = make_chunk_fn(config, env, kind, train_data, eval_sets, mesh)
+                compiled[kind] = make_chunk_fn(config, env, kind, mesh)
             t = time.perf_counter()
-            out = jax.device_get(compiled[kind](jnp.asarray(padded), jnp.asarray(dataset_index)))
+            out = jax.device_get(compiled[kind](jnp.asarray(padded), jnp.asarray(dataset_index),
+                                                train_data, eval_sets))
             elapsed = time.perf_counter() - t
             out = {k: np.asarray(v)[: indices.size] for k, v in out.items()}
             frame = _rows(config, indices, out, eval_names)

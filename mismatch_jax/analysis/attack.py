@@ -1,0 +1,689 @@
+"""Adversarial attack on a dynamics model's controller performance (Lambert et al. 2020, §4.3,
+Fig. 6–7).
+
+Starting from a trained model, CMA-ES (evosax 0.3.2) fine-tunes **only the last layer** (the
+weights ``w [E, hidden, out]`` and biases ``b [E, out]`` of the output layer, all E members) so
+that the model's controller earns *less* reward in the true environment while its one-step
+validation log-likelihood does not drop. The search variable is the perturbation
+``δ = (δw, δb)`` added to the original last layer; CMA-ES starts at δ = 0 with step size
+``cmaes.sigma`` (parameter units). CMA-ES minimises
+
+    fitness(δ) = R̄(δ) + penalty · max(0, LL₀ − tolerance − LL(δ))
+
+* ``R̄(δ)``: mean episode reward of ``evaluation.trials`` CEM-MPC episodes in the true env driven
+  by the perturbed model. All candidates of a generation share the same trial keys (common
+  random numbers, so candidates are ranked on the same start states and planner noise); every
+  generation draws fresh keys, so the search cannot over-fit one set of episodes.
+* ``LL(δ)``: mean one-step log-likelihood (nats, original units,
+  ``models.one_step_log_likelihood``) on the validation split of the attack dataset;
+  ``LL₀`` is the original model's. ``penalty`` is in reward units per nat ("a large penalty if
+  the validation likelihood drops"); ``tolerance`` (default 0) is an allowed drop in nats.
+* Non-finite fitness (a diverged rollout) is replaced by +1e9 so CMA-ES ranks it last.
+
+The whole population is evaluated in ONE vmapped call (candidates × trials episodes, and the LL
+vmapped over candidates); one generation (ask → evaluate → tell) is one jitted function. The
+generation loop stays in Python because a generation is seconds of work (hundreds of sequential
+MPC steps), so dispatch costs nothing and we can log progress per generation.
+
+Because the best fitness over generations is a minimum over noisy estimates, "before" and
+"after" rewards are re-measured on ``evaluation.final_rounds × evaluation.trials`` fresh
+episodes for the original model, the best candidate and the final CMA-ES mean (evaluated through
+the same compiled population evaluator, padded to the CMA-ES population).
+
+Models are saved/loaded as one ``.npz`` (``save_model`` / ``load_model``): the ModelConfig as
+JSON plus the parameter and normaliser arrays. We chose npz over orbax-checkpoint because a
+dynamics model is a handful of small arrays (< 2 MB at paper size) that must travel as one
+self-describing file next to the results; orbax's directory layout, async manager and
+sharding metadata solve problems (huge, sharded, multi-host state) this file does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Literal, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from mismatch_jax import models
+from mismatch_jax.config_io import ConfigError, load_toml, to_dict
+from mismatch_jax.planning.cem import CEMConfig, make_planner, mpc_episode
+from mismatch_jax.sweep.config import CEMSettings
+
+TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
+CMA_SALT = 0xC4A
+FINAL_SALT = 0xF1A1
+INVALID_FITNESS = 1e9
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration (shared with mismatch_jax.analysis.reweight).
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """The dynamics model trained for the study (see ``models.ModelConfig``)."""
+
+    kind: Literal["P", "PE", "D", "DE"] = "P"
+    hidden_size: int = 200
+    num_hidden_layers: int = 4
+    ensemble_size: int = 1
+    activation: str = "silu"
+
+    def __post_init__(self):
+        models.ModelConfig(kind=self.kind, obs_dim=1, action_dim=1, hidden_size=self.hidden_size,
+                           num_hidden_layers=self.num_hidden_layers,
+                           ensemble_size=self.ensemble_size, activation=self.activation)
+
+    def model_config(self, env) -> models.ModelConfig:
+        """The ModelConfig for ``env``'s dimensions."""
+        return models.ModelConfig(kind=self.kind, obs_dim=env.obs_dim, action_dim=env.action_dim,
+                                  hidden_size=self.hidden_size,
+                                  num_hidden_layers=self.num_hidden_layers,
+                                  ensemble_size=self.ensemble_size, activation=self.activation)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """How a model is trained (``train.population``). patience 0 = no early stopping."""
+
+    num_epochs: int = 50
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 5e-5
+    patience: int = 0
+
+    def __post_init__(self):
+        if self.num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1, got {self.num_epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0 (0 = no early stopping), got {self.patience}")
+
+    def train_config(self, model_config: models.ModelConfig, capacity: int):
+        from mismatch_jax.train.population import TrainConfig
+
+        return TrainConfig(model=model_config, num_epochs=self.num_epochs,
+                           batch_size=min(self.batch_size, capacity),
+                           patience=self.patience or None, keep_best=True)
+
+
+def cem_config(settings: CEMSettings, env) -> CEMConfig:
+    """The CEM-MPC controller of a config's ``[cem]`` table, bound to env's action box."""
+    return CEMConfig(horizon=settings.horizon, population_size=settings.population_size,
+                     num_elites=settings.num_elites, num_iterations=settings.num_iterations,
+                     alpha=settings.alpha, propagation=settings.propagation,
+                     num_particles=settings.num_particles).for_env(env)
+
+
+def _check_cem(settings: CEMSettings) -> None:
+    """Validates a [cem] table at load time (CEMConfig raises a ValueError naming the field)."""
+    CEMConfig(horizon=settings.horizon, population_size=settings.population_size,
+              num_elites=settings.num_elites, num_iterations=settings.num_iterations,
+              alpha=settings.alpha, propagation=settings.propagation,
+              num_particles=settings.num_particles)
+
+
+def _check_env(name: str) -> None:
+    from mismatch_jax.envs import available
+
+    if name not in available():
+        raise ValueError(f"env: unknown environment {name!r}; available: {', '.join(available())}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackData:
+    """The dataset the model is trained on and whose validation split is the LL constraint.
+
+    kind: "sampled" / "grid" (cheap, true-env steps from the state-action box) or "on_policy" /
+    "expert" (PETS runs, as the paper's model "from the last trial of a PETS run"); the other
+    keys are those of the sweep's ``[datasets]`` table (``mismatch_jax.sweep.config``).
+    """
+
+    kind: Literal["sampled", "grid", "on_policy", "expert"] = "on_policy"
+    validation_fraction: float = 0.1
+    sampled_size: int = 5000
+    grid_points: int = 6
+    pets_config: str = ""
+    pets_seeds: int = 1
+    expert_episodes: int = 5
+    expert_min_reward: float = 179.0
+    cache_dir: str = "runs/datasets"
+
+    def __post_init__(self):
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        for name in ("sampled_size", "pets_seeds", "expert_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grid_points < 2:
+            raise ValueError(f"grid_points must be >= 2, got {self.grid_points}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CMAESSettings:
+    """CMA-ES over the last-layer perturbation.
+
+    population_size: candidates per generation (evaluated in one vmapped call).
+    generations: number of ask/tell rounds. sigma: initial step size (parameter units).
+    penalty: reward units per nat of validation-LL drop below the original (minus tolerance).
+    tolerance: LL drop (nats) allowed without penalty (0 = the paper's "LL must not drop").
+    """
+
+    population_size: int = 16
+    generations: int = 50
+    sigma: float = 0.01
+    penalty: float = 1000.0
+    tolerance: float = 0.0
+
+    def __post_init__(self):
+        if self.population_size < 4:
+            raise ValueError(f"population_size must be >= 4, got {self.population_size}")
+        if self.generations < 1:
+            raise ValueError(f"generations must be >= 1, got {self.generations}")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.penalty < 0 or self.tolerance < 0:
+            raise ValueError(f"penalty and tolerance must be >= 0, got {self.penalty}, {self.tolerance}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackEvaluation:
+    """Episodes in the true env: ``trials`` per candidate and generation; the final
+    before/after comparison uses ``final_rounds × trials`` fresh episodes per model.
+    episode_length 0 = the env's episode length."""
+
+    trials: int = 5
+    episode_length: int = 0
+    final_rounds: int = 2
+
+    def __post_init__(self):
+        for name in ("trials", "final_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.episode_length < 0:
+            raise ValueError(f"episode_length must be >= 0 (0 = env default), got {self.episode_length}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """One adversarial attack run (``mismatch-jax attack CONFIG``).
+
+    model_path: "" trains a fresh model (``[model]``, ``[training]`` on ``[data]``); otherwise an
+    npz written by ``save_model`` (its ModelConfig replaces ``[model]``).
+    """
+
+    env: str = "cartpole_swingup"
+    name: str = "attack"
+    seed: int = 0
+    out_dir: str = "runs/attack"
+    model_path: str = ""
+    model: ModelSettings = ModelSettings()
+    data: AttackData = AttackData()
+    training: TrainSettings = TrainSettings()
+    cem: CEMSettings = CEMSettings()
+    evaluation: AttackEvaluation = AttackEvaluation()
+    cmaes: CMAESSettings = CMAESSettings()
+
+    def __post_init__(self):
+        _check_env(self.env)
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        try:
+            _check_cem(self.cem)
+        except ValueError as exc:
+            raise ValueError(f"cem: {exc}") from None
+        if self.cmaes.population_size < 3:
+            raise ValueError("cmaes.population_size must be >= 3 (the final evaluation reuses it)")
+
+
+def load_attack_config(path) -> AttackConfig:
+    """Reads and validates an attack TOML (``ConfigError`` names the offending key)."""
+    return load_toml(AttackConfig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Saving and loading a model.
+# ------------------------------------------------------------------------------------------------
+
+
+def save_model(path, model_config: models.ModelConfig, params: models.ModelParams,
+               normalizer: models.Normalizer, meta: Optional[dict] = None) -> Path:
+    """Writes one model (unbatched params/normalizer) and its config to ``path`` (.npz),
+    atomically. ``meta``: JSON-serialisable extras (training data, rewards, …)."""
+    from mismatch_jax.sweep.results import atomic_write_bytes
+
+    arrays = {}
+    for i, (w, b) in enumerate(params.layers):
+        arrays[f"layer{i}_w"], arrays[f"layer{i}_b"] = np.asarray(w), np.asarray(b)
+    arrays["max_logvar"], arrays["min_logvar"] = np.asarray(params.max_logvar), np.asarray(params.min_logvar)
+    for field in dataclasses.fields(normalizer):
+        arrays[f"norm_{field.name}"] = np.asarray(getattr(normalizer, field.name))
+    header = {"format": "mismatch_jax.model/1", "model_config": dataclasses.asdict(model_config),
+              "meta": meta or {}}
+    buffer = io.BytesIO()
+    np.savez(buffer, header=json.dumps(header, default=str), **arrays)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_model(path) -> tuple[models.ModelConfig, models.ModelParams, models.Normalizer]:
+    """Reads a model written by ``save_model`` → (ModelConfig, ModelParams, Normalizer); raises
+    ValueError if the file is not such a model or its arrays do not match its config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model_path: {str(path)!r} does not exist (write one with save_model)")
+    with np.load(path) as f:
+        if "header" not in f.files:
+            raise ValueError(f"model_path: {path} is not a model saved by mismatch_jax save_model")
+        header = json.loads(str(f["header"]))
+        mcfg = models.ModelConfig(**header["model_config"])
+        expected = jax.eval_shape(lambda: models.init(jax.random.key(0), mcfg))
+        layers = []
+        for i, (w_shape, b_shape) in enumerate(expected.layers):
+            w, b = f[f"layer{i}_w"], f[f"layer{i}_b"]
+            if w.shape != w_shape.shape or b.shape != b_shape.shape:
+                raise ValueError(f"model_path: {path}: layer {i} has shapes {w.shape}/{b.shape}, its "
+                                 f"config expects {w_shape.shape}/{b_shape.shape}")
+            layers.append((jnp.asarray(w), jnp.asarray(b)))
+        params = models.ModelParams(layers=tuple(layers), max_logvar=jnp.asarray(f["max_logvar"]),
+                                    min_logvar=jnp.asarray(f["min_logvar"]))
+        norm = models.Normalizer(**{fl.name: jnp.asarray(f[f"norm_{fl.name}"])
+                                    for fl in dataclasses.fields(models.Normalizer)})
+    return mcfg, params, norm
+
+
+# ------------------------------------------------------------------------------------------------
+# The last layer and its perturbation.
+# ------------------------------------------------------------------------------------------------
+
+
+class LastLayer(NamedTuple):
+    """Output layer of an ensemble model: w [E, hidden, out], b [E, out] (leading candidate
+    axes [C] when stacked)."""
+
+    w: jax.Array
+    b: jax.Array
+
+
+def last_layer(params: models.ModelParams) -> LastLayer:
+    """The output layer of ``params``."""
+    w, b = params.layers[-1]
+    return LastLayer(w=w, b=b)
+
+
+def perturb_last_layer(params: models.ModelParams, delta: LastLayer) -> models.ModelParams:
+    """params with δ added to its output layer (every other parameter unchanged)."""
+    w, b = params.layers[-1]
+    return params.replace(layers=params.layers[:-1] + ((w + delta.w, b + delta.b),))
+
+
+def zero_delta(params: models.ModelParams) -> LastLayer:
+    """δ = 0 with the shapes of the output layer (CMA-ES's initial mean)."""
+    return jax.tree.map(jnp.zeros_like, last_layer(params))
+
+
+def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
+                             base_params: models.ModelParams, normalizer: models.Normalizer,
+                             validation, episode_length: int, env_params=None):
+    """Scores last-layer perturbations of ``base_params``.
+
+    validation: (obs [V, d], action [V, a], next_obs [V, d]) — the LL constraint's data.
+    Returns ``(evaluate_one, evaluate)``:
+    ``evaluate_one(delta, trial_keys [K]) -> (rewards [K], ll [])`` for one candidate, and
+    ``evaluate(deltas [C]-stacked LastLayer, trial_keys [K]) -> (rewards [C, K], ll [C])``,
+    the same vmapped over candidates (one call runs C × K episodes). Pure; jit them.
+    """
+    val_obs, val_action, val_next = (jnp.asarray(a) for a in validation)
+
+    def evaluate_one(delta: LastLayer, trial_keys: jax.Array):
+        params = perturb_last_layer(base_params, delta)
+        ll = models.one_step_log_likelihood(model_config, params, normalizer, val_obs, val_action, val_next)
+
+        def episode(key):
+            return mpc_episode(key, env, planner, params, normalizer, episode_length, env_params)[1]
+
+        return jax.vmap(episode)(trial_keys), ll
+
+    def evaluate(deltas: LastLayer, trial_keys: jax.Array):
+        return jax.vmap(evaluate_one, in_axes=(0, None))(deltas, trial_keys)
+
+    return evaluate_one, evaluate
+
+
+def attack_fitness(reward_mean: jax.Array, ll: jax.Array, ll_reference, penalty, tolerance=0.0):
+    """CMA-ES fitness (minimised): reward + penalty · max(0, LL_ref − tolerance − LL).
+
+    reward_mean [C], ll [C] → [C]; non-finite values become ``INVALID_FITNESS``."""
+    drop = jnp.maximum(0.0, ll_reference - tolerance - ll)
+    fitness = reward_mean + penalty * drop
+    return jnp.where(jnp.isfinite(fitness), fitness, INVALID_FITNESS)
+
+
+# ------------------------------------------------------------------------------------------------
+# CMA-ES.
+# ------------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class AttackState:
+    """CMA-ES state plus our own best-so-far record (fitness, reward, LL of the best δ)."""
+
+    es_state: object
+    best_delta: LastLayer
+    best_fitness: jax.Array
+    best_reward: jax.Array
+    best_ll: jax.Array
+
+
+@struct.dataclass
+class GenerationLog:
+    """Per-generation numbers of the convergence curve (each [] per generation).
+
+    gen_best_*: the generation's lowest-fitness candidate; mean_fitness / feasible_fraction:
+    over the population (feasible = no LL penalty); best_fitness: best so far; step_size: σ."""
+
+    gen_best_fitness: jax.Array
+    gen_best_reward: jax.Array
+    gen_best_ll: jax.Array
+    mean_fitness: jax.Array
+    feasible_fraction: jax.Array
+    best_fitness: jax.Array
+    step_size: jax.Array
+
+
+def make_cmaes_attack(evaluate: Callable, template: LastLayer, settings: CMAESSettings,
+                      num_trials: int, ll_reference):
+    """CMA-ES over last-layer perturbations.
+
+    evaluate(deltas [C], trial_keys [K]) -> (rewards [C, K], ll [C]) (``make_candidate_evaluator``);
+    template: a δ with the output layer's shapes. Returns ``(es, init, generation)``:
+    ``init(key) -> AttackState`` and jitted ``generation(state, key) -> (state, GenerationLog)``.
+    """
+    from evosax.algorithms import CMA_ES
+
+    es = CMA_ES(population_size=settings.population_size, solution=template)
+    es_params = es.default_params.replace(std_init=jnp.asarray(settings.sigma, jnp.float32))
+
+    def init(key) -> AttackState:
+        zero = jax.tree.map(jnp.zeros_like, template)
+        with jax.numpy_rank_promotion("allow"):  # evosax broadcasts [D] + [C, D] implicitly
+            es_state = es.init(key, zero, es_params)
+        return AttackState(es_state=es_state, best_delta=zero,
+                           best_fitness=jnp.asarray(jnp.inf), best_reward=jnp.asarray(jnp.nan),
+                           best_ll=jnp.asarray(jnp.nan))
+
+    @jax.jit
+    def generation(state: AttackState, key) -> tuple[AttackState, GenerationLog]:
+        ask_key, eval_key, tell_key = jax.random.split(key, 3)
+        with jax.numpy_rank_promotion("allow"):  # evosax broadcasts [D] + [C, D] implicitly
+            population, es_state = es.ask(ask_key, state.es_state, es_params)
+        rewards, ll = evaluate(population, jax.random.split(eval_key, num_trials))
+        reward_mean = rewards.mean(-1)
+        fitness = attack_fitness(reward_mean, ll, ll_reference, settings.penalty, settings.tolerance)
+        with jax.numpy_rank_promotion("allow"):
+            es_state, _ = es.tell(tell_key, population, fitness, es_state, es_params)
+        i = jnp.argmin(fitness)
+        improved = fitness[i] < state.best_fitness
+        pick = lambda new, old: jnp.where(improved, new, old)
+        state = AttackState(
+            es_state=es_state,
+            best_delta=jax.tree.map(lambda p, old: pick(p[i], old), population, state.best_delta),
+            best_fitness=pick(fitness[i], state.best_fitness),
+            best_reward=pick(reward_mean[i], state.best_reward),
+            best_ll=pick(ll[i], state.best_ll))
+        feasible = ll >= ll_reference - settings.tolerance
+        log = GenerationLog(gen_best_fitness=fitness[i], gen_best_reward=reward_mean[i],
+                            gen_best_ll=ll[i], mean_fitness=fitness.mean(),
+                            feasible_fraction=feasible.mean(), best_fitness=state.best_fitness,
+                            step_size=es_state.std)
+        return state, log
+
+    return es, init, generation
+
+
+def run_cmaes(key, evaluate: Callable, template: LastLayer, settings: CMAESSettings,
+              num_trials: int, ll_reference, log: Callable[[str], None] = lambda s: None):
+    """Runs ``settings.generations`` CMA-ES generations from δ = 0.
+
+    Returns (final AttackState, history: dict of [G] numpy arrays (GenerationLog fields),
+    final CMA-ES mean δ)."""
+    es, init, generation = make_cmaes_attack(evaluate, template, settings, num_trials, ll_reference)
+    init_key, run_key = jax.random.split(key)
+    state = init(init_key)
+    logs = []
+    for g in range(settings.generations):
+        t = time.perf_counter()
+        state, entry = generation(state, jax.random.fold_in(run_key, g))
+        entry = jax.device_get(entry)
+        logs.append(entry)
+        log(f"  generation {g + 1}/{settings.generations}: best reward {float(entry.gen_best_reward):.2f} "
+            f"LL {float(entry.gen_best_ll):.4f} fitness {float(entry.gen_best_fitness):.2f} "
+            f"(best so far {float(entry.best_fitness):.2f}, σ {float(entry.step_size):.4g}, "
+            f"{time.perf_counter() - t:.1f}s)")
+    history = {f.name: np.asarray([getattr(e, f.name) for e in logs], np.float64)
+               for f in dataclasses.fields(GenerationLog)}
+    with jax.numpy_rank_promotion("allow"):
+        mean = es.get_mean(state.es_state)
+    return state, history, mean
+
+
+# ------------------------------------------------------------------------------------------------
+# Data and the input model.
+# ------------------------------------------------------------------------------------------------
+
+
+def build_dataset(data: AttackData, env_name: str, seed: int, env, log=print):
+    """The ``Transitions`` of ``data.kind`` (cached on disk like the sweep's datasets)."""
+    from mismatch_jax.sweep.config import DatasetsConfig, SweepConfig, TrainingConfig
+    from mismatch_jax.sweep.study_data import build_study_datasets
+
+    sweep = SweepConfig(
+        env=env_name, seed=seed,
+        training=TrainingConfig(validation_fraction=data.validation_fraction),
+        datasets=DatasetsConfig(train=(data.kind,), eval=(data.kind,), pets_config=data.pets_config,
+                                pets_seeds=data.pets_seeds, expert_episodes=data.expert_episodes,
+                                expert_min_reward=data.expert_min_reward, grid_points=data.grid_points,
+                                sampled_size=data.sampled_size, cache_dir=data.cache_dir))
+    built, notes = build_study_datasets(sweep, env, log=log)
+    return built[data.kind], notes
+
+
+def transition_data(dataset, weight=None):
+    """A ``train.population.TransitionData`` (M = 1) from a ``data.Transitions``."""
+    from mismatch_jax.train.population import TransitionData
+
+    n = dataset.size
+    weight = jnp.ones((1, n)) if weight is None else jnp.asarray(weight, jnp.float32)[None]
+    return TransitionData(obs=dataset.obs[None], action=dataset.action[None],
+                          next_obs=dataset.next_obs[None], reward=dataset.reward[None], weight=weight,
+                          train_mask=~dataset.is_validation[None], val_mask=dataset.is_validation[None])
+
+
+def train_model(key, model_config: models.ModelConfig, settings: TrainSettings, dataset):
+    """Trains one model on ``dataset`` (Transitions) → (params, normalizer, TrainResult)."""
+    from mismatch_jax.train.population import TrainHParams, make_train
+
+    data = transition_data(dataset)
+    train = make_train(settings.train_config(model_config, data.capacity))
+    hp = TrainHParams.population(1, settings.learning_rate, settings.weight_decay)
+    result = train(key[None], None, data, hp, jnp.zeros(1, jnp.int32))
+    if bool(result.diverged[0]):
+        raise RuntimeError("training diverged (non-finite loss); lower training.learning_rate")
+    first = lambda tree: jax.tree.map(lambda a: a[0], tree)
+    return first(result.params), first(result.normalizer), result
+
+
+# ------------------------------------------------------------------------------------------------
+# The run.
+# ------------------------------------------------------------------------------------------------
+
+
+def plot_convergence(history: dict, ll_original: float, reward_original: float,
+                     reward_attacked: float, ll_attacked: float, path) -> Path:
+    """Fig. 7-like PNG: (left) reward / fitness of each generation's best candidate and the best
+    so far; (right) the generation-best path in the (LL, reward) plane, start and end marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gens = np.arange(1, len(history["gen_best_reward"]) + 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(gens, history["gen_best_reward"], "o-", label="generation best: reward")
+    left.plot(gens, np.minimum(history["gen_best_fitness"], np.nanmax(history["gen_best_reward"]) * 2),
+              "--", alpha=0.6, label="generation best: fitness")
+    left.plot(gens, history["best_fitness"], "k-", label="best fitness so far")
+    left.axhline(reward_original, color="tab:green", ls=":", label=f"original reward {reward_original:.1f}")
+    left.set_xlabel("CMA-ES generation")
+    left.set_ylabel("episode reward")
+    left.legend(fontsize=8)
+    left.set_title("convergence")
+    sc = right.scatter(history["gen_best_ll"], history["gen_best_reward"], c=gens, cmap="viridis", s=25)
+    right.plot(history["gen_best_ll"], history["gen_best_reward"], "-", color="grey", alpha=0.4)
+    right.scatter([ll_original], [reward_original], marker="*", s=200, color="tab:green", label="start (original)")
+    right.scatter([ll_attacked], [reward_attacked], marker="X", s=120, color="tab:red", label="end (attacked)")
+    right.axvline(ll_original, color="tab:green", ls=":", lw=1)
+    right.set_xlabel("validation one-step LL (nats)")
+    right.set_ylabel("episode reward")
+    right.legend(fontsize=8)
+    fig.colorbar(sc, ax=right, label="generation")
+    right.set_title("generation-best candidate (Fig. 7)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _summary(rewards: np.ndarray) -> dict:
+    rewards = np.asarray(rewards, np.float64)
+    return {"mean": float(rewards.mean()), "std": float(rewards.std()), "trials": rewards.tolist()}
+
+
+def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = print) -> dict:
+    """Trains (or loads) a model, attacks its last layer with CMA-ES, evaluates before/after on
+    fresh episodes; writes attack.json, attack_convergence.png, original_model.npz and
+    attacked_model.npz to ``out_dir`` (default ``config.out_dir``). Returns the JSON dict."""
+    from mismatch_jax.envs import make
+    from mismatch_jax.sweep.results import atomic_write_text, check_writable
+
+    out = Path(out_dir or config.out_dir)
+    check_writable(out)
+    started = time.perf_counter()
+    env = make(config.env)
+    length = config.evaluation.episode_length or env.episode_length
+    root = jax.random.key(config.seed)
+    timings = {}
+
+    t = time.perf_counter()
+    dataset, notes = build_dataset(config.data, config.env, config.seed, env, log)
+    timings["dataset_s"] = time.perf_counter() - t
+    val = dataset.validation()
+    validation = (val.obs, val.action, val.next_obs)
+
+    t = time.perf_counter()
+    if config.model_path:
+        mcfg, params, norm = load_model(config.model_path)
+        if (mcfg.obs_dim, mcfg.action_dim) != (env.obs_dim, env.action_dim):
+            raise ValueError(f"model_path: the model's dims ({mcfg.obs_dim}, {mcfg.action_dim}) do not "
+                             f"match env {config.env} ({env.obs_dim}, {env.action_dim})")
+        source = {"model_path": str(config.model_path)}
+    else:
+        mcfg = config.model.model_config(env)
+        log(f"attack: training a {mcfg.kind} model on {config.data.kind} data ({dataset.size} transitions)")
+        params, norm, result = train_model(jax.random.fold_in(root, TRAIN_SALT), mcfg, config.training, dataset)
+        source = {"trained_on": config.data.kind, "epochs_trained": int(result.epochs_trained[0]),
+                  "best_epoch": int(result.best_epoch[0])}
+    timings["model_s"] = time.perf_counter() - t
+
+    planner = make_planner(cem_config(config.cem, env), mcfg, env.reward_fn, env.termination_fn)
+    _, evaluate = make_candidate_evaluator(env, planner, mcfg, params, norm, validation, length)
+    template = zero_delta(params)
+    ll_original = float(models.one_step_log_likelihood(mcfg, params, norm, *validation))
+    num_dims = sum(int(np.size(a)) for a in jax.tree.leaves(template))
+    log(f"attack: original validation LL {ll_original:.4f}; CMA-ES over {num_dims} last-layer parameters, "
+        f"{config.cmaes.population_size} candidates × {config.evaluation.trials} trials per generation")
+
+    t = time.perf_counter()
+    state, history, mean_delta = run_cmaes(jax.random.fold_in(root, CMA_SALT), evaluate, template,
+                                           config.cmaes, config.evaluation.trials, ll_original, log)
+    timings["cmaes_s"] = time.perf_counter() - t
+
+    # Before/after on fresh episodes: [original, best, final mean] padded to the population size
+    # so the compiled population evaluator is reused.
+    t = time.perf_counter()
+    pop = config.cmaes.population_size
+    trio = [template, state.best_delta, mean_delta]
+    batch = jax.tree.map(lambda *xs: jnp.stack(list(xs) + [xs[0]] * (pop - 3)), *trio)
+    eval_jit = jax.jit(evaluate)
+    rounds = []
+    for r in range(config.evaluation.final_rounds):
+        keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(root, FINAL_SALT), r),
+                                config.evaluation.trials)
+        rewards, lls = jax.device_get(eval_jit(batch, keys))
+        rounds.append(rewards[:3])
+    final = np.concatenate(rounds, axis=1)  # [3, rounds × trials]
+    timings["final_eval_s"] = time.perf_counter() - t
+    lls = np.asarray(lls[:3], np.float64)
+
+    attacked = perturb_last_layer(params, state.best_delta)
+    save_model(out / "original_model.npz", mcfg, params, norm, {"source": source})
+    save_model(out / "attacked_model.npz", mcfg, attacked, norm,
+               {"source": source, "attack": "best CMA-ES candidate (last layer only)"})
+    before, after, mean_after = (_summary(final[i]) for i in range(3))
+    timings["total_s"] = time.perf_counter() - started
+    report = {
+        "name": config.name, "env": config.env, "config": to_dict(config), "model": dataclasses.asdict(mcfg),
+        "model_source": source, "dataset": {"kind": config.data.kind, "size": dataset.size,
+                                            "validation_rows": int(val.size), "notes": notes},
+        "fitness": "reward_mean + penalty * max(0, ll_original - tolerance - ll)",
+        "num_attacked_parameters": num_dims,
+        "ll_original": ll_original, "ll_attacked": float(lls[1]), "ll_final_mean": float(lls[2]),
+        "reward_original": before, "reward_attacked": after, "reward_final_mean": mean_after,
+        "search_best": {"fitness": float(state.best_fitness), "reward_mean": float(state.best_reward),
+                        "ll": float(state.best_ll)},
+        "convergence": {k: v.tolist() for k, v in history.items()},
+        "timings": timings, "device_kind": jax.devices()[0].device_kind,
+    }
+    atomic_write_text(out / "attack.json", json.dumps(report, indent=2, default=float))
+    plot_convergence(history, ll_original, before["mean"], after["mean"], float(lls[1]),
+                     out / "attack_convergence.png")
+    log(f"attack: reward {before['mean']:.1f} → {after['mean']:.1f} "
+        f"({config.evaluation.final_rounds * config.evaluation.trials} fresh trials), "
+        f"LL {ll_original:.4f} → {float(lls[1]):.4f}; wrote {out}/attack.json")
+    return report
+
+
+def main_attack(argv=None) -> int:
+    """``mismatch-jax attack CONFIG [--out DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="mismatch-jax attack",
+        description=("Adversarial CMA-ES attack on a dynamics model's last layer (Lambert et al. 2020, "
+                     "Fig. 6-7): lower the controller's reward in the true env while the validation "
+                     "log-likelihood must not drop. Writes attack.json, attack_convergence.png and the "
+                     "original/attacked models (.npz)."))
+    parser.add_argument("config", metavar="CONFIG", help="attack TOML (e.g. sweeps/attack_quick.toml)")
+    parser.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_attack_config(args.config)
+    except ConfigError as exc:
+        parser.exit(2, f"mismatch-jax attack: config error: {exc}\n")
+    run_attack(config, args.out)
+    return 0

@@ -1,0 +1,530 @@
+"""Distance re-weighted model training (Lambert et al. 2020, §5, Eq. 2, Fig. 8).
+
+Each training tuple y = (s, a, s′) gets the loss weight
+
+    ω(y) = c · exp(−d*(y) / ℓ),     d*(y) = min_j ‖ ([s, a] − [s_j, a_j]) / scale ‖₂
+
+where (s_j, a_j) are the points of one expert trajectory (``[expert]``), ``scale`` the
+per-dimension distance scale (``pool.distance_scale``, default 1 = raw units, the units in which
+the paper's ε ∈ [0.28, 15.66] is stated) and ℓ = ``grid.length_scale`` (default 1: the paper's
+exact form ω = c·e^{−d*}). Points on the trajectory get exp(0) = 1 before normalisation and
+points far away ≈ 0, as the paper asks. **c** normalises each dataset's weights to mean 1:
+c = S / Σ_i exp(−d*_i/ℓ) over its S tuples (computed as exp(−(d* − min d*)/ℓ) / mean(·) for
+numerical safety), so ω ≡ 1 is exactly the unweighted case. Note that the trainer
+(``train.population``) uses the self-normalised weighted mean Σ ω l / Σ ω *per minibatch*, so c
+cancels inside every minibatch and ω acts through the relative weights of a minibatch's tuples;
+with ``training.batch_size ≥ max(sizes)`` every update is the exact Eq. 2 weighted mean over the
+whole dataset.
+
+Fig. 8 grid: datasets of S tuples (S ∈ ``grid.sizes``) drawn from a pool of uniform tuples over the
+state-action box restricted to d* ≤ ε (ε ∈ ``grid.epsilons``). The pool is streamed in chunks:
+each chunk is drawn, its d* computed (``data.min_distance``), and for every ε the first
+max(sizes) qualifying tuples are kept — for i.i.d. uniform draws the first S qualifying points
+are a uniform sample of the qualifying set, and the S-datasets of one ε are nested (common random
+numbers across S). Only kept tuples are stepped through the true env. A cell whose ε-ball holds
+fewer than S pool tuples is infeasible (NaN in the heat map; the JSON lists the counts).
+
+Every cell × {re-weighted, uniform} × replicate is one model of ONE population trained by
+``make_train`` (``dataset_index`` per model, ``weight [M, T]`` carrying ω or 1); all models are then
+scored by CEM-MPC (PETS's controller, ``mpc_episode``) in the true env, vmapped over models ×
+trials in calls of ``evaluation.models_per_call`` models. All models use the same trial keys
+(same start states and planner noise), so differences between cells are not start-state luck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mismatch_jax.analysis.attack import ModelSettings, TrainSettings, _check_cem, _check_env, cem_config
+from mismatch_jax.config_io import ConfigError, load_toml, to_dict
+from mismatch_jax.sweep.config import CEMSettings
+
+EXPERT_SALT = 0xE7E
+POOL_SALT = 0x9001
+SPLIT_SALT = 0x5B1
+MODEL_SALT = 0x3E1
+EVAL_SALT = 0xE7A1
+
+
+def log_grid(low: float, high: float, num: int, integer: bool = False) -> tuple:
+    """``num`` log-spaced values from low to high (rounded to distinct ints if ``integer``)."""
+    values = np.geomspace(low, high, num)
+    if integer:
+        return tuple(int(v) for v in np.unique(np.round(values).astype(int)))
+    return tuple(float(round(v, 4)) for v in values)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertSettings:
+    """Where the expert trajectory (the distance reference) comes from.
+
+    source: "true_cem" — one CEM-MPC episode on the true dynamics (``horizon`` …
+    ``num_iterations``; cached in ``cache_dir``); "pets" — the best planned PETS trial
+    (``sweep.study_data``; ``pets_config`` / ``pets_seeds`` / ``min_reward``); "file" — an npz with
+    ``obs [T, obs_dim]`` and ``action [T, action_dim]`` at ``path``. Only steps before a
+    termination are used. episode_length 0 = the env's.
+    """
+
+    source: Literal["true_cem", "pets", "file"] = "true_cem"
+    path: str = ""
+    horizon: int = 25
+    population_size: int = 400
+    num_elites: int = 40
+    num_iterations: int = 5
+    episode_length: int = 0
+    pets_config: str = ""
+    pets_seeds: int = 1
+    min_reward: float = 179.0
+    cache_dir: str = "runs/datasets"
+
+    def __post_init__(self):
+        if self.source == "file" and not self.path:
+            raise ValueError("path must name an npz with obs/action when source = 'file'")
+        if self.episode_length < 0:
+            raise ValueError(f"episode_length must be >= 0 (0 = env default), got {self.episode_length}")
+        from mismatch_jax.planning.cem import CEMConfig
+
+        CEMConfig(horizon=self.horizon, population_size=self.population_size,
+                  num_elites=self.num_elites, num_iterations=self.num_iterations)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSettings:
+    """The uniform tuple pool (paper: 25e6 tuples) streamed in chunks of ``chunk_size``.
+
+    distance_scale: per-dimension scale of [obs, action] in d* (empty = 1 everywhere).
+    box_low / box_high: the state-action box (empty = ``data.DEFAULT_BOXES[env]``).
+    """
+
+    size: int = 1_000_000
+    chunk_size: int = 262_144
+    distance_scale: tuple[float, ...] = ()
+    box_low: tuple[float, ...] = ()
+    box_high: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if self.size < 1 or self.chunk_size < 1:
+            raise ValueError(f"size and chunk_size must be >= 1, got {self.size}, {self.chunk_size}")
+        if any(not s > 0 for s in self.distance_scale):
+            raise ValueError(f"distance_scale entries must be > 0, got {list(self.distance_scale)}")
+        if (len(self.box_low) == 0) != (len(self.box_high) == 0):
+            raise ValueError("box_low and box_high must be given together")
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSettings:
+    """The Fig. 8 grid: dataset sizes S × distance bounds ε, ``replicates`` models per cell and
+    weighting; ω's length scale ℓ; each dataset's validation fraction."""
+
+    sizes: tuple[int, ...] = log_grid(10, 2500, 8, integer=True)
+    epsilons: tuple[float, ...] = log_grid(0.28, 15.66, 8)
+    replicates: int = 1
+    length_scale: float = 1.0
+    validation_fraction: float = 0.1
+
+    def __post_init__(self):
+        for name, values in (("sizes", self.sizes), ("epsilons", self.epsilons)):
+            if not values:
+                raise ValueError(f"{name} must list at least one value")
+            if list(values) != sorted(set(values)):
+                raise ValueError(f"{name} must be strictly increasing, got {list(values)}")
+        if self.sizes[0] < 2:
+            raise ValueError(f"sizes must be >= 2 (one training and one validation tuple), got {self.sizes[0]}")
+        if not self.epsilons[0] > 0:
+            raise ValueError(f"epsilons must be > 0, got {self.epsilons[0]}")
+        if self.replicates < 1:
+            raise ValueError(f"replicates must be >= 1, got {self.replicates}")
+        if not self.length_scale > 0:
+            raise ValueError(f"length_scale must be > 0, got {self.length_scale}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReweightEvaluation:
+    """CEM-MPC episodes in the true env per model (paper: 100 PETS trials per cell);
+    models_per_call bounds memory (0 = all models in one call). episode_length 0 = env's."""
+
+    trials: int = 10
+    episode_length: int = 0
+    models_per_call: int = 0
+
+    def __post_init__(self):
+        if self.trials < 1:
+            raise ValueError(f"trials must be >= 1, got {self.trials}")
+        if self.episode_length < 0 or self.models_per_call < 0:
+            raise ValueError("episode_length and models_per_call must be >= 0 (0 = default)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReweightConfig:
+    """One re-weighting study (``mismatch-jax reweight CONFIG``)."""
+
+    env: str = "cartpole_swingup"
+    name: str = "reweight"
+    seed: int = 0
+    out_dir: str = "runs/reweight"
+    model: ModelSettings = ModelSettings()
+    training: TrainSettings = TrainSettings()
+    cem: CEMSettings = CEMSettings()
+    evaluation: ReweightEvaluation = ReweightEvaluation()
+    expert: ExpertSettings = ExpertSettings()
+    pool: PoolSettings = PoolSettings()
+    grid: GridSettings = GridSettings()
+
+    def __post_init__(self):
+        _check_env(self.env)
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        try:
+            _check_cem(self.cem)
+        except ValueError as exc:
+            raise ValueError(f"cem: {exc}") from None
+
+
+def load_reweight_config(path) -> ReweightConfig:
+    """Reads and validates a re-weighting TOML (``ConfigError`` names the offending key)."""
+    return load_toml(ReweightConfig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights and distances.
+# ------------------------------------------------------------------------------------------------
+
+
+def distance_weights(d_star, length_scale: float = 1.0) -> np.ndarray:
+    """ω = c · exp(−d*/ℓ) with c making mean(ω) = 1. d_star [S] → [S] float32.
+
+    Computed as exp(−(d* − min d*)/ℓ) / mean(·): identical in exact arithmetic, never 0/0."""
+    d = np.asarray(d_star, np.float64)
+    if d.ndim != 1 or d.size == 0:
+        raise ValueError(f"distance_weights: d_star must be a non-empty [S] array, got shape {d.shape}")
+    raw = np.exp(-(d - d.min()) / float(length_scale))
+    return (raw / raw.mean()).astype(np.float32)
+
+
+def collect_buckets(key, reference, low, high, epsilons, max_size: int, pool_size: int,
+                    chunk_size: int, scale=None):
+    """Streams ``pool_size`` uniform tuples over the box [low, high] (chunk by chunk) and keeps,
+    for every ε, the first ``max_size`` tuples with d* ≤ ε.
+
+    reference [R, d]; low/high [d]. Returns (points [J, max_size, d] (NaN where not found),
+    d_star [J, max_size], found [J] (kept, ≤ max_size), in_ball [J] (pool tuples with d* ≤ ε)).
+    """
+    from mismatch_jax.data import min_distance
+
+    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+    dim, num_eps = low.size, len(epsilons)
+    points = np.full((num_eps, max_size, dim), np.nan, np.float32)
+    d_star = np.full((num_eps, max_size), np.nan, np.float32)
+    found = np.zeros(num_eps, np.int64)
+    in_ball = np.zeros(num_eps, np.int64)
+    draw = jax.jit(lambda k, n: jax.random.uniform(k, (n, dim), minval=low, maxval=high), static_argnums=1)
+    for c, start in enumerate(range(0, pool_size, chunk_size)):
+        n = min(chunk_size, pool_size - start)
+        chunk = np.asarray(draw(jax.random.fold_in(key, c), n))
+        dist = min_distance(chunk, reference, chunk_size=chunk_size, scale=scale)
+        for j, eps in enumerate(epsilons):
+            hits = np.flatnonzero(dist <= eps)
+            in_ball[j] += hits.size
+            take = hits[: max_size - found[j]]
+            points[j, found[j]: found[j] + take.size] = chunk[take]
+            d_star[j, found[j]: found[j] + take.size] = dist[take]
+            found[j] += take.size
+    return points, d_star, found, in_ball
+
+
+# ------------------------------------------------------------------------------------------------
+# The expert reference.
+# ------------------------------------------------------------------------------------------------
+
+
+def expert_reference(settings: ExpertSettings, env, env_name: str, seed: int, log=print):
+    """The expert trajectory → (obs [T, d], action [T, a], info dict). See ``ExpertSettings``."""
+    from mismatch_jax import data as datasets
+
+    if settings.source == "file":
+        path = Path(settings.path)
+        if not path.is_file():
+            raise ValueError(f"expert.path: {str(path)!r} does not exist")
+        with np.load(path) as f:
+            if "obs" not in f.files or "action" not in f.files:
+                raise ValueError(f"expert.path: {path} must hold arrays 'obs' and 'action'")
+            obs, action = np.asarray(f["obs"], np.float32), np.asarray(f["action"], np.float32)
+        if obs.ndim != 2 or obs.shape[1] != env.obs_dim or action.shape != (obs.shape[0], env.action_dim):
+            raise ValueError(f"expert.path: obs must be [T, {env.obs_dim}] and action [T, {env.action_dim}], "
+                             f"got {obs.shape} and {action.shape}")
+        return obs, action, {"source": "file", "path": str(path)}
+    if settings.source == "pets":
+        from mismatch_jax.analysis.attack import AttackData, build_dataset
+
+        data = AttackData(kind="expert", expert_episodes=1, expert_min_reward=settings.min_reward,
+                          pets_config=settings.pets_config, pets_seeds=settings.pets_seeds,
+                          cache_dir=settings.cache_dir)
+        expert, notes = build_dataset(data, env_name, seed, env, log)
+        return (np.asarray(expert.obs), np.asarray(expert.action),
+                {"source": "pets", "notes": notes, "reward": float(np.asarray(expert.reward).sum())})
+    from mismatch_jax.planning.cem import CEMConfig, make_true_dynamics_planner, mpc_episode
+
+    length = settings.episode_length or env.episode_length
+    spec = {"env": env_name, "kind": "expert_true_cem", "seed": seed, "length": length,
+            "cem": [settings.horizon, settings.population_size, settings.num_elites, settings.num_iterations]}
+    path = Path(settings.cache_dir) / f"{env_name}_expert_true_cem_{datasets.spec_hash(spec)}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            log(f"reweight: expert trajectory from cache {path}")
+            return f["obs"], f["action"], {"source": "true_cem", "reward": float(f["reward"]), "cache": str(path)}
+    cem = CEMConfig(horizon=settings.horizon, population_size=settings.population_size,
+                    num_elites=settings.num_elites, num_iterations=settings.num_iterations).for_env(env)
+    planner = make_true_dynamics_planner(env, cem)
+    log(f"reweight: expert = CEM on the true dynamics ({length} steps)")
+    key = jax.random.fold_in(jax.random.key(seed), EXPERT_SALT)
+    traj, reward = jax.jit(lambda k: mpc_episode(k, env, planner, None, None, length))(key)
+    alive = np.asarray(traj.alive)
+    obs, action = np.asarray(traj.obs)[alive], np.asarray(traj.action)[alive]
+    from mismatch_jax.sweep.results import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, obs=obs, action=action, reward=np.asarray(reward), spec=json.dumps(spec))
+    atomic_write_bytes(path, buffer.getvalue())
+    return obs, action, {"source": "true_cem", "reward": float(reward), "cache": str(path)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Building the population, training, evaluating.
+# ------------------------------------------------------------------------------------------------
+
+
+def build_grid_data(key, env, buckets, next_obs, rewards, grid: GridSettings):
+    """Datasets of every feasible (S, ε) cell × {re-weighted, uniform}.
+
+    buckets: (points [J, S_max, d], d_star [J, S_max], found [J]); next_obs [J, S_max, obs_dim],
+    rewards [J, S_max] (true env). Returns (TransitionData with M = 2·cells datasets of capacity
+    S_max, cells: list of (weighting w ∈ {0 re-weighted, 1 uniform}, i, j) per dataset,
+    weight_constants [M] (c of each dataset))."""
+    from mismatch_jax.train.population import TransitionData
+
+    points, d_star, found = buckets
+    obs_dim = env.obs_dim
+    capacity = max(grid.sizes)
+    datasets, cells, constants = [], [], []
+    for j in range(len(grid.epsilons)):
+        for i, size in enumerate(grid.sizes):
+            if found[j] < size:
+                continue
+            p = points[j, :size]
+            split_key = jax.random.fold_in(key, j * len(grid.sizes) + i)
+            raw = np.exp(-(d_star[j, :size].astype(np.float64)) / grid.length_scale)
+            for w, weight in enumerate((distance_weights(d_star[j, :size], grid.length_scale),
+                                        np.ones(size, np.float32))):
+                datasets.append(TransitionData.from_arrays(
+                    split_key, p[:, :obs_dim], p[:, obs_dim:], next_obs[j, :size], rewards[j, :size],
+                    weight, validation_fraction=grid.validation_fraction, capacity=capacity))
+                cells.append((w, i, j))
+                constants.append(float(1.0 / raw.mean()) if w == 0 else 1.0)
+    if not datasets:
+        raise ValueError("no (size, epsilon) cell has enough pool tuples; raise pool.size or the epsilons")
+    return TransitionData.stack(datasets), cells, np.asarray(constants)
+
+
+def make_population_evaluator(env, planner, num_trials: int, episode_length: int):
+    """``evaluate(params [N], normalizer [N], trial_keys [K]) -> rewards [N, K]``: one call runs
+    N × K CEM-MPC episodes in the true env (every model sees the same trial keys). Pure."""
+    from mismatch_jax.planning.cem import mpc_episode
+
+    def one_model(params, norm, trial_keys):
+        episode = lambda k: mpc_episode(k, env, planner, params, norm, episode_length)[1]
+        return jax.vmap(episode)(trial_keys)
+
+    return jax.vmap(one_model, in_axes=(0, 0, None))
+
+
+def plot_heatmaps(reward: np.ndarray, sizes, epsilons, path, title: str = "") -> Path:
+    """Two heat maps (re-weighted left, uniform right, as the paper's Fig. 8) of
+    reward [2, |S|, |ε|] with a shared colour scale; infeasible (NaN) cells are grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = reward[np.isfinite(reward)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("lightgrey")
+    for ax, grid, label in zip(axes, reward, ("with re-weighting ω = c·exp(−d*)", "without re-weighting")):
+        image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap,
+                          vmin=vmin, vmax=vmax)
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if value < (vmin + vmax) / 2 else "black")
+        ax.set_xticks(range(len(epsilons)), [f"{e:.2g}" for e in epsilons], rotation=45)
+        ax.set_yticks(range(len(sizes)), [str(s) for s in sizes])
+        ax.set_xlabel("distance bound ε")
+        ax.set_title(label)
+    axes[0].set_ylabel("dataset size S")
+    fig.colorbar(image, ax=list(axes), label="mean episode reward")
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None] = print) -> dict:
+    """Runs the Fig. 8 study; writes reweight.json and reweight_heatmap.png to ``out_dir``
+    (default ``config.out_dir``) and returns the JSON dict (rewards [2, |S|, |ε|], index 0 =
+    re-weighted, 1 = uniform; NaN = infeasible cell)."""
+    from mismatch_jax import data as datasets
+    from mismatch_jax.envs import make
+    from mismatch_jax.planning.cem import make_planner
+    from mismatch_jax.sweep.results import atomic_write_text, check_writable
+    from mismatch_jax.train.population import TrainHParams, make_train, model_keys
+
+    out = Path(out_dir or config.out_dir)
+    check_writable(out)
+    started = time.perf_counter()
+    env = make(config.env)
+    grid, pool = config.grid, config.pool
+    root = jax.random.key(config.seed)
+    timings = {}
+
+    t = time.perf_counter()
+    exp_obs, exp_action, expert_info = expert_reference(config.expert, env, config.env, config.seed, log)
+    reference = np.concatenate([exp_obs, exp_action], axis=-1)
+    timings["expert_s"] = time.perf_counter() - t
+    dim = env.obs_dim + env.action_dim
+    if pool.box_low:
+        low, high = np.asarray(pool.box_low, np.float32), np.asarray(pool.box_high, np.float32)
+        if low.shape != (dim,) or high.shape != (dim,) or not (high > low).all():
+            raise ValueError(f"pool.box_low/box_high must have {dim} entries each with high > low")
+    else:
+        if config.env not in datasets.DEFAULT_BOXES:
+            raise ValueError(f"pool.box_low/box_high: no default box for env {config.env!r}; give one")
+        low, high = (np.asarray(b, np.float32) for b in datasets.DEFAULT_BOXES[config.env])
+    scale = None
+    if pool.distance_scale:
+        if len(pool.distance_scale) != dim:
+            raise ValueError(f"pool.distance_scale must have {dim} entries (obs + action), "
+                             f"got {len(pool.distance_scale)}")
+        scale = np.asarray(pool.distance_scale, np.float32)
+
+    t = time.perf_counter()
+    max_size = max(grid.sizes)
+    points, d_star, found, in_ball = collect_buckets(
+        jax.random.fold_in(root, POOL_SALT), reference, low, high, grid.epsilons, max_size,
+        pool.size, pool.chunk_size, scale)
+    timings["pool_s"] = time.perf_counter() - t
+    log(f"reweight: pool of {pool.size} tuples; tuples within ε: "
+        + ", ".join(f"{e:g}: {n}" for e, n in zip(grid.epsilons, in_ball)))
+
+    # True next states of the kept tuples (NaN rows of unfilled buckets are stepped as zeros).
+    t = time.perf_counter()
+    flat = np.nan_to_num(points.reshape(-1, dim))
+    nxt, rew, _ = datasets.step_from(env, jnp.asarray(flat[:, : env.obs_dim]), jnp.asarray(flat[:, env.obs_dim:]))
+    next_obs = np.asarray(nxt).reshape(len(grid.epsilons), max_size, env.obs_dim)
+    rewards = np.asarray(rew).reshape(len(grid.epsilons), max_size)
+    data, cells, constants = build_grid_data(jax.random.fold_in(root, SPLIT_SALT), env,
+                                             (points, d_star, found), next_obs, rewards, grid)
+    timings["datasets_s"] = time.perf_counter() - t
+
+    reps = grid.replicates
+    num_models = len(cells) * reps
+    dataset_index = np.repeat(np.arange(len(cells)), reps).astype(np.int32)
+    mcfg = config.model.model_config(env)
+    log(f"reweight: training {num_models} models ({len(cells) // 2} feasible cells × 2 weightings × "
+        f"{reps} replicates) as one population")
+    t = time.perf_counter()
+    train = make_train(config.training.train_config(mcfg, data.capacity))
+    keys = model_keys(jax.random.fold_in(root, MODEL_SALT), 0, num_models)
+    hp = TrainHParams.population(num_models, config.training.learning_rate, config.training.weight_decay)
+    result = train(keys, None, data, hp, jnp.asarray(dataset_index))
+    jax.block_until_ready(result.params)
+    timings["train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    length = config.evaluation.episode_length or env.episode_length
+    planner = make_planner(cem_config(config.cem, env), mcfg, env.reward_fn, env.termination_fn)
+    evaluate = jax.jit(make_population_evaluator(env, planner, config.evaluation.trials, length))
+    trial_keys = jax.random.split(jax.random.fold_in(root, EVAL_SALT), config.evaluation.trials)
+    per_call = config.evaluation.models_per_call or num_models
+    episode_rewards = []
+    for start in range(0, num_models, per_call):
+        index = np.minimum(np.arange(start, start + per_call), num_models - 1)  # pad: one compile
+        take = lambda tree: jax.tree.map(lambda a: a[index], tree)
+        out_rewards = jax.device_get(evaluate(take(result.params), take(result.normalizer), trial_keys))
+        episode_rewards.append(np.asarray(out_rewards)[: min(per_call, num_models - start)])
+    episode_rewards = np.concatenate(episode_rewards)  # [N, K]
+    timings["evaluate_s"] = time.perf_counter() - t
+
+    diverged = np.asarray(result.diverged)
+    shape = (2, len(grid.sizes), len(grid.epsilons))
+    reward_mean, reward_std = np.full(shape, np.nan), np.full(shape, np.nan)
+    per_cell = [[[None] * shape[2] for _ in range(shape[1])] for _ in range(2)]
+    for m, (w, i, j) in enumerate(cells):
+        rows = slice(m * reps, (m + 1) * reps)
+        ok = ~diverged[rows]
+        values = episode_rewards[rows][ok]
+        per_cell[w][i][j] = values.tolist()
+        if values.size:
+            reward_mean[w, i, j], reward_std[w, i, j] = values.mean(), values.std()
+    c_grid = np.full(shape[1:], np.nan)
+    for m, (w, i, j) in enumerate(cells):
+        if w == 0:
+            c_grid[i, j] = constants[m]
+    timings["total_s"] = time.perf_counter() - started
+
+    nan_to_none = lambda a: [[None if not np.isfinite(v) else float(v) for v in row] for row in a]
+    report = {
+        "name": config.name, "env": config.env, "config": to_dict(config),
+        "weights": "omega = c * exp(-d_star / length_scale), c = 1 / mean(exp(-d_star / length_scale)) per dataset",
+        "sizes": list(grid.sizes), "epsilons": list(grid.epsilons),
+        "panels": ["reweighted", "uniform"],
+        "reward_mean": {"reweighted": nan_to_none(reward_mean[0]), "uniform": nan_to_none(reward_mean[1])},
+        "reward_std": {"reweighted": nan_to_none(reward_std[0]), "uniform": nan_to_none(reward_std[1])},
+        "episode_rewards": {"reweighted": per_cell[0], "uniform": per_cell[1]},
+        "weight_constant_c": nan_to_none(c_grid),
+        "pool": {"size": pool.size, "in_ball": in_ball.tolist(), "kept": found.tolist()},
+        "expert": {**expert_info, "length": int(reference.shape[0])},
+        "num_models": num_models, "num_diverged": int(diverged.sum()),
+        "mean_over_feasible": {"reweighted": float(np.nanmean(reward_mean[0])),
+                               "uniform": float(np.nanmean(reward_mean[1]))},
+        "timings": timings, "device_kind": jax.devices()[0].device_kind,
+    }
+    atomic_write_text(out / "reweight.json", json.dumps(report, indent=2))
+    plot_heatmaps(reward_mean, grid.sizes, grid.epsilons, out / "reweight_heatmap.png",
+                  title=f"{config.env}: mean CEM-MPC reward ({config.evaluation.trials} trials × {reps} models per cell)")
+    log(f"reweight: mean reward over feasible cells: re-weighted {report['mean_over_feasible']['reweighted']:.1f}, "
+        f"uniform {report['mean_over_feasible']['uniform']:.1f}; wrote {out}/reweight.json")
+    return report
+
+
+def main_reweight(argv=None) -> int:
+    """``mismatch-jax reweight CONFIG [--out DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="mismatch-jax reweight",
+        description=("Distance re-weighting study (Lambert et al. 2020, section 5, Fig. 8): models trained "
+                     "on S tuples within distance ε of an expert trajectory, with and without the weight "
+                     "ω = c·exp(−d*), scored by CEM-MPC in the true env. Writes reweight.json and "
+                     "reweight_heatmap.png."))
+    parser.add_argument("config", metavar="CONFIG", help="re-weighting TOML (e.g. sweeps/reweight_quick.toml)")
+    parser.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_reweight_config(args.config)
+    except ConfigError as exc:
+        parser.exit(2, f"mismatch-jax reweight: config error: {exc}\n")
+    run_reweight(config, args.out)
+    return 0

@@ -1,0 +1,143 @@
+"""Adversarial last-layer attack: fitness, model files, vmapped candidate evaluation, CMA-ES on a
+toy problem with a known constrained optimum, config errors, and a tiny end-to-end run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mismatch_jax import models
+from mismatch_jax.analysis import attack
+from mismatch_jax.config_io import ConfigError, from_dict, load_toml
+from mismatch_jax.envs import make
+from mismatch_jax.planning.cem import CEMConfig, make_planner
+from mismatch_jax.sweep.config import CEMSettings
+
+
+def test_fitness_known_values():
+    reward = jnp.array([100.0, 50.0, 80.0, 10.0])
+    ll = jnp.array([5.0, 4.9, 5.2, jnp.nan])
+    fit = attack.attack_fitness(reward, ll, ll_reference=5.0, penalty=1000.0)
+    np.testing.assert_allclose(fit[:3], [100.0, 150.0, 80.0], rtol=1e-6)
+    assert fit[3] == attack.INVALID_FITNESS  # NaN LL ranks last
+    tol = attack.attack_fitness(reward, ll, 5.0, 1000.0, tolerance=0.2)
+    np.testing.assert_allclose(tol[:3], [100.0, 50.0, 80.0], rtol=1e-6)
+
+
+def _tiny_model(key=0, kind="P"):
+    cfg = models.ModelConfig(kind=kind, obs_dim=4, action_dim=1, hidden_size=8, num_hidden_layers=1,
+                             ensemble_size=2 if kind.endswith("E") else 1)
+    params = models.init(jax.random.key(key), cfg)
+    norm = models.Normalizer(input_mean=jnp.arange(5.0) * 0.1, input_std=jnp.ones(5) * 2.0,
+                             target_mean=jnp.zeros(4), target_std=jnp.ones(4) * 0.05)
+    return cfg, params, norm
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg, params, norm = _tiny_model(kind="PE")
+    path = attack.save_model(tmp_path / "m.npz", cfg, params, norm, {"note": "x"})
+    cfg2, params2, norm2 = attack.load_model(path)
+    assert cfg2 == cfg
+    for a, b in zip(jax.tree.leaves((params, norm)), jax.tree.leaves((params2, norm2))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.savez(tmp_path / "bad.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="model_path"):
+        attack.load_model(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="does not exist"):
+        attack.load_model(tmp_path / "missing.npz")
+
+
+def test_perturb_touches_only_last_layer():
+    _, params, _ = _tiny_model()
+    delta = jax.tree.map(jnp.ones_like, attack.zero_delta(params))
+    new = attack.perturb_last_layer(params, delta)
+    for (w0, b0), (w1, b1) in zip(params.layers[:-1], new.layers[:-1]):
+        np.testing.assert_array_equal(w0, w1), np.testing.assert_array_equal(b0, b1)
+    np.testing.assert_allclose(new.layers[-1][0], params.layers[-1][0] + 1.0)
+    np.testing.assert_array_equal(new.max_logvar, params.max_logvar)
+
+
+def test_vmapped_evaluation_equals_loop():
+    env = make("cartpole_balance")
+    cfg, params, norm = _tiny_model()
+    cem = CEMConfig(horizon=3, population_size=8, num_elites=2, num_iterations=1).for_env(env)
+    planner = make_planner(cem, cfg, env.reward_fn, env.termination_fn)
+    k = jax.random.split(jax.random.key(3), 3)
+    val = (jax.random.normal(k[0], (16, 4)) * 0.05, jax.random.uniform(k[1], (16, 1), minval=-1, maxval=1),
+           jax.random.normal(k[2], (16, 4)) * 0.05)
+    one, batched = attack.make_candidate_evaluator(env, planner, cfg, params, norm, val, episode_length=12)
+    template = attack.zero_delta(params)
+    deltas = jax.tree.map(lambda a: 0.05 * jax.random.normal(jax.random.key(7), (3,) + a.shape), template)
+    trial_keys = jax.random.split(jax.random.key(11), 2)
+    rewards, ll = jax.jit(batched)(deltas, trial_keys)
+    assert rewards.shape == (3, 2) and ll.shape == (3,)
+    one_jit = jax.jit(one)
+    for c in range(3):
+        r_c, ll_c = one_jit(jax.tree.map(lambda a: a[c], deltas), trial_keys)
+        np.testing.assert_allclose(rewards[c], r_c, rtol=1e-5)
+        np.testing.assert_allclose(ll[c], ll_c, rtol=1e-5)
+    # δ = 0 gives the original model's LL.
+    _, ll0 = one_jit(template, trial_keys)
+    np.testing.assert_allclose(ll0, models.one_step_log_likelihood(cfg, params, norm, *val), rtol=1e-5)
+
+
+def test_cmaes_lowers_reward_within_ll_constraint():
+    """Toy: reward = 50 + 10·x, LL = −max(0, −x − 0.5)² (x = the first weight). The constrained
+    optimum is x = −0.5 (reward 45, LL 0); CMA-ES must lower the reward and stay feasible."""
+    template = attack.LastLayer(w=jnp.zeros((1, 2, 1)), b=jnp.zeros((1, 1)))
+
+    def evaluate(deltas, trial_keys):
+        x = deltas.w[:, 0, 0, 0]
+        reward = 50.0 + 10.0 * x + 0.0 * deltas.b[:, 0, 0]
+        ll = -jnp.maximum(0.0, -x - 0.5) ** 2
+        return jnp.broadcast_to(reward[:, None], (x.shape[0], trial_keys.shape[0])), ll
+
+    settings = attack.CMAESSettings(population_size=8, generations=40, sigma=0.1, penalty=1000.0)
+    state, history, mean = attack.run_cmaes(jax.random.key(0), evaluate, template, settings, 2, 0.0)
+    assert history["best_fitness"].shape == (40,)
+    assert np.all(np.diff(history["best_fitness"]) <= 0)
+    assert float(state.best_reward) < 46.0           # from 50 at δ = 0
+    assert float(state.best_ll) > -1e-3              # the LL constraint holds
+    np.testing.assert_allclose(float(state.best_delta.w[0, 0, 0]), -0.5, atol=0.1)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="cmaes.sigmaa"):
+        from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cmaes": {"sigmaa": 0.1}})
+    with pytest.raises(ConfigError, match="cmaes.generations"):
+        from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cmaes": {"generations": "ten"}})
+    with pytest.raises(ConfigError, match="population_size"):
+        from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cmaes": {"population_size": 2}})
+    with pytest.raises(ConfigError, match="env"):
+        from_dict(attack.AttackConfig, {"env": "nope"})
+    with pytest.raises(ConfigError, match="num_elites"):
+        from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cem": {"num_elites": 1}})
+
+
+@pytest.mark.parametrize("name", ["attack_quick", "attack_cartpole"])
+def test_shipped_configs_load(name):
+    config = load_toml(attack.AttackConfig, f"sweeps/{name}.toml")
+    assert config.cmaes.generations >= 1
+
+
+def test_run_attack_end_to_end(tmp_path):
+    config = attack.AttackConfig(
+        env="cartpole_balance", seed=1, out_dir=str(tmp_path / "out"),
+        model=attack.ModelSettings(kind="P", hidden_size=8, num_hidden_layers=1),
+        data=attack.AttackData(kind="sampled", sampled_size=200, cache_dir=str(tmp_path / "data")),
+        training=attack.TrainSettings(num_epochs=2, batch_size=32),
+        cem=CEMSettings(horizon=3, population_size=8, num_elites=2, num_iterations=1),
+        evaluation=attack.AttackEvaluation(trials=1, episode_length=10, final_rounds=1),
+        cmaes=attack.CMAESSettings(population_size=4, generations=2, sigma=0.01))
+    report = attack.run_attack(config, log=lambda s: None)
+    out = tmp_path / "out"
+    for name in ("attack.json", "attack_convergence.png", "original_model.npz", "attacked_model.npz"):
+        assert (out / name).is_file()
+    saved = json.loads((out / "attack.json").read_text())
+    assert len(saved["convergence"]["best_fitness"]) == 2
+    assert saved["search_best"]["fitness"] <= saved["convergence"]["gen_best_fitness"][0]
+    cfg, params, norm = attack.load_model(out / "original_model.npz")
+    assert cfg.hidden_size == 8
+    assert np.isfinite(report["ll_original"]) and len(report["reward_attacked"]["trials"]) == 1

@@ -1,0 +1,199 @@
+"""The sweep runner: chunk-size and device-count invariance, resume after a kill, clear errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mismatch_jax.config_io import ConfigError, from_dict
+from mismatch_jax.sweep import results
+from mismatch_jax.sweep.config import SweepConfig, load
+from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
+
+TINY = textwrap.dedent("""
+    name = "tiny"
+    env = "cartpole_balance"
+    seed = 3
+    [population]
+    model_types = ["P", "DE"]
+    replicates = 2
+    hidden_size = 8
+    num_hidden_layers = 1
+    ensemble_size = 2
+    [training]
+    num_epochs = 3
+    eval_epochs = [1, 3]
+    batch_size = 32
+    learning_rate = [1e-3, 1e-2]
+    [datasets]
+    train = ["grid", "sampled"]
+    eval = ["grid", "sampled"]
+    grid_points = 3
+    sampled_size = 200
+    [cem]
+    horizon = 4
+    population_size = 12
+    num_elites = 3
+    num_iterations = 2
+    [evaluation]
+    trials = 2
+    episode_length = 10
+    [run]
+    chunk_size = {chunk}
+""")
+
+
+def _config(tmp_path, chunk, name="cfg.toml"):
+    text = TINY.format(chunk=chunk)
+    text = text.replace('[datasets]\n', f'[datasets]\ncache_dir = "{tmp_path / "cache"}"\n')
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA cache for this module and its subprocesses (they re-use compiles)."""
+    path = tmp_path_factory.mktemp("xla_cache")
+    os.environ["MISMATCH_JAX_CACHE"] = str(path)
+    enable_compilation_cache(path)
+    yield
+    os.environ.pop("MISMATCH_JAX_CACHE", None)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    table = run_sweep(load(_config(tmp, 4)), tmp / "out", progress=False, log=lambda s: None)
+    return tmp, table
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chunked")
+    table = run_sweep(load(_config(tmp, 2)), tmp / "out", progress=False, log=lambda s: None)
+    return tmp, table
+
+
+def _numbers(table):
+    return table.drop(columns=["reward"]).reset_index(drop=True), np.stack(table["reward"].to_numpy())
+
+
+def test_table_layout(reference):
+    tmp, table = reference
+    assert len(table) == 2 * 2 * 2 * 2  # types × train datasets × replicates × eval epochs
+    assert {"model_id", "seed", "model_type", "train_dataset", "epoch", "ll_grid", "mse_sampled",
+            "reward", "reward_mean", "reward_std", "diverged"} <= set(table.columns)
+    assert all(tuple(e) == (1, 3) for e in table.groupby("model_id")["epoch"].apply(list))
+    assert (table["learning_rate"].between(1e-3, 1e-2)).all()
+    assert table["learning_rate"].nunique() == 8
+    np.testing.assert_allclose(table["reward_mean"], [np.mean(r) for r in table["reward"]], rtol=1e-6)
+    assert (tmp / "out" / "config.resolved.toml").is_file()
+    assert results.read_manifest(tmp / "out")["status"] == "complete"
+    assert load(tmp / "out" / "config.resolved.toml") == load(_config(tmp, 4))
+
+
+def test_chunk_size_does_not_change_numbers(reference, chunked):
+    _, table = reference
+    _, other = chunked
+    a, ra = _numbers(table)
+    b, rb = _numbers(other)
+    pd.testing.assert_frame_equal(a, b)
+    np.testing.assert_array_equal(ra, rb)
+
+
+def test_resume_recomputes_nothing_finished(reference, chunked, tmp_path):
+    import shutil
+
+    _, table = reference
+    cfg = load(_config(chunked[0], 2))
+    out = tmp_path / "out"
+    shutil.copytree(chunked[0] / "out", out)
+    chunks = results.finished_chunks(out)
+    assert len(chunks) == 4
+    kept = results.chunk_path(out, *chunks[0])
+    stamp = kept.stat().st_mtime_ns
+    results.chunk_path(out, *chunks[-1]).unlink()
+    (out / "results.parquet").unlink()
+    with pytest.raises(results.OutputDirError, match="--resume"):
+        run_sweep(cfg, out, progress=False, log=lambda s: None)
+    resumed = run_sweep(cfg, out, resume=True, progress=False, log=lambda s: None)
+    assert kept.stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(_numbers(resumed)[0], _numbers(table)[0])
+
+
+def test_resume_with_other_config_is_refused(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference[0] / "out", out)
+    with pytest.raises(results.OutputDirError, match="different config"):
+        run_sweep(load(_config(tmp_path, 2)), out, resume=True, progress=False, log=lambda s: None)
+
+
+def _cli(args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "mismatch_jax.cli", *args], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigkill_then_resume_and_two_devices_match(reference, tmp_path):
+    _, table = reference
+    cfg = _config(tmp_path, 2)
+    out = tmp_path / "out"
+    proc = _cli(["sweep", str(cfg), "--out", str(out), "--no-progress", "--devices", "2"])
+    deadline = time.time() + 240
+    while time.time() < deadline and len(results.finished_chunks(out)) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = results.finished_chunks(out)
+    assert 2 <= len(finished) < 4 and not (out / "results.parquet").exists()
+    done = _cli(["sweep", str(cfg), "--out", str(out), "--resume", "--no-progress"])
+    log = done.communicate(timeout=300)[0]
+    assert done.returncode == 0, log
+    resumed = pd.read_parquet(out / "results.parquet")
+    a, ra = _numbers(table)
+    b, rb = _numbers(resumed)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    np.testing.assert_array_equal(ra, rb)
+    assert (out / "ll_reward_scatter.png").is_file()
+
+
+def test_bad_configs_rejected_before_compile(tmp_path):
+    base = {"env": "cartpole_balance"}
+    with pytest.raises(ConfigError, match="population.replicatse"):
+        from_dict(SweepConfig, {**base, "population": {"replicatse": 3}})
+    with pytest.raises(ConfigError, match="training.num_epochs: expected an integer"):
+        from_dict(SweepConfig, {**base, "training": {"num_epochs": "ten"}})
+    with pytest.raises(ConfigError, match="replicates must be >= 1"):
+        from_dict(SweepConfig, {**base, "population": {"replicates": -2}})
+    with pytest.raises(ConfigError, match="unknown environment 'cartpol'"):
+        from_dict(SweepConfig, {"env": "cartpol"})
+    with pytest.raises(ConfigError, match="eval_epochs must lie in"):
+        from_dict(SweepConfig, {**base, "training": {"num_epochs": 5, "eval_epochs": [9]}})
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_out_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(results.OutputDirError, match="cannot"):
+        run_sweep(load(_config(tmp_path, 4)), ro / "out", progress=False)
+
+
+def test_unwritable_out_dir_is_clear(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = _cli(["sweep", str(_config(tmp_path, 4)), "--out", str(blocker / "out"), "--no-progress"])
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2
+    assert "cannot create output directory" in log
