@@ -16,14 +16,14 @@ def _cmd_pets(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
-    from mismatch_jax.sweep.config import load
+    from mismatch_jax.sweep.config import load, load_packaged
     from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
 
     if args.distributed:
         import jax
 
         jax.distributed.initialize()
-    config = load(args.config)
+    config = load(args.config) if args.config else load_packaged("quickstart.toml")
     out = args.out or config.out_dir
     enable_compilation_cache()
     table = run_sweep(config, out, resume=args.resume, progress=not args.no_progress)
@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
             "OUT/ll_reward_scatter.png and OUT/ll_reward_correlations.json."
         ),
     )
-    sweep.add_argument("config", help="sweep TOML file")
+    sweep.add_argument("config", nargs="?", default=None,
+                       help="sweep TOML file (default: the packaged quickstart, = sweeps/quickstart.toml)")
     sweep.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
     sweep.add_argument("--resume", action="store_true",
                        help="continue an interrupted sweep in OUT (finished chunks are kept, not recomputed)")

@@ -360,8 +360,7 @@ def plot_heatmaps(reward: np.ndarray, sizes, epsilons, path, title: str = "") ->
     finite = reward[np.isfinite(reward)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     for ax, grid, label in zip(axes, reward, ("with re-weighting ω = c·exp(−d*)", "without re-weighting")):
         image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap,
                           vmin=vmin, vmax=vmax)

@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional, Union
 
+from mismatch_jax.agents.config import PetsConfig
 from mismatch_jax.config_io import load_toml, to_dict
 
 DATASET_KINDS = ("expert", "on_policy", "grid", "sampled")
@@ -119,8 +120,9 @@ class TrainingConfig:
 class DatasetsConfig:
     """Datasets to train on and to evaluate the one-step LL on, and how each is built.
 
-    on_policy: every transition of ``pets_seeds`` PETS runs (config ``pets_config``, a PETS TOML
-    path; empty = the packaged CPU config; its env is replaced by the sweep's env).
+    on_policy: every transition of the PETS runs configured by the ``[datasets.pets]`` table
+    (a PETS config, see ``mismatch_jax.agents.config.PetsConfig``; its env and seed are replaced
+    by the sweep's; ``num_seeds`` runs).
     expert: the ``expert_episodes`` best planned trials of those runs whose reward exceeds
     ``expert_min_reward`` (the paper: cartpole r > 179). If no trial passes, the best trials are
     used and the manifest says so.
@@ -129,8 +131,7 @@ class DatasetsConfig:
 
     train: tuple[str, ...] = ("expert", "on_policy", "grid")
     eval: tuple[str, ...] = DATASET_KINDS
-    pets_config: str = ""
-    pets_seeds: int = 1
+    pets: PetsConfig = PetsConfig()
     expert_episodes: int = 5
     expert_min_reward: float = 179.0
     grid_points: int = 6
@@ -145,7 +146,7 @@ class DatasetsConfig:
             for name in names:
                 if name not in DATASET_KINDS:
                     raise ValueError(f"{field}: {name!r} is not one of {list(DATASET_KINDS)}")
-        for name in ("expert_episodes", "pets_seeds", "sampled_size"):
+        for name in ("expert_episodes", "sampled_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grid_points < 2:
@@ -237,6 +238,17 @@ def load(path) -> SweepConfig:
     return load_toml(SweepConfig, path)
 
 
+def load_packaged(name: str = "quickstart.toml") -> SweepConfig:
+    """A sweep config shipped inside the package (mismatch_jax/configs/NAME)."""
+    import importlib.resources
+    import tomllib
+
+    from mismatch_jax.config_io import from_dict
+
+    text = importlib.resources.files("mismatch_jax").joinpath("configs", name).read_text()
+    return from_dict(SweepConfig, tomllib.loads(text))
+
+
 def to_toml(config: SweepConfig) -> str:
     """The resolved config as TOML text (every default written out)."""
     data = to_dict(config)
@@ -244,10 +256,17 @@ def to_toml(config: SweepConfig) -> str:
     for key, value in data.items():
         if not isinstance(value, dict):
             lines.append(f"{key} = {_toml_value(value)}")
+    def tables(prefix, table):
+        lines.append(f"\n[{prefix}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items()
+                     if v is not None and not isinstance(v, dict))
+        for k, v in table.items():
+            if isinstance(v, dict):
+                tables(f"{prefix}.{k}", v)
+
     for key, value in data.items():
         if isinstance(value, dict):
-            lines.append(f"\n[{key}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+            tables(key, value)
     return "\n".join(lines) + "\n"
 
 

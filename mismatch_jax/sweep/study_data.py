@@ -26,10 +26,7 @@ DATA_SALT = 0x5EED_DA7A  # fold_in salt separating dataset keys from model keys
 
 
 def _pets_config(config: SweepConfig):
-    from mismatch_jax.agents.config import load_pets_config
-
-    pets = load_pets_config(config.datasets.pets_config or None)
-    return dataclasses.replace(pets, env=config.env, seed=config.seed, num_seeds=config.datasets.pets_seeds)
+    return dataclasses.replace(config.datasets.pets, env=config.env, seed=config.seed)
 
 
 def pets_runs(config: SweepConfig, env: Env, cache_dir: Path, log: Callable[[str], None]) -> dict:

@@ -29,7 +29,7 @@ def reference():
     return dict(np.load(FIXTURE))
 
 
-BATCH = 512  # every batched call is padded to this size so jit(vmap(step)) compiles once
+BATCH = 256  # every batched call is padded (or chunked) to this size: jit(vmap(step)) compiles once
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,11 @@ def step_batch(env):
 
     def run(obs, actions, params=None, time=None):
         n = len(obs)
+        if n > BATCH:  # chunks support default params and time only
+            chunks = [
+                run(obs[i : i + BATCH], actions[i : i + BATCH]) for i in range(0, n, BATCH)
+            ]
+            return jax.tree.map(lambda *parts: jnp.concatenate(parts), *chunks)
         params = broadcast_params(env.default_params, n) if params is None else params
         time = np.zeros(n, np.int32) if time is None else time
 
