@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -61,13 +62,15 @@ def measure(env, batch: int, steps: int, repeats: int) -> dict:
         jax.block_until_ready(rollout(keys))
         runs.append(time.perf_counter() - start)
     run_s = statistics.median(runs)
-    return {
+    row = {
         "batch": batch,
         "steps": steps,
         "compile_s": round(compile_s, 3),
         "run_s": round(run_s, 5),
         "env_steps_per_s": round(batch * steps / run_s, 1),
     }
+    print(f"{env.name} batch={batch}: {row}", file=sys.stderr, flush=True)  # progress
+    return row
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ import numpy as np
 from flax import struct
 
 from mismatch_jax import models
+from mismatch_jax.agents.config import PetsConfig
 from mismatch_jax.config_io import ConfigError, load_toml, to_dict
 from mismatch_jax.planning.cem import CEMConfig, make_planner, mpc_episode
 from mismatch_jax.sweep.config import CEMSettings
@@ -150,16 +151,16 @@ class AttackData:
     """The dataset the model is trained on and whose validation split is the LL constraint.
 
     kind: "sampled" / "grid" (cheap, true-env steps from the state-action box) or "on_policy" /
-    "expert" (PETS runs, as the paper's model "from the last trial of a PETS run"); the other
-    keys are those of the sweep's ``[datasets]`` table (``mismatch_jax.sweep.config``).
+    "expert" (PETS runs, as the paper's model "from the last trial of a PETS run", configured by
+    the ``[data.pets]`` table, a ``PetsConfig`` whose env and seed are replaced by this config's);
+    the other keys are those of the sweep's ``[datasets]`` table (``mismatch_jax.sweep.config``).
     """
 
     kind: Literal["sampled", "grid", "on_policy", "expert"] = "on_policy"
     validation_fraction: float = 0.1
     sampled_size: int = 5000
     grid_points: int = 6
-    pets_config: str = ""
-    pets_seeds: int = 1
+    pets: PetsConfig = PetsConfig()
     expert_episodes: int = 5
     expert_min_reward: float = 179.0
     cache_dir: str = "runs/datasets"
@@ -167,7 +168,7 @@ class AttackData:
     def __post_init__(self):
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        for name in ("sampled_size", "pets_seeds", "expert_episodes"):
+        for name in ("sampled_size", "expert_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grid_points < 2:
@@ -496,8 +497,8 @@ def build_dataset(data: AttackData, env_name: str, seed: int, env, log=print):
     sweep = SweepConfig(
         env=env_name, seed=seed,
         training=TrainingConfig(validation_fraction=data.validation_fraction),
-        datasets=DatasetsConfig(train=(data.kind,), eval=(data.kind,), pets_config=data.pets_config,
-                                pets_seeds=data.pets_seeds, expert_episodes=data.expert_episodes,
+        datasets=DatasetsConfig(train=(data.kind,), eval=(data.kind,), pets=data.pets,
+                                expert_episodes=data.expert_episodes,
                                 expert_min_reward=data.expert_min_reward, grid_points=data.grid_points,
                                 sampled_size=data.sampled_size, cache_dir=data.cache_dir))
     built, notes = build_study_datasets(sweep, env, log=log)

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mismatch_jax.analysis.attack import ModelSettings, TrainSettings, _check_cem, _check_env, cem_config
+from mismatch_jax.agents.config import PetsConfig
 from mismatch_jax.config_io import ConfigError, load_toml, to_dict
 from mismatch_jax.sweep.config import CEMSettings
 
@@ -69,8 +70,8 @@ class ExpertSettings:
     """Where the expert trajectory (the distance reference) comes from.
 
     source: "true_cem" — one CEM-MPC episode on the true dynamics (``horizon`` …
-    ``num_iterations``; cached in ``cache_dir``); "pets" — the best planned PETS trial
-    (``sweep.study_data``; ``pets_config`` / ``pets_seeds`` / ``min_reward``); "file" — an npz with
+    ``num_iterations``; cached in ``cache_dir``); "pets" — the best planned PETS trial above
+    ``min_reward`` of the runs of the ``[expert.pets]`` table (``sweep.study_data``); "file" — an npz with
     ``obs [T, obs_dim]`` and ``action [T, action_dim]`` at ``path``. Only steps before a
     termination are used. episode_length 0 = the env's.
     """
@@ -82,8 +83,7 @@ class ExpertSettings:
     num_elites: int = 40
     num_iterations: int = 5
     episode_length: int = 0
-    pets_config: str = ""
-    pets_seeds: int = 1
+    pets: PetsConfig = PetsConfig()
     min_reward: float = 179.0
     cache_dir: str = "runs/datasets"
 
@@ -269,8 +269,7 @@ def expert_reference(settings: ExpertSettings, env, env_name: str, seed: int, lo
         from mismatch_jax.analysis.attack import AttackData, build_dataset
 
         data = AttackData(kind="expert", expert_episodes=1, expert_min_reward=settings.min_reward,
-                          pets_config=settings.pets_config, pets_seeds=settings.pets_seeds,
-                          cache_dir=settings.cache_dir)
+                          pets=settings.pets, cache_dir=settings.cache_dir)
         expert, notes = build_dataset(data, env_name, seed, env, log)
         return (np.asarray(expert.obs), np.asarray(expert.action),
                 {"source": "pets", "notes": notes, "reward": float(np.asarray(expert.reward).sum())})

@@ -31,13 +31,15 @@ from flax import struct
 from mismatch_jax.envs.base import Env
 
 # Boxes over [obs..., action...] used for grid/sampled data. cartpole_swingup: cart within the
-# slider range the controller actually uses (±2), every pole angle (one full turn either side of
-# hanging, wrapped by the physics), velocities as reached by swing-up trajectories, the full
-# control range. pendulum/cartpole_balance: their observation and action spaces.
+# slider range the controller actually uses (±2), every pole angle in (−π, π], velocities as
+# reached by swing-up trajectories, the full control range. cartpole_balance: the non-terminal
+# region and the action box.
 DEFAULT_BOXES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cartpole_swingup": ((-2.0, -np.pi, -6.0, -15.0, -3.0), (2.0, np.pi, 6.0, 15.0, 3.0)),
     "cartpole_balance": ((-2.4, -3.0, -0.21, -3.5, -1.0), (2.4, 3.0, 0.21, 3.5, 1.0)),
-    "pendulum": ((-np.pi, -8.0, -2.0), (np.pi, 8.0, 2.0)),
+    # pendulum obs are [cos θ, sin θ, θ̇]: the box spans the square around the unit circle
+    # (state_from_obs takes θ = atan2(sin, cos), and next states lie on the circle again).
+    "pendulum": ((-1.0, -1.0, -8.0, -2.0), (1.0, 1.0, 8.0, 2.0)),
 }
 
 

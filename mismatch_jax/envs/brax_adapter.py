@@ -20,7 +20,8 @@ Observation layouts (brax 0.14, default ``exclude_current_positions_from_observa
 * hopper [11]: torso height (the body's z, ``q[1]`` + its rest height), ``q[2:6]`` (rooty = torso
   angle, 3 joints), ``clip(qd, ±10)`` (``obs[5]`` = ẋ).
 * ant [27]: ``q[2:15]`` (z, quaternion, 8 joints), ``qd[0:14]`` (``obs[13]`` = ẋ).
-* inverted_pendulum [4]: ``q`` (cart, hinge), ``qd``; brax maps actions from [-1, 1] to the ctrl range.
+* inverted_pendulum [4]: ``q`` (cart, hinge), ``qd``; brax maps actions from [-1, 1] to the
+  ctrl range.
 
 ``state_from_obs`` inverts these with the hidden horizontal position(s) set to 0 (rewards and
 terminations are invariant to it); hopper velocities beyond ±10 are clipped in the observation and
@@ -168,7 +169,8 @@ class BraxEnv(Env):
         if self.env_name not in OBS_REWARD_ENVS:
             raise ValueError(
                 f"{self.env_name}: no observation-based {what}; brax's reward depends on the "
-                f"pipeline state. Available for {OBS_REWARD_ENVS}; use env.step for the true reward."
+                f"pipeline state. Available for {OBS_REWARD_ENVS}; env.step gives the true "
+                "reward."
             )
 
     def reward_fn(self, obs, action, next_obs):
@@ -187,7 +189,7 @@ class BraxEnv(Env):
         # root velocities at both ends (trapezoid rule) estimates it better than the end velocity
         # alone (halfcheetah, random actions: RMS error 0.18 vs 0.33 with positional).
         x_velocity = 0.5 * (obs[..., self._velocity_index] + next_obs[..., self._velocity_index])
-        forward = env._forward_reward_weight * x_velocity
+        forward = getattr(env, "_forward_reward_weight", 1.0) * x_velocity  # ant has no weight
         ctrl_cost = env._ctrl_cost_weight * jnp.sum(jnp.square(action), axis=-1)
         if self.env_name == "halfcheetah":
             return forward - ctrl_cost

@@ -9,7 +9,8 @@ Facts carried over from the PETS / mbrl-lib ``pets_cartpole`` environment:
 * reward ``exp(-‖tip − (0, 0.6)‖² / 0.6²) − 0.01‖a‖²`` with the pole tip
   ``(x − 0.6 sin θ, −0.6 cos θ)`` taken from the *next* observation and ``a`` the action as given
   (MuJoCo clamps the motor control to ±3, the action cost does not);
-* no termination, 200-step episodes; reset ``qpos, qvel ~ N(0, 0.1²)`` (the model's rest state is 0).
+* no termination, 200-step episodes;
+* reset ``qpos, qvel ~ N(0, 0.1²)`` (the model's rest state, mbrl-lib's init_qpos, is 0).
 
 Physics state is only ``(qpos, qvel)``: with no contacts and no actuator dynamics they determine
 the future completely, so the state is four floats instead of the ~80-leaf ``mjx.Data``, vmaps
@@ -165,7 +166,9 @@ class CartpoleSwingup(Env):
 
     # ----- planning functions --------------------------------------------------------------------
     def reward_fn(self, obs, action, next_obs):
-        """exp(−‖tip(next_obs) − (0, 0.6)‖² / 0.6²) − 0.01‖action‖²; obs/next_obs [4], action [1]."""
+        """exp(−‖tip(next_obs) − (0, 0.6)‖² / 0.6²) − 0.01‖action‖² [].
+
+        obs/next_obs [4], action [1]; obs is unused (the PETS reward depends on the next state)."""
         target = jnp.array([0.0, POLE_LENGTH], jnp.float32)
         distance_sq = jnp.sum(jnp.square(tip_position(next_obs) - target), axis=-1)
         return jnp.exp(-distance_sq / POLE_LENGTH**2) - 0.01 * jnp.sum(jnp.square(action), axis=-1)

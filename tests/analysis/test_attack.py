@@ -122,6 +122,7 @@ def test_shipped_configs_load(name):
     assert config.cmaes.generations >= 1
 
 
+@pytest.mark.slow  # end to end: compiles a trainer, CEM episodes and plots
 def test_run_attack_end_to_end(tmp_path):
     config = attack.AttackConfig(
         env="cartpole_balance", seed=1, out_dir=str(tmp_path / "out"),

@@ -95,6 +95,7 @@ def test_shipped_configs_load(name):
     assert len(config.grid.sizes) >= 2
 
 
+@pytest.mark.slow  # end to end: compiles a trainer, CEM episodes and plots
 def test_run_reweight_grid(tmp_path):
     config = reweight.ReweightConfig(
         env="cartpole_balance", seed=0, out_dir=str(tmp_path / "out"),

@@ -65,3 +65,10 @@ def test_unknown_box_is_clear():
         name, obs_dim, action_dim = "nothing", 2, 1
     with pytest.raises(ValueError, match="no default state-action box"):
         data.datasets._box(Fake(), None)
+
+
+@pytest.mark.parametrize("name", sorted(data.DEFAULT_BOXES))
+def test_default_boxes_fit_their_envs(name):
+    env = envs.make(name)
+    low, high = data.DEFAULT_BOXES[name]
+    assert len(low) == len(high) == env.obs_dim + env.action_dim

@@ -66,7 +66,8 @@ def probe(halfcheetah):
 def test_default_backend_and_shapes(halfcheetah, probe):
     reset_state, trajectory = probe
     assert halfcheetah.backend == DEFAULT_BACKEND
-    assert (halfcheetah.obs_dim, halfcheetah.action_dim, halfcheetah.episode_length) == (17, 6, 1000)
+    env = halfcheetah
+    assert (env.obs_dim, env.action_dim, env.episode_length) == (17, 6, 1000)
     np.testing.assert_array_equal(halfcheetah.action_low, -np.ones(6))
     assert reset_state.obs.shape == (17,)
     assert reset_state.reward.shape == () and reset_state.time.dtype == jnp.int32
@@ -78,7 +79,9 @@ def test_default_backend_and_shapes(halfcheetah, probe):
 def test_step_reward_and_obs_equal_brax(probe):
     _, trajectory = probe
     np.testing.assert_allclose(trajectory["obs"], trajectory["brax_obs"], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(trajectory["reward"], trajectory["brax_reward"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        trajectory["reward"], trajectory["brax_reward"], rtol=1e-6, atol=1e-6
+    )
     np.testing.assert_array_equal(trajectory["done"], trajectory["brax_done"] > 0.5)
     assert np.abs(trajectory["reward"]).max() > 1e-3  # the comparison is not trivially 0 = 0
 
@@ -145,7 +148,8 @@ def test_bad_configuration():
         BraxEnv("cheetah_typo")
     walker = BraxEnv("walker2d")
     with pytest.raises(ValueError, match="no observation-based reward"):
-        walker.reward_fn(jnp.zeros(walker.obs_dim), jnp.zeros(walker.action_dim), jnp.zeros(walker.obs_dim))
+        obs = jnp.zeros(walker.obs_dim)
+        walker.reward_fn(obs, jnp.zeros(walker.action_dim), obs)
     with pytest.raises(ValueError, match="no observation-based termination"):
         walker.termination_fn(jnp.zeros(walker.obs_dim))
     with pytest.raises(ValueError, match="state_from_obs is only defined"):

@@ -188,7 +188,8 @@ def test_reset_distribution(env):
     assert states.obs.shape == (4000, 4)
     np.testing.assert_allclose(states.obs.mean(axis=0), 0.0, atol=0.01)
     np.testing.assert_allclose(states.obs.std(axis=0), 0.1, rtol=0.05)
-    np.testing.assert_array_equal(jnp.concatenate([states.physics.qpos, states.physics.qvel], -1), states.obs)
+    physics = jnp.concatenate([states.physics.qpos, states.physics.qvel], axis=-1)
+    np.testing.assert_array_equal(physics, states.obs)
 
 
 def test_bad_inputs(env):

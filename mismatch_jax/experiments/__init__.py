@@ -1,0 +1,1 @@
+"""Experiment entry points (figures + JSON), one module per family."""
