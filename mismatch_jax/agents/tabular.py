@@ -36,11 +36,15 @@ distribution over the 5 displacements (stay, up, right, down, left) per (3x3 blo
 applied from each cell *ignoring obstacles* (clipped at the border), so it believes walls can be
 crossed. Its best response is ``q_b*(d|B,a) ∝ p̄(d|B,a) exp(γ V̄(B,d)/κ)`` where p̄ and V̄ average
 the true displacement distribution and V(s + Δ_d) over the free cells of the block (the MnM model
-objective with the log-ratio estimated at the model's own resolution). The policy's classifier has
-the same limited resolution on its input: it sees (block of s, a, s') — not s — and its Bayes
+objective with the log-ratio estimated at the model's own resolution). Goal cells are terminal and
+known to the model (as termination functions are in model-based RL). The policy's classifier
+(static ``classifier``): ``"exact"`` — the full-resolution Bayes-optimal logit log p/q, clipped to
+±``logit_clip`` (a transition into an obstacle has p = 0 and gets -logit_clip); ``"block"`` — the
+same limited resolution as the model on its input: it sees (block of s, a, s'), and its Bayes
 optimal logit is ``log p_B(s'|a) - log q_B(s'|a)`` with p_B, q_B the block averages of p and q.
-Logits are clipped to ±``logit_clip`` (a classifier's logits are finite; a transition into an
-obstacle has p_B = 0 and gets -logit_clip). The full-resolution classifier is exact (log p/q).
+Known limitation: the block classifier's per-state logits can be *positive* (only their block
+average is a -KL), the policy exploits those cells, and MnM then fails on Fig. 2b; with the
+"exact" classifier (logit_clip 2) MnM solves it and the no-classifier ablation does not.
 
 Per-iteration metrics, computed exactly by linear solves (no sampling) for (π_k, q_k):
 ``log_expected_return`` = log E_p^{π_k} Σ γ^t r; ``objective`` = the method's own objective
@@ -227,7 +231,7 @@ class _BlockTables:
     """Static-shaped tables of the low-resolution model class (built once per MDP)."""
 
     block: jax.Array        # [S] block index of each state
-    weights: jax.Array      # [S] averaging weight of each state in its block (sums to 1 per block)
+    weights: jax.Array      # [S] averaging weight of each state in its block
     dest: jax.Array         # [S, D] cell reached by displacement d (obstacles ignored)
     realized: jax.Array     # [S, D, S] one-hot of dest
     true_disp: jax.Array    # [S, D, S] 1 if s' - s equals Δ_d (to read p as displacements)
@@ -239,7 +243,9 @@ def _block_tables(mdp: TabularMDP, block_size: int) -> _BlockTables:
         raise ValueError("model_class='blocks' needs a grid MDP (from gridworld/from_text_map)")
     block = block_index(mdp, block_size)
     num_blocks = int(block.max()) + 1
-    free = np.asarray(mdp.free).astype(np.float64)
+    # Goal cells are terminal and known to the model (as termination functions are in MBRL),
+    # so the block statistics average over the other free cells.
+    free = (np.asarray(mdp.free) & ~np.asarray(mdp.goal)).astype(np.float64)
     membership = np.zeros((num_blocks, mdp.num_states))
     membership[block, np.arange(mdp.num_states)] = 1.0
     block_free = membership @ free
@@ -325,7 +331,8 @@ def support_size(mdp: TabularMDP) -> int:
 
 def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: int = 100,
              mode: str = "sampled", model_class: str = "full", block_size: int = 3,
-             num_samples: int = 1, track_bounds: bool = True, support: int | None = None):
+             num_samples: int = 1, track_bounds: bool = True, support: int | None = None,
+             classifier: str = "block"):
     """Builds the pure ``run_fn(mdp, key, hparams) -> TabularResult`` for static settings.
 
     Learning runs on a compact view of the dynamics: for each (s, a) the K next states that p can
@@ -343,6 +350,8 @@ def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: 
     if num_iters < 1 or num_samples < 1:
         raise ValueError(f"num_iters and num_samples must be >= 1 (got {num_iters}, "
                          f"{num_samples})")
+    if classifier not in ("block", "exact"):
+        raise ValueError(f"classifier must be 'block' or 'exact', got {classifier!r}")
     reward_kind, learns_model, classifier_in_reward = _METHOD_SPEC[method]
     blocks = learns_model and model_class == "blocks"
     if blocks and mdp_template is None:
@@ -369,7 +378,10 @@ def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: 
         def compact_model(model):
             if not learns_model:
                 return p_compact
-            return model[tables.block] if blocks else model
+            if not blocks:
+                return model
+            stay = jax.nn.one_hot(0, model.shape[-1], dtype=model.dtype)  # goal is known terminal
+            return jnp.where(mdp.goal[:, None, None], stay[None, None, :], model[tables.block])
 
         def dense(compact):
             return jnp.einsum("sak,sakt->sat", compact, next_onehot)
@@ -391,8 +403,14 @@ def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: 
             if not classifier_in_reward:
                 logits = jnp.zeros_like(q_compact)
             elif blocks:
-                dense_logits = block_classifier_logits(mdp, dense(q_compact), tables,
-                                                       hparams.logit_clip)
+                if classifier == "block":
+                    dense_logits = block_classifier_logits(mdp, dense(q_compact), tables,
+                                                           hparams.logit_clip)
+                else:  # full-resolution Bayes-optimal classifier, logits clipped
+                    q_dense = dense(q_compact)
+                    dense_logits = jnp.clip(jnp.log(jnp.maximum(mdp.p, 1e-30))
+                                            - jnp.log(jnp.maximum(q_dense, 1e-30)),
+                                            -hparams.logit_clip, hparams.logit_clip)
                 logits = kappa * jnp.take_along_axis(dense_logits, next_index, axis=-1)
             else:
                 logits = kappa * full_classifier_logits(p_compact, q_compact)
@@ -444,7 +462,7 @@ def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: 
     return run_fn
 
 
-_STATIC_KEYS = ("mode", "model_class", "block_size", "num_samples", "track_bounds")
+_STATIC_KEYS = ("mode", "model_class", "block_size", "num_samples", "track_bounds", "classifier")
 _HPARAM_KEYS = tuple(f.name for f in TabularHParams.__dataclass_fields__.values())
 
 

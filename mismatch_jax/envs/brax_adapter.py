@@ -27,10 +27,26 @@ Observation layouts (brax 0.14, default ``exclude_current_positions_from_observa
 terminations are invariant to it); hopper velocities beyond ±10 are clipped in the observation and
 so cannot be recovered.
 
-Backend default: ``'positional'``. On this 2-core CPU, halfcheetah steps/s (see
-benchmarks/bench_envs.py): positional and spring are several times faster than mjx and generalized
-at batch 256 and compile faster; positional keeps hard joint limits/contacts rather than spring's
-springs. Use backend='mjx' or 'generalized' on GPU or for MuJoCo-faithful dynamics.
+Backend default: ``'positional'``. Halfcheetah env steps/s on this 2-core CPU
+(benchmarks/bench_envs.py, 50-step jit(vmap(scan)); two runs on a heavily shared machine, so the
+absolute figures carry ±2× noise):
+
+    backend        batch 1       batch 256
+    spring         2544-2591     2281-5527
+    positional     145-326       1525-1776
+    generalized    222-733       614-983
+    mjx            306-741       633-838
+
+and how well the observation-only reward tracks brax's (halfcheetah, random actions, RMS error of
+the forward-velocity estimate / std of brax's forward velocity): positional 0.18 / 0.66,
+generalized 0.24 / 0.64, spring 0.55 / 0.83. Spring is the fastest, but its generalized
+velocities (recovered from stiff-spring maximal coordinates) track the torso displacement poorly,
+which would make planners optimise a different objective from the one they are scored on — the
+very mismatch this package studies. Positional keeps hard constraints, is the next fastest at
+the batch sizes used for evaluation (1.6-2.9× mjx/generalized at 256) and its observations track
+the true reward closely. Pass backend='spring' for raw speed, 'mjx'/'generalized' (GPU) for
+MuJoCo-faithful dynamics. Brax rescales halfcheetah's gears (and ant's for positional) for
+spring/positional, so rewards compare only within one backend.
 Brax marks these environments as no longer maintained; they are used here as benchmarks only.
 """
 
@@ -187,7 +203,7 @@ class BraxEnv(Env):
             return jnp.ones(next_obs.shape[:-1], jnp.float32)
         # Brax rewards the torso's displacement over the step divided by dt; the mean of the
         # root velocities at both ends (trapezoid rule) estimates it better than the end velocity
-        # alone (halfcheetah, random actions: RMS error 0.18 vs 0.33 with positional).
+        # alone (halfcheetah, positional, random actions: RMS error 0.18 vs 0.33).
         x_velocity = 0.5 * (obs[..., self._velocity_index] + next_obs[..., self._velocity_index])
         forward = getattr(env, "_forward_reward_weight", 1.0) * x_velocity  # ant has no weight
         ctrl_cost = env._ctrl_cost_weight * jnp.sum(jnp.square(action), axis=-1)

@@ -23,18 +23,19 @@ documented choices, each an argument of the builder):
   returns are infinite-horizon discounted and evaluated exactly (effective horizon 1/(1-γ) = 10;
   the shortest path to the goal is 18 moves).
 * ``obstacle_gridworld()`` — Fig. 2b. A 9x9 grid (three 3x3 blocks per side, so the paper's
-  low-resolution model class tiles it exactly) with a one-cell-thick wall across row 4 that has
-  a single gap on the far right; start on the top-left, goal on the bottom-left, so the direct way
-  down runs through the wall. ``slip = 0.1`` so that the exact dynamics are almost deterministic
-  and the only large model error is the low-resolution model's belief that walls can be crossed.
-  Same rewards and γ as Fig. 2a.
+  low-resolution model class tiles it exactly) with a one-cell-thick wall along row 3, columns
+  0-5 (inside the first two block columns), open on the right third; start top-left, goal
+  bottom-left, so the direct way down runs through the wall and the true optimum detours through
+  the obstacle-free right blocks. ``slip = 0.1`` so that the exact dynamics are almost
+  deterministic and the main model error is the low-resolution model's belief that the wall can
+  be crossed. Same rewards and γ as Fig. 2a.
 * ``three_state()`` — Fig. 3a. States 0 (left), 1 (middle, start), 2 (right); actions 0 left,
   1 right (deterministic moves, clipped at the ends). The right cell is windy: whatever the
   action, with probability ``wind = 0.5`` the agent is blown back to the middle. State rewards
   (received for every action in that state): left 50, middle 1 (the paper's middle cell has no
-  reward; 1 keeps ``log r = 0`` finite), right 51. ``gamma = 0.9``. Staying left is worth 500;
-  the best right-hand policy is worth ≈ 346 (exact values in tests), so the reward-maximising
-  choice is the safe left.
+  reward; 1 keeps ``log r = 0`` finite), right 51. ``gamma = 0.9``. Starting in the middle,
+  from the middle, going left is worth 451 and the best right-hand policy 320.3 (exact values in
+  tests), so the reward-maximising choice is the safe left.
 * ``from_text_map(text, ...)`` — a grid from characters: ``.`` free, ``#`` obstacle, ``S`` start,
   ``G`` goal (at least one), rows separated by newlines; everything else as in ``gridworld``.
 
