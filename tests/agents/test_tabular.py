@@ -89,12 +89,18 @@ def test_optimistic_model_is_best_response():
 @pytest.mark.parametrize("method", ["mnm", "vmbpo", "q_learning", "mnm_no_log"])
 def test_exact_mode_matches_numpy_reference(method):
     mdp = T.gridworld(size=5)
-    res = A.run(method, mdp, jax.random.key(0), num_iters=15, mode="exact")
-    ref = A.run_numpy(method, mdp, seed=0, num_iters=15, mode="exact")
-    np.testing.assert_allclose(res.log_expected_return, ref["log_expected_return"], atol=1e-4)
-    np.testing.assert_allclose(res.objective, ref["objective"], rtol=1e-4, atol=1e-4)
+    res = A.run(method, mdp, jax.random.key(0), num_iters=40, mode="exact")
+    ref = A.run_numpy(method, mdp, seed=0, num_iters=40, mode="exact")
+    # Q tables and models do not depend on argmax tie-breaking; the greedy policy (and so the
+    # per-iteration metrics) can differ between float32/float64 while Q values are still tied.
+    np.testing.assert_allclose(res.q_values, ref["q_values"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(res.q, ref["q"], atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(res.policy), ref["policy"])
+    # Both policies are greedy in the shared Q table (exact ties broken either way).
+    q_of_ref_action = (np.asarray(res.q_values) * ref["policy"]).sum(-1)
+    np.testing.assert_allclose(q_of_ref_action, np.asarray(res.q_values).max(-1), atol=1e-4)
+    np.testing.assert_allclose(res.log_expected_return[-5:], ref["log_expected_return"][-5:],
+                               atol=1e-4)
+    np.testing.assert_allclose(res.objective[-5:], ref["objective"][-5:], rtol=1e-4, atol=1e-4)
 
 
 def test_sampled_numpy_reference_agrees_in_distribution():
@@ -128,7 +134,8 @@ def test_vmap_over_hyperparameters():
                           logit_clip=jnp.full(3, 10.0))
     res = jax.vmap(fn, in_axes=(None, None, 0))(mdp, jax.random.key(0), hp)
     single = fn(mdp, jax.random.key(0), A.TabularHParams(lr=1.0))
-    np.testing.assert_allclose(res.objective[2], single.objective, rtol=1e-5)
+    np.testing.assert_allclose(res.q_values[2], single.q_values, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(res.q_values[0], res.q_values[2])
 
 
 def test_low_resolution_model_needs_the_classifier():
@@ -152,8 +159,10 @@ def test_validation_errors():
         A.run("dyna", mdp, jax.random.key(0))
     with pytest.raises(ValueError, match="unknown hyper-parameters"):
         A.run("mnm", mdp, jax.random.key(0), learning_rate=0.1)
-    with pytest.raises(ValueError, match="grid"):
-        A.run("mnm", mdp, jax.random.key(0), model_class="blocks")
+    with pytest.raises(ValueError, match="classifier"):
+        A.run("mnm", mdp, jax.random.key(0), classifier="perfect")
+    with pytest.raises(ValueError, match="mode"):
+        A.run("mnm", mdp, jax.random.key(0), mode="monte_carlo")
 
 
 def test_cli_writes_figures(tmp_path):

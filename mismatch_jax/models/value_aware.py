@@ -1,0 +1,317 @@
+"""Decision-aware model losses: VaGraM, IterVAML, value-weighted MSE and the MnM model objective.
+
+All functions are pure and per-sample where that makes sense: they return ``[..., B]`` so that a
+caller can mask, weight and reduce (``[E, B]`` for an ensemble, like ``models.core``'s losses).
+MLE losses are not repeated here: use ``models.core.gaussian_nll_per_sample`` /
+``mse_per_sample``.
+
+Value functions enter as ``value_fn(obs [obs_dim]) -> [K]``: one value per critic, e.g. SAC's
+``lambda s: sac.value(params, s, critics="all")`` (K = 4: 2 online + 2 target critics,
+V_k(s) = Q_k(s, π(s))). This module never imports an agent (models ← agents).
+
+Notation: s′ is the *true* next state of a dataset tuple, f̂(s, a) the model's prediction,
+e = f̂(s, a) − s′, g_k = ∇_s V_k(s)|_{s′} (the gradient at the true next state).
+
+* **VaGraM** (Voelcker et al. 2022, Eq. 7 / Algorithm 1): Σ_k Σ_d g_{k,d}² e_d². The per-sample
+  gradients are computed once per model-training phase (``value_gradient_cache``) and reused by
+  every minibatch. Appendix E: "we calculated the L2 norm of all value function gradients and
+  clipped these at the 95-th percentile": each gradient *vector* g_k(s′) whose L2 norm exceeds
+  the 95th percentile of the norms is rescaled to that norm (direction kept); the percentile is
+  taken over the samples given, separately for each critic (``pooled=True`` pools all critics).
+  The constant dim(S) of Eq. 7 is dropped (it only rescales the loss; Algorithm 1 drops it too).
+  ``regularizer`` adds λ Σ_d e_d², the λI of Section 3.2 (0 by default, as in the paper).
+* **IterVAML**, first-order form (Eq. 5 of the VaGraM paper): Σ_k (g_k · e)², plus the MSE
+  stabiliser of appendix D.1, L = L_IterVAML + λ L_MSE with λ = 0.01, L_MSE = mean_d e_d²
+  (``models.core.mse_per_sample``). ``vaml_per_sample`` is the exact (V(f̂) − V(s′))² error used
+  to *evaluate* models (VaGraM Fig. 2).
+* **Value-weighted MSE** (appendix D.1 ablation, "similar to Nair et al. (2020), where the MSE
+  error is multiplied by the inverse of the value function of the sample"): w · mean_d e_d² with
+  w = 1 / |V(s′)| (V = min over critics). The magnitude is our choice: with negative rewards
+  (Pendulum) V < 0 and the literal inverse would turn the loss into a maximisation.
+* **MnM** (Eysenbach et al. 2022): classifier C(s, a, s′) = σ(logit) trained by cross-entropy on
+  real vs model next states of the same (s, a) (Eq. 4); model loss −[V(s′_model) + log C/(1−C)]
+  (Eq. 9, negated for minimisation; log C/(1−C) is the logit itself); augmented reward
+  r̃ = log r + log C/(1−C) (Eq. 5). The bound assumes r > 0; how we make rewards positive is in
+  ``log_positive_reward``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Literal, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from mismatch_jax.models.core import mse_per_sample
+
+ValueFn = Callable[[jax.Array], jax.Array]
+"""obs [obs_dim] → [K]: the value of one state under each of K critics."""
+
+
+def _lift(v: jax.Array, ndim: int) -> jax.Array:
+    """Adds leading unit axes (explicit broadcasting under jax_numpy_rank_promotion='raise')."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
+def _prediction_error(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """e = pred − target: pred [..., B, D], target [B, D] → [..., B, D]."""
+    if pred.shape[-2:] != target.shape:
+        raise ValueError(
+            f"prediction [..., B, D] must end with the target's shape {target.shape}, got {pred.shape}"
+        )
+    return pred - _lift(target, pred.ndim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value gradients (computed once per model-training phase)
+# ---------------------------------------------------------------------------------------------
+
+
+def value_gradients(value_fn: ValueFn, next_obs: jax.Array, chunk_size: Optional[int] = 4096) -> jax.Array:
+    """g[k, n] = ∇_s V_k(s)|_{next_obs[n]}: next_obs [N, D] → [K, N, D].
+
+    Evaluated ``chunk_size`` rows at a time (``lax.map``) to bound memory on large buffers;
+    None evaluates all rows in one vmap."""
+    per_state = jax.jacrev(value_fn)  # [D] → [K, D]
+    if chunk_size is None or chunk_size >= next_obs.shape[0]:
+        grads = jax.vmap(per_state)(next_obs)
+    else:
+        grads = jax.lax.map(per_state, next_obs, batch_size=chunk_size)
+    if grads.ndim != 3:
+        raise ValueError(
+            f"value_fn must map one state [D] to a vector [K] of critic values; got gradients "
+            f"of shape {grads.shape[1:]} per state"
+        )
+    return jnp.transpose(grads, (1, 0, 2))
+
+
+def clip_gradient_norms(grads: jax.Array, percentile: float = 95.0, mask: Optional[jax.Array] = None,
+                        pooled: bool = False):
+    """Rescales gradient vectors whose L2 norm exceeds the ``percentile``-th percentile of the
+    norms down to that norm (VaGraM appendix E). grads [K, N, D]; mask [N] (optional) marks the
+    rows that count for the percentile (e.g. the valid rows of a fixed-capacity buffer).
+    The percentile is per critic [K], or over all critics when ``pooled``.
+    Returns (clipped grads [K, N, D], threshold [K]). percentile = 100 clips nothing."""
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"clip percentile must be in (0, 100], got {percentile}")
+    norms = jnp.linalg.norm(grads, axis=-1)  # [K, N]
+    counted = norms if mask is None else jnp.where(_lift(mask.astype(bool), 2), norms, jnp.nan)
+    if pooled:
+        threshold = jnp.broadcast_to(jnp.nanpercentile(counted, percentile), norms.shape[:1])
+    else:
+        threshold = jnp.nanpercentile(counted, percentile, axis=1)
+    scale = jnp.minimum(1.0, threshold[:, None] / jnp.maximum(norms, 1e-12))
+    return grads * scale[..., None], threshold
+
+
+@struct.dataclass
+class ValueGradientCache:
+    """Per-sample value gradients at the dataset's true next states, fixed for one
+    model-training phase. grads: [K, N, D] (clipped); threshold: [K] clip norms used."""
+
+    grads: jax.Array
+    threshold: jax.Array
+
+    def rows(self, index: jax.Array) -> jax.Array:
+        """Gradients of minibatch rows ``index`` [B] → [K, B, D]."""
+        return self.grads[:, index]
+
+
+def value_gradient_cache(value_fn: ValueFn, next_obs: jax.Array, clip_percentile: float = 95.0,
+                         mask: Optional[jax.Array] = None, pooled: bool = False,
+                         chunk_size: Optional[int] = 4096) -> ValueGradientCache:
+    """Computes (once per model-training phase) the clipped value gradients g_k(s′) for every
+    dataset row: next_obs [N, D] → ValueGradientCache with grads [K, N, D].
+    Invalid rows (mask False) are kept (their gradients are harmless) but do not count in the
+    percentile."""
+    grads = value_gradients(value_fn, next_obs, chunk_size)
+    grads, threshold = clip_gradient_norms(grads, clip_percentile, mask, pooled)
+    return ValueGradientCache(grads=jax.lax.stop_gradient(grads), threshold=threshold)
+
+
+def to_normalized_units(grads: jax.Array, target_std: jax.Array) -> jax.Array:
+    """Gradients w.r.t. next-state units → w.r.t. *normalised* delta-target units.
+
+    If the model predicts ŷ = (f̂ − s − μ) / σ, then e = σ ⊙ (ŷ − y) and g · e = (g ⊙ σ) · (ŷ − y),
+    so the losses below can be applied to normalised predictions with g ⊙ σ.
+    grads [K, B, D], target_std [D] (the obs part of ``Normalizer.target_std``) → [K, B, D]."""
+    return grads * _lift(target_std, grads.ndim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses on cached gradients
+# ---------------------------------------------------------------------------------------------
+
+
+def vagram_per_sample(pred: jax.Array, target: jax.Array, grads: jax.Array,
+                      regularizer: float = 0.0) -> jax.Array:
+    """VaGraM (Eq. 7 without the constant dim(S)): Σ_k Σ_d g_{k,d}² e_d² (+ λ Σ_d e_d²).
+
+    pred [..., B, D] (e.g. [E, B, D] for an ensemble), target [B, D] true next states,
+    grads [K, B, D] (cached, clipped) → [..., B]."""
+    err = _prediction_error(pred, target)
+    weight = jnp.sum(grads**2, axis=0) + regularizer  # [B, D]: Σ_k g_k² (+ λ)
+    return jnp.sum(_lift(weight, err.ndim) * err**2, axis=-1)
+
+
+def itervaml_per_sample(pred: jax.Array, target: jax.Array, grads: jax.Array,
+                        mse_coef: float = 0.01) -> jax.Array:
+    """First-order IterVAML with the appendix-D.1 MSE stabiliser:
+    Σ_k (g_k · e)² + mse_coef · mean_d e_d². pred [..., B, D], target [B, D], grads [K, B, D]
+    → [..., B]."""
+    err = _prediction_error(pred, target)
+    projections = jnp.einsum("kbd,...bd->k...b", grads, err)  # [K, ..., B]
+    loss = jnp.sum(projections**2, axis=0)
+    if mse_coef:
+        loss = loss + mse_coef * mse_per_sample(pred, _lift(target, pred.ndim))
+    return loss
+
+
+def vaml_per_sample(value_fn: ValueFn, pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Exact VAML error Σ_k (V_k(f̂) − V_k(s′))² (evaluation metric of VaGraM Fig. 2; as a
+    training loss it is IterVAML without the Taylor approximation).
+    pred [..., B, D], target [B, D] → [..., B]."""
+    _prediction_error(pred, target)  # shape check
+    lead = pred.shape[:-1]
+    v_pred = jax.vmap(value_fn)(pred.reshape((-1, pred.shape[-1])))  # [M, K]
+    v_true = jax.vmap(value_fn)(target)  # [B, K]
+    v_pred = v_pred.reshape(lead + v_pred.shape[-1:])
+    return jnp.sum((v_pred - _lift(v_true, v_pred.ndim)) ** 2, axis=-1)
+
+
+def value_weights(values: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Value-weighted regression weights 1 / max(|V(s′)|, eps), V = min over critics.
+    values [K, B] (or [B]) → [B] (gradient stopped)."""
+    v = values.min(axis=0) if values.ndim == 2 else values
+    return jax.lax.stop_gradient(1.0 / jnp.maximum(jnp.abs(v), eps))
+
+
+def value_weighted_mse_per_sample(pred: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
+    """Appendix-D.1 ablation: w_b · mean_d e_d². pred [..., B, D], target [B, D], weights [B]
+    (``value_weights``) → [..., B]."""
+    err = _prediction_error(pred, target)
+    return _lift(weights, err.ndim - 1) * jnp.mean(err**2, axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# MnM: classifier, model loss (Eq. 9), augmented reward (Eq. 5)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """Real-vs-model transition classifier C(s, a, s′): ReLU MLP on [s, a, s′ − s] → 1 logit.
+    (s′ − s carries the same information as s′ and is better conditioned when s′ ≈ s.)"""
+
+    obs_dim: int
+    action_dim: int
+    hidden_size: int = 256
+    num_hidden_layers: int = 2
+
+    def __post_init__(self):
+        for name in ("obs_dim", "action_dim", "hidden_size", "num_hidden_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ClassifierConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return (2 * self.obs_dim + self.action_dim,) + (self.hidden_size,) * self.num_hidden_layers + (1,)
+
+
+def classifier_init(key: jax.Array, config: ClassifierConfig) -> tuple:
+    """Layers ((w [in, out], b [out]), ...), PyTorch nn.Linear default init U(±1/sqrt(fan_in))."""
+    sizes = config.layer_sizes
+    layers = []
+    for k, fan_in, fan_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
+        w_key, b_key = jax.random.split(k)
+        bound = 1.0 / math.sqrt(fan_in)
+        layers.append((jax.random.uniform(w_key, (fan_in, fan_out), jnp.float32, -bound, bound),
+                       jax.random.uniform(b_key, (fan_out,), jnp.float32, -bound, bound)))
+    return tuple(layers)
+
+
+def classifier_apply(params: tuple, obs: jax.Array, action: jax.Array, next_obs: jax.Array) -> jax.Array:
+    """Logit of C(s, a, s′) = P(real | s, a, s′): obs/next_obs [..., obs_dim], action
+    [..., action_dim] (same leading axes) → [...]. log C/(1−C) equals the logit."""
+    h = jnp.concatenate([obs, action, next_obs - obs], axis=-1)
+    for i, (w, b) in enumerate(params):
+        h = h @ w + _lift(b, h.ndim)
+        if i < len(params) - 1:
+            h = jax.nn.relu(h)
+    return h[..., 0]
+
+
+def classifier_loss_per_sample(params: tuple, obs: jax.Array, action: jax.Array,
+                               real_next_obs: jax.Array, model_next_obs: jax.Array) -> jax.Array:
+    """Negated Eq. 4: −log C(s, a, s′_real) − log(1 − C(s, a, s′_model)), same (s, a).
+    Inputs [B, ...] → [B]. (−log σ(l) = softplus(−l), −log(1 − σ(l)) = softplus(l).)"""
+    real = classifier_apply(params, obs, action, real_next_obs)
+    fake = classifier_apply(params, obs, action, jax.lax.stop_gradient(model_next_obs))
+    return jax.nn.softplus(-real) + jax.nn.softplus(fake)
+
+
+def classifier_loss(params: tuple, obs, action, real_next_obs, model_next_obs) -> jax.Array:
+    """Mean over the batch of ``classifier_loss_per_sample`` → []."""
+    return classifier_loss_per_sample(params, obs, action, real_next_obs, model_next_obs).mean()
+
+
+def mnm_model_loss_per_sample(value_fn: ValueFn, classifier_params: tuple, obs: jax.Array,
+                              action: jax.Array, model_next_obs: jax.Array,
+                              reduce: Literal["min", "mean"] = "min") -> jax.Array:
+    """MnM model loss (Eq. 9, negated): −[V(s′_model) + log C(s, a, s′_model)/(1 − C(…))].
+
+    obs [B, obs_dim], action [B, action_dim] are real; model_next_obs [..., B, obs_dim] are
+    model samples that must depend differentiably on the model parameters (the mean of a
+    deterministic model or a reparameterised sample μ + σ ε of a probabilistic one).
+    V = min (SAC's convention) or mean over the K critics of ``value_fn``. Gradients reach the
+    model through V and through the classifier input; the classifier's and critics' own
+    parameters are constants here (they are trained by their own losses). → [..., B]."""
+    lead = model_next_obs.shape[:-1]
+    flat = model_next_obs.reshape((-1, model_next_obs.shape[-1]))
+    values = jax.vmap(value_fn)(flat)  # [M, K]
+    v = values.min(axis=-1) if reduce == "min" else values.mean(axis=-1)
+    v = v.reshape(lead)
+    obs_b = jnp.broadcast_to(_lift(obs, model_next_obs.ndim), model_next_obs.shape)
+    action_b = jnp.broadcast_to(_lift(action, model_next_obs.ndim), lead + action.shape[-1:])
+    logits = classifier_apply(classifier_params, obs_b, action_b, model_next_obs)
+    return -(v + logits)
+
+
+def log_positive_reward(reward: jax.Array, transform: Literal["exp", "shift", "log"] = "exp",
+                        temperature: float = 1.0, reward_min: Optional[float] = None,
+                        eps: float = 1e-3) -> jax.Array:
+    """log r⁺ for the augmented reward, where r⁺ > 0 is a positive version of the reward.
+
+    The MnM bound assumes r > 0 (paper 001, Sec. 3); Pendulum's rewards lie in [−16.27, 0] and
+    the paper's text available to us does not say how non-positive rewards are handled, so the
+    choice is explicit:
+
+    * "exp" (default): r⁺ = exp(r / temperature), so log r⁺ = r / temperature. This is the
+      control-as-inference reading (reward = log-probability of optimality); it is defined for
+      every reward and keeps reward differences linear.
+    * "shift": r⁺ = r − reward_min + eps with a known lower bound ``reward_min`` of the reward
+      (Pendulum: −(π² + 0.1·8² + 0.001·2²) = −16.2736); log compresses high rewards.
+    * "log": r⁺ = r; only for rewards known to be > 0 (r ≤ 0 gives −inf/NaN).
+    reward [...] → [...]."""
+    if transform == "exp":
+        if not temperature > 0:
+            raise ValueError(f"log_positive_reward: temperature must be > 0, got {temperature}")
+        return reward / temperature
+    if transform == "shift":
+        if reward_min is None:
+            raise ValueError("log_positive_reward: transform='shift' needs reward_min, a lower "
+                             "bound of the reward (Pendulum: -16.2736)")
+        return jnp.log(reward - reward_min + eps)
+    if transform == "log":
+        return jnp.log(reward)
+    raise ValueError(f"log_positive_reward: transform must be 'exp', 'shift' or 'log', got {transform!r}")
+
+
+def mnm_augmented_reward(reward: jax.Array, logits: jax.Array,
+                         transform: Literal["exp", "shift", "log"] = "exp", **transform_kwargs) -> jax.Array:
+    """Eq. 5: r̃ = log r⁺ + log C/(1 − C) = ``log_positive_reward(reward)`` + logit.
+    reward [...], logits [...] (``classifier_apply`` on the model transition) → [...]."""
+    return log_positive_reward(reward, transform, **transform_kwargs) + logits
