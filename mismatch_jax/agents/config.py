@@ -123,8 +123,8 @@ class PetsConfig:
     env: registered environment name. num_trials: planned trials after the random one.
     trial_length: steps per trial (0 = the env's episode_length). seed: root seed.
     num_seeds: independent runs (keys fold_in(key(seed), i), i < num_seeds).
-    angle_dims: observation dims that are unbounded angles; the agent replaces each by
-        (sin, cos) (PETS's cart-pole preprocessing; [1] for cartpole_swingup's θ).
+    angle_dims: observation dims that are unbounded angles; the model sees each as (sin, cos)
+        inputs (PETS's cart-pole preprocessing; [1] for cartpole_swingup's θ).
     """
 
     env: str = "cartpole_swingup"
@@ -155,7 +155,8 @@ class PetsConfig:
         m = self.model
         return ModelConfig(kind=m.kind, obs_dim=env.obs_dim, action_dim=env.action_dim,
                            hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
-                           ensemble_size=m.ensemble_size, activation=m.activation)
+                           ensemble_size=m.ensemble_size, activation=m.activation,
+                           angle_dims=self.angle_dims)
 
     def cem_config(self, env) -> CEMConfig:
         return self.planner.to_cem(env.action_low, env.action_high)

@@ -104,64 +104,6 @@ class Pets:
         return self.run(key)
 
 
-class AngleFeatureEnv(Env):
-    """``inner`` with each angle observation θ (dims ``angle_dims``) replaced by (sin θ, cos θ).
-
-    Features: ``[other dims in order, sin θ_1 … sin θ_k, cos θ_1 … cos θ_k]``. PETS (Chua et al.
-    2018) feeds the cart-pole model [sin θ, cos θ] instead of the unbounded, winding angle; here the
-    features are the model's whole state (inputs and delta targets), which keeps ``models.predict``
-    unchanged. Rewards, termination and physics are the inner env's (θ = atan2(sin, cos)).
-    """
-
-    def __init__(self, inner: Env, angle_dims):
-        self.inner = inner
-        self.angle_dims = tuple(int(d) for d in angle_dims)
-        if not self.angle_dims or len(set(self.angle_dims)) != len(self.angle_dims) or any(
-                d < 0 or d >= inner.obs_dim for d in self.angle_dims):
-            raise ValueError(f"angle_dims must be distinct indices in [0, {inner.obs_dim}), "
-                             f"got {angle_dims}")
-        self.other_dims = tuple(d for d in range(inner.obs_dim) if d not in self.angle_dims)
-        self.name = f"{inner.name}+angle_features"
-        self.obs_dim = inner.obs_dim + len(self.angle_dims)
-        self.action_dim = inner.action_dim
-        self.episode_length = inner.episode_length
-        self.action_low, self.action_high = inner.action_low, inner.action_high
-
-    def features(self, obs):
-        """[..., inner.obs_dim] → [..., obs_dim]."""
-        angles = obs[..., list(self.angle_dims)]
-        return jnp.concatenate([obs[..., list(self.other_dims)], jnp.sin(angles), jnp.cos(angles)], -1)
-
-    def angles_obs(self, features):
-        """Inverse of ``features`` (angles in (−π, π])."""
-        n_other, k = len(self.other_dims), len(self.angle_dims)
-        angles = jnp.arctan2(features[..., n_other:n_other + k], features[..., n_other + k:])
-        obs = jnp.zeros(features.shape[:-1] + (self.inner.obs_dim,), features.dtype)
-        obs = obs.at[..., list(self.other_dims)].set(features[..., :n_other])
-        return obs.at[..., list(self.angle_dims)].set(angles)
-
-    @property
-    def default_params(self):
-        return self.inner.default_params
-
-    def _reset_physics(self, key, params):
-        physics, obs = self.inner._reset_physics(key, params)
-        return physics, self.features(obs)
-
-    def _step_physics(self, physics, action, params):
-        physics, obs = self.inner._step_physics(physics, action, params)
-        return physics, self.features(obs)
-
-    def _physics_from_obs(self, obs, params):
-        return self.inner._physics_from_obs(self.angles_obs(obs), params)
-
-    def reward_fn(self, obs, action, next_obs):
-        return self.inner.reward_fn(self.angles_obs(obs), action, self.angles_obs(next_obs))
-
-    def termination_fn(self, next_obs):
-        return self.inner.termination_fn(self.angles_obs(next_obs))
-
-
 def _random_episode(key, env, num_steps):
     """Uniform random actions for num_steps → (obs, action, next_obs, reward, alive), each [T, ...]."""
     low = jnp.asarray(env.action_low, jnp.float32)
@@ -182,11 +124,9 @@ def _random_episode(key, env, num_steps):
 
 
 def make_pets(config: PetsConfig, env) -> Pets:
-    """Builds the PETS loop for ``config`` on ``env`` (an ``envs.base.Env``). With
-    ``config.angle_dims`` the agent sees ``AngleFeatureEnv(env, angle_dims)`` (``Pets.env``), so
-    the buffer, the model and the planner work in (sin, cos) features."""
-    if config.angle_dims:
-        env = AngleFeatureEnv(env, config.angle_dims)
+    """Builds the PETS loop for ``config`` on ``env`` (an ``envs.base.Env``). ``config.angle_dims``
+    become the model's (sin, cos) input features (``ModelConfig.angle_dims``); the buffer, the
+    planner and the rewards stay in the env's own observation."""
     model_cfg = config.model_config(env)
     cem_cfg = config.cem_config(env)
     trial_length = config.steps_per_trial(env)

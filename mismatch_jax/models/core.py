@@ -37,6 +37,9 @@ class ModelConfig:
     ensemble_size: members for PE/DE (must be 1 for P/D).
     hidden_size / num_hidden_layers: MLP width and depth.
     predict_reward: also predict the reward as an extra (last) target dimension.
+    angle_dims: observation dims that are unbounded angles; the model *input* replaces each by
+        (sin θ, cos θ) — PETS's cart-pole preprocessing — while targets stay deltas of the raw
+        observation, so predictions and likelihoods remain in original state units.
     """
 
     kind: str
@@ -49,8 +52,15 @@ class ModelConfig:
     predict_reward: bool = False
     init_max_logvar: float = 0.5
     init_min_logvar: float = -10.0
+    angle_dims: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "angle_dims", tuple(int(d) for d in self.angle_dims))
+        if len(set(self.angle_dims)) != len(self.angle_dims) or any(
+                not 0 <= d < self.obs_dim for d in self.angle_dims):
+            raise ValueError(
+                f"ModelConfig.angle_dims must be distinct observation indices in [0, {self.obs_dim}), "
+                f"got {self.angle_dims}")
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"ModelConfig.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.kind in ("P", "D") and self.ensemble_size != 1:
@@ -73,7 +83,7 @@ class ModelConfig:
 
     @property
     def input_dim(self) -> int:
-        return self.obs_dim + self.action_dim
+        return self.obs_dim + len(self.angle_dims) + self.action_dim
 
     @property
     def target_dim(self) -> int:
@@ -137,9 +147,20 @@ def identity_normalizer(config: ModelConfig) -> Normalizer:
     )
 
 
+def model_inputs(config: ModelConfig, obs, action):
+    """Raw model inputs x [..., input_dim] from obs [..., obs_dim] and action [..., action_dim]:
+    ``[obs without angle dims, sin(angles), cos(angles), action]`` (just ``[obs, action]`` when
+    the config has no angle dims)."""
+    if not config.angle_dims:
+        return jnp.concatenate([obs, action], axis=-1)
+    angles = obs[..., list(config.angle_dims)]
+    others = obs[..., [d for d in range(config.obs_dim) if d not in config.angle_dims]]
+    return jnp.concatenate([others, jnp.sin(angles), jnp.cos(angles), action], axis=-1)
+
+
 def make_targets(config: ModelConfig, obs, action, next_obs, reward=None):
     """Model inputs x [..., input_dim] and delta targets y [..., target_dim]."""
-    x = jnp.concatenate([obs, action], axis=-1)
+    x = model_inputs(config, obs, action)
     y = next_obs - obs
     if config.predict_reward:
         if reward is None:
@@ -219,7 +240,7 @@ def predict(config: ModelConfig, params: ModelParams, norm: Normalizer, obs, act
     Returns (mean [E, B, target_dim], var [E, B, target_dim]) of next_obs (delta added back);
     with predict_reward the last dimension is the reward.
     """
-    x = jnp.concatenate([obs, action], axis=-1)
+    x = model_inputs(config, obs, action)
     mean_n, logvar_n = apply_normalized(config, params, normalize_inputs(norm, x))
     mean = mean_n * _lift(norm.target_std, 3) + _lift(norm.target_mean, 3)
     var = jnp.exp(logvar_n) * _lift(norm.target_std, 3) ** 2

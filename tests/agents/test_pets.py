@@ -1,3 +1,4 @@
+import dataclasses
 """PETS loop on a tiny env, and strict config loading."""
 
 import pathlib
@@ -131,21 +132,8 @@ def test_int_accepted_for_float_and_defaults():
     assert isinstance(config, PetsConfig) and config.planner == PetsConfig().planner
 
 
-def test_angle_feature_env_round_trip_and_reward():
-    from mismatch_jax.agents.pets import AngleFeatureEnv
-
-    inner = PointMass()
-    env = AngleFeatureEnv(inner, [1])
-    assert env.obs_dim == 3
-    obs = jnp.array([0.3, 7.0])  # a wound angle: features forget the winding
-    feats = env.features(obs)
-    np.testing.assert_allclose(feats, jnp.array([0.3, jnp.sin(7.0), jnp.cos(7.0)]), rtol=1e-6)
-    back = env.angles_obs(feats)
-    np.testing.assert_allclose(back, jnp.array([0.3, 7.0 - 2 * jnp.pi]), rtol=1e-5)
-    state = env.state_from_obs(feats)
-    nxt = env.step(state, jnp.array([0.5]))
-    ref = inner.step(inner.state_from_obs(back), jnp.array([0.5]))
-    np.testing.assert_allclose(nxt.obs, env.features(ref.obs), rtol=1e-5)
-    np.testing.assert_allclose(nxt.reward, ref.reward, rtol=1e-5)
-    with pytest.raises(ValueError, match="angle_dims"):
-        AngleFeatureEnv(inner, [5])
+def test_angle_dims_reach_the_model_as_sin_cos_inputs():
+    config = pets_config_from_dict({"env": "cartpole_swingup", "angle_dims": [1]})
+    env = PointMass()
+    model = dataclasses.replace(config, angle_dims=(1,)).model_config(env)
+    assert model.angle_dims == (1,) and model.input_dim == env.obs_dim + 1 + env.action_dim

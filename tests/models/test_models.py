@@ -127,3 +127,25 @@ def test_model_loss_weights_and_bound_term():
     w = jnp.asarray([1, 1, 1, 0, 0, 0, 0, 2], jnp.float32)
     expected = (per * np.asarray(w)).sum() / 5.0 + bound
     np.testing.assert_allclose(models.model_loss(cfg, params, norm, x, y, w), expected, rtol=1e-5)
+
+
+def test_angle_dims_become_sin_cos_inputs_and_targets_stay_raw():
+    import jax.numpy as jnp
+
+    config = models.ModelConfig("P", obs_dim=3, action_dim=1, hidden_size=8, num_hidden_layers=1, angle_dims=(1,))
+    assert config.input_dim == 5
+    obs = jnp.array([[0.5, 7.0, -1.0]])
+    action = jnp.array([[0.25]])
+    x, y = models.make_targets(config, obs, action, obs + 0.1)
+    np.testing.assert_allclose(x, [[0.5, -1.0, np.sin(7.0), np.cos(7.0), 0.25]], rtol=1e-6)
+    np.testing.assert_allclose(y, [[0.1, 0.1, 0.1]], rtol=1e-5)
+    wound = obs.at[0, 1].add(2 * np.pi)
+    params = models.init(jax.random.key(0), config)
+    norm = models.identity_normalizer(config)
+    mean_a, var_a = models.predict(config, params, norm, obs, action)
+    mean_b, var_b = models.predict(config, params, norm, wound, action)
+    # A full turn changes the input features by nothing, so the predicted delta is the same.
+    np.testing.assert_allclose(mean_b - wound[None], mean_a - obs[None], atol=1e-5)
+    np.testing.assert_allclose(var_a, var_b, rtol=1e-6)
+    with pytest.raises(ValueError, match="angle_dims"):
+        models.ModelConfig("P", obs_dim=3, action_dim=1, angle_dims=(3,))
