@@ -54,6 +54,8 @@ class Env(abc.ABC):
     episode_length: int
     action_low: np.ndarray
     action_high: np.ndarray
+    # Observation dims that are unbounded (winding) angles; models may feed them as (sin, cos).
+    angle_obs_dims: tuple[int, ...] = ()
 
     # ----- to implement -------------------------------------------------------------------------
     @property

@@ -87,6 +87,8 @@ class CartpoleSwingup(Env):
     obs_dim = 4
     action_dim = 1
 
+    angle_obs_dims = (1,)  # θ winds freely during swing-up
+
     def __init__(
         self, episode_length: int = 200, frame_skip: int = 2, reset_noise_scale: float = 0.1
     ):

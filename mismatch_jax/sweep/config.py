@@ -54,7 +54,9 @@ DATASET_KINDS = ("expert", "on_policy", "grid", "sampled")
 
 @dataclasses.dataclass(frozen=True)
 class PopulationConfig:
-    """Which models are trained: model_types × train datasets × replicates."""
+    """Which models are trained: model_types × train datasets × replicates.
+    angle_features: feed the env's winding angles (``Env.angle_obs_dims``) to the models as
+    (sin, cos), as PETS does for the cart-pole; likelihoods stay in original units either way."""
 
     model_types: tuple[str, ...] = ("P", "PE", "D", "DE")
     replicates: int = 8
@@ -62,6 +64,7 @@ class PopulationConfig:
     num_hidden_layers: int = 4
     ensemble_size: int = 5
     activation: str = "silu"
+    angle_features: bool = True
 
     def __post_init__(self):
         allowed = ("P", "PE", "D", "DE")

@@ -42,7 +42,8 @@ def model_config(config: SweepConfig, env, kind: str) -> models.ModelConfig:
     return models.ModelConfig(
         kind=kind, obs_dim=env.obs_dim, action_dim=env.action_dim, hidden_size=pop.hidden_size,
         num_hidden_layers=pop.num_hidden_layers,
-        ensemble_size=pop.ensemble_size if kind.endswith("E") else 1, activation=pop.activation)
+        ensemble_size=pop.ensemble_size if kind.endswith("E") else 1, activation=pop.activation,
+        angle_dims=tuple(env.angle_obs_dims) if pop.angle_features else ())
 
 
 def cem_config(config: SweepConfig, env) -> CEMConfig:
