@@ -10,8 +10,9 @@ dimensions and hyperparameters; MBPO/VaGraM/MnM reuse them on arbitrary batches)
   then a Polyak step of the target critics.
 * ``policy_apply(actor, obs) -> (mean, log_std)`` (pre-tanh Gaussian), ``sample_action``,
   ``deterministic_action``, ``q_apply(critic, obs, action) -> [2, ...]``,
-  ``value(params, obs, key=None, critics="all") -> [K, ...]`` = Q_k(s, π(s)) for every critic
-  (K = 2 online, 2 target or all 4), ``td_target(key, params, batch)``.
+  ``value(params, obs, key=None, critics="all", reduce="each") -> [K, ...]`` = Q_k(s, π(s)) for
+  every critic (K = 2 online, 2 target or all 4; ``reduce="min"`` gives min_k),
+  ``td_target(key, params, batch)``.
 
 ``make_train(config, env) -> train(key) -> (TrainState, TrainMetrics)``: the whole run is one
 ``lax.scan`` over evaluation intervals (each returning a small metrics record) whose body is a
@@ -330,26 +331,29 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
         return jax.vmap(mlp_apply, in_axes=(0, None))(critic, x)[..., 0]
 
     def value(params: SACParams, obs: jax.Array, key: Optional[jax.Array] = None,
-              critics: str = "all") -> jax.Array:
-        """V_k(s) = Q_k(s, π(s)) for each critic: obs [..., obs_dim] → [K, ...].
+              critics: str = "all", reduce: str = "each") -> jax.Array:
+        """V_k(s) = Q_k(s, π(s)) for each critic: obs [..., obs_dim] → [K, ...] (reduce="each")
+        or their minimum [...] (reduce="min").
 
         π(s) is the deterministic action tanh(mean) when key is None, else a reparameterised
         sample (one per state). critics: "online" (K = 2), "target" (K = 2) or "all" (K = 4,
         online first). Gradients w.r.t. obs flow through both Q and π(s) (total derivative).
         """
+        if critics not in ("online", "target", "all"):
+            raise ValueError(f"value: critics must be 'online', 'target' or 'all', got {critics!r}")
+        if reduce not in ("each", "min"):
+            raise ValueError(f"value: reduce must be 'each' or 'min', got {reduce!r}")
         if key is None:
             action = deterministic_action(params.actor, obs)
         else:
             action, _ = sample_action(key, params.actor, obs)
-        if critics == "online":
-            return q_apply(params.critic, obs, action)
-        if critics == "target":
-            return q_apply(params.target_critic, obs, action)
-        if critics == "all":
-            return jnp.concatenate(
-                [q_apply(params.critic, obs, action), q_apply(params.target_critic, obs, action)], 0
-            )
-        raise ValueError(f"value: critics must be 'online', 'target' or 'all', got {critics!r}")
+        values = []
+        if critics in ("online", "all"):
+            values.append(q_apply(params.critic, obs, action))
+        if critics in ("target", "all"):
+            values.append(q_apply(params.target_critic, obs, action))
+        values = jnp.concatenate(values, axis=0)
+        return values.min(axis=0) if reduce == "min" else values
 
     def td_target(key: jax.Array, params: SACParams, batch: Transition) -> jax.Array:
         """y [B] = r + γ (1 − done) (min_k Q̄_k(s′, a′) − α log π(a′|s′)), a′ ~ π(s′);

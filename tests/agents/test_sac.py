@@ -1,5 +1,6 @@
 """SAC: replay buffer, update rules on hand-made batches, the one-scan training loop."""
 
+import dataclasses
 import math
 import pathlib
 
@@ -143,7 +144,7 @@ def test_td_target_bootstraps_truncation_not_termination(env):
 @pytest.mark.parametrize("target_entropy, direction", [(10.0, +1), (-10.0, -1)])
 def test_entropy_tuning_direction(env, target_entropy, direction):
     """α rises when the policy's entropy is below the target and falls when above."""
-    config = sac_lib.SACConfig(**{**TINY.__dict__, "target_entropy": target_entropy})
+    config = dataclasses.replace(TINY, target_entropy=target_entropy)
     sac = sac_lib.make_sac(config, env)
     state = sac.init(jax.random.key(7))
     new_state, metrics = sac.sac_update(jax.random.key(8), state, _batch(env, jax.random.key(9)))
@@ -173,10 +174,14 @@ def test_shapes_and_action_box(env):
     assert sac.value(state.params, obs).shape == (4, 7)
     assert sac.value(state.params, obs, critics="online").shape == (2, 7)
     assert sac.value(state.params, obs[0], key=jax.random.key(0)).shape == (4,)
+    np.testing.assert_allclose(sac.value(state.params, obs, reduce="min"),
+                               sac.value(state.params, obs).min(0), rtol=1e-6)
     grad = jax.grad(lambda s: sac.value(state.params, s).sum())(obs[0])
     assert grad.shape == (env.obs_dim,) and np.all(np.isfinite(grad))
     with pytest.raises(ValueError, match="critics"):
         sac.value(state.params, obs, critics="both")
+    with pytest.raises(ValueError, match="reduce"):
+        sac.value(state.params, obs, reduce="mean")
     # a saturated policy maps to the box edges
     big = sac_lib.SACParams(actor=_constant_critic(state.params.actor, 50.0), critic=state.params.critic,
                             target_critic=state.params.target_critic, log_alpha=state.params.log_alpha)
