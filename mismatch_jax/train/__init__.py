@@ -2,6 +2,7 @@
 hparams, dataset_index) -> TrainResult`` (one jit, a lax.scan over epochs, vmap over models)."""
 
 from mismatch_jax.train.population import (
+    LossInputs,
     TrainConfig,
     TrainHParams,
     TrainMetrics,
@@ -13,6 +14,6 @@ from mismatch_jax.train.population import (
 )
 
 __all__ = [
-    "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult", "TransitionData",
+    "LossInputs", "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult", "TransitionData",
     "make_optimizer", "make_train", "model_keys",
 ]

@@ -162,6 +162,8 @@ class TransitionData:
 
     obs, next_obs [M, T, obs_dim]; action [M, T, act_dim]; reward [M, T] (zeros if unused);
     weight [M, T] per-sample loss weights (1 by default); train_mask, val_mask [M, T] bool.
+    aux: optional per-row side information [M, T, K] for a pluggable loss (e.g. VaGraM's cached
+    value gradients, K = obs_dim), handed to it row by row as ``LossInputs.aux``; None if unused.
     Rows in neither mask are never used but must be finite (pad with zeros).
     """
 
@@ -172,6 +174,7 @@ class TransitionData:
     weight: jax.Array
     train_mask: jax.Array
     val_mask: jax.Array
+    aux: jax.Array | None = None
 
     @property
     def num_datasets(self) -> int:
@@ -183,9 +186,10 @@ class TransitionData:
 
     @classmethod
     def from_arrays(cls, key: jax.Array, obs, action, next_obs, reward=None, weight=None, *,
-                    validation_fraction: float = 0.1, capacity: int | None = None) -> "TransitionData":
+                    validation_fraction: float = 0.1, capacity: int | None = None,
+                    aux=None) -> "TransitionData":
         """One dataset (M = 1) from obs [n, obs_dim], action [n, act_dim], next_obs [n, obs_dim],
-        optional reward [n] and weight [n]; a random ``floor(validation_fraction · n)`` rows become
+        optional reward [n], weight [n] and aux [n, K]; a random ``floor(validation_fraction · n)`` rows become
         validation rows (the rest training rows, as mbrl-lib's split). ``capacity`` ≥ n pads with
         unused zero rows (default n). Raises ValueError on NaN/inf or inconsistent shapes."""
         if not 0.0 <= validation_fraction < 1.0:
@@ -215,6 +219,8 @@ class TransitionData:
             return out[None]
 
         arrays = dict(obs=obs, action=action, next_obs=next_obs, reward=reward, weight=weight)
+        if aux is not None:
+            arrays["aux"] = np.asarray(aux, np.float32)
         for name, a in arrays.items():
             if a.shape[0] != n:
                 raise ValueError(f"from_arrays: {name} has {a.shape[0]} rows, obs has {n}")
@@ -236,6 +242,11 @@ class TransitionData:
             return np.pad(a, width)
 
         fields = [f.name for f in dataclasses.fields(cls)]
+        with_aux = [d.aux is not None for d in datasets]
+        if any(with_aux) and not all(with_aux):
+            raise ValueError("TransitionData.stack: either every dataset has aux or none has")
+        if not any(with_aux):
+            fields.remove("aux")
         for name in fields:
             shapes = {np.asarray(getattr(d, name)).shape[2:] for d in datasets}
             if len(shapes) != 1:
@@ -263,12 +274,14 @@ class TransitionData:
                 )
         if np.ndim(self.action) != 3 or np.shape(self.action)[:2] != (m, t):
             raise ValueError(f"TransitionData.action must be [{m}, {t}, act_dim], got {np.shape(self.action)}")
+        if self.aux is not None and (np.ndim(self.aux) != 3 or np.shape(self.aux)[:2] != (m, t)):
+            raise ValueError(f"TransitionData.aux must be None or [{m}, {t}, K], got {np.shape(self.aux)}")
         for name in ("train_mask", "val_mask"):
             if jnp.asarray(getattr(self, name)).dtype != jnp.bool_:
                 raise ValueError(f"TransitionData.{name} must be boolean")
         if not check_values or _is_traced(self):
             return
-        for name in _DATA_FLOAT_FIELDS:
+        for name in _DATA_FLOAT_FIELDS + (("aux",) if self.aux is not None else ()):
             a = np.asarray(getattr(self, name))
             if not np.all(np.isfinite(a)):
                 bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
@@ -412,8 +425,40 @@ def make_optimizer(config: TrainConfig, learning_rate, weight_decay) -> optax.Gr
 # --------------------------------------------------------------------------------------------
 
 
-def make_train(config: TrainConfig, *, jit: bool = True):
-    """Build ``train(keys, params_or_none, data, hparams, dataset_index) -> TrainResult``.
+@struct.dataclass
+class LossInputs:
+    """What a pluggable per-sample loss sees: one model, one minibatch of B rows, E members.
+
+    mean, logvar: [E, B, D] the model's prediction in normalised target units (D = obs_dim, + 1
+        with a reward output); target: [E, B, D] the normalised target (broadcast over members).
+    pred_next_obs: [E, B, obs_dim] the predicted mean next state in original units.
+    obs, action, next_obs, reward, aux: the rows in original units, [E, B, ...] (every member
+        sees its own bootstrap rows); aux is None when the data carry none.
+    target_std: [D] the normaliser's target scale (to move gradients between unit systems).
+    """
+
+    mean: jax.Array
+    logvar: jax.Array
+    target: jax.Array
+    pred_next_obs: jax.Array
+    obs: jax.Array
+    action: jax.Array
+    next_obs: jax.Array
+    reward: jax.Array
+    aux: jax.Array | None
+    target_std: jax.Array
+
+
+def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
+    """Build ``train(keys, params_or_none, data, hparams, dataset_index, loss_context=None)
+    -> TrainResult``.
+
+    per_sample_loss: optional pure ``fn(inputs: LossInputs, loss_context) -> [E, B]`` that
+        replaces the main loss (PETS NLL for P/PE, MSE for D/DE), e.g. VaGraM, IterVAML or the
+        MnM model loss; ``hparams.nll_weight`` scales it and ``hparams.mse_weight`` still adds the
+        normalised MSE (IterVAML's λ-stabiliser). ``loss_context`` is any pytree shared by every
+        model of the call (value-function and classifier parameters); it is a traced argument,
+        so a new context does not recompile. Early stopping and validation scores stay MLE-based.
 
     keys: [N] typed keys (``model_keys(root, start, N)``), one per model.
     params_or_none: [N]-stacked ``ModelParams`` to continue training from, or None to
@@ -434,18 +479,44 @@ def make_train(config: TrainConfig, *, jit: bool = True):
 
     # ---------------------------------------------------------------- per-model pieces ------
 
-    def loss_fn(params, norm, x, y, w, hp):
+    def loss_fn(params, norm, x, y, w, hp, rows_data, loss_context):
         """Weighted loss of one model on one minibatch; x [B, in] or [E, B, in], w [E, B]."""
         mean, logvar = models.apply_normalized(mcfg, params, models.normalize_inputs(norm, x))
         y_n = jnp.broadcast_to(models.normalize_targets(norm, y), mean.shape)
         mse = models.mse_per_sample(mean, y_n)
-        main = models.gaussian_nll_per_sample(mean, logvar, y_n) if mcfg.probabilistic else mse
+        if per_sample_loss is not None:
+            main = per_sample_loss(_loss_inputs(mean, logvar, y_n, norm, rows_data), loss_context)
+        else:
+            main = models.gaussian_nll_per_sample(mean, logvar, y_n) if mcfg.probabilistic else mse
         per_sample = hp.nll_weight * main + hp.mse_weight * mse  # [E, B]
         per_member = (per_sample * w).sum(-1) / jnp.maximum(w.sum(-1), 1e-12)
         loss = per_member.sum()  # members' losses are summed, as in mbrl-lib
         if mcfg.probabilistic:
             loss = loss + cfg.logvar_bound_coef * (params.max_logvar.sum() - params.min_logvar.sum())
         return loss
+
+    def _loss_inputs(mean, logvar, y_n, norm, rows_data):
+        """LossInputs of one minibatch; rows_data = (obs, action, next_obs, reward, aux) rows."""
+        members = mean.shape[:2]  # (E, B)
+
+        obs, action, next_obs, reward, aux = rows_data
+        lead = obs.ndim - 1  # 1 ([B, d]) or 2 ([E, B, d])
+
+        def lift(a):
+            if a is None:
+                return None
+            if lead == 1:
+                a = a[None]
+            return jnp.broadcast_to(a, members + a.shape[2:])
+
+        base = obs
+        if mcfg.predict_reward:
+            base = jnp.concatenate([obs, jnp.zeros_like(obs[..., :1])], axis=-1)
+        std, shift = norm.target_std, norm.target_mean
+        pred = mean * std.reshape((1, 1, -1)) + shift.reshape((1, 1, -1)) + lift(base)
+        return LossInputs(mean=mean, logvar=logvar, target=y_n, pred_next_obs=pred[..., : mcfg.obs_dim],
+                          obs=lift(obs), action=lift(action), next_obs=lift(next_obs),
+                          reward=lift(reward), aux=lift(aux), target_std=std)
 
     def gather_xy(data, ds, rows):
         """Inputs/targets of rows ([B] or [E, B]) of dataset ds, original units."""
@@ -488,7 +559,8 @@ def make_train(config: TrainConfig, *, jit: bool = True):
 
     # ------------------------------------------------------------------- the function ------
 
-    def train_core(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index):
+    def train_core(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index,
+                   loss_context=None):
         data = jax.tree.map(jnp.asarray, data)
         num_models = keys.shape[0]
         capacity = data.obs.shape[1]
@@ -593,9 +665,14 @@ def make_train(config: TrainConfig, *, jit: bool = True):
                 slots = s.bootstrap_slots[:, slots]  # [E, B]
                 valid = jnp.broadcast_to(valid, slots.shape)
             rows = train_rows[ds, slots]
-            (x, y), _ = gather_xy(data, ds, rows)
+            (x, y), obs = gather_xy(data, ds, rows)
             w = jnp.broadcast_to(valid * data.weight[ds, rows], (num_members, batch))
-            loss, grads = jax.value_and_grad(loss_fn)(s.params, s.normalizer, x, y, w, hp_n)
+            rows_data = None
+            if per_sample_loss is not None:
+                rows_data = (obs, data.action[ds, rows], data.next_obs[ds, rows], data.reward[ds, rows],
+                             None if data.aux is None else data.aux[ds, rows])
+            loss, grads = jax.value_and_grad(loss_fn)(s.params, s.normalizer, x, y, w, hp_n, rows_data,
+                                                      loss_context)
             opt = make_optimizer(cfg, hp_n.learning_rate, hp_n.weight_decay)
             updates, new_opt = opt.update(grads, s.opt_state, s.params)
             new_params = optax.apply_updates(s.params, updates)
@@ -690,13 +767,14 @@ def make_train(config: TrainConfig, *, jit: bool = True):
 
     core = jax.jit(train_core) if jit else train_core
 
-    def train(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index=None):
+    def train(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index=None,
+              loss_context=None):
         """See ``make_train``. Returns a ``TrainResult`` with a leading population axis [N]."""
         _check_inputs(mcfg, keys, params_or_none, data, hparams, dataset_index)
         num_models = keys.shape[0]
         if dataset_index is None:
             dataset_index = jnp.zeros(num_models, jnp.int32)
-        return core(keys, params_or_none, data, hparams, dataset_index)
+        return core(keys, params_or_none, data, hparams, dataset_index, loss_context)
 
     train.core = train_core
     return train

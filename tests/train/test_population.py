@@ -368,3 +368,48 @@ def test_two_host_devices_sharded_equals_single(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_pluggable_loss_equal_to_the_builtin_reproduces_it_and_sees_original_units():
+    """A per_sample_loss computing the PE NLL by hand gives the built-in training bit for bit
+    (up to float rounding); its LossInputs carry each member's bootstrap rows, the predicted next
+    state in original units and the aux rows, and loss_context reaches it."""
+    data = small_data()
+    aux = jnp.broadcast_to(jnp.arange(data.capacity, dtype=jnp.float32)[None, :, None], (1, data.capacity, 1))
+    data_aux = data.replace(aux=aux)
+    seen = {}
+
+    def nll(inputs, context):
+        seen["shapes"] = (inputs.obs.shape, inputs.reward.shape, inputs.aux.shape, inputs.pred_next_obs.shape)
+        return context * models.gaussian_nll_per_sample(inputs.mean, inputs.logvar, inputs.target)
+
+    builtin = make_train(CFG_PE)
+    custom = make_train(CFG_PE, per_sample_loss=nll)
+    keys = model_keys(jax.random.key(0), 0, 2)
+    hp = TrainHParams.population(2)
+    a = builtin(keys, None, data, hp)
+    b = custom(keys, None, data_aux, hp, loss_context=jnp.float32(1.0))
+    assert_trees_close(a.params, b.params, rtol=1e-5, atol=1e-6)
+    e = CFG_PE.model.ensemble_size
+    assert seen["shapes"] == ((e, 16, OBS_DIM), (e, 16), (e, 16, 1), (e, 16, OBS_DIM))
+    # A zero context zeroes the main loss: only the log-variance bound term moves the weights.
+    c = custom(keys, None, data_aux, hp, loss_context=jnp.float32(0.0))
+    assert not np.allclose(np.asarray(c.params.layers[0][0]), np.asarray(a.params.layers[0][0]))
+
+
+def test_pluggable_loss_pred_next_obs_is_the_model_prediction_in_state_units():
+    """An MSE on LossInputs.pred_next_obs − next_obs, divided by the normaliser's target scale,
+    is exactly the built-in normalised MSE of a D model, so both train to the same weights."""
+    cfg = TrainConfig(model=dataclasses.replace(TINY, kind="D"), num_epochs=2, batch_size=16, keep_best=False)
+    data = small_data()
+
+    def state_unit_mse(inputs, context):
+        del context
+        scaled = (inputs.pred_next_obs - inputs.next_obs) / inputs.target_std[None, None]
+        return jnp.mean(scaled**2, axis=-1)
+
+    keys = model_keys(jax.random.key(1), 0, 2)
+    hp = TrainHParams.population(2)
+    a = make_train(cfg)(keys, None, data, hp)
+    b = make_train(cfg, per_sample_loss=state_unit_mse)(keys, None, data, hp)
+    assert_trees_close(a.params, b.params, rtol=1e-4, atol=1e-5)
