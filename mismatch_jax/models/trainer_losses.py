@@ -1,0 +1,107 @@
+"""Decision-aware model losses as pluggable losses of the population trainer.
+
+``train.make_train(config, per_sample_loss=...)`` takes ``fn(inputs: LossInputs, loss_context)
+-> [E, B]``; this module builds such functions from the pure losses of ``value_aware`` and the
+per-row side information (``TransitionData.aux``) they need:
+
+* ``vagram_loss`` / ``itervaml_loss``: aux rows = the clipped value gradients g_k(s′) of K critics
+  at the true next state, flattened to [K·D] (``value_gradient_aux``), computed once per
+  model-training phase, as in VaGraM's Algorithm 1.
+* ``value_weighted_loss``: aux rows = 1 / |V(s′)| (``value_weight_aux``), one column.
+* ``mnm_loss(value_apply)``: no aux; ``loss_context = (value_params, classifier_params)`` so that a
+  new critic or classifier does not recompile. The model's next state is its mean prediction
+  (a deterministic reparameterisation; the MnM paper's model is deterministic-in-expectation).
+
+All errors are taken in *state units* (``LossInputs.pred_next_obs − next_obs``), so the value
+gradients need no unit conversion. The trainer's validation scores and early stopping stay MLE.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mismatch_jax.models import value_aware
+
+ValueApply = Callable[[object, jax.Array], jax.Array]
+"""(value_params, obs [obs_dim]) → [K] values, one per critic."""
+
+
+def _per_member(fn):
+    """Lifts fn(pred [B, D], next_obs [B, D], aux [B, …]) → [B] to [E, B, …] inputs."""
+    return jax.vmap(fn)
+
+
+def value_gradient_aux(value_fn: value_aware.ValueFn, next_obs: jax.Array, mask: Optional[jax.Array] = None,
+                       clip_percentile: float = 95.0) -> jax.Array:
+    """aux rows for VaGraM/IterVAML: next_obs [M, T, D] (mask [M, T] marks the rows that count
+    for the percentile) → [M, T, K·D] clipped gradients g_k(s′), critic-major."""
+    def one(obs, m):
+        cache = value_aware.value_gradient_cache(value_fn, obs, clip_percentile, mask=m)
+        k, t, d = cache.grads.shape
+        return jnp.transpose(cache.grads, (1, 0, 2)).reshape(t, k * d)
+
+    if mask is None:
+        mask = jnp.ones(next_obs.shape[:2], bool)
+    return jax.vmap(one)(next_obs, mask)
+
+
+def value_weight_aux(value_fn: value_aware.ValueFn, next_obs: jax.Array) -> jax.Array:
+    """aux rows for the value-weighted MSE: next_obs [M, T, D] → [M, T, 1] weights 1/|min_k V_k(s′)|."""
+    flat = next_obs.reshape((-1, next_obs.shape[-1]))
+    values = jax.vmap(value_fn)(flat)  # [M·T, K]
+    weights = value_aware.value_weights(values.T)
+    return weights.reshape(next_obs.shape[:2] + (1,))
+
+
+def _grads_from_aux(aux: jax.Array, obs_dim: int) -> jax.Array:
+    """[B, K·D] → [K, B, D]."""
+    b = aux.shape[0]
+    return jnp.transpose(aux.reshape(b, -1, obs_dim), (1, 0, 2))
+
+
+def vagram_loss(regularizer: float = 0.0):
+    """per_sample_loss of VaGraM (Eq. 7): Σ_k Σ_d g_{k,d}² e_d² on aux = ``value_gradient_aux``."""
+    def loss(inputs, loss_context):
+        del loss_context
+        d = inputs.next_obs.shape[-1]
+        return _per_member(lambda p, s, g: value_aware.vagram_per_sample(p, s, _grads_from_aux(g, d), regularizer))(
+            inputs.pred_next_obs, inputs.next_obs, inputs.aux)
+    return loss
+
+
+def itervaml_loss(mse_coef: float = 0.01):
+    """per_sample_loss of first-order IterVAML + mse_coef·MSE (appendix D.1) on aux =
+    ``value_gradient_aux``."""
+    def loss(inputs, loss_context):
+        del loss_context
+        d = inputs.next_obs.shape[-1]
+        return _per_member(lambda p, s, g: value_aware.itervaml_per_sample(p, s, _grads_from_aux(g, d), mse_coef))(
+            inputs.pred_next_obs, inputs.next_obs, inputs.aux)
+    return loss
+
+
+def value_weighted_loss():
+    """per_sample_loss of the value-weighted MSE ablation on aux = ``value_weight_aux``."""
+    def loss(inputs, loss_context):
+        del loss_context
+        return _per_member(lambda p, s, w: value_aware.value_weighted_mse_per_sample(p, s, w[:, 0]))(
+            inputs.pred_next_obs, inputs.next_obs, inputs.aux)
+    return loss
+
+
+def mnm_loss(value_apply: ValueApply, reduce: str = "min"):
+    """per_sample_loss of the MnM model objective (Eq. 9, negated) with
+    ``loss_context = (value_params, classifier_params)``."""
+    def loss(inputs, loss_context):
+        value_params, classifier_params = loss_context
+        value_fn = lambda s: value_apply(value_params, s)
+        return _per_member(lambda o, a, p: value_aware.mnm_model_loss_per_sample(
+            value_fn, classifier_params, o, a, p, reduce))(inputs.obs, inputs.action, inputs.pred_next_obs)
+    return loss
+
+
+LOSSES = ("mle", "vagram", "itervaml", "value_weighted", "mnm")
+"""Model-loss names accepted by agents and experiments."""

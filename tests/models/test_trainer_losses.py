@@ -1,0 +1,64 @@
+"""Tests of mismatch_jax.models.trainer_losses: the trainer adapters equal the direct value-aware
+losses on the same rows, and the aux builders have the documented layout."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mismatch_jax.models import trainer_losses, value_aware
+from mismatch_jax.train import LossInputs
+
+E, B, D, A = 2, 5, 3, 1
+
+
+def two_critics(obs):
+    """V_1(s) = s·c, V_2(s) = ‖s‖²: [D] → [2]."""
+    return jnp.stack([obs @ jnp.asarray([1.0, -2.0, 0.5]), jnp.sum(obs**2)])
+
+
+def random_inputs(aux):
+    k = jax.random.split(jax.random.key(0), 4)
+    pred = jax.random.normal(k[0], (E, B, D))
+    nxt = jax.random.normal(k[1], (B, D))
+    obs = jax.random.normal(k[2], (B, D))
+    act = jax.random.normal(k[3], (B, A))
+    rep = lambda a: jnp.broadcast_to(a[None], (E,) + a.shape)
+    return LossInputs(mean=pred, logvar=jnp.zeros_like(pred), target=pred, pred_next_obs=pred,
+                      obs=rep(obs), action=rep(act), next_obs=rep(nxt), reward=jnp.zeros((E, B)),
+                      aux=None if aux is None else rep(aux), target_std=jnp.ones(D)), pred, nxt, obs, act
+
+
+def test_vagram_and_itervaml_adapters_equal_direct_losses():
+    _, _, nxt, _, _ = random_inputs(None)
+    aux = trainer_losses.value_gradient_aux(two_critics, nxt[None], clip_percentile=100.0)[0]  # [B, 2·D]
+    inputs, pred, nxt, _, _ = random_inputs(aux)
+    grads = value_aware.value_gradients(two_critics, nxt)  # [2, B, D]
+    np.testing.assert_allclose(np.asarray(aux.reshape(B, 2, D)), np.asarray(jnp.transpose(grads, (1, 0, 2))),
+                               rtol=1e-6)
+    got = trainer_losses.vagram_loss()(inputs, None)
+    want = value_aware.vagram_per_sample(pred, nxt, grads)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
+    # Known value: Σ_k g_k² e² with g_1 = c, g_2 = 2 s′.
+    e = pred - nxt[None]
+    by_hand = jnp.sum((jnp.asarray([[[1.0, -2.0, 0.5]]]) ** 2 + (2 * nxt[None]) ** 2) * e**2, -1)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(by_hand), rtol=1e-5)
+    got_iv = trainer_losses.itervaml_loss(0.01)(inputs, None)
+    np.testing.assert_allclose(np.asarray(got_iv), np.asarray(value_aware.itervaml_per_sample(pred, nxt, grads, 0.01)),
+                               rtol=1e-5)
+
+
+def test_value_weighted_and_mnm_adapters_equal_direct_losses():
+    _, _, nxt, _, _ = random_inputs(None)
+    aux = trainer_losses.value_weight_aux(two_critics, nxt[None])[0]
+    inputs, pred, nxt, obs, act = random_inputs(aux)
+    weights = value_aware.value_weights(jax.vmap(two_critics)(nxt).T)
+    np.testing.assert_allclose(np.asarray(trainer_losses.value_weighted_loss()(inputs, None)),
+                               np.asarray(value_aware.value_weighted_mse_per_sample(pred, nxt, weights)), rtol=1e-5)
+    cls = value_aware.classifier_init(jax.random.key(3), value_aware.ClassifierConfig(D, A, hidden_size=8))
+    scale = jnp.float32(2.0)
+    value_apply = lambda s_params, s: s_params * two_critics(s)
+    got = trainer_losses.mnm_loss(value_apply)(inputs, (scale, cls))
+    want = value_aware.mnm_model_loss_per_sample(lambda s: scale * two_critics(s), cls, obs, act, pred)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
