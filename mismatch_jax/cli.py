@@ -94,10 +94,28 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_tabular(args: argparse.Namespace, rest: list[str]) -> int:
-    from mismatch_jax.experiments.tabular_figures import main_tabular
+# Sub-commands that own their argument parsing: name → (module, entry function, one-line help).
+PASSTHROUGH = {
+    "attack": ("mismatch_jax.analysis.attack", "main_attack",
+               "adversarial CMA-ES attack on a trained model (paper 000, Fig. 6-7)"),
+    "reweight": ("mismatch_jax.analysis.reweight", "main_reweight",
+                 "distance re-weighting study (paper 000, Fig. 8)"),
+    "tabular": ("mismatch_jax.experiments.tabular_figures", "main_tabular",
+                "tabular MnM / VMBPO / Q-learning experiments (paper 001, Fig. 2-3)"),
+    "mbpo": ("mismatch_jax.experiments.mbpo_compare", "main_mbpo",
+             "MBPO-family agents (MLE, VaGraM, IterVAML, value-weighted, MnM) × seeds in one program"),
+    "vagram-fig2": ("mismatch_jax.experiments.vagram_fig2", "main_vagram_fig2",
+                    "VaGraM Fig. 2: VAML error / MSE of MSE, VAML and VaGraM models over value updates"),
+    "mismatch-map": ("mismatch_jax.experiments.mismatch_map", "main_mismatch_map",
+                     "each model loss's own objective vs reward, next to LL vs reward"),
+}
 
-    return int(main_tabular(rest) or 0)
+
+def _run_passthrough(name: str, rest: list[str]) -> int:
+    import importlib
+
+    module, function, _ = PASSTHROUGH[name]
+    return int(getattr(importlib.import_module(module), function)(rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,31 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Build (or find in cache) every dataset named by a sweep config.")
     build.add_argument("config", help="sweep TOML file")
 
-    sub.add_parser("attack", help="adversarial CMA-ES attack on a trained model (paper 000, Fig. 6-7)",
-                   add_help=False)
-    sub.add_parser("reweight", help="distance re-weighting study (paper 000, Fig. 8)", add_help=False)
-
-    sub.add_parser(
-        "tabular",
-        help="tabular MnM / VMBPO / Q-learning experiments (paper 001, Fig. 2-3)",
-        add_help=False,
-    )
+    for name, (_, _, help_text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=f"{help_text} (see `mismatch-jax {name} --help`)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "tabular":
-        return _cmd_tabular(argparse.Namespace(), argv[1:])
-    if argv and argv[0] == "attack":
-        from mismatch_jax.analysis.attack import main_attack
-
-        return int(main_attack(argv[1:]) or 0)
-    if argv and argv[0] == "reweight":
-        from mismatch_jax.analysis.reweight import main_reweight
-
-        return int(main_reweight(argv[1:]) or 0)
+    if argv and argv[0] in PASSTHROUGH:
+        return _run_passthrough(argv[0], argv[1:])
     if argv and argv[0] == "sweep" and "--devices" in argv:
         # XLA reads the device count when jax initialises: set it before anything imports jax.
         _force_host_devices(int(argv[argv.index("--devices") + 1]))
