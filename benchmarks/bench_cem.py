@@ -28,7 +28,7 @@ SETTINGS = {
     "paper": (200, 4, 5, 30, 500, 50, 5),
 }
 OBS_DIM, ACT_DIM = 4, 1
-PEER_PYTHON = "/work/peer-venv/bin/python"
+PEER_PYTHON = os.environ.get("PEER_PYTHON", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".peer-venv", "bin", "python"))
 
 
 def swingup_reward(obs, action, next_obs):

@@ -15,7 +15,7 @@ Prints one JSON object:
   ``fori_loop``) with the population vmapped over models vs stacked into one ensemble axis
   (E' = N·E, one einsum per layer); time ratio and the step's GEMM fraction.
 * ``peer``: mbrl-lib (PyTorch) GaussianMLP + ModelTrainer via benchmarks/peer_mbrl_train.py run
-  under /work/peer-venv/bin/python, same data, widths, depth, batch, epochs; speedup = ours / peer.
+  under the peer venv (benchmarks/setup_peer_venv.sh; $PEER_PYTHON), same data, widths, depth, batch, epochs; speedup = ours / peer.
 * ``sharding`` (``--host-devices 2``): the trainer with the population axis sharded by a
   ``NamedSharding`` over the host devices vs all on device 0.
 """
@@ -46,7 +46,7 @@ def parse_args():
     p.add_argument("--layout-steps", type=int, default=10)
     p.add_argument("--no-layout", action="store_true", help="skip the vmap vs batched-matmul study")
     p.add_argument("--peer", action="store_true", help="also run the mbrl-lib PyTorch peer")
-    p.add_argument("--peer-python", default="/work/peer-venv/bin/python")
+    p.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".peer-venv", "bin", "python")))
     p.add_argument("--peer-models", type=int, default=3, help="peer models timed (sequential)")
     p.add_argument("--host-devices", type=int, default=1,
                    help=">1: XLA host devices; also time the population sharded over them")

@@ -1,7 +1,7 @@
 """Peer benchmark: mbrl-lib 0.2 CEM planning (TrajectoryOptimizerAgent + CEMOptimizer on a
 GaussianMLP ensemble in OneDTransitionRewardModel/ModelEnv), one model at a time, on CPU.
 
-Run with the peer interpreter: /work/peer-venv/bin/python benchmarks/peer_mbrl_cem.py --setting small
+Run with the peer interpreter: $PEER_PYTHON (see setup_peer_venv.sh) benchmarks/peer_mbrl_cem.py --setting small
 Prints one JSON line: seconds per planning call (first call discarded) and calls per second.
 """
 

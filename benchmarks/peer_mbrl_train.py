@@ -2,7 +2,7 @@
 
 Run with the peer environment (torch + mbrl==0.2.0):
 
-    /work/peer-venv/bin/python benchmarks/peer_mbrl_train.py --hidden 200 --num-models 4
+    $PEER_PYTHON (see setup_peer_venv.sh) benchmarks/peer_mbrl_train.py --hidden 200 --num-models 4
 
 The N models of the population are trained one after another (the only way mbrl-lib trains
 several models), each a ``OneDTransitionRewardModel(GaussianMLP)`` with SiLU activations, learned

@@ -17,7 +17,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,11 +87,36 @@ def _sample_hparam(key, value):
     return jnp.asarray(value, jnp.float32)
 
 
-def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
-    """jit-compiled ``chunk(indices [N], dataset_index [N], train_data, eval_sets) -> dict of
-    arrays`` for model type ``kind``; N must be a multiple of the mesh size (the population axis
-    is sharded, the data replicated). Data are arguments, not closure constants, so they are not
-    baked into the compiled program and the persistent compilation cache can reuse it."""
+class ChunkParts(NamedTuple):
+    """The three stages of a chunk, pure and unjitted (``make_chunk_parts``); the sweep fuses them
+    into one jitted call, ``benchmarks/bench_population.py`` times each on its own.
+
+    train(indices [N], dataset_index [N], train_data) -> TrainedChunk
+    likelihood(kept_params [N, K], normalizers [N, K], eval_sets) -> (ll [N, K, D], mse [N, K, D])
+    reward(kept_params [N, K], normalizers [N, K], epoch_keys [N, K]) -> rewards [N, K, trials]
+    (K = eval epochs, D = evaluation datasets)."""
+
+    train: Callable
+    likelihood: Callable
+    reward: Callable
+
+
+class TrainedChunk(NamedTuple):
+    """What training hands to the evaluation stages: parameters kept at every eval epoch
+    (leaves [N, K, ...]), each model's normaliser broadcast to [N, K, ...], the per-(model, epoch)
+    evaluation keys [N, K], and per-model bookkeeping [N]."""
+
+    kept_params: models.ModelParams
+    normalizers: models.Normalizer
+    epoch_keys: jax.Array
+    learning_rate: jax.Array
+    weight_decay: jax.Array
+    diverged: jax.Array
+    epochs_trained: jax.Array
+
+
+def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
+    """The train / LL / reward stages of a chunk of model type ``kind`` (see ``ChunkParts``)."""
     mcfg = model_config(config, env, kind)
     tr = config.training
     train = make_train(TrainConfig(model=mcfg, num_epochs=tr.num_epochs, batch_size=tr.batch_size,
@@ -100,15 +125,9 @@ def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
     planner = make_planner(cem_config(config, env), mcfg, env.reward_fn, env.termination_fn)
     model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
     trials, length = config.evaluation.trials, config.evaluation.episode_length
+    per_model_and_epoch = lambda f, in_axes: jax.vmap(jax.vmap(f, in_axes=in_axes), in_axes=in_axes)
 
-    def evaluate(params, norm, key, eval_sets):
-        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, *arrays) for arrays in eval_sets])
-        mses = jnp.stack([models.one_step_mse(mcfg, params, norm, *arrays) for arrays in eval_sets])
-        trial_keys = jax.random.split(key, trials)
-        _, rewards = jax.vmap(lambda k: mpc_episode(k, env, planner, params, norm, length))(trial_keys)
-        return lls, mses, rewards
-
-    def chunk(indices, dataset_index, train_data, eval_sets):
+    def train_stage(indices, dataset_index, train_data) -> TrainedChunk:
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
         split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
         train_keys, lr_keys, wd_keys, eval_keys = (split[:, i] for i in range(4))
@@ -122,11 +141,38 @@ def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
             jnp.asarray(tr.eval_epochs)))(eval_keys)  # [N, K]
         norms = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], len(tr.eval_epochs)) + a.shape[1:]),
                              result.normalizer)
-        lls, mses, rewards = jax.vmap(jax.vmap(evaluate, in_axes=(0, 0, 0, None)), in_axes=(0, 0, 0, None))(
-            result.kept_params, norms, epoch_keys, eval_sets)
-        return {"ll": lls, "mse": mses, "reward": rewards, "diverged": result.diverged,
-                "learning_rate": hparams.learning_rate, "weight_decay": hparams.weight_decay,
-                "epochs_trained": result.epochs_trained}
+        return TrainedChunk(kept_params=result.kept_params, normalizers=norms, epoch_keys=epoch_keys,
+                            learning_rate=hparams.learning_rate, weight_decay=hparams.weight_decay,
+                            diverged=result.diverged, epochs_trained=result.epochs_trained)
+
+    def likelihood_one(params, norm, eval_sets):
+        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, *arrays) for arrays in eval_sets])
+        mses = jnp.stack([models.one_step_mse(mcfg, params, norm, *arrays) for arrays in eval_sets])
+        return lls, mses
+
+    def reward_one(params, norm, key):
+        trial_keys = jax.random.split(key, trials)
+        return jax.vmap(lambda k: mpc_episode(k, env, planner, params, norm, length)[1])(trial_keys)
+
+    return ChunkParts(train=train_stage,
+                      likelihood=per_model_and_epoch(likelihood_one, (0, 0, None)),
+                      reward=per_model_and_epoch(reward_one, (0, 0, 0)))
+
+
+def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
+    """jit-compiled ``chunk(indices [N], dataset_index [N], train_data, eval_sets) -> dict of
+    arrays`` for model type ``kind``; N must be a multiple of the mesh size (the population axis
+    is sharded, the data replicated). Data are arguments, not closure constants, so they are not
+    baked into the compiled program and the persistent compilation cache can reuse it."""
+    parts = make_chunk_parts(config, env, kind)
+
+    def chunk(indices, dataset_index, train_data, eval_sets):
+        trained = parts.train(indices, dataset_index, train_data)
+        lls, mses = parts.likelihood(trained.kept_params, trained.normalizers, eval_sets)
+        rewards = parts.reward(trained.kept_params, trained.normalizers, trained.epoch_keys)
+        return {"ll": lls, "mse": mses, "reward": rewards, "diverged": trained.diverged,
+                "learning_rate": trained.learning_rate, "weight_decay": trained.weight_decay,
+                "epochs_trained": trained.epochs_trained}
 
     sharded = NamedSharding(mesh, PartitionSpec("pop"))
     replicated = NamedSharding(mesh, PartitionSpec())
