@@ -462,7 +462,9 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
 
     keys: [N] typed keys (``model_keys(root, start, N)``), one per model.
     params_or_none: [N]-stacked ``ModelParams`` to continue training from, or None to
-        initialise each model from its key.
+        initialise each model from its key. Continuing restarts Adam (fresh moments) and, with
+        the same keys, repeats the same minibatch orders and bootstrap sets: fold a phase
+        counter into the keys (MBPO retraining, MnM rounds) when that matters.
     data: ``TransitionData`` with M datasets of capacity T.
     hparams: ``TrainHParams`` with [N] leaves (scalars are broadcast).
     dataset_index: [N] int in [0, M) — which dataset each model trains on (None: all 0).

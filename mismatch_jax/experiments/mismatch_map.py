@@ -1,0 +1,676 @@
+"""The mismatch map: does a model loss's own objective predict reward better than likelihood?
+
+Lambert et al. (2020) train many dynamics models, score each by its one-step validation
+log-likelihood (LL) and by the reward a controller earns with it, and correlate the two. Here the
+same population analysis is run on three model losses trained against **one fixed value
+function**: maximum likelihood (PETS NLL), VaGraM (Voelcker et al. 2022) and the MnM model
+objective (Eysenbach et al. 2022). For each loss we report the correlation between reward and
+
+* the held-out value of the loss's *own* objective (scored so that higher is better), and
+* the held-out one-step LL (Lambert et al.'s axis),
+
+plus the full cross matrix (every held-out metric vs reward, per population and pooled).
+
+Pipeline (``run_mismatch_map``), every stage one jitted program:
+
+1. SAC on the env (``agents.sac``, one fixed key) → the value function V = Q_k(s, π(s)) of its
+   four critics, and its replay buffer, split into training rows and held-out rows.
+2. Per loss and model width, one population-trainer call trains ``num_models`` probabilistic (P)
+   models with per-model keys and log-uniform learning rates; the keys and learning rates are the
+   *same* across losses, so model i of every population differs only by the loss. Snapshots at
+   ``keep_epochs`` become separate rows (Lambert et al. also score models across training).
+3. MnM is GAN-like, so it alternates (``mnm.rounds`` rounds): train one classifier C(s, a, s′)
+   on real next states vs the current MnM population's predictions (a random model per row),
+   then train the population ``num_epochs / rounds`` epochs against it (Adam restarts each
+   round; each width starts from a fresh classifier). After the last round the classifier gets one
+   more round on the pooled final MnM models; that *evaluation classifier* scores the MnM
+   objective of every snapshot of every population.
+4. Every snapshot is scored on the held-out rows (LL, MSE, VaGraM, MnM, exact VAML error) and by
+   ``evaluation.trials`` CEM-MPC episodes in the true env, planning with the model's mean
+   (expectation propagation) and, if ``evaluation.terminal_value``, the SAC value at the horizon
+   (Σ_t γ^t r_t + γ^H min_k V_k(s_H)). Every model sees the same start states and planning keys.
+5. Correlations (``analysis.correlation.correlate``: scipy Pearson/Spearman + bootstrap CIs),
+   mismatch_map.png (own objective vs reward, LL vs reward, per loss), mismatch_map.json and
+   mismatch_map.parquet (one row per snapshot).
+
+Choices (and why):
+
+* Decision-aware losses only shape the mean; a P model's log-variance head would stay at its
+  random initialisation and make its LL meaningless. So VaGraM and MnM models also fit the
+  variance head by the Gaussian NLL around their *stop-gradient* mean
+  (``variance_head = true``): the mean is purely decision-aware, and the LL is that of the best
+  variance for that mean — the fairest LL a decision-aware model can be given.
+* The NLL population's own objective is its held-out LL: the PETS NLL in normalised units is an
+  affine function of the LL when all models share one normaliser (they train on one dataset), so
+  the two correlations are identical.
+* VaGraM gradients are clipped at the 95th percentile of the training rows' norms (appendix E);
+  the held-out score uses gradients at the held-out next states clipped the same way.
+* Models are single P models (Lambert et al. also use PE/D/DE); the population varies seed,
+  learning rate, width and training epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.analysis.correlation import correlate
+from mismatch_jax.config_io import ConfigError, from_dict, load_toml, to_dict
+from mismatch_jax.models import core as models
+from mismatch_jax.models import trainer_losses, value_aware
+from mismatch_jax.planning.cem import CEMConfig, CEMInfo, Planner, cem_optimize, mpc_episode, shift_plan
+from mismatch_jax.train.population import TrainConfig, TrainHParams, TransitionData, make_train, model_keys
+
+LOSSES = ("nll", "vagram", "mnm")
+METRICS = ("ll", "mse", "vagram", "mnm", "vaml")
+"""Held-out metrics of every snapshot; ll is higher-better, the others are losses."""
+OWN_METRIC = {"nll": "ll", "vagram": "vagram", "mnm": "mnm"}
+
+# Salts of the root key's independent streams.
+_SAC_SALT, _SPLIT_SALT, _MODEL_SALT, _LR_SALT, _CLASSIFIER_SALT, _EVAL_SALT = range(6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which SAC replay rows the models see. max_rows: a random subset of the buffer (all rows
+    if larger); heldout_fraction of them are held out (scoring and the trainer's validation)."""
+
+    max_rows: int = 20_000
+    heldout_fraction: float = 0.2
+
+    def __post_init__(self):
+        if self.max_rows < 10:
+            raise ValueError(f"max_rows must be >= 10, got {self.max_rows}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationConfig:
+    """Models per loss: num_models × len(hidden_sizes) trained models, each kept at keep_epochs.
+    learning_rate: [low, high], sampled log-uniformly per model (same values for every loss)."""
+
+    num_models: int = 32
+    hidden_sizes: tuple[int, ...] = (200,)
+    num_hidden_layers: int = 3
+    num_epochs: int = 60
+    keep_epochs: tuple[int, ...] = (5, 20, 60)
+    batch_size: int = 256
+    learning_rate: tuple[float, float] = (1e-4, 3e-3)
+    weight_decay: float = 5e-5
+
+    def __post_init__(self):
+        for name in ("num_models", "num_hidden_layers", "num_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes must be a non-empty list of positive ints, got {self.hidden_sizes}")
+        keep = self.keep_epochs
+        if not keep or any(e < 1 or e > self.num_epochs for e in keep) or len(set(keep)) != len(keep):
+            raise ValueError(f"keep_epochs must be distinct epochs in [1, num_epochs={self.num_epochs}], got {keep}")
+        low, high = self.learning_rate
+        if not 0 < low <= high:
+            raise ValueError(f"learning_rate must be [low, high] with 0 < low <= high, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VagramConfig:
+    """clip_percentile: value-gradient norm clip (appendix E); regularizer: the λ of Sec. 3.2."""
+
+    clip_percentile: float = 95.0
+    regularizer: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 < self.clip_percentile <= 100.0:
+            raise ValueError(f"clip_percentile must be in (0, 100], got {self.clip_percentile}")
+        if self.regularizer < 0:
+            raise ValueError(f"regularizer must be >= 0, got {self.regularizer}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MnmConfig:
+    """rounds: classifier/model alternations (must divide population.num_epochs);
+    classifier_steps: Adam steps of the classifier per round (batch classifier_batch_size);
+    reduce: "min" or "mean" over the critics in the value term."""
+
+    rounds: int = 4
+    classifier_hidden_size: int = 256
+    classifier_layers: int = 2
+    classifier_steps: int = 2000
+    classifier_batch_size: int = 256
+    classifier_lr: float = 3e-4
+    reduce: str = "min"
+
+    def __post_init__(self):
+        for name in ("rounds", "classifier_hidden_size", "classifier_layers", "classifier_steps",
+                     "classifier_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.classifier_lr > 0:
+            raise ValueError(f"classifier_lr must be > 0, got {self.classifier_lr}")
+        if self.reduce not in ("min", "mean"):
+            raise ValueError(f"reduce must be 'min' or 'mean', got {self.reduce!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannerConfig:
+    """CEM-MPC settings (expectation propagation, as Lambert et al.)."""
+
+    horizon: int = 15
+    population_size: int = 200
+    num_elites: int = 20
+    num_iterations: int = 5
+    alpha: float = 0.1
+
+    def __post_init__(self):
+        self.cem_unbound()  # CEMConfig validates the values
+
+    def cem(self, env) -> CEMConfig:
+        """The CEMConfig bound to env's action box."""
+        return self.cem_unbound().for_env(env)
+
+    def cem_unbound(self) -> CEMConfig:
+        return CEMConfig(horizon=self.horizon, population_size=self.population_size,
+                         num_elites=self.num_elites, num_iterations=self.num_iterations,
+                         alpha=self.alpha, propagation="expectation")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """trials: MPC episodes per model (same start states for every model); episode_length: env
+    steps per episode; terminal_value: add γ^H min_k V_k(s_H) to every planned return;
+    model_chunk: models per vectorised MPC batch (memory); num_bootstrap: CI resamples."""
+
+    trials: int = 3
+    episode_length: int = 200
+    terminal_value: bool = True
+    model_chunk: int = 64
+    num_bootstrap: int = 2000
+
+    def __post_init__(self):
+        for name in ("trials", "episode_length", "model_chunk", "num_bootstrap"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MismatchMapConfig:
+    """The whole experiment (TOML: top-level keys + tables [sac], [data], [population], [vagram],
+    [mnm], [planner], [evaluation]). ``variance_head``: VaGraM/MnM models also fit their
+    log-variance by NLL around the stop-gradient mean (see the module docstring)."""
+
+    name: str = "mismatch_map"
+    env: str = "pendulum"
+    seed: int = 0
+    out_dir: str = "runs/mismatch_map"
+    losses: tuple[str, ...] = LOSSES
+    variance_head: bool = True
+    sac: sac_lib.SACConfig = sac_lib.SACConfig()
+    data: DataConfig = DataConfig()
+    population: PopulationConfig = PopulationConfig()
+    vagram: VagramConfig = VagramConfig()
+    mnm: MnmConfig = MnmConfig()
+    planner: PlannerConfig = PlannerConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    def __post_init__(self):
+        if not self.losses or any(l not in LOSSES for l in self.losses) or len(set(self.losses)) != len(self.losses):
+            raise ValueError(f"losses must be distinct names from {LOSSES}, got {self.losses}")
+        if self.sac.env != self.env:
+            raise ValueError(f"sac.env ({self.sac.env!r}) must equal env ({self.env!r})")
+        if "mnm" in self.losses and self.population.num_epochs % self.mnm.rounds:
+            raise ValueError(f"mnm.rounds ({self.mnm.rounds}) must divide population.num_epochs "
+                             f"({self.population.num_epochs})")
+
+
+def config_from_dict(data) -> MismatchMapConfig:
+    """Strict: unknown keys / wrong types / impossible values raise ConfigError naming the key."""
+    return from_dict(MismatchMapConfig, data)
+
+
+def load_config(path) -> MismatchMapConfig:
+    """Reads a mismatch-map TOML file strictly."""
+    return load_toml(MismatchMapConfig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def with_variance_head(loss: Callable) -> Callable:
+    """per_sample_loss + Gaussian NLL of the log-variance around the stop-gradient mean
+    (normalised units): the mean follows ``loss`` only, the variance is fitted to its errors."""
+    def fn(inputs, loss_context):
+        nll = models.gaussian_nll_per_sample(jax.lax.stop_gradient(inputs.mean), inputs.logvar, inputs.target)
+        return loss(inputs, loss_context) + nll
+    return fn
+
+
+def make_value_planner(cem: CEMConfig, step_fn: Callable, reward_fn: Callable,
+                       terminal_value: Optional[Callable], discount: float) -> Planner:
+    """CEM-MPC whose candidates are scored by rolling ``step_fn(params, norm, obs [P, d],
+    action [P, a]) -> next_obs [P, d]`` for H steps: Σ_t γ^t r_t (+ γ^H terminal_value(s_H [P, d])
+    → [P]). Same call signature as ``cem.make_planner`` so ``mpc_episode`` drives it."""
+    def plan_with_info(key, model_params, normalizer, obs, prev_plan):
+        def objective(eval_key, actions):  # [P, H, A] → [P]
+            del eval_key
+
+            def body(carry, action):
+                state, total, weight = carry
+                nxt = step_fn(model_params, normalizer, state, action)
+                reward = jax.vmap(reward_fn)(state, action, nxt)
+                return (nxt, total + weight * reward, weight * discount), None
+
+            start = jnp.broadcast_to(obs, (actions.shape[0], obs.shape[-1]))
+            init = (start, jnp.zeros(actions.shape[0]), jnp.ones(()))
+            (final, total, weight), _ = jax.lax.scan(body, init, jnp.swapaxes(actions, 0, 1))
+            if terminal_value is not None:
+                total = total + weight * terminal_value(final)
+            return total
+
+        solution, info = cem_optimize(key, objective, prev_plan, cem)
+        return solution[0], shift_plan(cem, solution), solution, info
+
+    return Planner(config=cem, plan_with_info=plan_with_info)
+
+
+def model_step_fn(mcfg: models.ModelConfig) -> Callable:
+    """Expectation propagation: next obs = mean over members of the predicted mean."""
+    def step(params, norm, obs, action):
+        mean, _ = models.predict(mcfg, params, norm, obs, action)
+        return mean.mean(0)[..., : mcfg.obs_dim]
+    return step
+
+
+def true_step_fn(env) -> Callable:
+    """The true dynamics as a planner step (params and norm ignored)."""
+    def step(params, norm, obs, action):
+        del params, norm
+        return jax.vmap(lambda o, a: env.step(env.state_from_obs(o), a).obs)(obs, action)
+    return step
+
+
+def train_classifier(key, params, config: MnmConfig, obs, action, real_next, model_next):
+    """Adam on the MnM classifier loss (Eq. 4). obs/action/real_next [T, ·]; model_next
+    [N, T, d]: predictions of N models; each minibatch entry pairs row t with a random model.
+    Returns (params, final-100-step mean loss [])."""
+    opt = optax.adam(config.classifier_lr)
+    num_models, rows = model_next.shape[:2]
+    batch = config.classifier_batch_size
+
+    def step(carry, k):
+        p, state = carry
+        row_key, model_key = jax.random.split(k)
+        t = jax.random.randint(row_key, (batch,), 0, rows)
+        n = jax.random.randint(model_key, (batch,), 0, num_models)
+        loss, grads = jax.value_and_grad(value_aware.classifier_loss)(
+            p, obs[t], action[t], real_next[t], model_next[n, t])
+        updates, state = opt.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state), loss
+
+    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)),
+                                       jax.random.split(key, config.classifier_steps))
+    return params, losses[-min(100, config.classifier_steps):].mean()
+
+
+def _predict_rows(mcfg, params, norm, obs, action):
+    """Mean next-obs predictions of N models on rows [T, ·] → [N, T, d]."""
+    def one(p, n):
+        mean, _ = models.predict(mcfg, p, n, obs, action)
+        return mean[0][..., : mcfg.obs_dim]
+    return jax.vmap(one)(params, norm)
+
+
+def heldout_metrics(mcfg, params, norm, held, grads, value_fn, classifier, config: MismatchMapConfig):
+    """Held-out scores of one model: dict of [] (ll higher-better; mse, vagram, mnm, vaml losses).
+    held = (obs, action, next_obs) [B, ·]; grads [K, B, d] clipped value gradients."""
+    obs, action, next_obs = held
+    mean, _ = models.predict(mcfg, params, norm, obs, action)
+    pred = mean[0][..., : mcfg.obs_dim]
+    return {
+        "ll": models.one_step_log_likelihood(mcfg, params, norm, obs, action, next_obs),
+        "mse": models.one_step_mse(mcfg, params, norm, obs, action, next_obs),
+        "vagram": value_aware.vagram_per_sample(pred, next_obs, grads, config.vagram.regularizer).mean(),
+        "mnm": value_aware.mnm_model_loss_per_sample(value_fn, classifier, obs, action, pred,
+                                                     config.mnm.reduce).mean(),
+        "vaml": value_aware.vaml_per_sample(value_fn, pred, next_obs).mean(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------
+
+
+def _log_uniform(key, num, low, high):
+    u = jax.random.uniform(key, (num,))
+    return jnp.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+
+
+def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict:
+    """Runs the experiment; writes mismatch_map.{png,json,parquet} into out_dir (default
+    config.out_dir) and returns the JSON dict."""
+    from mismatch_jax import envs
+
+    out = Path(out_dir or config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    t0 = time.time()
+    root = jax.random.key(config.seed)
+    env = envs.make(config.env)
+    pop = config.population
+
+    # 1. SAC → value function and data.
+    sac = sac_lib.make_sac(config.sac, env)
+    sac_state, sac_metrics = jax.jit(sac_lib.make_train(config.sac, env))(jax.random.fold_in(root, _SAC_SALT))
+    value_params = sac_state.sac.params
+    value_apply = lambda p, s: sac.value(p, s, critics="all")  # [K] per state
+    value_fn = lambda s: value_apply(value_params, s)
+    buffer = sac_state.buffer
+    size = int(buffer.size)
+    rows = np.asarray(jax.random.permutation(jax.random.fold_in(root, _SPLIT_SALT), size))[: config.data.max_rows]
+    trans = jax.tree.map(lambda a: np.asarray(a)[rows], buffer.data)
+    num_held = int(round(len(rows) * config.data.heldout_fraction))
+    is_held = np.zeros(len(rows), bool)
+    is_held[:num_held] = True  # rows are already a random permutation
+    held = tuple(jnp.asarray(a[is_held]) for a in (trans.obs, trans.action, trans.next_obs))
+    data = TransitionData(
+        obs=trans.obs[None], action=trans.action[None], next_obs=trans.next_obs[None],
+        reward=trans.reward[None], weight=np.ones((1, len(rows)), np.float32),
+        train_mask=~is_held[None], val_mask=is_held[None])
+    data = jax.tree.map(jnp.asarray, data)
+    train_rows = tuple(jnp.asarray(a[~is_held]) for a in (trans.obs, trans.action, trans.next_obs))
+    sac_return = float(np.asarray(sac_metrics.eval_return)[-1])
+    timings["sac_s"] = time.time() - t0
+    log(f"[mismatch_map] SAC final eval return {sac_return:.1f}; {len(rows) - num_held} train / "
+        f"{num_held} held-out rows ({timings['sac_s']:.0f} s)")
+
+    grads_train = trainer_losses.value_gradient_aux(value_fn, data.next_obs, data.train_mask,
+                                                    config.vagram.clip_percentile)
+    held_grads = value_aware.value_gradient_cache(value_fn, held[2], config.vagram.clip_percentile).grads
+
+    # 2./3. Populations.
+    keys_root = jax.random.fold_in(root, _MODEL_SALT)
+    total_models = pop.num_models * len(pop.hidden_sizes)
+    learning_rates = _log_uniform(jax.random.fold_in(root, _LR_SALT), total_models, *pop.learning_rate)
+    clf_config = value_aware.ClassifierConfig(env.obs_dim, env.action_dim, config.mnm.classifier_hidden_size,
+                                              config.mnm.classifier_layers)
+    clf_key = jax.random.fold_in(root, _CLASSIFIER_SALT)
+    classifier = value_aware.classifier_init(jax.random.fold_in(clf_key, 0), clf_config)
+    classifier_losses = []
+    final_predictions = []  # (loss, [N, T, d]) of each group's final models on the training rows
+    predict_train_rows = lambda mcfg, p, n: jax.jit(
+        lambda p, n, rows: _predict_rows(mcfg, p, n, *rows[:2]))(p, n, train_rows)
+    groups = []  # (loss, width, model indices [N], snapshot params [N, K], norms [N], epochs [K])
+    t1 = time.time()
+    for w_index, width in enumerate(pop.hidden_sizes):
+        mcfg = models.ModelConfig(kind="P", obs_dim=env.obs_dim, action_dim=env.action_dim,
+                                  hidden_size=width, num_hidden_layers=pop.num_hidden_layers)
+        start = w_index * pop.num_models
+        keys = model_keys(keys_root, start, pop.num_models)
+        hp = TrainHParams.population(pop.num_models, learning_rate=learning_rates[start:start + pop.num_models],
+                                     weight_decay=pop.weight_decay)
+        index = np.arange(start, start + pop.num_models)
+        base = dict(model=mcfg, batch_size=pop.batch_size, keep_best=False, bootstrap=False)
+        for loss in config.losses:
+            if loss == "nll":
+                train = make_train(TrainConfig(num_epochs=pop.num_epochs, keep_epochs=pop.keep_epochs, **base))
+                result = train(keys, None, data, hp)
+                kept = result.kept_params
+            elif loss == "vagram":
+                fn = trainer_losses.vagram_loss(config.vagram.regularizer)
+                fn = with_variance_head(fn) if config.variance_head else fn
+                train = make_train(TrainConfig(num_epochs=pop.num_epochs, keep_epochs=pop.keep_epochs, **base),
+                                   per_sample_loss=fn)
+                result = train(keys, None, data.replace(aux=grads_train), hp)
+                kept = result.kept_params
+            else:
+                fn = trainer_losses.mnm_loss(value_apply, config.mnm.reduce)
+                fn = with_variance_head(fn) if config.variance_head else fn
+                seg = pop.num_epochs // config.mnm.rounds
+                train = make_train(TrainConfig(num_epochs=seg, keep_epochs=tuple(range(1, seg + 1)), **base),
+                                   per_sample_loss=fn)
+                fit_jit = jax.jit(lambda k, p, n, c, rows: train_classifier(
+                    k, c, config.mnm, *rows, _predict_rows(mcfg, p, n, *rows[:2])))
+                fit = lambda k, p, n, c: fit_jit(k, p, n, c, train_rows)  # rows as arguments, not constants
+                params, norm, segments = None, None, []
+                classifier = value_aware.classifier_init(jax.random.fold_in(clf_key, w_index), clf_config)
+                for r in range(config.mnm.rounds):
+                    if params is None:  # untrained models: predictions of their initial weights
+                        init_params = jax.vmap(lambda k: models.init(jax.random.split(k, 3)[0], mcfg))(keys)
+                        norm0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (pop.num_models,) + a.shape),
+                                             _fit_norm(mcfg, data))
+                        classifier, closs = fit(jax.random.fold_in(clf_key, 1000 * w_index + r + 1),
+                                                init_params, norm0, classifier)
+                    else:
+                        classifier, closs = fit(jax.random.fold_in(clf_key, 1000 * w_index + r + 1),
+                                                params, norm, classifier)
+                    classifier_losses.append(float(closs))
+                    # Round r > 0 continues from the last parameters with fresh minibatch orders.
+                    round_keys = keys if r == 0 else jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, r)
+                    result = train(round_keys, params, data, hp, loss_context=(value_params, classifier))
+                    params, norm = result.params, result.normalizer
+                    segments.append(result.kept_params)
+                all_kept = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *segments)  # [N, E_total]
+                pick = np.asarray(pop.keep_epochs) - 1
+                kept = jax.tree.map(lambda a: a[:, pick], all_kept)
+            diverged = np.asarray(result.diverged)
+            final_predictions.append((loss, predict_train_rows(mcfg, result.params, result.normalizer)))
+            groups.append(dict(loss=loss, width=width, mcfg=mcfg, index=index, kept=kept,
+                               norm=result.normalizer, diverged=diverged,
+                               learning_rate=np.asarray(hp.learning_rate)))
+            log(f"[mismatch_map] trained {loss} width {width}: {pop.num_models} models "
+                f"({time.time() - t1:.0f} s so far)")
+    # The evaluation classifier scores the MnM objective of every snapshot: one more round on the
+    # pooled final MnM models of all widths (all final models when there is no MnM population).
+    pool = [p for loss, p in final_predictions if loss == "mnm"] or [p for _, p in final_predictions]
+    classifier, closs = jax.jit(lambda k, c, rows, model_next: train_classifier(k, c, config.mnm, *rows, model_next))(
+        jax.random.fold_in(clf_key, 10_000), classifier, train_rows, jnp.concatenate(pool, axis=0))
+    classifier_losses.append(float(closs))
+    timings["train_s"] = time.time() - t1
+
+    # 4. Score every snapshot.
+    t2 = time.time()
+    cem = config.planner.cem(env)
+    discount = config.sac.gamma if config.evaluation.terminal_value else 1.0
+    ev = config.evaluation
+    trial_keys = jax.random.split(jax.random.fold_in(root, _EVAL_SALT), ev.trials)
+
+    def terminal_fn(value_params):
+        if not ev.terminal_value:
+            return None
+        return lambda s: sac.value(value_params, s, critics="online", reduce="min")
+
+    def episodes(planner, params, norm):
+        _, rewards = jax.vmap(lambda k: mpc_episode(k, env, planner, params, norm, ev.episode_length))(trial_keys)
+        return rewards  # [trials]
+
+    oracle_rewards = np.asarray(jax.jit(lambda vp: episodes(
+        make_value_planner(cem, true_step_fn(env), env.reward_fn, terminal_fn(vp), discount), None, None))(
+            value_params))
+    log(f"[mismatch_map] true-dynamics planner reward {oracle_rewards.mean():.1f}")
+
+    scorers = {}  # one compiled scorer per model width; data and value function are arguments
+
+    def make_scorer(mcfg, num):
+        @jax.jit
+        def score(params, norm, classifier, vp, held, held_grads):
+            v_fn = lambda s: value_apply(vp, s)
+            planner = make_value_planner(cem, model_step_fn(mcfg), env.reward_fn, terminal_fn(vp), discount)
+
+            def one(pn):
+                p, n = pn
+                metrics = heldout_metrics(mcfg, p, n, held, held_grads, v_fn, classifier, config)
+                return metrics, episodes(planner, p, n)
+
+            return jax.lax.map(one, (params, norm), batch_size=min(ev.model_chunk, num))
+        return score
+
+    table_rows = []
+    for g in groups:
+        mcfg, n_models, n_keep = g["mcfg"], len(g["index"]), len(pop.keep_epochs)
+        flat = jax.tree.map(lambda a: a.reshape((n_models * n_keep,) + a.shape[2:]), g["kept"])
+        norms = jax.tree.map(lambda a: jnp.repeat(a, n_keep, axis=0), g["norm"])
+        if mcfg not in scorers:
+            scorers[mcfg] = make_scorer(mcfg, n_models * n_keep)
+        score = scorers[mcfg]
+        metrics, rewards = jax.device_get(score(flat, norms, classifier, value_params, held, held_grads))
+        for j in range(n_models * n_keep):
+            i, k = divmod(j, n_keep)
+            row = {"loss": g["loss"], "model_id": int(g["index"][i]), "hidden_size": g["width"],
+                   "learning_rate": float(g["learning_rate"][i]), "epoch": int(pop.keep_epochs[k]),
+                   "diverged": bool(g["diverged"][i])}
+            row.update({m: float(metrics[m][j]) for m in METRICS})
+            row["reward"] = [float(r) for r in rewards[j]]
+            row["reward_mean"] = float(np.mean(rewards[j]))
+            row["own_objective"] = _score_of(g["loss"], row)
+            table_rows.append(row)
+        log(f"[mismatch_map] scored {g['loss']} width {g['width']} ({time.time() - t2:.0f} s so far)")
+    timings["score_s"] = time.time() - t2
+
+    import pandas as pd
+
+    table = pd.DataFrame(table_rows)
+    table.to_parquet(out / "mismatch_map.parquet")
+    results = {
+        "experiment": "mismatch_map", "config": to_dict(config), "device": jax.devices()[0].device_kind,
+        "sac_final_eval_return": sac_return, "true_dynamics_planner_reward": float(oracle_rewards.mean()),
+        "mnm_classifier_losses": classifier_losses,
+        "num_rows": len(table), "timings_s": {**timings, "total_s": time.time() - t0},
+        **correlation_summary(table, ev.num_bootstrap, config.seed),
+    }
+    (out / "mismatch_map.json").write_text(json.dumps(_json_safe(results), indent=2))
+    plot_mismatch_map(table, results, out / "mismatch_map.png")
+    return results
+
+
+def _fit_norm(mcfg, data: TransitionData) -> models.Normalizer:
+    x, y = models.make_targets(mcfg, data.obs[0], data.action[0], data.next_obs[0])
+    return models.fit_normalizer(mcfg, x, y, data.train_mask[0])
+
+
+def _score_of(loss: str, row: dict) -> float:
+    """A loss's own held-out objective, oriented so that higher is better."""
+    metric = OWN_METRIC[loss]
+    return row[metric] if metric == "ll" else -row[metric]
+
+
+def correlation_summary(table, num_bootstrap: int = 2000, seed: int = 0) -> dict:
+    """{"correlations": {loss: {"own_objective": ..., "ll": ..., "neg_<metric>": ...}},
+    "pooled": {...}} — every entry a ``correlate`` dict against reward_mean (diverged rows
+    and non-finite values dropped). Losses (mse, vagram, mnm, vaml) are negated so that a
+    positive correlation always means "better score, more reward"."""
+    def block(t):
+        t = t[~t["diverged"]]
+        reward = t["reward_mean"].to_numpy()
+        out = {"own_objective": correlate(t["own_objective"].to_numpy(), reward, num_bootstrap, seed)}
+        for m in METRICS:
+            x = t[m].to_numpy()
+            out["ll" if m == "ll" else f"neg_{m}"] = correlate(x if m == "ll" else -x, reward, num_bootstrap, seed)
+        out["reward_mean"] = float(np.mean(reward)) if len(reward) else None
+        out["reward_max"] = float(np.max(reward)) if len(reward) else None
+        return out
+
+    per_loss = {loss: block(table[table["loss"] == loss]) for loss in table["loss"].unique()}
+    return {"correlations": per_loss, "pooled": block(table)}
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _robust_limits(x: np.ndarray):
+    """x-limits that keep the bulk of the models readable: [p10 − 1.5·(p90 − p10), max]."""
+    x = x[np.isfinite(x)]
+    if x.size < 4:
+        return None
+    lo, hi = np.percentile(x, [10, 90])
+    low = max(x.min(), lo - 1.5 * max(hi - lo, 1e-12))
+    pad = 0.05 * max(x.max() - low, 1e-12)
+    return low - pad, x.max() + pad
+
+
+def plot_mismatch_map(table, results: dict, path) -> None:
+    """2 × L panels: top, each loss's own held-out objective vs reward; bottom, LL vs reward.
+    Colour = training epoch of the snapshot; models left of a panel's range (a few very bad ones
+    would squash the rest) are drawn as ◀ at its left edge."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = list(table["loss"].unique())
+    fig, axes = plt.subplots(2, len(losses), figsize=(4.8 * len(losses), 8.0), squeeze=False,
+                             constrained_layout=True)
+    labels = {"nll": "held-out LL (own objective)", "vagram": "− held-out VaGraM loss",
+              "mnm": "− held-out MnM loss"}
+    vmin, vmax = table["epoch"].min(), table["epoch"].max()
+    fmt = lambda v: "n/a" if v is None else f"{v:+.2f}"
+    for c, loss in enumerate(losses):
+        t = table[(table["loss"] == loss) & ~table["diverged"]]
+        corr = results["correlations"][loss]
+        for r, (column, xlabel) in enumerate([("own_objective", labels[loss]), ("ll", "held-out one-step LL")]):
+            ax = axes[r, c]
+            x, y = t[column].to_numpy(), t["reward_mean"].to_numpy()
+            limits = _robust_limits(x)
+            inside = np.ones_like(x, bool) if limits is None else x >= limits[0]
+            sc = ax.scatter(x[inside], y[inside], c=t["epoch"].to_numpy()[inside], cmap="viridis",
+                            vmin=vmin, vmax=vmax, s=16)
+            if limits is not None:
+                ax.scatter(np.full((~inside).sum(), limits[0]), y[~inside], marker="<", c="red", s=22)
+                ax.set_xlim(*limits)
+            stats = corr["own_objective" if r == 0 else "ll"]
+            ax.set_title(f"{loss}: Pearson {fmt(stats['pearson'])}, Spearman {fmt(stats['spearman'])}"
+                         f" (n={stats['n']})", fontsize=9)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("MPC episode reward")
+    fig.colorbar(sc, ax=axes, label="training epoch", shrink=0.6)
+    fig.suptitle("Mismatch map: own objective vs reward (top), one-step LL vs reward (bottom)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main_mismatch_map(argv: list[str] | None = None) -> int:
+    """CLI: ``--config sweeps/mismatch_map_quick.toml --out DIR``."""
+    parser = argparse.ArgumentParser(prog="mismatch-map", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="sweeps/mismatch_map_quick.toml")
+    parser.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    results = run_mismatch_map(config, args.out)
+    summary = {loss: {k: results["correlations"][loss][k]["spearman"] for k in ("own_objective", "ll")}
+               for loss in results["correlations"]}
+    print(json.dumps({"spearman_vs_reward": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_mismatch_map())
