@@ -43,10 +43,9 @@ import argparse
 import dataclasses
 import io
 import json
-import math
 import time
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,10 +53,11 @@ import numpy as np
 from flax import struct
 
 from mismatch_jax import models
-from mismatch_jax.agents.config import PetsConfig
+from mismatch_jax.analysis.common import (DataSettings, ModelSettings, TrainSettings,
+                                          build_dataset, check_env, make_episode_evaluator, train_model)
 from mismatch_jax.config_io import ConfigError, load_toml, to_dict
-from mismatch_jax.planning.cem import CEMConfig, make_planner, mpc_episode
-from mismatch_jax.sweep.config import CEMSettings
+from mismatch_jax.planning.cem import make_planner
+from mismatch_jax.sweep.config import CEMSettings, EpisodeSettings
 
 TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
 CMA_SALT = 0xC4A
@@ -66,113 +66,8 @@ INVALID_FITNESS = 1e9
 
 
 # ------------------------------------------------------------------------------------------------
-# Configuration (shared with mismatch_jax.analysis.reweight).
+# Configuration ([model], [training], [data] and [cem] are shared: analysis.common, sweep.config).
 # ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSettings:
-    """The dynamics model trained for the study (see ``models.ModelConfig``)."""
-
-    kind: Literal["P", "PE", "D", "DE"] = "P"
-    hidden_size: int = 200
-    num_hidden_layers: int = 4
-    ensemble_size: int = 1
-    activation: str = "silu"
-
-    def __post_init__(self):
-        models.ModelConfig(kind=self.kind, obs_dim=1, action_dim=1, hidden_size=self.hidden_size,
-                           num_hidden_layers=self.num_hidden_layers,
-                           ensemble_size=self.ensemble_size, activation=self.activation)
-
-    def model_config(self, env) -> models.ModelConfig:
-        """The ModelConfig for ``env``'s dimensions."""
-        return models.ModelConfig(kind=self.kind, obs_dim=env.obs_dim, action_dim=env.action_dim,
-                                  hidden_size=self.hidden_size,
-                                  num_hidden_layers=self.num_hidden_layers,
-                                  ensemble_size=self.ensemble_size, activation=self.activation)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """How a model is trained (``train.population``). patience 0 = no early stopping."""
-
-    num_epochs: int = 50
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 5e-5
-    patience: int = 0
-
-    def __post_init__(self):
-        if self.num_epochs < 1:
-            raise ValueError(f"num_epochs must be >= 1, got {self.num_epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0 (0 = no early stopping), got {self.patience}")
-
-    def train_config(self, model_config: models.ModelConfig, capacity: int):
-        from mismatch_jax.train.population import TrainConfig
-
-        return TrainConfig(model=model_config, num_epochs=self.num_epochs,
-                           batch_size=min(self.batch_size, capacity),
-                           patience=self.patience or None, keep_best=True)
-
-
-def cem_config(settings: CEMSettings, env) -> CEMConfig:
-    """The CEM-MPC controller of a config's ``[cem]`` table, bound to env's action box."""
-    return CEMConfig(horizon=settings.horizon, population_size=settings.population_size,
-                     num_elites=settings.num_elites, num_iterations=settings.num_iterations,
-                     alpha=settings.alpha, propagation=settings.propagation,
-                     num_particles=settings.num_particles).for_env(env)
-
-
-def _check_cem(settings: CEMSettings) -> None:
-    """Validates a [cem] table at load time (CEMConfig raises a ValueError naming the field)."""
-    CEMConfig(horizon=settings.horizon, population_size=settings.population_size,
-              num_elites=settings.num_elites, num_iterations=settings.num_iterations,
-              alpha=settings.alpha, propagation=settings.propagation,
-              num_particles=settings.num_particles)
-
-
-def _check_env(name: str) -> None:
-    from mismatch_jax.envs import available
-
-    if name not in available():
-        raise ValueError(f"env: unknown environment {name!r}; available: {', '.join(available())}")
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackData:
-    """The dataset the model is trained on and whose validation split is the LL constraint.
-
-    kind: "sampled" / "grid" (cheap, true-env steps from the state-action box) or "on_policy" /
-    "expert" (PETS runs, as the paper's model "from the last trial of a PETS run", configured by
-    the ``[data.pets]`` table, a ``PetsConfig`` whose env and seed are replaced by this config's);
-    the other keys are those of the sweep's ``[datasets]`` table (``mismatch_jax.sweep.config``).
-    """
-
-    kind: Literal["sampled", "grid", "on_policy", "expert"] = "on_policy"
-    validation_fraction: float = 0.1
-    sampled_size: int = 5000
-    grid_points: int = 6
-    pets: PetsConfig = PetsConfig()
-    expert_episodes: int = 5
-    expert_min_reward: float = 179.0
-    cache_dir: str = "runs/datasets"
-
-    def __post_init__(self):
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        for name in ("sampled_size", "expert_episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.grid_points < 2:
-            raise ValueError(f"grid_points must be >= 2, got {self.grid_points}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,21 +98,17 @@ class CMAESSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class AttackEvaluation:
+class AttackEvaluation(EpisodeSettings):
     """Episodes in the true env: ``trials`` per candidate and generation; the final
     before/after comparison uses ``final_rounds × trials`` fresh episodes per model.
     episode_length 0 = the env's episode length."""
 
-    trials: int = 5
-    episode_length: int = 0
     final_rounds: int = 2
 
     def __post_init__(self):
-        for name in ("trials", "final_rounds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.episode_length < 0:
-            raise ValueError(f"episode_length must be >= 0 (0 = env default), got {self.episode_length}")
+        super().__post_init__()
+        if self.final_rounds < 1:
+            raise ValueError(f"final_rounds must be >= 1, got {self.final_rounds}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,20 +125,16 @@ class AttackConfig:
     out_dir: str = "runs/attack"
     model_path: str = ""
     model: ModelSettings = ModelSettings()
-    data: AttackData = AttackData()
+    data: DataSettings = DataSettings()
     training: TrainSettings = TrainSettings()
     cem: CEMSettings = CEMSettings()
     evaluation: AttackEvaluation = AttackEvaluation()
     cmaes: CMAESSettings = CMAESSettings()
 
     def __post_init__(self):
-        _check_env(self.env)
+        check_env(self.env)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        try:
-            _check_cem(self.cem)
-        except ValueError as exc:
-            raise ValueError(f"cem: {exc}") from None
         if self.cmaes.population_size < 3:
             raise ValueError("cmaes.population_size must be >= 3 (the final evaluation reuses it)")
 
@@ -351,15 +238,12 @@ def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
     the same vmapped over candidates (one call runs C × K episodes). Pure; jit them.
     """
     val_obs, val_action, val_next = (jnp.asarray(a) for a in validation)
+    episodes = make_episode_evaluator(env, planner, episode_length, env_params)
 
     def evaluate_one(delta: LastLayer, trial_keys: jax.Array):
         params = perturb_last_layer(base_params, delta)
         ll = models.one_step_log_likelihood(model_config, params, normalizer, val_obs, val_action, val_next)
-
-        def episode(key):
-            return mpc_episode(key, env, planner, params, normalizer, episode_length, env_params)[1]
-
-        return jax.vmap(episode)(trial_keys), ll
+        return episodes(params, normalizer, trial_keys), ll
 
     def evaluate(deltas: LastLayer, trial_keys: jax.Array):
         return jax.vmap(evaluate_one, in_axes=(0, None))(deltas, trial_keys)
@@ -485,52 +369,6 @@ def run_cmaes(key, evaluate: Callable, template: LastLayer, settings: CMAESSetti
 
 
 # ------------------------------------------------------------------------------------------------
-# Data and the input model.
-# ------------------------------------------------------------------------------------------------
-
-
-def build_dataset(data: AttackData, env_name: str, seed: int, env, log=print):
-    """The ``Transitions`` of ``data.kind`` (cached on disk like the sweep's datasets)."""
-    from mismatch_jax.sweep.config import DatasetsConfig, SweepConfig, TrainingConfig
-    from mismatch_jax.sweep.study_data import build_study_datasets
-
-    sweep = SweepConfig(
-        env=env_name, seed=seed,
-        training=TrainingConfig(validation_fraction=data.validation_fraction),
-        datasets=DatasetsConfig(train=(data.kind,), eval=(data.kind,), pets=data.pets,
-                                expert_episodes=data.expert_episodes,
-                                expert_min_reward=data.expert_min_reward, grid_points=data.grid_points,
-                                sampled_size=data.sampled_size, cache_dir=data.cache_dir))
-    built, notes = build_study_datasets(sweep, env, log=log)
-    return built[data.kind], notes
-
-
-def transition_data(dataset, weight=None):
-    """A ``train.population.TransitionData`` (M = 1) from a ``data.Transitions``."""
-    from mismatch_jax.train.population import TransitionData
-
-    n = dataset.size
-    weight = jnp.ones((1, n)) if weight is None else jnp.asarray(weight, jnp.float32)[None]
-    return TransitionData(obs=dataset.obs[None], action=dataset.action[None],
-                          next_obs=dataset.next_obs[None], reward=dataset.reward[None], weight=weight,
-                          train_mask=~dataset.is_validation[None], val_mask=dataset.is_validation[None])
-
-
-def train_model(key, model_config: models.ModelConfig, settings: TrainSettings, dataset):
-    """Trains one model on ``dataset`` (Transitions) → (params, normalizer, TrainResult)."""
-    from mismatch_jax.train.population import TrainHParams, make_train
-
-    data = transition_data(dataset)
-    train = make_train(settings.train_config(model_config, data.capacity))
-    hp = TrainHParams.population(1, settings.learning_rate, settings.weight_decay)
-    result = train(key[None], None, data, hp, jnp.zeros(1, jnp.int32))
-    if bool(result.diverged[0]):
-        raise RuntimeError("training diverged (non-finite loss); lower training.learning_rate")
-    first = lambda tree: jax.tree.map(lambda a: a[0], tree)
-    return first(result.params), first(result.normalizer), result
-
-
-# ------------------------------------------------------------------------------------------------
 # The run.
 # ------------------------------------------------------------------------------------------------
 
@@ -588,7 +426,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     check_writable(out)
     started = time.perf_counter()
     env = make(config.env)
-    length = config.evaluation.episode_length or env.episode_length
+    length = config.evaluation.length(env)
     root = jax.random.key(config.seed)
     timings = {}
 
@@ -613,7 +451,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
                   "best_epoch": int(result.best_epoch[0])}
     timings["model_s"] = time.perf_counter() - t
 
-    planner = make_planner(cem_config(config.cem, env), mcfg, env.reward_fn, env.termination_fn)
+    planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
     _, evaluate = make_candidate_evaluator(env, planner, mcfg, params, norm, validation, length)
     template = zero_delta(params)
     ll_original = float(models.one_step_log_likelihood(mcfg, params, norm, *validation))

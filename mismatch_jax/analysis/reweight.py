@@ -45,10 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mismatch_jax.analysis.attack import ModelSettings, TrainSettings, _check_cem, _check_env, cem_config
+from mismatch_jax.analysis.common import (DataSettings, ModelSettings, TrainSettings,
+                                          build_dataset, check_env, make_population_evaluator)
 from mismatch_jax.agents.config import PetsConfig
 from mismatch_jax.config_io import ConfigError, load_toml, to_dict
-from mismatch_jax.sweep.config import CEMSettings
+from mismatch_jax.sweep.config import CEMSettings, EpisodeSettings
 
 EXPERT_SALT = 0xE7E
 POOL_SALT = 0x9001
@@ -151,19 +152,17 @@ class GridSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class ReweightEvaluation:
+class ReweightEvaluation(EpisodeSettings):
     """CEM-MPC episodes in the true env per model (paper: 100 PETS trials per cell);
     models_per_call bounds memory (0 = all models in one call). episode_length 0 = env's."""
 
     trials: int = 10
-    episode_length: int = 0
     models_per_call: int = 0
 
     def __post_init__(self):
-        if self.trials < 1:
-            raise ValueError(f"trials must be >= 1, got {self.trials}")
-        if self.episode_length < 0 or self.models_per_call < 0:
-            raise ValueError("episode_length and models_per_call must be >= 0 (0 = default)")
+        super().__post_init__()
+        if self.models_per_call < 0:
+            raise ValueError(f"models_per_call must be >= 0 (0 = all models), got {self.models_per_call}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,13 +182,9 @@ class ReweightConfig:
     grid: GridSettings = GridSettings()
 
     def __post_init__(self):
-        _check_env(self.env)
+        check_env(self.env)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        try:
-            _check_cem(self.cem)
-        except ValueError as exc:
-            raise ValueError(f"cem: {exc}") from None
 
 
 def load_reweight_config(path) -> ReweightConfig:
@@ -266,10 +261,8 @@ def expert_reference(settings: ExpertSettings, env, env_name: str, seed: int, lo
                              f"got {obs.shape} and {action.shape}")
         return obs, action, {"source": "file", "path": str(path)}
     if settings.source == "pets":
-        from mismatch_jax.analysis.attack import AttackData, build_dataset
-
-        data = AttackData(kind="expert", expert_episodes=1, expert_min_reward=settings.min_reward,
-                          pets=settings.pets, cache_dir=settings.cache_dir)
+        data = DataSettings(kind="expert", expert_episodes=1, expert_min_reward=settings.min_reward,
+                            pets=settings.pets, cache_dir=settings.cache_dir)
         expert, notes = build_dataset(data, env_name, seed, env, log)
         return (np.asarray(expert.obs), np.asarray(expert.action),
                 {"source": "pets", "notes": notes, "reward": float(np.asarray(expert.reward).sum())})
@@ -334,18 +327,6 @@ def build_grid_data(key, env, buckets, next_obs, rewards, grid: GridSettings):
     if not datasets:
         raise ValueError("no (size, epsilon) cell has enough pool tuples; raise pool.size or the epsilons")
     return TransitionData.stack(datasets), cells, np.asarray(constants)
-
-
-def make_population_evaluator(env, planner, num_trials: int, episode_length: int):
-    """``evaluate(params [N], normalizer [N], trial_keys [K]) -> rewards [N, K]``: one call runs
-    N × K CEM-MPC episodes in the true env (every model sees the same trial keys). Pure."""
-    from mismatch_jax.planning.cem import mpc_episode
-
-    def one_model(params, norm, trial_keys):
-        episode = lambda k: mpc_episode(k, env, planner, params, norm, episode_length)[1]
-        return jax.vmap(episode)(trial_keys)
-
-    return jax.vmap(one_model, in_axes=(0, 0, None))
 
 
 def plot_heatmaps(reward: np.ndarray, sizes, epsilons, path, title: str = "") -> Path:
@@ -453,9 +434,8 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     timings["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    length = config.evaluation.episode_length or env.episode_length
-    planner = make_planner(cem_config(config.cem, env), mcfg, env.reward_fn, env.termination_fn)
-    evaluate = jax.jit(make_population_evaluator(env, planner, config.evaluation.trials, length))
+    planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
+    evaluate = jax.jit(make_population_evaluator(env, planner, config.evaluation.length(env)))
     trial_keys = jax.random.split(jax.random.fold_in(root, EVAL_SALT), config.evaluation.trials)
     per_call = config.evaluation.models_per_call or num_models
     episode_rewards = []

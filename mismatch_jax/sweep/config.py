@@ -44,10 +44,11 @@ raise ``ConfigError`` naming the key (see ``mismatch_jax.config_io``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Union  # noqa: F401 (Literal: CEMSettings inherited hints)
 
-from mismatch_jax.agents.config import PetsConfig
+from mismatch_jax.agents.config import PetsConfig, PlannerSection
 from mismatch_jax.config_io import load_toml, to_dict
+from mismatch_jax.planning.cem import CEMConfig
 
 DATASET_KINDS = ("expert", "on_policy", "grid", "sampled")
 
@@ -157,30 +158,45 @@ class DatasetsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CEMSettings:
-    """The CEM-MPC controller that turns each model into episode reward."""
+class CEMSettings(PlannerSection):
+    """The CEM-MPC controller that turns each model into episode reward: PETS's ``[planner]``
+    table (same keys and checks) with Lambert et al.'s settings (H = 25, 400 candidates, 40
+    elites) as defaults."""
 
     horizon: int = 25
     population_size: int = 400
     num_elites: int = 40
-    num_iterations: int = 5
-    alpha: float = 0.1
-    propagation: Literal["expectation", "ts1", "tsinf"] = "expectation"
-    num_particles: int = 20
+
+    def for_env(self, env) -> CEMConfig:
+        """The CEMConfig bound to ``env``'s action box."""
+        return self.to_cem(env.action_low, env.action_high)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluationConfig:
-    """Episodes in the true environment per model and evaluated epoch."""
+class EpisodeSettings:
+    """CEM-MPC episodes in the true env per scored model: ``trials`` episodes of
+    ``episode_length`` steps (0 = the env's episode length). Shared with ``analysis.common``."""
 
-    trials: int = 10
-    episode_length: int = 200
+    trials: int = 5
+    episode_length: int = 0
 
     def __post_init__(self):
         if self.trials < 1:
             raise ValueError(f"trials must be >= 1, got {self.trials}")
-        if self.episode_length < 1:
-            raise ValueError(f"episode_length must be >= 1, got {self.episode_length}")
+        if self.episode_length < 0:
+            raise ValueError(f"episode_length must be >= 0 (0 = env default), got {self.episode_length}")
+
+    def length(self, env) -> int:
+        """Steps per episode in ``env``."""
+        return self.episode_length or int(env.episode_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig(EpisodeSettings):
+    """Episodes in the true environment per model and evaluated epoch."""
+
+    trials: int = 10
+    episode_length: int = 200
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,10 +48,7 @@ def model_config(config: SweepConfig, env, kind: str) -> models.ModelConfig:
 
 def cem_config(config: SweepConfig, env) -> CEMConfig:
     """The controller that scores each model."""
-    c = config.cem
-    return CEMConfig(horizon=c.horizon, population_size=c.population_size, num_elites=c.num_elites,
-                     num_iterations=c.num_iterations, alpha=c.alpha, propagation=c.propagation,
-                     num_particles=c.num_particles).for_env(env)
+    return config.cem.for_env(env)
 
 
 def estimate_bytes_per_model(config: SweepConfig, env, kind: str, train_rows: int) -> int:
@@ -124,7 +121,7 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
                                    keep_best=False), jit=False)
     planner = make_planner(cem_config(config, env), mcfg, env.reward_fn, env.termination_fn)
     model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
-    trials, length = config.evaluation.trials, config.evaluation.episode_length
+    trials, length = config.evaluation.trials, config.evaluation.length(env)
     per_model_and_epoch = lambda f, in_axes: jax.vmap(jax.vmap(f, in_axes=in_axes), in_axes=in_axes)
 
     def train_stage(indices, dataset_index, train_data) -> TrainedChunk:
@@ -201,9 +198,20 @@ def _rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: list[
     return pd.DataFrame(rows)
 
 
-def _eval_arrays(ds) -> tuple:
-    val = ds.validation()
-    return (val.obs, val.action, val.next_obs)
+def stack_study_data(config: SweepConfig, sets: dict) -> tuple[TransitionData, tuple]:
+    """The arguments a chunk takes from the study datasets ``sets`` ({name: Transitions}):
+    train_data (TransitionData, one dataset [M = len(train), capacity] per train dataset, in
+    config order) and eval_sets (one (obs, action, next_obs) validation triple per eval dataset)."""
+    train_data = TransitionData.stack([
+        TransitionData(obs=ds.obs[None], action=ds.action[None], next_obs=ds.next_obs[None],
+                       reward=ds.reward[None], weight=jnp.ones((1, ds.size)),
+                       train_mask=~ds.is_validation[None], val_mask=ds.is_validation[None])
+        for ds in (sets[n] for n in config.datasets.train)])
+    eval_sets = []
+    for name in config.datasets.eval:
+        val = sets[name].validation()
+        eval_sets.append((val.obs, val.action, val.next_obs))
+    return jax.tree.map(jnp.asarray, train_data), tuple(eval_sets)
 
 
 def enable_compilation_cache(path: str | Path | None = None) -> None:
@@ -260,15 +268,8 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     manifest["datasets"] = {name: ds.size for name, ds in sets.items()}
     manifest["dataset_notes"] = notes
     manifest["dataset_s"] = time.perf_counter() - t0
-    train_names = list(config.datasets.train)
-    train_data = TransitionData.stack([
-        TransitionData(obs=ds.obs[None], action=ds.action[None], next_obs=ds.next_obs[None],
-                       reward=ds.reward[None], weight=jnp.ones((1, ds.size)),
-                       train_mask=~ds.is_validation[None], val_mask=ds.is_validation[None])
-        for ds in (sets[n] for n in train_names)])
-    train_data = jax.tree.map(jnp.asarray, train_data)
-    eval_names = list(config.datasets.eval)
-    eval_sets = tuple(_eval_arrays(sets[name]) for name in eval_names)
+    train_names, eval_names = list(config.datasets.train), list(config.datasets.eval)
+    train_data, eval_sets = stack_study_data(config, sets)
 
     devices = jax.local_devices()
     mesh = Mesh(np.asarray(devices), ("pop",))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mismatch_jax import models
-from mismatch_jax.analysis import attack
+from mismatch_jax.analysis import attack, common
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml
 from mismatch_jax.envs import make
 from mismatch_jax.planning.cem import CEMConfig, make_planner
@@ -116,7 +116,7 @@ def test_config_errors_name_the_key():
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cem": {"num_elites": 1}})
 
 
-@pytest.mark.parametrize("name", ["attack_quick", "attack_cartpole"])
+@pytest.mark.parametrize("name", ["attack_quick", "attack_cartpole", "attack_swingup"])
 def test_shipped_configs_load(name):
     config = load_toml(attack.AttackConfig, f"sweeps/{name}.toml")
     assert config.cmaes.generations >= 1
@@ -126,9 +126,9 @@ def test_shipped_configs_load(name):
 def test_run_attack_end_to_end(tmp_path):
     config = attack.AttackConfig(
         env="cartpole_balance", seed=1, out_dir=str(tmp_path / "out"),
-        model=attack.ModelSettings(kind="P", hidden_size=8, num_hidden_layers=1),
-        data=attack.AttackData(kind="sampled", sampled_size=200, cache_dir=str(tmp_path / "data")),
-        training=attack.TrainSettings(num_epochs=2, batch_size=32),
+        model=common.ModelSettings(kind="P", hidden_size=8, num_hidden_layers=1),
+        data=common.DataSettings(kind="sampled", sampled_size=200, cache_dir=str(tmp_path / "data")),
+        training=common.TrainSettings(num_epochs=2, batch_size=32),
         cem=CEMSettings(horizon=3, population_size=8, num_elites=2, num_iterations=1),
         evaluation=attack.AttackEvaluation(trials=1, episode_length=10, final_rounds=1),
         cmaes=attack.CMAESSettings(population_size=4, generations=2, sigma=0.01))
@@ -142,3 +142,14 @@ def test_run_attack_end_to_end(tmp_path):
     cfg, params, norm = attack.load_model(out / "original_model.npz")
     assert cfg.hidden_size == 8
     assert np.isfinite(report["ll_original"]) and len(report["reward_attacked"]["trials"]) == 1
+
+
+def test_model_settings_feed_winding_angles_as_sin_cos():
+    class SwingUpDims:  # the dimensions of cartpole_swingup, whose θ (obs 1) winds freely
+        obs_dim, action_dim, angle_obs_dims = 4, 1, (1,)
+
+    assert common.ModelSettings().model_config(SwingUpDims).angle_dims == (1,)
+    assert common.ModelSettings(angle_features=False).model_config(SwingUpDims).angle_dims == ()
+    assert common.ModelSettings().model_config(make("cartpole_balance")).angle_dims == ()
+    with pytest.raises(ConfigError, match="model: .*ensemble_size must be 1"):
+        from_dict(attack.AttackConfig, {"env": "cartpole_balance", "model": {"kind": "P", "ensemble_size": 3}})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mismatch_jax import models
-from mismatch_jax.analysis import attack, reweight
+from mismatch_jax.analysis import common, reweight
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml
 from mismatch_jax.sweep.config import CEMSettings
 from mismatch_jax.train.population import TrainConfig, TrainHParams, TransitionData, make_train
@@ -99,8 +99,8 @@ def test_shipped_configs_load(name):
 def test_run_reweight_grid(tmp_path):
     config = reweight.ReweightConfig(
         env="cartpole_balance", seed=0, out_dir=str(tmp_path / "out"),
-        model=attack.ModelSettings(kind="P", hidden_size=8, num_hidden_layers=1),
-        training=attack.TrainSettings(num_epochs=2, batch_size=8),
+        model=common.ModelSettings(kind="P", hidden_size=8, num_hidden_layers=1),
+        training=common.TrainSettings(num_epochs=2, batch_size=8),
         cem=CEMSettings(horizon=3, population_size=8, num_elites=2, num_iterations=1),
         evaluation=reweight.ReweightEvaluation(trials=2, episode_length=10, models_per_call=3),
         expert=reweight.ExpertSettings(horizon=5, population_size=16, num_elites=4, num_iterations=1,

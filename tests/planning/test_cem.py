@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mismatch_jax.envs.base import Env
 from mismatch_jax.models import core as models
 from mismatch_jax.planning import (
     CEMConfig,
@@ -20,38 +19,7 @@ from mismatch_jax.planning import (
     sample_candidates,
     shift_plan,
 )
-
-
-class PointMass(Env):
-    """1-D double integrator: obs [x, v], action force in [-1, 1], reward −x'² − 0.01 a²."""
-
-    name = "point_mass"
-    obs_dim = 2
-    action_dim = 1
-    episode_length = 30
-    action_low = np.array([-1.0], np.float32)
-    action_high = np.array([1.0], np.float32)
-
-    @property
-    def default_params(self):
-        return {"dt": jnp.asarray(0.1, jnp.float32)}
-
-    def _reset_physics(self, key, params):
-        obs = jnp.array([1.0, 0.0]) + 0.1 * jax.random.normal(key, (2,))
-        return obs, obs
-
-    def _step_physics(self, physics, action, params):
-        x, v = physics
-        v = v + params["dt"] * action[0]
-        x = x + params["dt"] * v
-        obs = jnp.stack([x, v])
-        return obs, obs
-
-    def _physics_from_obs(self, obs, params):
-        return obs
-
-    def reward_fn(self, obs, action, next_obs):
-        return -next_obs[0] ** 2 - 0.01 * jnp.sum(action**2)
+from point_mass import PointMass
 
 
 TARGET = jnp.array([0.3, -0.5])

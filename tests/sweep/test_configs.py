@@ -8,7 +8,8 @@ from mismatch_jax.sweep.config import SweepConfig, load, load_packaged, to_toml
 from mismatch_jax.config_io import from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
-SWEEPS = ["quickstart.toml", "cartpole_ll_reward.toml", "cartpole_per_epoch.toml", "cpu_population_1000.toml"]
+SWEEPS = ["quickstart.toml", "cartpole_ll_reward.toml", "cartpole_per_epoch.toml", "cpu_population_1000.toml",
+          "cartpole_ll_reward_cpu.toml"]
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -34,3 +35,32 @@ def test_model_index_layout_is_types_outermost():
     assert kinds == sorted(kinds, key=config.population.model_types.index)
     with pytest.raises(IndexError):
         config.model_spec(config.num_models)
+
+
+def test_cem_table_is_the_pets_planner_table_with_paper_defaults():
+    from mismatch_jax.agents.config import PlannerSection
+    from mismatch_jax.config_io import ConfigError
+    from mismatch_jax.envs import make
+
+    config = from_dict(SweepConfig, {"env": "cartpole_balance", "cem": {"horizon": 7, "sampling": "clipped_normal"}})
+    assert isinstance(config.cem, PlannerSection)
+    assert (config.cem.horizon, config.cem.population_size, config.cem.num_elites) == (7, 400, 40)
+    env = make("cartpole_balance")
+    assert config.cem.for_env(env) == config.cem.to_cem(env.action_low, env.action_high)
+    assert config.cem.for_env(env).sampling == "clipped_normal"
+    with pytest.raises(ConfigError, match="cem: .*num_elites"):
+        from_dict(SweepConfig, {"env": "cartpole_balance", "cem": {"num_elites": 1}})
+    with pytest.raises(ConfigError, match="cem.propagation"):
+        from_dict(SweepConfig, {"env": "cartpole_balance", "cem": {"propagation": "mean"}})
+
+
+def test_episode_length_zero_means_the_env_default():
+    from mismatch_jax.config_io import ConfigError
+    from mismatch_jax.envs import make
+
+    env = make("cartpole_balance")
+    config = from_dict(SweepConfig, {"env": "cartpole_balance", "evaluation": {"episode_length": 0}})
+    assert config.evaluation.length(env) == env.episode_length
+    assert from_dict(SweepConfig, {"env": "cartpole_balance"}).evaluation.length(env) == 200
+    with pytest.raises(ConfigError, match="episode_length"):
+        from_dict(SweepConfig, {"env": "cartpole_balance", "evaluation": {"episode_length": -1}})

@@ -109,6 +109,35 @@ def test_chunk_size_does_not_change_numbers(reference, chunked):
     np.testing.assert_array_equal(ra, rb)
 
 
+def test_stages_one_by_one_equal_the_fused_chunk(reference):
+    """The train / LL / reward stages jitted apart (as benchmarks/bench_population.py times them)
+    give the numbers of the sweep's fused chunk."""
+    import jax
+
+    from mismatch_jax.envs import make
+    from mismatch_jax.sweep.runner import make_chunk_parts, stack_study_data
+    from mismatch_jax.sweep.study_data import build_study_datasets
+
+    tmp, table = reference
+    config = load(_config(tmp, 4))
+    env = make(config.env)
+    sets, _ = build_study_datasets(config, env, log=lambda s: None)
+    train_data, eval_sets = stack_study_data(config, sets)
+    indices = np.arange(4, dtype=np.int32)  # the first chunk: P models
+    dataset_index = np.asarray([list(config.datasets.train).index(config.model_spec(int(i))[1])
+                                for i in indices], np.int32)
+    parts = make_chunk_parts(config, env, "P")
+    trained = jax.jit(parts.train)(indices, dataset_index, train_data)
+    ll, _ = jax.jit(parts.likelihood)(trained.kept_params, trained.normalizers, eval_sets)
+    rewards = jax.jit(parts.reward)(trained.kept_params, trained.normalizers, trained.epoch_keys)
+    rows = table[table["model_id"] < 4].sort_values(["model_id", "epoch"])
+    ll_columns = [f"ll_{name}" for name in config.datasets.eval]
+    np.testing.assert_allclose(np.asarray(ll).reshape(-1, len(ll_columns)), rows[ll_columns].to_numpy(),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(rewards).reshape(len(rows), -1), np.stack(rows["reward"].to_numpy()),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_resume_recomputes_nothing_finished(reference, chunked, tmp_path):
     import shutil
 
