@@ -9,7 +9,6 @@ error is re-raised with the full key path, e.g. ``sweep.cem.population_size``).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import tomllib
 import types
 import typing
@@ -83,7 +82,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Builds dataclass ``cls`` from ``data``; missing keys take the field defaults."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls, globalns=vars(sys.modules[cls.__module__]))
+    hints = typing.get_type_hints(cls)  # resolves each base class in its own module
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -14,6 +14,11 @@ per-row side information (``TransitionData.aux``) they need:
 
 All errors are taken in *state units* (``LossInputs.pred_next_obs − next_obs``), so the value
 gradients need no unit conversion. The trainer's validation scores and early stopping stay MLE.
+
+A decision-aware loss only shapes the next-state outputs; a model with ``predict_reward`` still
+needs its reward output trained ("Train reward model" in VaGraM's Algorithm 1; MnM learns the
+reward by regression). ``with_reward_mse`` adds that squared error of the (normalised) reward
+output, and ``make_model_loss`` builds the whole per_sample_loss of an agent by name.
 """
 
 from __future__ import annotations
@@ -103,5 +108,43 @@ def mnm_loss(value_apply: ValueApply, reduce: str = "min"):
     return loss
 
 
+def with_reward_mse(loss, weight: float = 1.0):
+    """Adds ``weight`` · (μ̂_r − y_r)² of the last target dimension (the reward, in normalised
+    units) to the per_sample_loss ``loss``: [E, B] + [E, B]. Use it on models with
+    ``predict_reward``."""
+    def wrapped(inputs, loss_context):
+        reward_error = (inputs.mean[..., -1] - inputs.target[..., -1]) ** 2
+        return loss(inputs, loss_context) + weight * reward_error
+    return wrapped
+
+
 LOSSES = ("mle", "vagram", "itervaml", "value_weighted", "mnm")
 """Model-loss names accepted by agents and experiments."""
+
+
+def make_model_loss(name: str, *, value_apply: Optional[ValueApply] = None, predict_reward: bool = False,
+                    reward_weight: float = 1.0, vagram_regularizer: float = 0.0,
+                    itervaml_mse_coef: float = 0.01):
+    """The trainer's ``per_sample_loss`` for model loss ``name`` (None for "mle": the trainer's
+    own NLL/MSE, which already covers the reward output). ``value_apply`` is needed by "mnm";
+    with ``predict_reward`` the reward output is trained by ``with_reward_mse(reward_weight)``."""
+    if name not in LOSSES:
+        raise ValueError(f"model loss must be one of {LOSSES}, got {name!r}")
+    if name == "mle":
+        return None
+    if name == "vagram":
+        loss = vagram_loss(vagram_regularizer)
+    elif name == "itervaml":
+        loss = itervaml_loss(itervaml_mse_coef)
+    elif name == "value_weighted":
+        loss = value_weighted_loss()
+    else:
+        if value_apply is None:
+            raise ValueError("model loss 'mnm' needs value_apply(value_params, obs [D]) -> [K]")
+        loss = mnm_loss(value_apply)
+    return with_reward_mse(loss, reward_weight) if predict_reward else loss
+
+
+def needs_value_gradients(name: str) -> bool:
+    """Does model loss ``name`` read ``value_gradient_aux`` rows?"""
+    return name in ("vagram", "itervaml")

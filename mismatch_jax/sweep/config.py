@@ -44,7 +44,7 @@ raise ``ConfigError`` naming the key (see ``mismatch_jax.config_io``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional, Union  # noqa: F401 (Literal: CEMSettings inherited hints)
+from typing import Optional, Union
 
 from mismatch_jax.agents.config import PetsConfig, PlannerSection
 from mismatch_jax.config_io import load_toml, to_dict

@@ -62,3 +62,36 @@ def test_value_weighted_and_mnm_adapters_equal_direct_losses():
     got = trainer_losses.mnm_loss(value_apply)(inputs, (scale, cls))
     want = value_aware.mnm_model_loss_per_sample(lambda s: scale * two_critics(s), cls, obs, act, pred)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
+
+
+def test_with_reward_mse_adds_the_normalised_reward_error():
+    inputs, pred, nxt, _, _ = random_inputs(None)
+    k = jax.random.split(jax.random.key(7), 2)
+    mean = jax.random.normal(k[0], (E, B, D + 1))
+    target = jax.random.normal(k[1], (E, B, D + 1))
+    inputs = inputs.replace(mean=mean, target=target)
+    base = lambda i, ctx: jnp.zeros(i.mean.shape[:2])
+    got = trainer_losses.with_reward_mse(base, 0.5)(inputs, None)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(0.5 * (mean[..., -1] - target[..., -1]) ** 2), rtol=1e-6)
+
+
+def test_make_model_loss_dispatches_by_name():
+    _, _, nxt, _, _ = random_inputs(None)
+    aux = trainer_losses.value_gradient_aux(two_critics, nxt[None], clip_percentile=100.0)[0]
+    inputs, *_ = random_inputs(aux)
+    assert trainer_losses.make_model_loss("mle") is None
+    np.testing.assert_allclose(np.asarray(trainer_losses.make_model_loss("vagram")(inputs, None)),
+                               np.asarray(trainer_losses.vagram_loss()(inputs, None)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(trainer_losses.make_model_loss("itervaml", itervaml_mse_coef=0.1)(inputs, None)),
+                               np.asarray(trainer_losses.itervaml_loss(0.1)(inputs, None)), rtol=1e-6)
+    with_reward = trainer_losses.make_model_loss("vagram", predict_reward=True, reward_weight=2.0)
+    reward_error = (inputs.mean[..., -1] - inputs.target[..., -1]) ** 2
+    np.testing.assert_allclose(np.asarray(with_reward(inputs, None)),
+                               np.asarray(trainer_losses.vagram_loss()(inputs, None) + 2.0 * reward_error), rtol=1e-5)
+    assert trainer_losses.needs_value_gradients("vagram") and not trainer_losses.needs_value_gradients("mnm")
+    import pytest
+
+    with pytest.raises(ValueError, match="value_apply"):
+        trainer_losses.make_model_loss("mnm")
+    with pytest.raises(ValueError, match="model loss must be one of"):
+        trainer_losses.make_model_loss("vaml")

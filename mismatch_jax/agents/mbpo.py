@@ -1,0 +1,657 @@
+"""MBPO (Janner et al. 2019) and its decision-aware variants as one pure ``train(key)``.
+
+SAC (``agents.sac``) is trained on a mix of real transitions and short rollouts of a learned
+ensemble dynamics model (with a learned reward output). Every ``model_train_freq`` env steps a
+*model phase* runs: (MnM only) the real-vs-model classifier is trained, the model is retrained
+with the population trainer (``train.population``, warm-started from its current parameters, on
+the whole real replay buffer given as a fixed-capacity ``TransitionData`` with masks), and
+``rollout_batch_size`` k-step rollouts from real states fill the model buffer. Then
+``model_train_freq`` env steps follow, each with ``updates_per_step`` SAC updates on batches with
+a ``model_share`` of model rows.
+
+Agents (``AGENTS``; ``make_agent(name, config, env)``) differ only in the model loss
+(``models.trainer_losses``) and the reward the policy sees:
+
+* ``mbpo``: MLE (the trainer's PETS NLL / MSE); ``vagram`` / ``itervaml`` / ``value_weighted``:
+  value-aware losses whose per-row side information (the clipped gradients of the 4 SAC critics
+  at the true next states, or 1/|V|) is computed once per model phase (VaGraM Algorithm 1).
+* ``mnm``: model trained on Eq. 9 of Mismatched No More (``loss_context = (SAC params,
+  classifier params)``), classifier on Eq. 4, policy on the augmented reward
+  r̃ = log r⁺ + log C/(1 − C) (Eq. 5, ``value_aware.mnm_augmented_reward``); ``mnm_approx``:
+  the same model and classifier, policy on the plain (learned) reward (paper 001, Sec. 4.3).
+
+Schedules (functions of the env-step count, epoch = env_steps / epoch_length):
+
+* rollout length: MBPO's ``(epoch_a, epoch_b, length_a, length_b)``: length_a before epoch_a,
+  linear to length_b at epoch_b, floored, then constant.
+* model share of each SAC batch: VaGraM appendix E, linear from ``model_share_start`` (0) to
+  ``model_share_end`` (0.95) over the first ``model_share_ramp_epochs`` epochs (they used 40
+  epochs of 1000 steps). ``start = end = 0.95`` is MBPO's fixed real_ratio 0.05.
+
+Compilation and vmapping: the whole run is ``lax.scan`` over evaluation intervals → scan over
+model phases → scan over env steps. Every schedule and every "has learning started" gate is
+computed from the *scan indices*, which stay unbatched under ``jax.vmap(train)``, so the gates
+are real ``lax.cond``s also for many seeds (no wasted warm-up work) and the schedules cost no
+recompiles. Rollouts always run ``max(length_a, length_b)`` steps; steps past the current length
+(and steps after a predicted termination or a non-finite prediction) are not written.
+
+Choices (and why):
+
+* Model buffer: a ring of capacity ``rollout_batch_size · max_length · phases_per_epoch ·
+  model_retain_epochs``; SAC samples among the newest ``rollout_batch_size · length ·
+  phases_per_epoch · retain`` rows, which is what MBPO's buffer (resized with the rollout
+  length) holds.
+* Rollouts pick a uniformly random ensemble member per row and step (MBPO uses its 5 elites of
+  7: we keep all members, there is no elite selection in the trainer). Probabilistic models
+  sample the Gaussian only with the MLE loss; the decision-aware losses do not train the
+  variance, so their rollouts use the member's mean.
+* The trainer re-initialises Adam each model phase (MBPO keeps the optimiser); with MLE it
+  returns the best-validation-epoch parameters, with the decision-aware losses the last ones
+  (the validation score is MLE and would undo the loss's preference).
+* VaGraM: value gradients of the 2 online + 2 target critics at V_k(s) = Q_k(s, tanh(μ(s))),
+  clipped at the 95th percentile of their norms over the valid buffer rows (appendix E).
+* MnM: each model phase first trains the classifier ``classifier_steps`` minibatches against
+  the current model (real vs model next state of the same real (s, a)), then the model with that
+  classifier. V in Eq. 9 is the min of the two online critics at the deterministic action. The
+  augmented reward is computed when a batch is sampled (current classifier, for real and model
+  rows alike, so that Q estimates one reward); log r⁺ follows ``value_aware.log_positive_reward``
+  (default r⁺ = exp(r), as Pendulum's rewards are ≤ 0). The reward the policy sees on model rows
+  is the model's predicted reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from mismatch_jax.agents import replay
+from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.agents.replay import Transition
+from mismatch_jax.agents.sac import SACConfig
+from mismatch_jax.config_io import from_dict, load_toml
+from mismatch_jax.envs.base import Env
+from mismatch_jax.models import core as models
+from mismatch_jax.models import trainer_losses, value_aware
+from mismatch_jax.train import population
+
+AGENTS: dict[str, dict[str, Any]] = {
+    "mbpo": dict(model_loss="mle", augmented_reward=False),
+    "vagram": dict(model_loss="vagram", augmented_reward=False),
+    "itervaml": dict(model_loss="itervaml", augmented_reward=False),
+    "value_weighted": dict(model_loss="value_weighted", augmented_reward=False),
+    "mnm": dict(model_loss="mnm", augmented_reward=True),
+    "mnm_approx": dict(model_loss="mnm", augmented_reward=False),
+}
+"""Agent name → the MBPOConfig fields it sets."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MBPOConfig:
+    """Static MBPO hyperparameters (hashable). Load strictly with ``load_mbpo_config(path)``.
+
+    sac: the SAC agent and run loop ([sac] table): env, total_env_steps, eval_interval,
+        learning_starts (random-action steps; the first model phase runs right after them),
+        buffer_capacity (real buffer = model-training data), batch_size, updates_per_step (G).
+    model_loss: one of ``trainer_losses.LOSSES``; augmented_reward: policy on MnM's r̃.
+    model_kind / ensemble_size / model_hidden_size / model_num_hidden_layers / model_activation:
+        the dynamics model (always with a reward output). model_lr, model_weight_decay,
+        model_batch_size, model_epochs (per phase; an upper bound with model_patience),
+        model_validation_fraction (buffer rows held out, fixed per row for the run).
+    model_mse_weight: extra normalised MSE in the model loss (IterVAML's λ-stabiliser; 0).
+    reward_loss_weight: weight of the reward-output MSE added to decision-aware losses.
+    vagram_clip_percentile, itervaml_mse_coef: see ``value_aware``.
+    model_train_freq: env steps between model phases (divides eval_interval, epoch_length and
+        learning_starts). epoch_length: env steps per MBPO epoch (schedules are in epochs).
+    rollout_batch_size: rollouts started per phase; rollout_schedule: (epoch_a, epoch_b,
+        length_a, length_b); model_retain_epochs: epochs of rollouts kept.
+    model_share_start / model_share_end / model_share_ramp_epochs: model rows per SAC batch.
+    classifier_*: MnM's classifier (MLP sizes, Adam lr, minibatches per phase, batch size).
+    reward_transform / reward_temperature / reward_min: log r⁺ of the augmented reward.
+    num_distractors / distractor_seed: VaGraM distracting dims appended to the env (0: none).
+    """
+
+    sac: SACConfig = dataclasses.field(default_factory=SACConfig)
+    model_loss: str = "mle"
+    augmented_reward: bool = False
+    model_kind: str = "PE"
+    ensemble_size: int = 7
+    model_hidden_size: int = 200
+    model_num_hidden_layers: int = 4
+    model_activation: str = "silu"
+    model_lr: float = 1e-3
+    model_weight_decay: float = 5e-5
+    model_batch_size: int = 256
+    model_epochs: int = 5
+    model_patience: Optional[int] = None
+    model_validation_fraction: float = 0.1
+    model_mse_weight: float = 0.0
+    reward_loss_weight: float = 1.0
+    vagram_clip_percentile: float = 95.0
+    itervaml_mse_coef: float = 0.01
+    model_train_freq: int = 250
+    epoch_length: int = 1000
+    rollout_batch_size: int = 400
+    rollout_schedule: tuple[int, int, int, int] = (20, 100, 1, 1)
+    model_retain_epochs: int = 1
+    model_share_start: float = 0.0
+    model_share_end: float = 0.95
+    model_share_ramp_epochs: float = 40.0
+    classifier_hidden_size: int = 256
+    classifier_num_hidden_layers: int = 2
+    classifier_lr: float = 3e-4
+    classifier_steps: int = 100
+    classifier_batch_size: int = 256
+    reward_transform: str = "exp"
+    reward_temperature: float = 1.0
+    reward_min: Optional[float] = None
+    num_distractors: int = 0
+    distractor_seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.sac, SACConfig):
+            raise ValueError(f"MBPOConfig.sac must be a SACConfig, got {type(self.sac).__name__}")
+        if self.model_loss not in trainer_losses.LOSSES:
+            raise ValueError(f"MBPOConfig.model_loss must be one of {trainer_losses.LOSSES}, got {self.model_loss!r}")
+        if self.model_kind not in models.MODEL_KINDS:
+            raise ValueError(f"MBPOConfig.model_kind must be one of {models.MODEL_KINDS}, got {self.model_kind!r}")
+        positive = ("ensemble_size", "model_hidden_size", "model_num_hidden_layers", "model_batch_size",
+                    "model_epochs", "model_train_freq", "epoch_length", "rollout_batch_size",
+                    "model_retain_epochs", "classifier_hidden_size", "classifier_num_hidden_layers",
+                    "classifier_steps", "classifier_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"MBPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.model_kind in ("P", "D") and self.ensemble_size != 1:
+            raise ValueError(f"MBPOConfig.ensemble_size must be 1 for model_kind {self.model_kind!r}")
+        freq, sac = self.model_train_freq, self.sac
+        for name, value in (("sac.eval_interval", sac.eval_interval), ("epoch_length", self.epoch_length),
+                            ("sac.learning_starts", sac.learning_starts)):
+            if value % freq:
+                raise ValueError(f"MBPOConfig.{name} ({value}) must be a multiple of model_train_freq ({freq})")
+        if sac.learning_starts < freq:
+            raise ValueError(f"MBPOConfig.sac.learning_starts ({sac.learning_starts}) must be >= "
+                             f"model_train_freq ({freq}): the first model needs data")
+        a_epoch, b_epoch, a_len, b_len = self.rollout_schedule
+        if not (0 <= a_epoch < b_epoch and a_len >= 1 and b_len >= 1):
+            raise ValueError(f"MBPOConfig.rollout_schedule must be (epoch_a < epoch_b, length_a >= 1, "
+                             f"length_b >= 1), got {self.rollout_schedule}")
+        for name in ("model_share_start", "model_share_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"MBPOConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.model_share_ramp_epochs > 0:
+            raise ValueError(f"MBPOConfig.model_share_ramp_epochs must be > 0, got {self.model_share_ramp_epochs}")
+        if not 0.0 <= self.model_validation_fraction < 1.0:
+            raise ValueError("MBPOConfig.model_validation_fraction must be in [0, 1), "
+                             f"got {self.model_validation_fraction}")
+        if self.model_patience is not None and self.model_patience < 1:
+            raise ValueError(f"MBPOConfig.model_patience must be None or >= 1, got {self.model_patience}")
+        for name in ("model_lr", "classifier_lr", "reward_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MBPOConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.reward_transform not in ("exp", "shift", "log"):
+            raise ValueError(f"MBPOConfig.reward_transform must be 'exp', 'shift' or 'log', got {self.reward_transform!r}")
+        if self.reward_transform == "shift" and self.reward_min is None:
+            raise ValueError("MBPOConfig.reward_min is required with reward_transform = 'shift'")
+        if self.num_distractors < 0:
+            raise ValueError(f"MBPOConfig.num_distractors must be >= 0, got {self.num_distractors}")
+
+    @property
+    def uses_classifier(self) -> bool:
+        return self.model_loss == "mnm" or self.augmented_reward
+
+    @property
+    def max_rollout_length(self) -> int:
+        return max(self.rollout_schedule[2], self.rollout_schedule[3])
+
+
+def mbpo_config_from_dict(data) -> MBPOConfig:
+    """Strict: unknown keys / wrong types / impossible values raise ``ConfigError`` naming the key."""
+    return from_dict(MBPOConfig, data)
+
+
+def load_mbpo_config(path) -> MBPOConfig:
+    """Reads an MBPO TOML file (MBPOConfig fields, SAC fields in a [sac] table) strictly."""
+    return load_toml(MBPOConfig, path)
+
+
+def agent_config(name: str, config: MBPOConfig) -> MBPOConfig:
+    """``config`` with the fields of agent ``name`` (``AGENTS``) set."""
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; available: {', '.join(AGENTS)}")
+    return dataclasses.replace(config, **AGENTS[name])
+
+
+def make_env(config: MBPOConfig) -> Env:
+    """``config.sac.env`` from the registry, with ``num_distractors`` VaGraM distractor dims."""
+    from mismatch_jax.envs import registry
+    from mismatch_jax.envs.distractors import with_distractors
+
+    env = registry.make(config.sac.env)
+    if config.num_distractors:
+        env = with_distractors(env, config.num_distractors, jax.random.key(config.distractor_seed))
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules (pure functions of the env-step count; Python ints or traced int scalars)
+# ---------------------------------------------------------------------------------------------
+
+
+def rollout_length(config: MBPOConfig, env_steps) -> jax.Array:
+    """MBPO's rollout length at ``env_steps``: [] int32 in [min, max] of the schedule lengths."""
+    a_epoch, b_epoch, a_len, b_len = config.rollout_schedule
+    epoch = jnp.asarray(env_steps, jnp.float32) / config.epoch_length
+    frac = jnp.clip((epoch - a_epoch) / (b_epoch - a_epoch), 0.0, 1.0)
+    return jnp.floor(a_len + frac * (b_len - a_len) + 1e-6).astype(jnp.int32)
+
+
+def model_share(config: MBPOConfig, env_steps) -> jax.Array:
+    """Fraction [] of each SAC batch drawn from the model buffer at ``env_steps``."""
+    epoch = jnp.asarray(env_steps, jnp.float32) / config.epoch_length
+    frac = jnp.clip(epoch / config.model_share_ramp_epochs, 0.0, 1.0)
+    return config.model_share_start + frac * (config.model_share_end - config.model_share_start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model buffer helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def add_valid(buffer: replay.ReplayBuffer, items: Any, valid: jax.Array) -> replay.ReplayBuffer:
+    """Writes the rows of ``items`` (leaves [n, ...]) where ``valid`` [n] is True, in order, at
+    ``position`` (wrapping); invalid rows are dropped. n <= capacity."""
+    capacity = buffer.capacity
+    order = jnp.argsort(~valid, stable=True)
+    count = valid.sum().astype(jnp.int32)
+    slot = jnp.arange(valid.shape[0], dtype=jnp.int32)
+    rows = jnp.where(slot < count, (buffer.position + slot) % capacity, capacity)  # capacity: dropped
+    data = jax.tree_util.tree_map(
+        lambda store, x: store.at[rows].set(jnp.asarray(x, store.dtype)[order], mode="drop"),
+        buffer.data, items)
+    return replay.ReplayBuffer(data=data, position=(buffer.position + count) % capacity,
+                               size=jnp.minimum(buffer.size + count, capacity))
+
+
+def sample_recent(key: jax.Array, buffer: replay.ReplayBuffer, batch_size: int, num_recent) -> Any:
+    """``batch_size`` rows uniformly (with replacement) among the newest min(size, num_recent)."""
+    count = jnp.maximum(jnp.minimum(buffer.size, num_recent), 1)
+    back = jax.random.randint(key, (batch_size,), 0, count)
+    rows = (buffer.position - 1 - back) % buffer.capacity
+    return jax.tree_util.tree_map(lambda store: store[rows], buffer.data)
+
+
+# ---------------------------------------------------------------------------------------------
+# State and metrics
+# ---------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class MBPOState:
+    """Carry of the training scan. sac: SACState; real / model_buffer: ReplayBuffers of
+    Transition; model_params / normalizer: the dynamics model; classifier /
+    classifier_opt_state: MnM's classifier (None when unused); val_rows [buffer_capacity] bool:
+    real-buffer rows held out for model validation; env_state, episode_return [], env_steps []."""
+
+    sac: sac_lib.SACState
+    real: replay.ReplayBuffer
+    model_buffer: replay.ReplayBuffer
+    model_params: models.ModelParams
+    normalizer: models.Normalizer
+    classifier: Any
+    classifier_opt_state: Any
+    val_rows: jax.Array
+    env_state: Any
+    episode_return: jax.Array
+    env_steps: jax.Array
+
+
+@struct.dataclass
+class PhaseMetrics:
+    """One model phase: model_train_loss / model_val_mse (trainer's last epoch; val MSE of the
+    ensemble mean in state units, incl. the reward dim), model_epochs (epochs trained),
+    classifier_loss (mean over the phase's classifier steps; NaN without classifier),
+    rollout_length, rollout_rows (model rows written)."""
+
+    model_train_loss: jax.Array
+    model_val_mse: jax.Array
+    model_epochs: jax.Array
+    classifier_loss: jax.Array
+    rollout_length: jax.Array
+    rollout_rows: jax.Array
+
+
+@struct.dataclass
+class MBPOMetrics:
+    """One record per evaluation interval (leaves [num_evals] from ``train``): env_steps,
+    eval_return (deterministic policy, mean of num_eval_episodes), train_return (episodes that
+    ended in the interval; NaN if none), SAC means over the interval's updates (critic_loss,
+    actor_loss, alpha, entropy, q_mean; NaN before updates), num_updates, model_share (at the
+    interval's end), and the last model phase of the interval (``PhaseMetrics`` fields; NaN /
+    0 when none ran)."""
+
+    env_steps: jax.Array
+    eval_return: jax.Array
+    train_return: jax.Array
+    critic_loss: jax.Array
+    actor_loss: jax.Array
+    alpha: jax.Array
+    entropy: jax.Array
+    q_mean: jax.Array
+    num_updates: jax.Array
+    model_share: jax.Array
+    model_train_loss: jax.Array
+    model_val_mse: jax.Array
+    model_epochs: jax.Array
+    classifier_loss: jax.Array
+    rollout_length: jax.Array
+    rollout_rows: jax.Array
+
+
+class MBPO(NamedTuple):
+    """The pure pieces of one MBPO configuration (``make_mbpo``)."""
+
+    config: MBPOConfig
+    sac: sac_lib.SAC
+    model_config: models.ModelConfig
+    train_config: population.TrainConfig
+    model_buffer_capacity: int
+    init: Callable
+    model_step: Callable
+    model_phase: Callable
+    sac_updates: Callable
+    train: Callable
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent
+# ---------------------------------------------------------------------------------------------
+
+
+def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
+    """Builds the MBPO pieces and ``train(key) -> (MBPOState, MBPOMetrics [num_evals])``."""
+    sac_cfg = config.sac
+    sac = sac_lib.make_sac(sac_cfg, env)
+    obs_dim, action_dim = sac.obs_dim, sac.action_dim
+    mcfg = models.ModelConfig(
+        kind=config.model_kind, obs_dim=obs_dim, action_dim=action_dim,
+        hidden_size=config.model_hidden_size, num_hidden_layers=config.model_num_hidden_layers,
+        ensemble_size=config.ensemble_size, activation=config.model_activation, predict_reward=True,
+        angle_dims=tuple(getattr(env, "angle_obs_dims", ())),
+    )
+    tcfg = population.TrainConfig(
+        model=mcfg, num_epochs=config.model_epochs, batch_size=config.model_batch_size,
+        patience=config.model_patience, keep_best=config.model_loss == "mle",
+        eval_batch_size=max(config.model_batch_size, 1024),
+    )
+    value_apply_online = lambda params, s: sac.value(params, s, critics="online")
+    per_sample_loss = trainer_losses.make_model_loss(
+        config.model_loss, value_apply=value_apply_online, predict_reward=True,
+        reward_weight=config.reward_loss_weight, itervaml_mse_coef=config.itervaml_mse_coef)
+    model_trainer = population.make_train(tcfg, jit=False, per_sample_loss=per_sample_loss)
+    hparams = population.TrainHParams.population(
+        1, learning_rate=config.model_lr, weight_decay=config.model_weight_decay,
+        mse_weight=config.model_mse_weight)
+    sample_noise = mcfg.probabilistic and config.model_loss == "mle"
+    cls_cfg = value_aware.ClassifierConfig(obs_dim, action_dim, config.classifier_hidden_size,
+                                           config.classifier_num_hidden_layers)
+    cls_opt = optax.adam(config.classifier_lr)
+
+    max_len = config.max_rollout_length
+    phases_per_epoch = config.epoch_length // config.model_train_freq
+    phases_per_eval = sac_cfg.eval_interval // config.model_train_freq
+    num_evals = sac_cfg.total_env_steps // sac_cfg.eval_interval
+    model_capacity = config.rollout_batch_size * max_len * phases_per_epoch * config.model_retain_epochs
+    rows_per_length = config.rollout_batch_size * phases_per_epoch * config.model_retain_epochs
+    batch = sac_cfg.batch_size
+    low = jnp.asarray(np.asarray(env.action_low, np.float32).reshape(action_dim))
+    high = jnp.asarray(np.asarray(env.action_high, np.float32).reshape(action_dim))
+    termination = jax.vmap(env.termination_fn)
+
+    def example_transition():
+        return Transition(obs=jnp.zeros((obs_dim,)), action=jnp.zeros((action_dim,)), reward=jnp.zeros(()),
+                          next_obs=jnp.zeros((obs_dim,)), done=jnp.zeros(()))
+
+    def init(key: jax.Array, env_key: jax.Array) -> MBPOState:
+        """Fresh state: SAC, empty buffers, an untrained model and classifier, a reset env."""
+        sac_key, model_key, cls_key, val_key = jax.random.split(key, 4)
+        classifier = opt_state = None
+        if config.uses_classifier:
+            classifier = value_aware.classifier_init(cls_key, cls_cfg)
+            opt_state = cls_opt.init(classifier)
+        capacity = sac_cfg.buffer_capacity
+        return MBPOState(
+            sac=sac.init(sac_key),
+            real=replay.init(example_transition(), capacity),
+            model_buffer=replay.init(example_transition(), model_capacity),
+            model_params=models.init(model_key, mcfg),
+            normalizer=models.identity_normalizer(mcfg),
+            classifier=classifier, classifier_opt_state=opt_state,
+            val_rows=jax.random.uniform(val_key, (capacity,)) < config.model_validation_fraction,
+            env_state=env.reset(env_key),
+            episode_return=jnp.zeros((), jnp.float32),
+            env_steps=jnp.zeros((), jnp.int32),
+        )
+
+    def model_step(key, params, normalizer, obs, action):
+        """One model transition per row: obs [B, D], action [B, A] → (next_obs [B, D],
+        reward [B]) from a uniformly random member per row (Gaussian sample with MLE)."""
+        member_key, noise_key = jax.random.split(key)
+        mean, var = models.predict(mcfg, params, normalizer, obs, action)  # [E, B, D + 1]
+        member = jax.random.randint(member_key, (obs.shape[0],), 0, mcfg.ensemble_size)
+        rows = jnp.arange(obs.shape[0])
+        mean, var = mean[member, rows], var[member, rows]
+        if sample_noise:
+            mean = mean + jnp.sqrt(var) * jax.random.normal(noise_key, mean.shape)
+        return mean[:, :obs_dim], mean[:, obs_dim]
+
+    def training_data(ts: MBPOState, aux_fn=None) -> population.TransitionData:
+        """The real buffer as one fixed-capacity dataset (M = 1) with train / validation masks."""
+        d = ts.real.data
+        valid = jnp.arange(ts.real.capacity) < ts.real.size
+        aux = None if aux_fn is None else aux_fn(d.next_obs[None], valid[None])
+        return population.TransitionData(
+            obs=d.obs[None], action=d.action[None], next_obs=d.next_obs[None], reward=d.reward[None],
+            weight=jnp.ones((1, ts.real.capacity)), train_mask=(valid & ~ts.val_rows)[None],
+            val_mask=(valid & ts.val_rows)[None], aux=aux)
+
+    def train_classifier(key, ts: MBPOState):
+        """``classifier_steps`` Adam steps of Eq. 4 against the current model; → (ts, mean loss)."""
+        def step(carry, k):
+            params, opt_state = carry
+            sample_key, model_key = jax.random.split(k)
+            real = replay.sample(sample_key, ts.real, config.classifier_batch_size)
+            fake, _ = model_step(model_key, ts.model_params, ts.normalizer, real.obs, real.action)
+            loss, grads = jax.value_and_grad(value_aware.classifier_loss)(
+                params, real.obs, real.action, real.next_obs, fake)
+            updates, opt_state = cls_opt.update(grads, opt_state)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(
+            step, (ts.classifier, ts.classifier_opt_state), jax.random.split(key, config.classifier_steps))
+        return ts.replace(classifier=params, classifier_opt_state=opt_state), losses.mean()
+
+    def rollouts(key, ts: MBPOState, length):
+        """``rollout_batch_size`` model rollouts of ``length`` steps from real states into the
+        model buffer; → (ts, rows written)."""
+        start_key, steps_key = jax.random.split(key)
+        start = replay.sample(start_key, ts.real, config.rollout_batch_size).obs
+
+        def step(carry, xs):
+            obs, alive = carry
+            t, k = xs
+            action_key, model_key = jax.random.split(k)
+            action, _ = sac.sample_action(action_key, ts.sac.params.actor, obs)
+            next_obs, reward = model_step(model_key, ts.model_params, ts.normalizer, obs, action)
+            done = termination(next_obs)
+            finite = jnp.all(jnp.isfinite(next_obs), axis=-1) & jnp.isfinite(reward)
+            valid = alive & finite & (t < length)
+            item = Transition(obs=obs, action=action, reward=reward, next_obs=next_obs,
+                              done=done.astype(jnp.float32))
+            next_obs = jnp.where(finite[:, None], next_obs, obs)
+            return (next_obs, valid & ~done), (item, valid)
+
+        alive0 = jnp.ones((config.rollout_batch_size,), bool)
+        _, (items, valid) = jax.lax.scan(
+            step, (start, alive0), (jnp.arange(max_len), jax.random.split(steps_key, max_len)))
+        flat = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), items)
+        return ts.replace(model_buffer=add_valid(ts.model_buffer, flat, valid.reshape(-1))), valid.sum()
+
+    def model_phase(key, ts: MBPOState, env_steps) -> tuple[MBPOState, PhaseMetrics]:
+        """Classifier (MnM), model retraining and rollouts at ``env_steps``."""
+        cls_key, model_key, rollout_key = jax.random.split(key, 3)
+        classifier_loss = jnp.asarray(jnp.nan, jnp.float32)
+        if config.uses_classifier:
+            ts, classifier_loss = train_classifier(cls_key, ts)
+        value_fn = lambda s: sac.value(ts.sac.params, s, critics="all")  # [D] → [4]
+        aux_fn = None
+        if trainer_losses.needs_value_gradients(config.model_loss):
+            aux_fn = lambda nxt, m: trainer_losses.value_gradient_aux(value_fn, nxt, m, config.vagram_clip_percentile)
+        elif config.model_loss == "value_weighted":
+            aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt)
+        context = (ts.sac.params, ts.classifier) if config.model_loss == "mnm" else None
+        params = jax.tree_util.tree_map(lambda p: p[None], ts.model_params)
+        result = model_trainer.core(model_key[None], params, training_data(ts, aux_fn), hparams,
+                                    jnp.zeros((1,), jnp.int32), context)
+        take = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)
+        ts = ts.replace(model_params=take(result.params), normalizer=take(result.normalizer))
+        length = rollout_length(config, env_steps)
+        ts, rows = rollouts(rollout_key, ts, length)
+        return ts, PhaseMetrics(
+            model_train_loss=result.metrics.train_loss[0, -1], model_val_mse=result.metrics.val_mse[0, -1],
+            model_epochs=result.epochs_trained[0].astype(jnp.int32), classifier_loss=classifier_loss,
+            rollout_length=length, rollout_rows=rows.astype(jnp.int32))
+
+    def augment(batch: Transition, classifier) -> Transition:
+        """MnM's r̃ = log r⁺ + logit C(s, a, s′) on a batch."""
+        logits = value_aware.classifier_apply(classifier, batch.obs, batch.action, batch.next_obs)
+        reward = value_aware.mnm_augmented_reward(
+            batch.reward, jax.lax.stop_gradient(logits), config.reward_transform,
+            **({"temperature": config.reward_temperature} if config.reward_transform == "exp" else {}),
+            **({"reward_min": config.reward_min} if config.reward_transform == "shift" else {}))
+        return batch._replace(reward=reward)
+
+    def sac_updates(key, ts: MBPOState, env_steps):
+        """``updates_per_step`` SAC updates on mixed real/model batches; → (SACState, mean
+        UpdateMetrics)."""
+        num_model = jnp.floor(model_share(config, env_steps) * batch).astype(jnp.int32)
+        num_recent = rows_per_length * rollout_length(config, env_steps)
+        from_model = jnp.arange(batch) < num_model
+
+        def one(s, k):
+            real_key, model_key, update_key = jax.random.split(k, 3)
+            real = replay.sample(real_key, ts.real, batch)
+            fake = sample_recent(model_key, ts.model_buffer, batch, num_recent)
+            mixed = jax.tree_util.tree_map(
+                lambda m, r: jnp.where(from_model.reshape((batch,) + (1,) * (m.ndim - 1)), m, r), fake, real)
+            if config.augmented_reward:
+                mixed = augment(mixed, ts.classifier)
+            return sac.sac_update(update_key, s, mixed)
+
+        sac_state, metrics = jax.lax.scan(one, ts.sac, jax.random.split(key, sac_cfg.updates_per_step))
+        return sac_state, jax.tree_util.tree_map(lambda m: m.mean(), metrics)
+
+    nan_update = jax.tree_util.tree_map(lambda _: jnp.asarray(jnp.nan, jnp.float32),
+                                        sac_lib.UpdateMetrics(*([0.0] * 6)))
+
+    def env_step(ts: MBPOState, xs):
+        key, step_index = xs  # step_index: unbatched env-step count before this step
+        random_key, policy_key, reset_key, update_key = jax.random.split(key, 4)
+        warm_up = step_index < sac_cfg.learning_starts
+        random_action = jax.random.uniform(random_key, (action_dim,), jnp.float32, low, high)
+        policy_action, _ = sac.sample_action(policy_key, ts.sac.params.actor, ts.env_state.obs)
+        action = jnp.where(warm_up, random_action, policy_action)
+        next_env = env.step(ts.env_state, action)
+        real = replay.add(ts.real, Transition(obs=ts.env_state.obs, action=action, reward=next_env.reward,
+                                              next_obs=next_env.obs, done=next_env.done.astype(jnp.float32)))
+        episode_return = ts.episode_return + next_env.reward
+        episode_over = jnp.logical_or(next_env.done, next_env.truncated)
+        fresh = env.reset(reset_key)
+        env_state = jax.tree_util.tree_map(lambda r, n: jnp.where(episode_over, r, n), fresh, next_env)
+        ts = ts.replace(real=real, env_state=env_state, env_steps=ts.env_steps + 1,
+                        episode_return=jnp.where(episode_over, 0.0, episode_return))
+        do_update = ~warm_up
+        sac_state, metrics = jax.lax.cond(do_update, lambda t: sac_updates(update_key, t, step_index + 1),
+                                          lambda t: (t.sac, nan_update), ts)
+        return ts.replace(sac=sac_state), (metrics, do_update, episode_over, episode_return)
+
+    nan_phase = PhaseMetrics(
+        model_train_loss=jnp.asarray(jnp.nan, jnp.float32), model_val_mse=jnp.asarray(jnp.nan, jnp.float32),
+        model_epochs=jnp.zeros((), jnp.int32), classifier_loss=jnp.asarray(jnp.nan, jnp.float32),
+        rollout_length=jnp.zeros((), jnp.int32), rollout_rows=jnp.zeros((), jnp.int32))
+
+    def phase(ts: MBPOState, xs):
+        key, phase_index = xs  # unbatched
+        model_key, steps_key = jax.random.split(key)
+        start = phase_index * config.model_train_freq
+        ts, phase_metrics = jax.lax.cond(start >= sac_cfg.learning_starts,
+                                         lambda t: model_phase(model_key, t, start),
+                                         lambda t: (t, nan_phase), ts)
+        steps = start + jnp.arange(config.model_train_freq)
+        ts, step_out = jax.lax.scan(env_step, ts, (jax.random.split(steps_key, config.model_train_freq), steps))
+        return ts, (phase_metrics, step_out)
+
+    def interval(ts: MBPOState, xs):
+        key, eval_index = xs
+        phases_key, eval_key = jax.random.split(key)
+        phase_indices = eval_index * phases_per_eval + jnp.arange(phases_per_eval)
+        ts, (phase_metrics, (metrics, updated, ended, returns)) = jax.lax.scan(
+            phase, ts, (jax.random.split(phases_key, phases_per_eval), phase_indices))
+        n_updates = updated.sum()
+
+        def interval_mean(m):
+            total = jnp.sum(jnp.where(updated, m, 0.0))
+            return jnp.where(n_updates > 0, total / jnp.maximum(n_updates, 1), jnp.nan)
+
+        metrics = jax.tree_util.tree_map(interval_mean, metrics)
+        n_ended = ended.sum()
+        train_return = jnp.where(n_ended > 0, jnp.sum(jnp.where(ended, returns, 0.0)) / jnp.maximum(n_ended, 1),
+                                 jnp.nan)
+        last_phase = jax.tree_util.tree_map(lambda m: m[-1], phase_metrics)
+        end_steps = (eval_index + 1) * sac_cfg.eval_interval
+        record = MBPOMetrics(
+            env_steps=ts.env_steps,
+            eval_return=sac_lib.evaluate(sac, env, ts.sac.params.actor, eval_key, sac_cfg.num_eval_episodes),
+            train_return=train_return, critic_loss=metrics.critic_loss, actor_loss=metrics.actor_loss,
+            alpha=metrics.alpha, entropy=metrics.entropy, q_mean=metrics.q_mean,
+            num_updates=n_updates.astype(jnp.int32), model_share=model_share(config, end_steps),
+            **{f.name: getattr(last_phase, f.name) for f in dataclasses.fields(PhaseMetrics)},
+        )
+        return ts, record
+
+    def train(key: jax.Array):
+        """One MBPO run: key → (final MBPOState, MBPOMetrics [num_evals]). Pure; vmappable."""
+        init_key, env_key, loop_key = jax.random.split(key, 3)
+        ts = init(init_key, env_key)
+        return jax.lax.scan(interval, ts, (jax.random.split(loop_key, num_evals), jnp.arange(num_evals)))
+
+    return MBPO(config=config, sac=sac, model_config=mcfg, train_config=tcfg,
+                model_buffer_capacity=model_capacity, init=init, model_step=model_step,
+                model_phase=model_phase, sac_updates=sac_updates, train=train)
+
+
+def make_train(config: MBPOConfig, env: Env) -> Callable:
+    """``train(key) -> (MBPOState, MBPOMetrics [num_evals])`` (``jax.jit(jax.vmap(train))(keys)``)."""
+    return make_mbpo(config, env).train
+
+
+def make_agent(name: str, config: MBPOConfig, env: Optional[Env] = None) -> Callable:
+    """``train(key)`` of agent ``name`` (``AGENTS``: mbpo, vagram, itervaml, value_weighted, mnm,
+    mnm_approx) built on ``config``; ``env`` defaults to ``make_env(config)``."""
+    config = agent_config(name, config)
+    return make_train(config, make_env(config) if env is None else env)
+
+
+def seed_keys(config: MBPOConfig, seed: Optional[int] = None) -> jax.Array:
+    """[sac.num_seeds] keys fold_in(key(seed), i) for ``jax.vmap(train)``."""
+    return sac_lib.seed_keys(config.sac, seed)

@@ -1,0 +1,176 @@
+"""MBPO-family comparison: a config's agent variants × seeds (seeds vmapped), JSON + PNG curves.
+
+A config (TOML, loaded strictly into ``CompareConfig``) names the agents (``mbpo.AGENTS``) and one
+``[mbpo]`` table (``MBPOConfig``, with ``[mbpo.sac]``) shared by all of them; every agent runs
+``mbpo.sac.num_seeds`` seeds as one compiled program ``jit(vmap(train))`` on the same seed keys
+(paired seeds, as VaGraM's comparisons) and the same environment (incl. the distractor draw).
+
+    mismatch-jax mbpo --config sweeps/vagram_distractors_cpu.toml --out runs/vagram_dist
+
+Writes ``mbpo_compare.json`` (per agent: env_steps, eval_return [seeds, evals], their mean and
+standard deviation, final returns, first env-step count whose seed-mean return exceeds
+``threshold``, compile and run seconds, last model-phase metrics) and ``mbpo_compare.png``
+(mean ± std of the evaluation return over seeds against env steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+
+from mismatch_jax.agents import mbpo
+from mismatch_jax.config_io import from_dict, load_toml, to_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """agents: names from ``mbpo.AGENTS``; mbpo: the shared MBPOConfig; threshold: return that
+    counts as solved (steps-to-threshold in the JSON); out_dir: default output directory;
+    title: figure title."""
+
+    agents: tuple[str, ...] = ("mbpo",)
+    mbpo: mbpo.MBPOConfig = dataclasses.field(default_factory=mbpo.MBPOConfig)
+    threshold: float = -200.0
+    out_dir: str = "runs/mbpo_compare"
+    title: str = ""
+
+    def __post_init__(self):
+        if not self.agents:
+            raise ValueError("CompareConfig.agents must name at least one agent")
+        unknown = [a for a in self.agents if a not in mbpo.AGENTS]
+        if unknown:
+            raise ValueError(f"CompareConfig.agents has unknown agents {unknown}; available: {list(mbpo.AGENTS)}")
+
+
+def load_compare_config(path) -> CompareConfig:
+    """Strict TOML → CompareConfig (unknown keys / wrong types raise ConfigError naming the key)."""
+    return load_toml(CompareConfig, path)
+
+
+def compare_config_from_dict(data) -> CompareConfig:
+    """Strict dict → CompareConfig."""
+    return from_dict(CompareConfig, data)
+
+
+def steps_to_threshold(env_steps: np.ndarray, returns: np.ndarray, threshold: float) -> Optional[int]:
+    """First env-step count whose return exceeds ``threshold`` (env_steps, returns [evals]); None
+    if never."""
+    above = np.nonzero(np.asarray(returns) > threshold)[0]
+    return int(np.asarray(env_steps)[above[0]]) if above.size else None
+
+
+def run_agent(name: str, config: mbpo.MBPOConfig, env=None, num_seeds: Optional[int] = None,
+              threshold: float = -200.0) -> dict:
+    """Runs agent ``name`` on ``num_seeds`` (default config.sac.num_seeds) vmapped seeds; returns
+    the JSON-ready summary (compile time apart from run time)."""
+    config = mbpo.agent_config(name, config)
+    if num_seeds is not None:
+        config = dataclasses.replace(config, sac=dataclasses.replace(config.sac, num_seeds=num_seeds))
+    env = mbpo.make_env(config) if env is None else env
+    keys = mbpo.seed_keys(config)
+    program = jax.jit(jax.vmap(mbpo.make_train(config, env)))
+    t = time.perf_counter()
+    compiled = program.lower(keys).compile()
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    _, metrics = jax.block_until_ready(compiled(keys))
+    run_s = time.perf_counter() - t
+    returns = np.asarray(metrics.eval_return)  # [S, evals]
+    steps = np.asarray(metrics.env_steps[0])
+    mean, std = returns.mean(0), returns.std(0)
+    last = lambda f: [round(float(v), 4) for v in np.asarray(getattr(metrics, f))[:, -1]]
+    return {
+        "agent": name,
+        "num_seeds": int(returns.shape[0]),
+        "env_steps": [int(s) for s in steps],
+        "eval_return": [[round(float(r), 2) for r in row] for row in returns],
+        "eval_return_mean": [round(float(r), 2) for r in mean],
+        "eval_return_std": [round(float(r), 2) for r in std],
+        "final_return_mean": round(float(mean[-1]), 2),
+        "final_return_std": round(float(std[-1]), 2),
+        "final_returns": [round(float(r), 2) for r in returns[:, -1]],
+        "steps_to_threshold_mean_curve": steps_to_threshold(steps, mean, threshold),
+        "steps_to_threshold_per_seed": [steps_to_threshold(steps, r, threshold) for r in returns],
+        "compile_s": round(compile_s, 2),
+        "run_s": round(run_s, 2),
+        "last_model_val_mse": last("model_val_mse"),
+        "last_q_mean": last("q_mean"),
+        "last_classifier_loss": last("classifier_loss"),
+    }
+
+
+def plot_curves(results: list[dict], path: Path, title: str = "", threshold: Optional[float] = None) -> None:
+    """Mean ± std of the evaluation return against env steps, one line per agent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        x = np.asarray(r["env_steps"])
+        m, s = np.asarray(r["eval_return_mean"]), np.asarray(r["eval_return_std"])
+        ax.plot(x, m, label=f"{r['agent']} ({r['num_seeds']} seeds)")
+        ax.fill_between(x, m - s, m + s, alpha=0.2)
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("evaluation return (mean ± std over seeds)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_compare(config: CompareConfig, out_dir, num_seeds: Optional[int] = None) -> dict:
+    """Runs every agent of ``config``; writes mbpo_compare.json / .png into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = mbpo.make_env(config.mbpo)
+    results = []
+    for name in config.agents:
+        results.append(run_agent(name, config.mbpo, env, num_seeds, config.threshold))
+        r = results[-1]
+        print(f"{name}: final return {r['final_return_mean']} ± {r['final_return_std']} "
+              f"(compile {r['compile_s']} s, run {r['run_s']} s)", flush=True)
+    device = jax.devices()[0]
+    summary = {
+        "experiment": "mbpo_compare",
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "config": to_dict(config),
+        "env": env.name,
+        "agents": results,
+    }
+    (out / "mbpo_compare.json").write_text(json.dumps(summary, indent=2))
+    plot_curves(results, out / "mbpo_compare.png", config.title or env.name, config.threshold)
+    return summary
+
+
+def main_mbpo(argv: Optional[list[str]] = None) -> int:
+    """CLI: ``--config TOML [--out DIR] [--seeds N] [--agents a,b]``."""
+    parser = argparse.ArgumentParser(prog="mismatch-jax mbpo", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="TOML (CompareConfig), e.g. sweeps/mbpo_pendulum.toml")
+    parser.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
+    parser.add_argument("--seeds", type=int, default=None, help="override mbpo.sac.num_seeds")
+    parser.add_argument("--agents", default=None, help="comma-separated override of the agent list")
+    args = parser.parse_args(argv)
+    config = load_compare_config(args.config)
+    if args.agents:
+        config = dataclasses.replace(config, agents=tuple(a.strip() for a in args.agents.split(",")))
+    out = args.out or config.out_dir
+    run_compare(config, out, args.seeds)
+    print(f"wrote {Path(out) / 'mbpo_compare.json'} and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_mbpo())

@@ -1,0 +1,207 @@
+"""MBPO and its decision-aware variants: schedules, model-buffer helpers, config strictness, and a
+tiny whole run (shapes, schedule values written into the metrics, vmapped seeds = single runs)."""
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mismatch_jax.agents import mbpo, replay
+from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.config_io import ConfigError
+from mismatch_jax.envs import registry
+from mismatch_jax.experiments import mbpo_compare
+from mismatch_jax.models import core as models
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+TINY = mbpo.MBPOConfig(
+    sac=sac_lib.SACConfig(total_env_steps=400, eval_interval=200, learning_starts=100, num_eval_episodes=1,
+                          buffer_capacity=400, batch_size=16, hidden_size=16, updates_per_step=2),
+    ensemble_size=2, model_hidden_size=16, model_num_hidden_layers=2, model_batch_size=32, model_epochs=2,
+    model_train_freq=50, epoch_length=100, rollout_batch_size=8, rollout_schedule=(1, 3, 1, 3),
+    model_share_ramp_epochs=2.0, classifier_hidden_size=16, classifier_steps=3, classifier_batch_size=16,
+)
+EPISODE = 40
+
+
+@pytest.fixture(scope="module")
+def env():
+    return registry.make("pendulum", episode_length=EPISODE)
+
+
+@pytest.fixture(scope="module")
+def tiny(env):
+    return mbpo.make_mbpo(TINY, env)
+
+
+@pytest.fixture(scope="module")
+def tiny_vmapped(tiny):
+    keys = jax.random.split(jax.random.key(0), 2)
+    return keys, jax.jit(jax.vmap(tiny.train))(keys)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def test_rollout_length_schedule_known_values():
+    config = dataclasses.replace(TINY, epoch_length=1000, rollout_schedule=(20, 100, 1, 15))
+    steps = [0, 19_999, 20_000, 60_000, 99_000, 100_000, 500_000]
+    got = [int(mbpo.rollout_length(config, s)) for s in steps]
+    # MBPO: 1 until epoch 20, then 1 + (epoch − 20)/80 · 14 floored, 15 from epoch 100 on.
+    assert got == [1, 1, 1, 8, 14, 15, 15]
+    assert config.max_rollout_length == 15
+
+
+def test_model_share_schedule_known_values():
+    config = dataclasses.replace(TINY, epoch_length=1000, model_share_start=0.0, model_share_end=0.95,
+                                 model_share_ramp_epochs=40.0)
+    got = [float(mbpo.model_share(config, s)) for s in (0, 10_000, 20_000, 40_000, 80_000)]
+    np.testing.assert_allclose(got, [0.0, 0.2375, 0.475, 0.95, 0.95], rtol=1e-6)
+    fixed = dataclasses.replace(config, model_share_start=0.95)
+    np.testing.assert_allclose([float(mbpo.model_share(fixed, s)) for s in (0, 5_000)], [0.95, 0.95], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- model buffer
+
+
+def test_add_valid_writes_only_valid_rows_in_order_and_wraps():
+    buffer = replay.init(jnp.zeros(()), 5)
+    buffer = mbpo.add_valid(buffer, jnp.arange(1.0, 5.0), jnp.asarray([True, False, True, True]))
+    np.testing.assert_array_equal(buffer.data, [1, 3, 4, 0, 0])
+    assert int(buffer.position) == 3 and int(buffer.size) == 3
+    buffer = mbpo.add_valid(buffer, jnp.asarray([10.0, 11.0, 12.0, 13.0]), jnp.asarray([True, True, True, False]))
+    np.testing.assert_array_equal(buffer.data, [12, 3, 4, 10, 11])  # wrapped; the invalid 13 dropped
+    assert int(buffer.position) == 1 and int(buffer.size) == 5
+
+
+def test_sample_recent_draws_only_the_newest_rows():
+    buffer = replay.init(jnp.zeros(()), 6)
+    buffer = replay.add_batch(buffer, jnp.arange(6.0))
+    buffer = replay.add_batch(buffer, jnp.arange(6.0, 8.0))  # rows hold 6, 7, 2, 3, 4, 5; newest 7, 6, 5
+    draws = mbpo.sample_recent(jax.random.key(0), buffer, 200, 3)
+    assert set(np.asarray(draws).tolist()) == {5.0, 6.0, 7.0}
+    everything = mbpo.sample_recent(jax.random.key(1), buffer, 400, 100)  # capped at size
+    assert set(np.asarray(everything).tolist()) == set(range(2, 8))
+
+
+def test_model_step_uses_the_mean_unless_mle_with_a_probabilistic_model(env):
+    obs = jax.random.normal(jax.random.key(1), (6, 3))
+    action = jnp.zeros((6, 1))
+    for loss, noisy in (("mle", True), ("vagram", False)):
+        pieces = mbpo.make_mbpo(dataclasses.replace(TINY, model_loss=loss, ensemble_size=1, model_kind="P"), env)
+        params = models.init(jax.random.key(2), pieces.model_config)
+        normalizer = models.identity_normalizer(pieces.model_config)
+        nxt, reward = jax.jit(pieces.model_step)(jax.random.key(4), params, normalizer, obs, action)
+        mean, _ = models.predict(pieces.model_config, params, normalizer, obs, action)
+        assert nxt.shape == (6, 3) and reward.shape == (6,)
+        assert np.allclose(nxt, mean[0, :, :3]) != noisy
+        if not noisy:
+            np.testing.assert_allclose(reward, mean[0, :, 3], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key.*rollout_len"):
+        mbpo.mbpo_config_from_dict({"rollout_len": 3})
+    with pytest.raises(ConfigError, match="sac.batch_size: expected an integer"):
+        mbpo.mbpo_config_from_dict({"sac": {"batch_size": 2.5}})
+    with pytest.raises(ConfigError, match="model_loss"):
+        mbpo.mbpo_config_from_dict({"model_loss": "vaml"})
+    with pytest.raises(ConfigError, match="eval_interval.*multiple of model_train_freq"):
+        mbpo.mbpo_config_from_dict({"model_train_freq": 300})
+    with pytest.raises(ConfigError, match="rollout_schedule"):
+        mbpo.mbpo_config_from_dict({"rollout_schedule": [5, 5, 1, 1]})
+    with pytest.raises(ConfigError, match=r"mbpo: MBPOConfig.model_share_end must be in \[0, 1\]"):
+        mbpo_compare.compare_config_from_dict({"mbpo": {"model_share_end": 1.5}})
+    with pytest.raises(ConfigError, match="agents"):
+        mbpo_compare.compare_config_from_dict({"agents": ["mbpo", "dreamer"]})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mbpo.sac]\nlearning_rate = 1e-3\n")
+    with pytest.raises(ConfigError, match="mbpo.sac.learning_rate"):
+        mbpo_compare.load_compare_config(bad)
+    with pytest.raises(ValueError, match="unknown agent"):
+        mbpo.agent_config("dreamer", TINY)
+
+
+def test_packaged_configs_load():
+    names = ("mbpo_pendulum", "mbpo_pendulum_quick", "vagram_distractors_cpu", "mnm_fig4_halfcheetah",
+             "mnm_fig4_hopper")
+    for name in names:
+        config = mbpo_compare.load_compare_config(ROOT / "sweeps" / f"{name}.toml")
+        for agent in config.agents:
+            assert mbpo.agent_config(agent, config.mbpo).model_loss in ("mle", "vagram", "mnm")
+    assert mbpo.agent_config("mnm", TINY).augmented_reward and not mbpo.agent_config("mnm_approx", TINY).augmented_reward
+
+
+# --------------------------------------------------------------------------- whole run
+# A whole run compiles SAC, the model trainer, rollouts and evaluation into one program (~1 min
+# on 2 idle cores, several under load), so these tests are marked slow.
+
+
+@pytest.mark.slow
+def test_tiny_run_shapes_and_schedule_metrics(tiny, tiny_vmapped):
+    keys, (state, metrics) = tiny_vmapped
+    num_evals = TINY.sac.total_env_steps // TINY.sac.eval_interval
+    for field in dataclasses.fields(metrics):
+        assert getattr(metrics, field.name).shape == (2, num_evals), field.name
+    np.testing.assert_array_equal(metrics.env_steps, [[200, 400]] * 2)
+    np.testing.assert_allclose(metrics.model_share, [[0.95, 0.95]] * 2)
+    # last phase of each interval starts at 150 / 350 env steps: epochs 1.5 / 3.5 → lengths 1 / 3
+    np.testing.assert_array_equal(metrics.rollout_length, [[1, 3]] * 2)
+    # Pendulum never terminates: every rollout step is written
+    np.testing.assert_array_equal(metrics.rollout_rows, [[8, 24]] * 2)
+    np.testing.assert_array_equal(metrics.model_epochs, [[2, 2]] * 2)
+    # updates from step 100 on: 100 steps in the first interval, 200 in the second
+    np.testing.assert_array_equal(metrics.num_updates, [[100, 200]] * 2)
+    assert np.isnan(metrics.classifier_loss).all()
+    for name in ("eval_return", "critic_loss", "q_mean", "model_val_mse", "model_train_loss"):
+        assert np.isfinite(getattr(metrics, name)).all(), name
+    np.testing.assert_array_equal(state.real.size, [400, 400])
+    # capacity: 8 rollouts · 3 steps · 2 phases per epoch · 1 retained epoch; 96 rows were written
+    assert tiny.model_buffer_capacity == 8 * 3 * 2 * 1
+    np.testing.assert_array_equal(state.model_buffer.size, [48, 48])
+    np.testing.assert_array_equal(state.model_buffer.position, [96 % 48] * 2)
+    assert not np.allclose(metrics.eval_return[0], metrics.eval_return[1])
+
+
+@pytest.mark.slow
+def test_vmapped_seeds_equal_single_runs(tiny, tiny_vmapped):
+    keys, (_, batched) = tiny_vmapped
+    _, single = jax.jit(tiny.train)(keys[1])
+    for name in ("eval_return", "critic_loss", "alpha", "model_val_mse", "rollout_rows"):
+        np.testing.assert_allclose(getattr(batched, name)[1], getattr(single, name), rtol=2e-3, atol=1e-3,
+                                   err_msg=name)
+
+
+@pytest.mark.slow
+def test_jit_equals_no_jit_and_mnm_runs(env):
+    config = mbpo.agent_config("mnm", TINY)
+    train = mbpo.make_train(config, env)
+    _, jitted = jax.jit(train)(jax.random.key(5))
+    _, eager = train(jax.random.key(5))  # the scans compile their bodies, the glue runs eagerly
+    for name in ("eval_return", "critic_loss", "classifier_loss", "model_train_loss"):
+        np.testing.assert_allclose(getattr(jitted, name), getattr(eager, name), rtol=2e-3, atol=1e-3, err_msg=name)
+    assert np.isfinite(jitted.classifier_loss).all()
+
+
+@pytest.mark.slow
+def test_main_mbpo_writes_json_and_png(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'agents = ["mbpo", "vagram"]\n[mbpo]\nensemble_size = 2\nmodel_hidden_size = 16\nmodel_epochs = 1\n'
+        'model_train_freq = 50\nepoch_length = 100\nrollout_batch_size = 8\n'
+        '[mbpo.sac]\ntotal_env_steps = 200\neval_interval = 100\nlearning_starts = 50\nnum_eval_episodes = 1\n'
+        'buffer_capacity = 200\nbatch_size = 16\nhidden_size = 16\nnum_seeds = 2\n')
+    assert mbpo_compare.main_mbpo(["--config", str(config), "--out", str(tmp_path / "out")]) == 0
+    import json
+
+    summary = json.loads((tmp_path / "out" / "mbpo_compare.json").read_text())
+    assert [a["agent"] for a in summary["agents"]] == ["mbpo", "vagram"]
+    assert np.asarray(summary["agents"][1]["eval_return"]).shape == (2, 2)
+    assert (tmp_path / "out" / "mbpo_compare.png").stat().st_size > 0
