@@ -521,8 +521,11 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt)
         context = (ts.sac.params, ts.classifier) if config.model_loss == "mnm" else None
         params = jax.tree_util.tree_map(lambda p: p[None], ts.model_params)
+        # The buffer holds min(env_steps, capacity) rows: a bound shared by every seed, so the
+        # trainer's slot skipping survives an outer vmap over seeds.
+        rows_bound = jnp.minimum(jnp.asarray(env_steps, jnp.int32), ts.real.capacity)
         result = model_trainer.core(model_key[None], params, training_data(ts, aux_fn), hparams,
-                                    jnp.zeros((1,), jnp.int32), context)
+                                    jnp.zeros((1,), jnp.int32), context, rows_bound)
         take = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)
         ts = ts.replace(model_params=take(result.params), normalizer=take(result.normalizer))
         length = rollout_length(config, env_steps)

@@ -460,6 +460,11 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
         model of the call (value-function and classifier parameters); it is a traced argument,
         so a new context does not recompile. Early stopping and validation scores stay MLE-based.
 
+    ``train(..., row_bound=b)``: an optional [] int upper bound on every dataset's training and
+    validation row counts; work past it is skipped by an unbatched ``lax.cond``. Only a speed
+    hint (results are identical for any b ≥ the true counts); pass it when the trainer runs
+    under an outer vmap whose buffers fill at the same rate (MBPO seeds).
+
     keys: [N] typed keys (``model_keys(root, start, N)``), one per model.
     params_or_none: [N]-stacked ``ModelParams`` to continue training from, or None to
         initialise each model from its key. Continuing restarts Adam (fresh moments) and, with
@@ -562,7 +567,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
     # ------------------------------------------------------------------- the function ------
 
     def train_core(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index,
-                   loss_context=None):
+                   loss_context=None, row_bound=None):
         data = jax.tree.map(jnp.asarray, data)
         num_models = keys.shape[0]
         capacity = data.obs.shape[1]
@@ -594,6 +599,16 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
         model_num_train = num_train[ds_index]  # [N]
         model_num_eval = num_eval[ds_index]
 
+        def work_left(start, counts, active=None):
+            """Whether any model has rows at or past ``start``. With ``row_bound`` (a bound on every
+            row count that does not vary along an outer vmap axis) the predicate stays unbatched
+            when the whole training is vmapped (e.g. over agent seeds), so ``lax.cond`` still skips
+            work instead of becoming a select that runs every slot."""
+            if row_bound is not None:
+                return start < row_bound
+            has_rows = start < counts
+            return jnp.any(has_rows if active is None else active & has_rows)
+
         # ---- population-level evaluation: chunks past every model's row count are skipped ----
         def evaluate(params, norm):
             def one_chunk(p, nm, ds, n_eval, start):
@@ -609,7 +624,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
                         params, norm, ds_index, model_num_eval, start)
                     return jax.tree.map(jnp.add, acc, sums)
 
-                return jax.lax.cond(jnp.any(start < model_num_eval), add, lambda a: a, acc), None
+                return jax.lax.cond(work_left(start, model_num_eval), add, lambda a: a, acc), None
 
             zeros = _EvalSums(
                 nll_member=jnp.zeros((num_models, num_members)),
@@ -726,7 +741,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
 
             def batch_body(s, b):
                 start = b * batch
-                needed = jnp.any(s.active & (start < model_num_train))
+                needed = work_left(start, model_num_train, s.active)
                 step = jax.vmap(model_step, in_axes=(0, 0, 0, 0, 0, None))
                 s = jax.lax.cond(needed, lambda s: step(s, orders, hp, ds_index, model_num_train, start),
                                  lambda s: s, s)
@@ -770,13 +785,13 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
     core = jax.jit(train_core) if jit else train_core
 
     def train(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index=None,
-              loss_context=None):
+              loss_context=None, row_bound=None):
         """See ``make_train``. Returns a ``TrainResult`` with a leading population axis [N]."""
         _check_inputs(mcfg, keys, params_or_none, data, hparams, dataset_index)
         num_models = keys.shape[0]
         if dataset_index is None:
             dataset_index = jnp.zeros(num_models, jnp.int32)
-        return core(keys, params_or_none, data, hparams, dataset_index, loss_context)
+        return core(keys, params_or_none, data, hparams, dataset_index, loss_context, row_bound)
 
     train.core = train_core
     return train

@@ -413,3 +413,18 @@ def test_pluggable_loss_pred_next_obs_is_the_model_prediction_in_state_units():
     a = make_train(cfg)(keys, None, data, hp)
     b = make_train(cfg, per_sample_loss=state_unit_mse)(keys, None, data, hp)
     assert_trees_close(a.params, b.params, rtol=1e-4, atol=1e-5)
+
+
+def test_row_bound_is_only_a_speed_hint():
+    """Any row_bound ≥ the datasets' row counts gives the same result as none, also under an
+    outer vmap (where it keeps the slot-skipping conds unbatched)."""
+    data = small_data(rows=40, capacity=64)
+    keys = model_keys(jax.random.key(2), 0, 2)
+    hp = TrainHParams.population(2)
+    train = make_train(CFG_B)
+    plain = train(keys, None, data, hp)
+    bounded = train(keys, None, data, hp, row_bound=jnp.int32(40))
+    assert_trees_close(plain.params, bounded.params, rtol=0, atol=0)
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a]), data)
+    outer = jax.vmap(lambda d: train.core(keys, None, d, hp, jnp.zeros(2, jnp.int32), None, jnp.int32(40)))(stacked)
+    assert_trees_close(jax.tree.map(lambda a: a[1], outer.params), plain.params, rtol=1e-6, atol=1e-6)
