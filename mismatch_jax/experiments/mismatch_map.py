@@ -71,6 +71,7 @@ from mismatch_jax.models import core as models
 from mismatch_jax.models import trainer_losses, value_aware
 from mismatch_jax.planning.cem import CEMConfig, CEMInfo, Planner, cem_optimize, mpc_episode, shift_plan
 from mismatch_jax.train.population import TrainConfig, TrainHParams, TransitionData, make_train, model_keys
+from mismatch_jax.experiments.common import json_safe
 
 LOSSES = ("nll", "vagram", "mnm")
 METRICS = ("ll", "mse", "vagram", "mnm", "vaml")
@@ -558,7 +559,7 @@ def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict
         "num_rows": len(table), "timings_s": {**timings, "total_s": time.time() - t0},
         **correlation_summary(table, ev.num_bootstrap, config.seed),
     }
-    (out / "mismatch_map.json").write_text(json.dumps(_json_safe(results), indent=2))
+    (out / "mismatch_map.json").write_text(json.dumps(json_safe(results), indent=2))
     plot_mismatch_map(table, results, out / "mismatch_map.png")
     return results
 
@@ -592,16 +593,6 @@ def correlation_summary(table, num_bootstrap: int = 2000, seed: int = 0) -> dict
 
     per_loss = {loss: block(table[table["loss"] == loss]) for loss in table["loss"].unique()}
     return {"correlations": per_loss, "pooled": block(table)}
-
-
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _robust_limits(x: np.ndarray):

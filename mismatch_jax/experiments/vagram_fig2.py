@@ -66,6 +66,7 @@ from mismatch_jax.config_io import ConfigError, from_dict, load_toml, to_dict
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import value_aware
 from mismatch_jax.models.core import mse_per_sample
+from mismatch_jax.experiments.common import json_safe
 
 MODEL_TYPES = ("linear", "mlp")
 LOSSES = ("mse", "vaml", "vagram")
@@ -532,18 +533,8 @@ def _plot(path: Path, config: Fig2Config, results: dict):
 
 
 def _finite_list(x) -> list:
-    """Nested list of floats (``_json_safe`` turns NaN/inf into None)."""
+    """Nested list of floats (``json_safe`` turns NaN/inf into None)."""
     return np.asarray(x, np.float64).tolist()
-
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def run_fig2(config: Fig2Config, out_dir) -> dict:
@@ -597,7 +588,7 @@ def run_fig2(config: Fig2Config, out_dir) -> dict:
                         for loss in mc.losses} for mt in mc.model_types},
         "timings": timings,
     }
-    data = _json_safe(data)
+    data = json_safe(data)
     (out / "fig2.json").write_text(json.dumps(data))
     return data
 
