@@ -11,9 +11,11 @@ devices along the population axis (``NamedSharding``); with several processes
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -283,28 +285,47 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     todo = [c for c in mine if (c[1], c[2]) not in set(results.finished_chunks(out_dir))]
     log(f"sweep {config.name}: {config.num_models} models in {len(plan)} chunks on {len(devices)} "
         f"device(s); {len(mine) - len(todo)} chunk(s) already done")
-    compiled: dict[str, Callable] = {}
+    sharded = NamedSharding(mesh, PartitionSpec("pop"))
+    train_data, eval_sets = jax.device_put((train_data, eval_sets), NamedSharding(mesh, PartitionSpec()))
+
+    def chunk_arguments(first, last, size):
+        indices = np.arange(first, last + 1)
+        padded = np.concatenate([indices, np.full(size - indices.size, indices[-1])]).astype(np.int32)
+        dataset_index = np.asarray([train_names.index(config.model_spec(int(i))[1]) for i in padded], np.int32)
+        return indices, jax.device_put((padded, dataset_index), sharded)
+
     timings = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("models"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not progress) as bar:
+    # One program per model type, all lowered up front and compiled in threads (compiling is
+    # single-threaded in XLA and dominates a small sweep); chunks run as their program is ready.
+    kinds = list(dict.fromkeys(c[0] for c in todo))
+    workers = max(1, min(len(kinds), os.cpu_count() or 1))
+    with Progress(*columns, console=console, disable=not progress) as bar, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         task = bar.add_task("sweep", total=sum(c[2] - c[1] + 1 for c in mine))
         bar.update(task, completed=sum(c[2] - c[1] + 1 for c in mine if c not in todo))
+        programs = {}
+        for kind in kinds:
+            bar.update(task, description=f"compiling ({kind})")
+            _, first, last, size = next(c for c in todo if c[0] == kind)
+            lowered = make_chunk_fn(config, env, kind, mesh).lower(
+                *chunk_arguments(first, last, size)[1], train_data, eval_sets)
+            programs[kind] = pool.submit(lowered.compile)
         for number, (kind, first, last, size) in enumerate(todo):
             bar.update(task, description=f"chunk {number + 1}/{len(todo)} ({kind})")
-            indices = np.arange(first, last + 1)
-            padded = np.concatenate([indices, np.full(size - indices.size, indices[-1])]).astype(np.int32)
-            dataset_index = np.asarray([train_names.index(config.model_spec(int(i))[1]) for i in padded], np.int32)
-            if kind not in compiled:
-                compiled[kind] = make_chunk_fn(config, env, kind, mesh)
+            indices, (padded, dataset_index) = chunk_arguments(first, last, size)
             t = time.perf_counter()
-            out = jax.device_get(compiled[kind](jnp.asarray(padded), jnp.asarray(dataset_index),
-                                                train_data, eval_sets))
+            program = programs[kind].result()
+            compile_wait = time.perf_counter() - t
+            t = time.perf_counter()
+            out = jax.device_get(program(padded, dataset_index, train_data, eval_sets))
             elapsed = time.perf_counter() - t
             out = {k: np.asarray(v)[: indices.size] for k, v in out.items()}
             frame = _rows(config, indices, out, eval_names)
             results.write_chunk(out_dir, first, last, frame)
-            timings.append({"first": first, "last": last, "kind": kind, "seconds": elapsed})
+            timings.append({"first": first, "last": last, "kind": kind, "seconds": elapsed,
+                            "compile_wait_s": compile_wait})
             manifest["chunks"] = timings
             results.write_manifest(out_dir, manifest)
             bar.update(task, advance=indices.size)

@@ -8,6 +8,7 @@ drawn uniformly over the state-action box (``mismatch_jax.data``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import json
@@ -35,7 +36,7 @@ def pets_runs(config: SweepConfig, env: Env, cache_dir: Path, log: Callable[[str
     Returns numpy arrays obs/action/next_obs [S, R, T, d], reward/alive [S, R, T] (R = random
     trial + planned trials, T = trial length) and trial_rewards [S, R].
     """
-    from mismatch_jax.agents.pets import make_pets, seed_keys
+    from mismatch_jax.agents.pets import compile_trial_loop, make_pets, seed_keys
 
     pets_config = _pets_config(config)
     spec = {"env": config.env, "kind": "pets_runs", "pets": dataclasses.asdict(pets_config)}
@@ -47,8 +48,9 @@ def pets_runs(config: SweepConfig, env: Env, cache_dir: Path, log: Callable[[str
     pets = make_pets(pets_config, env)
     log(f"datasets: running PETS ({pets_config.num_seeds} seed(s) × {pets_config.num_trials} trials) "
         "for on-policy/expert data")
-    init, step = jax.jit(pets.init), jax.jit(pets.trial_step)
-    state, random_reward = init(seed_keys(pets_config))
+    keys = seed_keys(pets_config)
+    init, step = compile_trial_loop(pets, keys)
+    state, random_reward = init(keys)
     trial_rewards = [np.asarray(random_reward)]
     for trial in range(pets_config.num_trials):
         state, metrics = step(state)
@@ -69,48 +71,62 @@ def pets_runs(config: SweepConfig, env: Env, cache_dir: Path, log: Callable[[str
     return out
 
 
+def _true_dynamics_dataset(config: SweepConfig, env: Env, name: str, key: jax.Array) -> datasets.Transitions:
+    """The grid or sampled dataset (cached on disk)."""
+    cfg, vf = config.datasets, config.training.validation_fraction
+    if name == "grid":
+        spec = {"env": config.env, "kind": "grid", "points": cfg.grid_points, "vf": vf, "seed": config.seed}
+        return datasets.cached(cfg.cache_dir, spec, lambda: datasets.grid_dataset(
+            key, env, cfg.grid_points, validation_fraction=vf))
+    spec = {"env": config.env, "kind": "sampled", "n": cfg.sampled_size, "vf": vf, "seed": config.seed}
+    return datasets.cached(cfg.cache_dir, spec, lambda: datasets.sampled_dataset(
+        key, env, cfg.sampled_size, validation_fraction=vf))
+
+
 def build_study_datasets(config: SweepConfig, env: Env, log: Callable[[str], None] = print):
-    """Every dataset the sweep trains or evaluates on → ({name: Transitions}, notes dict)."""
+    """Every dataset the sweep trains or evaluates on → ({name: Transitions}, notes dict).
+
+    grid / sampled data are built in a background thread while the PETS runs compile and run:
+    PETS's small per-step programs leave a core idle, and the true-dynamics program takes ~15 s
+    to compile on a CPU."""
     cfg = config.datasets
     cache_dir = Path(cfg.cache_dir)
     needed = list(dict.fromkeys(cfg.train + cfg.eval))
     root = jax.random.fold_in(jax.random.key(config.seed), DATA_SALT)
+    keys = {name: jax.random.fold_in(root, index) for index, name in enumerate(needed)}
     built, notes = {}, {}
     runs = None
-    if "on_policy" in needed or "expert" in needed:
-        runs = pets_runs(config, env, cache_dir, log)
     vf = config.training.validation_fraction
-    for index, name in enumerate(needed):
-        key = jax.random.fold_in(root, index)
-        if name == "on_policy":
-            built[name] = datasets.from_trajectories(
-                key, runs["obs"], runs["action"], runs["next_obs"], runs["reward"],
-                np.zeros(runs["reward"].shape, bool), runs["alive"], validation_fraction=vf)
-        elif name == "expert":
-            rewards = runs["trial_rewards"][:, 1:]  # planned trials only
-            order = np.argsort(-rewards, axis=None)
-            passing = [i for i in order if rewards.flat[i] > cfg.expert_min_reward][: cfg.expert_episodes]
-            if not passing:
-                passing = list(order[: cfg.expert_episodes])
-                notes["expert"] = (
-                    f"no PETS trial exceeded expert_min_reward={cfg.expert_min_reward}; used the best "
-                    f"{len(passing)} trials (rewards {np.round(rewards.flat[passing], 1).tolist()})")
-                log("datasets: warning: " + notes["expert"])
-            seed_idx, trial_idx = np.unravel_index(np.asarray(passing), rewards.shape)
-            pick = lambda a: a[seed_idx, trial_idx + 1]
-            built[name] = datasets.from_trajectories(
-                key, pick(runs["obs"]), pick(runs["action"]), pick(runs["next_obs"]),
-                pick(runs["reward"]), np.zeros(pick(runs["reward"]).shape, bool), pick(runs["alive"]),
-                validation_fraction=vf)
-            notes.setdefault("expert_rewards", np.round(rewards.flat[passing], 2).tolist())
-        elif name == "grid":
-            spec = {"env": config.env, "kind": "grid", "points": cfg.grid_points, "vf": vf, "seed": config.seed}
-            built[name] = datasets.cached(cache_dir, spec, lambda: datasets.grid_dataset(
-                key, env, cfg.grid_points, validation_fraction=vf))
-        elif name == "sampled":
-            spec = {"env": config.env, "kind": "sampled", "n": cfg.sampled_size, "vf": vf, "seed": config.seed}
-            built[name] = datasets.cached(cache_dir, spec, lambda: datasets.sampled_dataset(
-                key, env, cfg.sampled_size, validation_fraction=vf))
-        log(f"datasets: {name}: {built[name].size} transitions "
-            f"({int(np.asarray(built[name].is_validation).sum())} validation)")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        background = {name: pool.submit(_true_dynamics_dataset, config, env, name, keys[name])
+                      for name in needed if name in ("grid", "sampled")}
+        if "on_policy" in needed or "expert" in needed:
+            runs = pets_runs(config, env, cache_dir, log)
+        for name in needed:
+            key = keys[name]
+            if name in background:
+                built[name] = background[name].result()
+            elif name == "on_policy":
+                built[name] = datasets.from_trajectories(
+                    key, runs["obs"], runs["action"], runs["next_obs"], runs["reward"],
+                    np.zeros(runs["reward"].shape, bool), runs["alive"], validation_fraction=vf)
+            elif name == "expert":
+                rewards = runs["trial_rewards"][:, 1:]  # planned trials only
+                order = np.argsort(-rewards, axis=None)
+                passing = [i for i in order if rewards.flat[i] > cfg.expert_min_reward][: cfg.expert_episodes]
+                if not passing:
+                    passing = list(order[: cfg.expert_episodes])
+                    notes["expert"] = (
+                        f"no PETS trial exceeded expert_min_reward={cfg.expert_min_reward}; used the best "
+                        f"{len(passing)} trials (rewards {np.round(rewards.flat[passing], 1).tolist()})")
+                    log("datasets: warning: " + notes["expert"])
+                seed_idx, trial_idx = np.unravel_index(np.asarray(passing), rewards.shape)
+                pick = lambda a: a[seed_idx, trial_idx + 1]
+                built[name] = datasets.from_trajectories(
+                    key, pick(runs["obs"]), pick(runs["action"]), pick(runs["next_obs"]),
+                    pick(runs["reward"]), np.zeros(pick(runs["reward"]).shape, bool), pick(runs["alive"]),
+                    validation_fraction=vf)
+                notes.setdefault("expert_rewards", np.round(rewards.flat[passing], 2).tolist())
+            log(f"datasets: {name}: {built[name].size} transitions "
+                f"({int(np.asarray(built[name].is_validation).sum())} validation)")
     return built, notes

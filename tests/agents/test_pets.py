@@ -13,7 +13,7 @@ from mismatch_jax.agents.config import (
     load_pets_config,
     pets_config_from_dict,
 )
-from mismatch_jax.agents.pets import make_pets, seed_keys
+from mismatch_jax.agents.pets import compile_trial_loop, make_pets, seed_keys
 from point_mass import PointMass
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -40,9 +40,10 @@ def test_pets_improves_over_random_and_seed_batching_matches_single_seed():
     assert jnp.all(jnp.isfinite(result.trial_rewards))
     # Random actions drift around x≈1 (return ≈ −30); the planned trials drive x to 0.
     assert float(result.trial_rewards[:, -1].mean()) > float(result.random_reward.mean()) + 5.0
-    # The host loop over trial_step (the CLI's path) reproduces the scanned run.
-    state, random_reward = jax.jit(pets.init)(keys)
-    step = jax.jit(pets.trial_step)
+    # The host loop over the concurrently compiled trial_step (the CLI's path) reproduces the
+    # scanned run.
+    init, step = compile_trial_loop(pets, keys, donate_state=True)
+    state, random_reward = init(keys)
     rewards = []
     for _ in range(config.num_trials):
         state, metrics = step(state)
