@@ -7,7 +7,7 @@ environments with uniform random actions. The first call (trace + compile + run)
 
 Usage (prints one JSON document on stdout):
     python benchmarks/bench_envs.py                       # swing-up + halfcheetah backends
-    python benchmarks/bench_envs.py --only swingup --batches 1,64,256
+    python benchmarks/bench_envs.py --only swingup --batches 1,64,256   # scan_rk4 vs mjx.step
     python benchmarks/bench_envs.py --only brax --backends positional,spring --batches 1,256
 Never runs mjx at batch >= 1024 on CPU (it deadlocked there on this machine).
 """
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mismatch_jax.envs import make
+from mismatch_jax.envs.cartpole_swingup import CartpoleSwingup
 
 
 def make_rollout(env, steps: int):
@@ -87,11 +88,14 @@ def main() -> None:
     device = jax.devices()[0]
     results = []
     if args.only in ("swingup", "all"):
-        env = make("cartpole_swingup")
+        # The env's own single-forward RK4 and mjx.step side by side: same states, compile time
+        # and run time compared in one process.
+        envs = {name: CartpoleSwingup(integrator=name) for name in ("scan_rk4", "mjx_step")}
         for batch in [int(b) for b in args.batches.split(",")]:
-            row = {"env": "cartpole_swingup", "backend": "mjx"}
-            row.update(measure(env, batch, args.steps, args.repeats))
-            results.append(row)
+            for integrator, env in envs.items():
+                row = {"env": "cartpole_swingup", "backend": "mjx", "integrator": integrator}
+                row.update(measure(env, batch, args.steps, args.repeats))
+                results.append(row)
     if args.only in ("brax", "all"):
         for backend in args.backends.split(","):
             env = make(args.brax_env, backend=backend)

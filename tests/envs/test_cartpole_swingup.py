@@ -99,22 +99,18 @@ def test_one_step_matches_cpu_mujoco(reference, step_batch):
 def test_single_forward_rk4_equals_mjx_step(env, step_batch):
     """The env's scanned RK4 (one mjx.forward in the program) gives mjx.step's states, including
     states that push the cart into the slider limit (the constraint solver is active there)."""
-    from mujoco import mjx
-
     rng = np.random.default_rng(3)
     n = 64
     obs = rng.uniform([-2.7, -np.pi, -6, -15], [2.7, np.pi, 6, 15], (n, 4)).astype(np.float32)
     obs[:8, 0], obs[:8, 2] = 2.49, 5.0  # into the +2.5 limit
     actions = rng.uniform(-3.5, 3.5, (n, 1)).astype(np.float32)
 
+    reference_env = CartpoleSwingup(integrator="mjx_step")
+
     @jax.jit
     @jax.vmap
     def mjx_steps(o, a):
-        data = env._data_template.replace(qpos=o[:2], qvel=o[2:], ctrl=a)
-        with jax.numpy_rank_promotion("allow"):
-            for _ in range(env.frame_skip):
-                data = mjx.step(env.mjx_model, data)
-        return jnp.concatenate([data.qpos, data.qvel])
+        return reference_env.step(reference_env.state_from_obs(o), a).obs
 
     expected = np.asarray(mjx_steps(jnp.asarray(obs), jnp.asarray(actions)))
     assert (np.abs(expected[:8, 0]) > 2.5).any() or (np.abs(expected[:8, 2]) < 5.0).all()
@@ -224,4 +220,6 @@ def test_bad_inputs(env):
         env.step(state, jnp.zeros(2))
     with pytest.raises(ValueError, match="episode_length"):
         CartpoleSwingup(episode_length=0)
+    with pytest.raises(ValueError, match="integrator"):
+        CartpoleSwingup(integrator="euler")
     assert isinstance(env.default_params, CartpoleSwingupParams)
