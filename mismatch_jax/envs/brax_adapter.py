@@ -54,7 +54,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import brax.envs
+import mismatch_jax.envs._mjx_import  # noqa: F401  (before brax: quiets mjx's stdout notices)
+import brax.envs  # isort: skip
 import jax
 import jax.numpy as jnp
 import numpy as np

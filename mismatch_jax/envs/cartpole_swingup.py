@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 from flax import struct
-from mujoco import mjx
 
+from mismatch_jax.envs._mjx_import import mjx
 from mismatch_jax.envs.base import Env
 
 POLE_LENGTH = 0.6
