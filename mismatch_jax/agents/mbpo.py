@@ -332,23 +332,12 @@ class PhaseMetrics:
 
 
 @struct.dataclass
-class MBPOMetrics:
-    """One record per evaluation interval (leaves [num_evals] from ``train``): env_steps,
-    eval_return (deterministic policy, mean of num_eval_episodes), train_return (episodes that
-    ended in the interval; NaN if none), SAC means over the interval's updates (critic_loss,
-    actor_loss, alpha, entropy, q_mean; NaN before updates), num_updates, model_share (at the
-    interval's end), and the last model phase of the interval (``PhaseMetrics`` fields; NaN /
-    0 when none ran)."""
+class MBPOMetrics(sac_lib.TrainMetrics):
+    """One record per evaluation interval (leaves [num_evals] from ``train``): the SAC record
+    (``sac.TrainMetrics``: env_steps, eval_return, train_return, update means, num_updates),
+    model_share (at the interval's end), and the last model phase of the interval
+    (``PhaseMetrics`` fields; NaN / 0 when none ran)."""
 
-    env_steps: jax.Array
-    eval_return: jax.Array
-    train_return: jax.Array
-    critic_loss: jax.Array
-    actor_loss: jax.Array
-    alpha: jax.Array
-    entropy: jax.Array
-    q_mean: jax.Array
-    num_updates: jax.Array
     model_share: jax.Array
     model_train_loss: jax.Array
     model_val_mse: jax.Array
@@ -610,24 +599,13 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         phase_indices = eval_index * phases_per_eval + jnp.arange(phases_per_eval)
         ts, (phase_metrics, (metrics, updated, ended, returns)) = jax.lax.scan(
             phase, ts, (jax.random.split(phases_key, phases_per_eval), phase_indices))
-        n_updates = updated.sum()
-
-        def interval_mean(m):
-            total = jnp.sum(jnp.where(updated, m, 0.0))
-            return jnp.where(n_updates > 0, total / jnp.maximum(n_updates, 1), jnp.nan)
-
-        metrics = jax.tree_util.tree_map(interval_mean, metrics)
-        n_ended = ended.sum()
-        train_return = jnp.where(n_ended > 0, jnp.sum(jnp.where(ended, returns, 0.0)) / jnp.maximum(n_ended, 1),
-                                 jnp.nan)
         last_phase = jax.tree_util.tree_map(lambda m: m[-1], phase_metrics)
         end_steps = (eval_index + 1) * sac_cfg.eval_interval
+        eval_return = sac_lib.evaluate(sac, env, ts.sac.params.actor, eval_key, sac_cfg.num_eval_episodes)
+        sac_record = sac_lib.summarize_interval(ts.env_steps, eval_return, metrics, updated, ended, returns)
         record = MBPOMetrics(
-            env_steps=ts.env_steps,
-            eval_return=sac_lib.evaluate(sac, env, ts.sac.params.actor, eval_key, sac_cfg.num_eval_episodes),
-            train_return=train_return, critic_loss=metrics.critic_loss, actor_loss=metrics.actor_loss,
-            alpha=metrics.alpha, entropy=metrics.entropy, q_mean=metrics.q_mean,
-            num_updates=n_updates.astype(jnp.int32), model_share=model_share(config, end_steps),
+            **{f.name: getattr(sac_record, f.name) for f in dataclasses.fields(sac_lib.TrainMetrics)},
+            model_share=model_share(config, end_steps),
             **{f.name: getattr(last_phase, f.name) for f in dataclasses.fields(PhaseMetrics)},
         )
         return ts, record

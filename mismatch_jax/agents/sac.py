@@ -483,6 +483,28 @@ class TrainMetrics:
     num_updates: jax.Array
 
 
+def summarize_interval(env_steps, eval_return, metrics, updated, ended, returns) -> TrainMetrics:
+    """One ``TrainMetrics`` record from an evaluation interval's per-step outputs (any leading
+    shape, e.g. [T] or [phases, T]): metrics (UpdateMetrics), updated (an update ran), ended (an
+    episode ended) and returns (the episode return at that step); env_steps and eval_return []."""
+    n_updates = updated.sum()
+
+    def interval_mean(m):
+        total = jnp.sum(jnp.where(updated, m, 0.0))
+        return jnp.where(n_updates > 0, total / jnp.maximum(n_updates, 1), jnp.nan)
+
+    metrics = jax.tree_util.tree_map(interval_mean, metrics)
+    n_ended = ended.sum()
+    train_return = jnp.where(
+        n_ended > 0, jnp.sum(jnp.where(ended, returns, 0.0)) / jnp.maximum(n_ended, 1), jnp.nan
+    )
+    return TrainMetrics(
+        env_steps=env_steps, eval_return=eval_return, train_return=train_return,
+        critic_loss=metrics.critic_loss, actor_loss=metrics.actor_loss, alpha=metrics.alpha,
+        entropy=metrics.entropy, q_mean=metrics.q_mean, num_updates=n_updates.astype(jnp.int32),
+    )
+
+
 def evaluate(sac: SAC, env: Env, actor: tuple, key: jax.Array, num_episodes: int) -> jax.Array:
     """Mean return [] of ``num_episodes`` full episodes of the deterministic policy
     (reward accumulation stops at termination; episodes run ``env.episode_length`` steps)."""
@@ -561,28 +583,8 @@ def make_train(config: SACConfig, env: Env) -> Callable[[jax.Array], tuple[Train
         ts, (metrics, updated, ended, returns) = jax.lax.scan(
             env_step, ts, jax.random.split(steps_key, config.eval_interval)
         )
-        n_updates = updated.sum()
-
-        def interval_mean(m):
-            total = jnp.sum(jnp.where(updated, m, 0.0))
-            return jnp.where(n_updates > 0, total / jnp.maximum(n_updates, 1), jnp.nan)
-
-        metrics = jax.tree_util.tree_map(interval_mean, metrics)
-        n_ended = ended.sum()
-        train_return = jnp.where(
-            n_ended > 0, jnp.sum(jnp.where(ended, returns, 0.0)) / jnp.maximum(n_ended, 1), jnp.nan
-        )
-        record = TrainMetrics(
-            env_steps=ts.env_steps,
-            eval_return=evaluate(sac, env, ts.sac.params.actor, eval_key, config.num_eval_episodes),
-            train_return=train_return,
-            critic_loss=metrics.critic_loss,
-            actor_loss=metrics.actor_loss,
-            alpha=metrics.alpha,
-            entropy=metrics.entropy,
-            q_mean=metrics.q_mean,
-            num_updates=n_updates.astype(jnp.int32),
-        )
+        eval_return = evaluate(sac, env, ts.sac.params.actor, eval_key, config.num_eval_episodes)
+        record = summarize_interval(ts.env_steps, eval_return, metrics, updated, ended, returns)
         return ts, record
 
     def train(key: jax.Array):
