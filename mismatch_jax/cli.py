@@ -1,46 +1,188 @@
-"""The ``mismatch-jax`` command line. Each sub-command imports its room lazily so that
-``mismatch-jax --help`` is instant."""
+"""The ``mismatch-jax`` command line.
+
+Every experiment command has one shape::
+
+    mismatch-jax COMMAND [CONFIG] [--out DIR] [--set KEY=VALUE ...]
+
+CONFIG is a TOML file or the name of a config shipped with the package (``sweeps/``, e.g.
+``attack_quick``; each command also accepts its names without the command prefix, e.g.
+``mismatch-jax tabular fig2a``); without it the command's CPU-sized default runs. ``--set``
+overrides any key of the config by its dotted path (Hydra-style), validated by the same schema as
+the file: a mistyped key or a wrong type fails naming the key. ``COMMANDS`` is the one table of
+these commands: their schema, runner, default config and the files each promises in OUT.
+
+Exit codes (the contract every runner keeps by returning nothing and raising on failure):
+0 success; 2 bad input (config, override, path, output directory), reported as one line on
+stderr without a traceback; 1 an internal error (a bug: the traceback is printed).
+Each sub-command imports its room lazily so that ``mismatch-jax --help`` is instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+EPILOG = """exit codes: 0 success; 2 bad input (config key or value, --set override, path, output
+directory): one line on stderr naming the field, no traceback; 1 internal error (a bug; the
+traceback is printed)."""
 
 
-def _cmd_pets(args: argparse.Namespace) -> int:
-    from mismatch_jax.agents.pets import run_pets_cli
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One experiment command.
 
-    run_pets_cli(args.config, args.out, args.seed)
-    return 0
+    schema: "module:Class" of the frozen config dataclass CONFIG is validated against.
+    run: "module:function" called as ``run(config, out_dir: str)`` (plus ``options=`` the parsed
+        arguments when ``takes_options``); it writes its outputs into out_dir, and raises on
+        failure. Its return value is not read: success is exit code 0.
+    default: the packaged config used when CONFIG is omitted.
+    outputs: files the command promises in OUT (the README lists them; a test checks them).
+    """
+
+    summary: str
+    schema: str
+    run: str
+    default: str
+    outputs: tuple[str, ...]
+    takes_options: bool = False
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
+COMMANDS: dict[str, Command] = {
+    "sweep": Command(
+        "train a model population, score one-step LL and CEM reward, write results.parquet + scatter",
+        "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.cli:_run_sweep", "quickstart",
+        ("results.parquet", "manifest.json", "ll_reward_scatter.png", "ll_reward_correlations.json"),
+        takes_options=True),
+    "datasets": Command(
+        "build (or find in the cache) every dataset a sweep config needs; --out sets the cache",
+        "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.cli:_run_datasets", "quickstart",
+        (), takes_options=True),
+    "pets": Command(
+        "PETS (CEM-MPC on a learned ensemble): per-trial rewards",
+        "mismatch_jax.agents.config:PetsConfig", "mismatch_jax.agents.pets:run_pets_cli",
+        "pets_cartpole_cpu", ("pets_rewards.json", "pets_rewards.png")),
+    "attack": Command(
+        "adversarial CMA-ES attack on a trained model's last layer (paper 000, Fig. 6-7)",
+        "mismatch_jax.analysis.attack:AttackConfig", "mismatch_jax.analysis.attack:run_attack",
+        "attack_quick", ("attack.json", "attack_convergence.png")),
+    "reweight": Command(
+        "distance re-weighting study (paper 000, Fig. 8)",
+        "mismatch_jax.analysis.reweight:ReweightConfig", "mismatch_jax.analysis.reweight:run_reweight",
+        "reweight_quick", ("reweight.json", "reweight_heatmap.png")),
+    "tabular": Command(
+        "tabular MnM / VMBPO / Q-learning figures (paper 001, Fig. 2-3); CONFIG: fig2a, fig2b, "
+        "fig3a, fig3b or a TOML",
+        "mismatch_jax.experiments.tabular_figures:TabularConfig",
+        "mismatch_jax.experiments.tabular_figures:run_experiment", "tabular_fig2a",
+        ("{experiment}.json", "{experiment}.png")),
+    "mbpo": Command(
+        "MBPO-family agents (MLE, VaGraM, IterVAML, value-weighted, MnM) x seeds in one program",
+        "mismatch_jax.experiments.mbpo_compare:CompareConfig",
+        "mismatch_jax.experiments.mbpo_compare:run_compare", "mbpo_pendulum_quick",
+        ("mbpo_compare.json", "mbpo_compare.png")),
+    "vagram-fig2": Command(
+        "VaGraM Fig. 2: VAML error and MSE of MSE, VAML and VaGraM models over value updates",
+        "mismatch_jax.experiments.vagram_fig2:Fig2Config", "mismatch_jax.experiments.vagram_fig2:run_fig2",
+        "vagram_fig2_quick", ("fig2.json", "fig2.png")),
+    "mismatch-map": Command(
+        "each model loss's own objective vs reward, next to LL vs reward",
+        "mismatch_jax.experiments.mismatch_map:MismatchMapConfig",
+        "mismatch_jax.experiments.mismatch_map:run_mismatch_map", "mismatch_map_quick",
+        ("mismatch_map.json", "mismatch_map.png", "mismatch_map.parquet")),
+}
+
+
+def _resolve(target: str):
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped in ``mismatch_jax/configs`` (= ``sweeps/``), without .toml."""
+    import importlib.resources
+
+    root = importlib.resources.files("mismatch_jax").joinpath("configs")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def config_source(command: str, config: Optional[str]):
+    """The TOML file CONFIG names: a path, else a packaged config ``CONFIG`` or
+    ``<command>_CONFIG`` (``.toml`` optional); None → the command's default."""
+    import importlib.resources
+
+    from mismatch_jax.config_io import ConfigError
+
+    root = importlib.resources.files("mismatch_jax").joinpath("configs")
+    if config is None:
+        return root.joinpath(COMMANDS[command].default + ".toml")
+    if Path(config).is_file():
+        return Path(config)
+    stem = config[:-5] if config.endswith(".toml") else config
+    prefix = command.replace("-", "_") + "_"
+    for name in (stem, prefix + stem):
+        if "/" not in name and root.joinpath(name + ".toml").is_file():
+            return root.joinpath(name + ".toml")
+    presets = [n[len(prefix):] for n in packaged_configs() if n.startswith(prefix)]
+    hint = f"; {command} presets: {', '.join(presets)}" if presets else ""
+    raise ConfigError(f"config {config!r} is neither a file nor a packaged config "
+                      f"(mismatch-jax configs lists them){hint}")
+
+
+def load_command_config(command: str, config: Optional[str], overrides=()):
+    """The validated config of ``command`` from CONFIG (path or packaged name) and ``--set``
+    overrides; raises ``ConfigError`` naming the key."""
+    import tomllib
+
+    from mismatch_jax.config_io import ConfigError, apply_overrides, from_dict
+
+    source = config_source(command, config)
+    try:
+        data = tomllib.loads(source.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return from_dict(_resolve(COMMANDS[command].schema), apply_overrides(data, overrides))
+
+
+def promised_outputs(command: str, config) -> list[str]:
+    """The file names ``command`` promises in OUT for ``config``."""
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return [name.format(**fields) for name in COMMANDS[command].outputs]
+
+
+# ------------------------------------------------------------------------------------------------
+# Runners of the commands that live in this module.
+# ------------------------------------------------------------------------------------------------
+
+
+def _run_sweep(config, out: str, options: argparse.Namespace) -> None:
+    """Runs a sweep into ``out`` and draws its scatter / per-epoch figures."""
     from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
-    from mismatch_jax.sweep.config import load, load_packaged
     from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
 
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
-    config = load(args.config) if args.config else load_packaged("quickstart.toml")
-    out = args.out or config.out_dir
     enable_compilation_cache()
-    table = run_sweep(config, out, resume=args.resume, progress=not args.no_progress)
+    table = run_sweep(config, out, resume=options.resume, progress=not options.no_progress)
     if len(table):
         content = ll_reward_scatter(table, out)
         if table["epoch"].nunique() > 1:
             per_epoch_curves(table, out)
         _print_summary(out, table, content)
-    return 0
 
 
-def _force_host_devices(count: int) -> None:
-    import os
+def _run_datasets(config, out: str, options: argparse.Namespace) -> None:
+    """Builds a sweep's datasets into its cache (``--out`` replaces ``datasets.cache_dir``)."""
+    from mismatch_jax.envs import make
+    from mismatch_jax.sweep.study_data import build_study_datasets
 
-    """Splits the CPU into ``count`` XLA host devices; must run before jax initialises."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    if options.out:
+        config = dataclasses.replace(config, datasets=dataclasses.replace(config.datasets, cache_dir=out))
+    build_study_datasets(config, make(config.env))
 
 
 def _print_summary(out: str, table, content: dict) -> None:
@@ -62,144 +204,144 @@ def _print_summary(out: str, table, content: dict) -> None:
                   f"{out}/ll_reward_scatter.png, {out}/ll_reward_correlations.json")
 
 
-def _cmd_plot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+def _cmd_plot(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
+    from mismatch_jax.errors import InputError
 
     path = Path(args.results)
     if path.is_dir():
         path = path / "results.parquet"
     if not path.is_file():
-        raise SystemExit(f"error: results table {path} does not exist; run `mismatch-jax sweep` first")
-    table = pd.read_parquet(path)
+        raise InputError(f"results table {path} does not exist; run `mismatch-jax sweep` first")
+    if args.epoch != "last" and not args.epoch.isdigit():
+        raise InputError(f"--epoch must be 'last' or an epoch number, got {args.epoch!r}")
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
+        raise InputError(f"{path} is not a readable Parquet table ({type(exc).__name__}: {exc}); "
+                         "re-create it with `mismatch-jax sweep --resume`") from None
     out = args.out or str(path.parent)
     epoch = args.epoch if args.epoch == "last" else int(args.epoch)
     content = ll_reward_scatter(table, out, epoch=epoch, num_bootstrap=args.bootstrap)
     if table["epoch"].nunique() > 1:
         per_epoch_curves(table, out)
     _print_summary(out, table, content)
-    return 0
 
 
-def _cmd_datasets(args: argparse.Namespace) -> int:
-    from mismatch_jax.envs import make
-    from mismatch_jax.sweep.config import load
-    from mismatch_jax.sweep.study_data import build_study_datasets
-
-    config = load(args.config)
-    build_study_datasets(config, make(config.env))
-    return 0
+def _cmd_configs(args: argparse.Namespace) -> None:
+    for name in packaged_configs():
+        print(name)
 
 
-# Sub-commands that own their argument parsing: name → (module, entry function, one-line help).
-PASSTHROUGH = {
-    "attack": ("mismatch_jax.analysis.attack", "main_attack",
-               "adversarial CMA-ES attack on a trained model (paper 000, Fig. 6-7)"),
-    "reweight": ("mismatch_jax.analysis.reweight", "main_reweight",
-                 "distance re-weighting study (paper 000, Fig. 8)"),
-    "tabular": ("mismatch_jax.experiments.tabular_figures", "main_tabular",
-                "tabular MnM / VMBPO / Q-learning experiments (paper 001, Fig. 2-3)"),
-    "mbpo": ("mismatch_jax.experiments.mbpo_compare", "main_mbpo",
-             "MBPO-family agents (MLE, VaGraM, IterVAML, value-weighted, MnM) × seeds in one program"),
-    "vagram-fig2": ("mismatch_jax.experiments.vagram_fig2", "main_vagram_fig2",
-                    "VaGraM Fig. 2: VAML error / MSE of MSE, VAML and VaGraM models over value updates"),
-    "mismatch-map": ("mismatch_jax.experiments.mismatch_map", "main_mismatch_map",
-                     "each model loss's own objective vs reward, next to LL vs reward"),
-}
+# ------------------------------------------------------------------------------------------------
+# Parsing and dispatch.
+# ------------------------------------------------------------------------------------------------
 
 
-def _run_passthrough(name: str, rest: list[str]) -> int:
-    import importlib
+def _force_host_devices(count: int) -> None:
+    """Splits the CPU into ``count`` XLA host devices; must run before jax initialises."""
+    import os
 
-    module, function, _ = PASSTHROUGH[name]
-    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command (also used to render --help)."""
     parser = argparse.ArgumentParser(
-        prog="mismatch-jax",
-        description=(
-            "JAX experiment engine for objective mismatch in model-based RL. "
-            "Run a sub-command with --help for its options."
-        ),
-    )
+        prog="mismatch-jax", epilog=EPILOG,
+        description=("JAX experiment engine for objective mismatch in model-based RL. Experiment "
+                     "commands take: COMMAND [CONFIG] [--out DIR] [--set KEY=VALUE ...]."))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    pets = sub.add_parser(
-        "pets",
-        help="run PETS (CEM-MPC on a learned ensemble) and print per-trial rewards",
-        description="Run PETS. Without --config, the embedded CPU-sized cartpole swing-up config is used.",
-    )
-    pets.add_argument("--config", default=None, help="PETS TOML config (default: embedded CPU config)")
-    pets.add_argument("--out", default="runs/pets", help="output directory for rewards JSON (default: %(default)s)")
-    pets.add_argument("--seed", type=int, default=0, help="root random seed (default: %(default)s)")
-
-    sweep = sub.add_parser(
-        "sweep",
-        help="train a model population, score LL and CEM reward, write results.parquet + scatter",
-        description=(
-            "Run an LL-vs-reward population sweep from a TOML config (see sweeps/quickstart.toml). "
-            "Writes OUT/results.parquet (one row per model × evaluated epoch), OUT/manifest.json, "
-            "OUT/ll_reward_scatter.png and OUT/ll_reward_correlations.json."
-        ),
-    )
-    sweep.add_argument("config", nargs="?", default=None,
-                       help="sweep TOML file (default: the packaged quickstart, = sweeps/quickstart.toml)")
-    sweep.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
-    sweep.add_argument("--resume", action="store_true",
-                       help="continue an interrupted sweep in OUT (finished chunks are kept, not recomputed)")
-    sweep.add_argument("--devices", type=int, default=0,
-                       help="CPU only: split the host into this many XLA devices (shards the population)")
-    sweep.add_argument("--distributed", action="store_true",
-                       help="multi-host: call jax.distributed.initialize() (env-configured) first")
-    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.summary, epilog=EPILOG,
+                           description=f"{command.summary}. Writes into OUT: "
+                                       f"{', '.join(command.outputs) or 'the dataset cache'}.")
+        p.add_argument("config", nargs="?", default=None, metavar="CONFIG",
+                       help=f"TOML file or packaged config name (default: {command.default})")
+        p.add_argument("--out", default=None,
+                       help="output directory (default: the config's out_dir, else runs/COMMAND)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key by its dotted path, e.g. --set training.num_epochs=5 "
+                            "(repeatable; the value is TOML, bare words are strings)")
+        if name == "sweep":
+            p.add_argument("--resume", action="store_true",
+                           help="continue an interrupted sweep in OUT (finished chunks are kept)")
+            p.add_argument("--devices", type=int, default=0,
+                           help="CPU only: split the host into this many XLA devices (shards the population)")
+            p.add_argument("--distributed", action="store_true",
+                           help="multi-host: call jax.distributed.initialize() (env-configured) first")
+            p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     plot = sub.add_parser("plot", help="re-create the scatter/curve figures from a results table",
+                          epilog=EPILOG,
                           description="Draw the LL-vs-reward scatter (and per-epoch curves) from results.parquet alone.")
     plot.add_argument("results", help="results.parquet or the sweep's output directory")
     plot.add_argument("--out", default=None, help="where to write figures (default: beside the table)")
     plot.add_argument("--epoch", default="last", help="epoch to correlate: 'last' (default) or a number")
     plot.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-
-    ds = sub.add_parser("datasets", help="dataset tools")
-    ds_sub = ds.add_subparsers(dest="datasets_command", metavar="ACTION")
-    build = ds_sub.add_parser("build", help="build and cache the datasets a sweep config needs",
-                              description="Build (or find in cache) every dataset named by a sweep config.")
-    build.add_argument("config", help="sweep TOML file")
-
-    for name, (_, _, help_text) in PASSTHROUGH.items():
-        sub.add_parser(name, help=f"{help_text} (see `mismatch-jax {name} --help`)", add_help=False)
+    sub.add_parser("configs", help="list the packaged configs (usable by name as CONFIG)", epilog=EPILOG)
     return parser
 
 
+def output_dir(args: argparse.Namespace, config) -> str:
+    """Where an experiment command writes: --out, else the config's out_dir, else runs/COMMAND."""
+    return args.out or getattr(config, "out_dir", None) or f"runs/{args.command}"
+
+
+def _run_command(args: argparse.Namespace) -> None:
+    command = COMMANDS[args.command]
+    config = load_command_config(args.command, args.config, args.overrides)
+    if args.command == "sweep" and args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    out = output_dir(args, config)
+    run = _resolve(command.run)
+    if command.takes_options:
+        run(config, out, options=args)
+    else:
+        run(config, out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script; returns the exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in PASSTHROUGH:
-        return _run_passthrough(argv[0], argv[1:])
     if argv and argv[0] == "sweep" and "--devices" in argv:
         # XLA reads the device count when jax initialises: set it before anything imports jax.
-        _force_host_devices(int(argv[argv.index("--devices") + 1]))
+        index = argv.index("--devices") + 1
+        if index < len(argv) and argv[index].isdigit() and int(argv[index]) > 0:
+            _force_host_devices(int(argv[index]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors exit 2 (argparse), --help exits 0
     if args.command is None:
         parser.print_help()
-        return 2
-    from mismatch_jax.config_io import ConfigError
-    from mismatch_jax.sweep.results import OutputDirError
+        return EXIT_BAD_INPUT
+    from mismatch_jax.errors import InputError
 
-    handlers = {"pets": _cmd_pets, "sweep": _cmd_sweep, "plot": _cmd_plot, "datasets": _cmd_datasets}
-    if args.command == "datasets" and args.datasets_command is None:
-        parser.parse_args(["datasets", "--help"])
     try:
-        return handlers[args.command](args)
-    except (ConfigError, OutputDirError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if args.command == "plot":
+            _cmd_plot(args)
+        elif args.command == "configs":
+            _cmd_configs(args)
+        else:
+            _run_command(args)
+    except (InputError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        message = str(exc) if isinstance(exc, InputError) else f"{exc.strerror}: {exc.filename}"
+        print(f"mismatch-jax {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"mismatch-jax {args.command}: interrupted; files already written are kept",
+              file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 — everything else is a bug: show it, exit 1
+        traceback.print_exc()
+        print(f"mismatch-jax {args.command}: internal error (exit 1); please report the traceback above",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_OK
 
 
 if __name__ == "__main__":

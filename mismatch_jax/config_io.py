@@ -13,12 +13,14 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
+
+from mismatch_jax.errors import InputError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config value is unknown, of the wrong type or impossible; the message names the key."""
 
 
@@ -106,16 +108,56 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         raise ConfigError(f"{path or cls.__name__}: {exc}") from None
 
 
-def load_toml(cls: type[T], path: str | Path) -> T:
-    """Reads a TOML file into dataclass ``cls`` with strict validation."""
+def read_toml(path: str | Path) -> dict:
+    """The parsed TOML file at ``path`` (``ConfigError`` if missing or not valid TOML)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_dict(cls, data)
+
+
+def load_toml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
+    """Reads a TOML file into dataclass ``cls`` with strict validation; ``overrides`` are
+    ``KEY=VALUE`` strings applied first (see ``apply_overrides``)."""
+    return from_dict(cls, apply_overrides(read_toml(path), overrides))
+
+
+def parse_override_value(text: str) -> Any:
+    """A ``--set`` value: any TOML value (``3``, ``1e-3``, ``true``, ``[1, 2]``, ``"x"``), or
+    the bare text as a string when it is not one (``--set env=pendulum``)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict:
+    """``data`` (a parsed TOML mapping) with Hydra-style ``KEY=VALUE`` overrides applied, where
+    KEY is a dotted path (``training.num_epochs=5``, ``datasets.pets.num_trials=2``). Tables on
+    the path are created when missing; whether a key exists and its value fits is decided by
+    ``from_dict`` afterwards, so a mistyped key fails there naming it. Returns a new dict."""
+    import copy
+
+    result = copy.deepcopy(dict(data))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, "
+                              "e.g. --set training.num_epochs=5")
+        parts = key.split(".")
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {key}: {where} is a value, not a table")
+            node = child
+        node[parts[-1]] = parse_override_value(text.strip())
+    return result
 
 
 def to_dict(config: Any) -> dict:

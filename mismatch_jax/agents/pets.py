@@ -236,22 +236,24 @@ def seed_keys(config: PetsConfig, seed: Optional[int] = None) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, jnp.arange(config.num_seeds))
 
 
-def run_pets_cli(config_path: Optional[str] = None, out_dir: str = ".", seed: Optional[int] = None,
-                 *, env=None, console=None) -> dict:
-    """Runs PETS with a per-trial progress bar and writes ``out_dir/pets_rewards.json``.
+def run_pets_cli(config: Optional[PetsConfig] = None, out_dir: str = "runs/pets", *, env=None,
+                 console=None) -> dict:
+    """Runs PETS with a per-trial progress bar; writes ``out_dir/pets_rewards.json`` and
+    ``pets_rewards.png`` (reward per trial and seed).
 
     A Python loop around a jitted ``trial_step`` (the same function ``run_seeds`` scans), so the
-    display updates between trials. config_path None: the packaged CPU config. seed overrides the
-    config's seed. Returns the JSON dict (rewards per seed and trial, mean, timings).
+    display updates between trials. config None: the packaged CPU config. Returns the JSON dict
+    (rewards per seed and trial, mean, timings).
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mismatch_jax.envs.registry import make
 
-    config = load_pets_config(config_path)
-    if seed is not None:
-        config = dataclasses.replace(config, seed=int(seed))
+    from mismatch_jax.sweep.results import atomic_write_text, check_writable
+
+    config = load_pets_config() if config is None else config
+    check_writable(out_dir)
     env = env if env is not None else make(config.env)
     console = console or Console()
     pets = make_pets(config, env)
@@ -287,9 +289,30 @@ def run_pets_cli(config_path: Optional[str] = None, out_dir: str = ".", seed: Op
         "best_reward": per_seed.max(1).tolist(), "compile_s": t_compile, "init_s": t_init, "trial_s": trial_times,
         "total_s": time.perf_counter() - t0,
     }
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "pets_rewards.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
-    console.print(f"wrote {path}")
+    atomic_write_text(path, json.dumps(out, indent=1))
+    _plot_rewards(per_seed, np.asarray(random_reward), os.path.join(out_dir, "pets_rewards.png"),
+                  f"PETS {config.env}")
+    console.print(f"wrote {path} and pets_rewards.png")
     return out
+
+
+def _plot_rewards(trial_rewards: np.ndarray, random_reward: np.ndarray, path: str, title: str) -> None:
+    """Episode reward per trial (trial 0 = the random one), one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    trials = np.arange(trial_rewards.shape[1] + 1)
+    for seed, rewards in enumerate(trial_rewards):
+        ax.plot(trials, np.concatenate([[random_reward[seed]], rewards]), marker="o", label=f"seed {seed}")
+    ax.set_xlabel("trial (0 = random actions)")
+    ax.set_ylabel("episode reward")
+    ax.set_title(title)
+    if len(trial_rewards) <= 10:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -39,7 +39,6 @@ sharding metadata solve problems (huge, sharded, multi-host state) this file doe
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -52,10 +51,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from mismatch_jax.errors import InputError
 from mismatch_jax import models
 from mismatch_jax.analysis.common import (DataSettings, ModelSettings, TrainSettings,
                                           build_dataset, check_env, make_episode_evaluator, train_model)
-from mismatch_jax.config_io import ConfigError, load_toml, to_dict
+from mismatch_jax.config_io import load_toml, to_dict
 from mismatch_jax.planning.cem import make_planner
 from mismatch_jax.sweep.config import CEMSettings, EpisodeSettings
 
@@ -175,10 +175,10 @@ def load_model(path) -> tuple[models.ModelConfig, models.ModelParams, models.Nor
     ValueError if the file is not such a model or its arrays do not match its config."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"model_path: {str(path)!r} does not exist (write one with save_model)")
+        raise InputError(f"model_path: {str(path)!r} does not exist (write one with save_model)")
     with np.load(path) as f:
         if "header" not in f.files:
-            raise ValueError(f"model_path: {path} is not a model saved by mismatch_jax save_model")
+            raise InputError(f"model_path: {path} is not a model saved by mismatch_jax save_model")
         header = json.loads(str(f["header"]))
         mcfg = models.ModelConfig(**header["model_config"])
         expected = jax.eval_shape(lambda: models.init(jax.random.key(0), mcfg))
@@ -186,7 +186,7 @@ def load_model(path) -> tuple[models.ModelConfig, models.ModelParams, models.Nor
         for i, (w_shape, b_shape) in enumerate(expected.layers):
             w, b = f[f"layer{i}_w"], f[f"layer{i}_b"]
             if w.shape != w_shape.shape or b.shape != b_shape.shape:
-                raise ValueError(f"model_path: {path}: layer {i} has shapes {w.shape}/{b.shape}, its "
+                raise InputError(f"model_path: {path}: layer {i} has shapes {w.shape}/{b.shape}, its "
                                  f"config expects {w_shape.shape}/{b_shape.shape}")
             layers.append((jnp.asarray(w), jnp.asarray(b)))
         params = models.ModelParams(layers=tuple(layers), max_logvar=jnp.asarray(f["max_logvar"]),
@@ -440,7 +440,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     if config.model_path:
         mcfg, params, norm = load_model(config.model_path)
         if (mcfg.obs_dim, mcfg.action_dim) != (env.obs_dim, env.action_dim):
-            raise ValueError(f"model_path: the model's dims ({mcfg.obs_dim}, {mcfg.action_dim}) do not "
+            raise InputError(f"model_path: the model's dims ({mcfg.obs_dim}, {mcfg.action_dim}) do not "
                              f"match env {config.env} ({env.obs_dim}, {env.action_dim})")
         source = {"model_path": str(config.model_path)}
     else:
@@ -507,22 +507,3 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
         f"({config.evaluation.final_rounds * config.evaluation.trials} fresh trials), "
         f"LL {ll_original:.4f} → {float(lls[1]):.4f}; wrote {out}/attack.json")
     return report
-
-
-def main_attack(argv=None) -> int:
-    """``mismatch-jax attack CONFIG [--out DIR]``."""
-    parser = argparse.ArgumentParser(
-        prog="mismatch-jax attack",
-        description=("Adversarial CMA-ES attack on a dynamics model's last layer (Lambert et al. 2020, "
-                     "Fig. 6-7): lower the controller's reward in the true env while the validation "
-                     "log-likelihood must not drop. Writes attack.json, attack_convergence.png and the "
-                     "original/attacked models (.npz)."))
-    parser.add_argument("config", metavar="CONFIG", help="attack TOML (e.g. sweeps/attack_quick.toml)")
-    parser.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_attack_config(args.config)
-    except ConfigError as exc:
-        parser.exit(2, f"mismatch-jax attack: config error: {exc}\n")
-    run_attack(config, args.out)
-    return 0

@@ -13,6 +13,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from mismatch_jax.errors import InputError
 from mismatch_jax import models
 from mismatch_jax.agents.config import ModelSection, PetsConfig
 
@@ -143,7 +144,7 @@ def train_model(key, model_config: models.ModelConfig, settings: TrainSettings, 
     hp = TrainHParams.population(1, settings.learning_rate, settings.weight_decay)
     result = train(key[None], None, data, hp, jnp.zeros(1, jnp.int32))
     if bool(result.diverged[0]):
-        raise RuntimeError("training diverged (non-finite loss); lower training.learning_rate")
+        raise InputError("training diverged (non-finite loss); lower training.learning_rate")
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)
     return first(result.params), first(result.normalizer), result
 

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mismatch_jax.errors import InputError
 from mismatch_jax.analysis.correlation import correlate  # noqa: E402
 
 MODEL_COLOURS = {"P": "tab:blue", "PE": "tab:orange", "D": "tab:green", "DE": "tab:red"}
@@ -29,10 +30,10 @@ def eval_datasets(table: pd.DataFrame) -> list[str]:
 
 
 def check_table(table: pd.DataFrame) -> None:
-    """Raises a ValueError naming the missing columns of a results table."""
+    """Raises an ``InputError`` naming the missing columns of a results table."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing or not eval_datasets(table):
-        raise ValueError(
+        raise InputError(
             f"not a sweep results table: missing columns {missing or ['ll_<dataset>']}; "
             "pass the results.parquet written by `mismatch-jax sweep`"
         )

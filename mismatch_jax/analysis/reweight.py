@@ -33,7 +33,6 @@ trials in calls of ``evaluation.models_per_call`` models. All models use the sam
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -45,10 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mismatch_jax.errors import InputError
 from mismatch_jax.analysis.common import (DataSettings, ModelSettings, TrainSettings,
                                           build_dataset, check_env, make_population_evaluator)
 from mismatch_jax.agents.config import PetsConfig
-from mismatch_jax.config_io import ConfigError, load_toml, to_dict
+from mismatch_jax.config_io import load_toml, to_dict
 from mismatch_jax.sweep.config import CEMSettings, EpisodeSettings
 
 EXPERT_SALT = 0xE7E
@@ -251,10 +251,10 @@ def expert_reference(settings: ExpertSettings, env, env_name: str, seed: int, lo
     if settings.source == "file":
         path = Path(settings.path)
         if not path.is_file():
-            raise ValueError(f"expert.path: {str(path)!r} does not exist")
+            raise InputError(f"expert.path: {str(path)!r} does not exist")
         with np.load(path) as f:
             if "obs" not in f.files or "action" not in f.files:
-                raise ValueError(f"expert.path: {path} must hold arrays 'obs' and 'action'")
+                raise InputError(f"expert.path: {path} must hold arrays 'obs' and 'action'")
             obs, action = np.asarray(f["obs"], np.float32), np.asarray(f["action"], np.float32)
         if obs.ndim != 2 or obs.shape[1] != env.obs_dim or action.shape != (obs.shape[0], env.action_dim):
             raise ValueError(f"expert.path: obs must be [T, {env.obs_dim}] and action [T, {env.action_dim}], "
@@ -325,7 +325,7 @@ def build_grid_data(key, env, buckets, next_obs, rewards, grid: GridSettings):
                 cells.append((w, i, j))
                 constants.append(float(1.0 / raw.mean()) if w == 0 else 1.0)
     if not datasets:
-        raise ValueError("no (size, epsilon) cell has enough pool tuples; raise pool.size or the epsilons")
+        raise InputError("no (size, epsilon) cell has enough pool tuples; raise pool.size or the epsilons")
     return TransitionData.stack(datasets), cells, np.asarray(constants)
 
 
@@ -388,15 +388,15 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     if pool.box_low:
         low, high = np.asarray(pool.box_low, np.float32), np.asarray(pool.box_high, np.float32)
         if low.shape != (dim,) or high.shape != (dim,) or not (high > low).all():
-            raise ValueError(f"pool.box_low/box_high must have {dim} entries each with high > low")
+            raise InputError(f"pool.box_low/box_high must have {dim} entries each with high > low")
     else:
         if config.env not in datasets.DEFAULT_BOXES:
-            raise ValueError(f"pool.box_low/box_high: no default box for env {config.env!r}; give one")
+            raise InputError(f"pool.box_low/box_high: no default box for env {config.env!r}; give one")
         low, high = (np.asarray(b, np.float32) for b in datasets.DEFAULT_BOXES[config.env])
     scale = None
     if pool.distance_scale:
         if len(pool.distance_scale) != dim:
-            raise ValueError(f"pool.distance_scale must have {dim} entries (obs + action), "
+            raise InputError(f"pool.distance_scale must have {dim} entries (obs + action), "
                              f"got {len(pool.distance_scale)}")
         scale = np.asarray(pool.distance_scale, np.float32)
 
@@ -487,22 +487,3 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     log(f"reweight: mean reward over feasible cells: re-weighted {report['mean_over_feasible']['reweighted']:.1f}, "
         f"uniform {report['mean_over_feasible']['uniform']:.1f}; wrote {out}/reweight.json")
     return report
-
-
-def main_reweight(argv=None) -> int:
-    """``mismatch-jax reweight CONFIG [--out DIR]``."""
-    parser = argparse.ArgumentParser(
-        prog="mismatch-jax reweight",
-        description=("Distance re-weighting study (Lambert et al. 2020, section 5, Fig. 8): models trained "
-                     "on S tuples within distance ε of an expert trajectory, with and without the weight "
-                     "ω = c·exp(−d*), scored by CEM-MPC in the true env. Writes reweight.json and "
-                     "reweight_heatmap.png."))
-    parser.add_argument("config", metavar="CONFIG", help="re-weighting TOML (e.g. sweeps/reweight_quick.toml)")
-    parser.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_reweight_config(args.config)
-    except ConfigError as exc:
-        parser.exit(2, f"mismatch-jax reweight: config error: {exc}\n")
-    run_reweight(config, args.out)
-    return 0

@@ -257,7 +257,7 @@ def load(path: Path, spec: dict | None = None) -> Transitions:
     """Reads an npz written by ``save``; with ``spec``, checks it is the same dataset."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"dataset file {path} does not exist; build it with `mismatch-jax datasets build`")
+        raise FileNotFoundError(f"dataset file {path} does not exist; build it with `mismatch-jax datasets CONFIG`")
     with np.load(path) as f:
         if spec is not None and json.loads(str(f["spec"])) != json.loads(json.dumps(spec, sort_keys=True, default=str)):
             raise ValueError(f"{path} was built from a different spec; delete it or change cache_dir")

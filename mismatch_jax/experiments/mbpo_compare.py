@@ -5,7 +5,7 @@ A config (TOML, loaded strictly into ``CompareConfig``) names the agents (``mbpo
 ``mbpo.sac.num_seeds`` seeds as one compiled program ``jit(vmap(train))`` on the same seed keys
 (paired seeds, as VaGraM's comparisons) and the same environment (incl. the distractor draw).
 
-    mismatch-jax mbpo --config sweeps/vagram_distractors_cpu.toml --out runs/vagram_dist
+    mismatch-jax mbpo sweeps/vagram_distractors_cpu.toml --out runs/vagram_dist
 
 Writes ``mbpo_compare.json`` (per agent: env_steps, eval_return [seeds, evals], their mean and
 standard deviation, final returns, first env-step count whose seed-mean return exceeds
@@ -15,7 +15,6 @@ standard deviation, final returns, first env-step count whose seed-mean return e
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -153,24 +152,3 @@ def run_compare(config: CompareConfig, out_dir, num_seeds: Optional[int] = None)
     (out / "mbpo_compare.json").write_text(json.dumps(summary, indent=2))
     plot_curves(results, out / "mbpo_compare.png", config.title or env.name, config.threshold)
     return summary
-
-
-def main_mbpo(argv: Optional[list[str]] = None) -> int:
-    """CLI: ``--config TOML [--out DIR] [--seeds N] [--agents a,b]``."""
-    parser = argparse.ArgumentParser(prog="mismatch-jax mbpo", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="TOML (CompareConfig), e.g. sweeps/mbpo_pendulum.toml")
-    parser.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
-    parser.add_argument("--seeds", type=int, default=None, help="override mbpo.sac.num_seeds")
-    parser.add_argument("--agents", default=None, help="comma-separated override of the agent list")
-    args = parser.parse_args(argv)
-    config = load_compare_config(args.config)
-    if args.agents:
-        config = dataclasses.replace(config, agents=tuple(a.strip() for a in args.agents.split(",")))
-    out = args.out or config.out_dir
-    run_compare(config, out, args.seeds)
-    print(f"wrote {Path(out) / 'mbpo_compare.json'} and .png")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_mbpo())

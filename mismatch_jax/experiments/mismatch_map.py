@@ -51,7 +51,6 @@ Choices (and why):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -66,7 +65,7 @@ import optax
 
 from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.analysis.correlation import correlate
-from mismatch_jax.config_io import ConfigError, from_dict, load_toml, to_dict
+from mismatch_jax.config_io import from_dict, load_toml, to_dict
 from mismatch_jax.models import core as models
 from mismatch_jax.models import trainer_losses, value_aware
 from mismatch_jax.planning.cem import CEMConfig, CEMInfo, Planner, cem_optimize, mpc_episode, shift_plan
@@ -644,24 +643,3 @@ def plot_mismatch_map(table, results: dict, path) -> None:
     fig.suptitle("Mismatch map: own objective vs reward (top), one-step LL vs reward (bottom)")
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def main_mismatch_map(argv: list[str] | None = None) -> int:
-    """CLI: ``--config sweeps/mismatch_map_quick.toml --out DIR``."""
-    parser = argparse.ArgumentParser(prog="mismatch-map", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="sweeps/mismatch_map_quick.toml")
-    parser.add_argument("--out", default=None, help="output directory (default: the config's out_dir)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    results = run_mismatch_map(config, args.out)
-    summary = {loss: {k: results["correlations"][loss][k]["spearman"] for k in ("own_objective", "ll")}
-               for loss in results["correlations"]}
-    print(json.dumps({"spearman_vs_reward": summary}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_mismatch_map())

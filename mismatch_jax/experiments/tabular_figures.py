@@ -1,32 +1,113 @@
 """Tabular experiments of *Mismatched No More* (Fig. 2a, 2b, 3a, 3b): PNG figures + JSON numbers.
 
-Each ``run_figXX(out_dir, seeds=..., config=None)`` writes ``figXX.png`` and ``figXX.json`` into
-``out_dir`` and returns the JSON dict. ``config`` is a dict (or a TOML path) with optional tables
-``[env]`` (builder keyword arguments), ``[run]`` (``num_iters``, ``mode``, float hyper-parameters
-of ``mismatch_jax.agents.tabular.run``) and a top-level ``seeds``; sweeps/tabular_figXX.toml hold
-the defaults. ``main_tabular(argv)`` is the CLI: ``mismatch-jax tabular fig2a --out DIR``.
+Each ``run_figXX(config, out_dir)`` writes ``figXX.png`` and ``figXX.json`` into ``out_dir`` and
+returns the JSON dict. ``config`` is a ``TabularConfig``: ``experiment``, ``seeds``, ``[env]``
+(builder keyword arguments) and ``[run]`` (``num_iters``, ``mode``, float hyper-parameters of
+``mismatch_jax.agents.tabular.run``); sweeps/tabular_figXX.toml hold the defaults. The command
+line is ``mismatch-jax tabular fig2a --out DIR`` (a preset name or a TOML path).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import json
 import os
 import time
-import tomllib
 from pathlib import Path
+from typing import Literal, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mismatch_jax.agents import tabular as agents
+from mismatch_jax.config_io import from_dict, load_toml
 from mismatch_jax.envs import tabular as envs
 
 EXPERIMENTS = ("fig2a", "fig2b", "fig3a", "fig3b")
-_RUN_KEYS = ("num_iters", "mode", "model_class", "block_size", "num_samples", "classifier", "lr",
-             "model_smoothing", "kl_coef", "logit_clip")
+_BUILDERS = {"fig2a": envs.gridworld, "fig2b": envs.obstacle_gridworld, "fig3a": envs.three_state,
+             "fig3b": envs.gridworld}
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularEnvSection:
+    """[env]: keyword arguments of the experiment's MDP builder (``envs.tabular.gridworld`` for
+    fig2a / fig3b, ``obstacle_gridworld`` for fig2b, ``three_state`` for fig3a); unset keys keep
+    the builder's defaults, and a key the builder does not take is refused."""
+
+    size: Optional[int] = None
+    slip: Optional[float] = None
+    gamma: Optional[float] = None
+    goal_reward: Optional[float] = None
+    reward_floor: Optional[float] = None
+    rewards: Optional[tuple[float, float, float]] = None
+    wind: Optional[float] = None
+
+    def given(self) -> dict:
+        """The keys set in the config."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularRunSection:
+    """[run]: settings of ``agents.tabular.run``; unset keys keep each figure's defaults
+    (``num_iters`` and ``mode`` differ per figure)."""
+
+    num_iters: Optional[int] = None
+    mode: Optional[Literal["sampled", "exact"]] = None
+    model_class: Optional[Literal["full", "blocks"]] = None
+    block_size: Optional[int] = None
+    num_samples: Optional[int] = None
+    classifier: Optional[Literal["block", "exact"]] = None
+    lr: Optional[float] = None
+    model_smoothing: Optional[float] = None
+    kl_coef: Optional[float] = None
+    logit_clip: Optional[float] = None
+
+    def given(self) -> dict:
+        """The keys set in the config."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularConfig:
+    """One tabular figure (``mismatch-jax tabular CONFIG``; presets fig2a, fig2b, fig3a, fig3b).
+    seeds: seeds of Fig. 2a (the other figures are exact and use one)."""
+
+    experiment: Literal["fig2a", "fig2b", "fig3a", "fig3b"] = "fig2a"
+    seeds: int = 100
+    env: TabularEnvSection = TabularEnvSection()
+    run: TabularRunSection = TabularRunSection()
+
+    def __post_init__(self):
+        import inspect
+
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        builder = _BUILDERS[self.experiment]
+        accepted = set(inspect.signature(builder).parameters)
+        refused = sorted(set(self.env.given()) - accepted)
+        if refused:
+            raise ValueError(f"env.{refused[0]} is not a setting of {self.experiment}'s MDP "
+                             f"({builder.__name__}); its settings: {', '.join(sorted(accepted))}")
+
+    def mdp(self):
+        """The experiment's MDP."""
+        return _BUILDERS[self.experiment](**self.env.given())
+
+
+def load_config(config) -> TabularConfig:
+    """TOML path, mapping or ``TabularConfig`` → validated ``TabularConfig`` (None: fig2a)."""
+    if config is None:
+        return TabularConfig()
+    if isinstance(config, TabularConfig):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return load_toml(TabularConfig, config)
+    return from_dict(TabularConfig, config)
 
 
 def _pyplot():
@@ -36,24 +117,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def load_config(config) -> dict:
-    """TOML path or dict → validated dict with keys 'seeds', 'env', 'run' (unknown keys raise)."""
-    if config is None:
-        return {"seeds": None, "env": {}, "run": {}}
-    if isinstance(config, (str, os.PathLike)):
-        with open(config, "rb") as f:
-            config = tomllib.load(f)
-    unknown = set(config) - {"seeds", "env", "run", "experiment"}
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}; allowed: experiment, seeds, "
-                         "[env], [run]")
-    bad_run = set(config.get("run", {})) - set(_RUN_KEYS)
-    if bad_run:
-        raise ValueError(f"unknown [run] keys {sorted(bad_run)}; allowed: {_RUN_KEYS}")
-    return {"seeds": config.get("seeds"), "env": dict(config.get("env", {})),
-            "run": dict(config.get("run", {}))}
 
 
 def _finite(x):
@@ -99,14 +162,13 @@ def _compiled_comparison(methods, num_iters, static_items, template_key):
     return all_methods
 
 
-def run_fig2a(out_dir, seeds: int = 100, config=None) -> dict:
+def run_fig2a(cfg: TabularConfig, out_dir) -> dict:
     """Fig. 2a: learning curves (true expected return, mean ± std over seeds) of MnM, Q-learning
     (true model) and VMBPO on the stochastic gridworld, and MnM's optimistic dynamics as arrows."""
-    cfg = load_config(config)
-    seeds = int(cfg["seeds"] or seeds)
-    run_cfg = {"num_iters": 100, "mode": "sampled", **cfg["run"]}
+    seeds = cfg.seeds
+    run_cfg = {"num_iters": 100, "mode": "sampled", **cfg.run.given()}
     num_iters = int(run_cfg.pop("num_iters"))
-    mdp = envs.gridworld(**cfg["env"])
+    mdp = cfg.mdp()
     methods = ("mnm", "q_learning", "vmbpo")
     keys = jax.random.split(jax.random.key(0), seeds)
     start = time.perf_counter()
@@ -154,7 +216,7 @@ def run_fig2a(out_dir, seeds: int = 100, config=None) -> dict:
     ax_arrows.set_aspect("equal")
     ax_arrows.set_title(f"MnM dynamics minus true (action-averaged); optimism {optimism:+.3f}")
     return _write(out_dir, "fig2a", fig, {
-        "seeds": seeds, "num_iters": num_iters, "run": run_cfg, "env": cfg["env"],
+        "seeds": seeds, "num_iters": num_iters, "run": run_cfg, "env": cfg.env.given(),
         "optimal_return": optimal, "methods": summary, "mnm_optimism": optimism,
         "compiled_call_seconds_incl_compile": elapsed,
     })
@@ -177,14 +239,13 @@ def _draw_policy(ax, mdp, policy, title):
     ax.set_title(title, fontsize=9)
 
 
-def run_fig2b(out_dir, seeds: int = 1, config=None) -> dict:
+def run_fig2b(cfg: TabularConfig, out_dir) -> dict:
     """Fig. 2b: low-resolution (3x3-block) model on the obstacle gridworld; MnM with its block
     classifier reaches the goal, the ablation without the classifier term tries the wall."""
-    cfg = load_config(config)
     run_cfg = {"num_iters": 150, "mode": "exact", "model_class": "blocks", "classifier": "exact",
-               "logit_clip": 2.0, **cfg["run"]}
+               "logit_clip": 2.0, **cfg.run.given()}
     num_iters = int(run_cfg.pop("num_iters"))
-    mdp = envs.obstacle_gridworld(**cfg["env"])
+    mdp = cfg.mdp()
     _, optimal_policy = agents.value_iteration(mdp)
     optimal = float(agents.expected_return(mdp, optimal_policy))
     out, policies = {}, {}
@@ -202,17 +263,16 @@ def run_fig2b(out_dir, seeds: int = 1, config=None) -> dict:
         _draw_policy(ax, mdp, policies[method],
                      f"{method}, 3x3-block model: return {out[method]['expected_return']:.3f}")
     return _write(out_dir, "fig2b", fig, {"num_iters": num_iters, "run": run_cfg,
-                                          "env": cfg["env"], "optimal_return": optimal,
+                                          "env": cfg.env.given(), "optimal_return": optimal,
                                           "methods": out})
 
 
-def run_fig3a(out_dir, seeds: int = 1, config=None) -> dict:
+def run_fig3a(cfg: TabularConfig, out_dir) -> dict:
     """Fig. 3a: 3-state MDP; MnM and Q-learning go to the safe left cell, VMBPO to the windy right.
     Reports each method's greedy action in the start (middle) cell and its exact return."""
-    cfg = load_config(config)
-    run_cfg = {"num_iters": 300, "mode": "exact", **cfg["run"]}
+    run_cfg = {"num_iters": 300, "mode": "exact", **cfg.run.given()}
     num_iters = int(run_cfg.pop("num_iters"))
-    mdp = envs.three_state(**cfg["env"])
+    mdp = cfg.mdp()
     out = {}
     for method in ("mnm", "q_learning", "vmbpo", "mnm_no_log"):
         res = agents.run(method, mdp, jax.random.key(0), num_iters=num_iters, **run_cfg)
@@ -231,16 +291,15 @@ def run_fig3a(out_dir, seeds: int = 1, config=None) -> dict:
     ax.set_ylabel("exact expected return from the middle")
     ax.set_title("Fig. 3a — green: safe left, red: windy right")
     return _write(out_dir, "fig3a", fig, {"num_iters": num_iters, "run": run_cfg,
-                                          "env": cfg["env"], "methods": out})
+                                          "env": cfg.env.given(), "methods": out})
 
 
-def run_fig3b(out_dir, seeds: int = 1, config=None) -> dict:
+def run_fig3b(cfg: TabularConfig, out_dir) -> dict:
     """Fig. 3b: exact MnM (value-iteration version) on the Fig. 2a gridworld; per iteration the
     MnM lower bound, the true log expected return and the VMBPO objective (upper bound)."""
-    cfg = load_config(config)
-    run_cfg = {"num_iters": 60, "mode": "exact", **cfg["run"]}
+    run_cfg = {"num_iters": 60, "mode": "exact", **cfg.run.given()}
     num_iters = int(run_cfg.pop("num_iters"))
-    mdp = envs.gridworld(**cfg["env"])
+    mdp = cfg.mdp()
     res = agents.run("mnm", mdp, jax.random.key(0), num_iters=num_iters, **run_cfg)
     lower, log_ret, upper = (np.asarray(x) for x in (res.mnm_bound, res.log_expected_return,
                                                      res.vmbpo_bound))
@@ -254,7 +313,7 @@ def run_fig3b(out_dir, seeds: int = 1, config=None) -> dict:
     ax.legend()
     ax.set_title("Fig. 3b — exact objectives along MnM value iteration")
     return _write(out_dir, "fig3b", fig, {
-        "num_iters": num_iters, "run": run_cfg, "env": cfg["env"],
+        "num_iters": num_iters, "run": run_cfg, "env": cfg.env.given(),
         "mnm_objective": lower.tolist(), "log_expected_return": log_ret.tolist(),
         "vmbpo_objective": upper.tolist(),
         "lower_bound_holds_every_iteration": bool(np.all(lower <= log_ret + 1e-5)),
@@ -265,25 +324,9 @@ def run_fig3b(out_dir, seeds: int = 1, config=None) -> dict:
 _RUNNERS = {"fig2a": run_fig2a, "fig2b": run_fig2b, "fig3a": run_fig3a, "fig3b": run_fig3b}
 
 
-def main_tabular(argv=None) -> dict:
-    """CLI: ``tabular {fig2a,fig2b,fig3a,fig3b,all} --out DIR [--seeds N] [--config TOML]``."""
-    parser = argparse.ArgumentParser(prog="mismatch-jax tabular",
-                                     description="Tabular MnM experiments (paper 001 §5.1)")
-    parser.add_argument("experiment", choices=EXPERIMENTS + ("all",))
-    parser.add_argument("--out", required=True, help="output directory for PNG + JSON")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (Fig. 2a)")
-    parser.add_argument("--config", default=None, help="TOML config (see sweeps/tabular_*.toml)")
-    args = parser.parse_args(argv)
-    names = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
-    results = {}
-    for name in names:
-        config = load_config(args.config)
-        if args.seeds is not None:
-            config["seeds"] = args.seeds
-        results[name] = _RUNNERS[name](args.out, seeds=config["seeds"] or 100, config=config)
-        print(f"{name}: wrote {Path(args.out) / name}.png and .json")
-    return results
-
-
-if __name__ == "__main__":
-    main_tabular()
+def run_experiment(config: TabularConfig, out_dir) -> dict:
+    """Runs ``config.experiment``; writes ``<experiment>.png`` and ``.json`` into ``out_dir``
+    and returns the JSON dict."""
+    result = _RUNNERS[config.experiment](config, out_dir)
+    print(f"{config.experiment}: wrote {Path(out_dir) / config.experiment}.png and .json")
+    return result

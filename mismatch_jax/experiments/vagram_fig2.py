@@ -46,7 +46,6 @@ first vs the last value function, drift diagnostics); compile and run seconds ap
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -62,7 +61,7 @@ import optax
 from mismatch_jax.agents import replay
 from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.agents.replay import Transition
-from mismatch_jax.config_io import ConfigError, from_dict, load_toml, to_dict
+from mismatch_jax.config_io import from_dict, load_toml, to_dict
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import value_aware
 from mismatch_jax.models.core import mse_per_sample
@@ -591,23 +590,3 @@ def run_fig2(config: Fig2Config, out_dir) -> dict:
     data = json_safe(data)
     (out / "fig2.json").write_text(json.dumps(data))
     return data
-
-
-def main_vagram_fig2(argv: Optional[list[str]] = None) -> int:
-    """CLI: ``vagram-fig2 --config sweeps/vagram_fig2_quick.toml --out DIR``."""
-    parser = argparse.ArgumentParser(prog="mismatch-jax vagram-fig2",
-                                     description="VaGraM Fig. 2: VAML error over value-function updates")
-    parser.add_argument("--config", default=None, help="TOML (sweeps/vagram_fig2*.toml); default: paper size")
-    parser.add_argument("--out", required=True, help="output directory for fig2.png + fig2.json")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config) if args.config else Fig2Config()
-    except ConfigError as exc:
-        parser.error(str(exc))
-    run_fig2(config, args.out)
-    print(f"wrote {Path(args.out) / 'fig2.png'} and fig2.json")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_vagram_fig2())

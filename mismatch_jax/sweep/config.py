@@ -257,17 +257,6 @@ def load(path) -> SweepConfig:
     return load_toml(SweepConfig, path)
 
 
-def load_packaged(name: str = "quickstart.toml") -> SweepConfig:
-    """A sweep config shipped inside the package (mismatch_jax/configs/NAME)."""
-    import importlib.resources
-    import tomllib
-
-    from mismatch_jax.config_io import from_dict
-
-    text = importlib.resources.files("mismatch_jax").joinpath("configs", name).read_text()
-    return from_dict(SweepConfig, tomllib.loads(text))
-
-
 def to_toml(config: SweepConfig) -> str:
     """The resolved config as TOML text (every default written out)."""
     data = to_dict(config)

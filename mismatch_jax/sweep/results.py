@@ -24,10 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from mismatch_jax.errors import InputError
+
 _CHUNK_RE = re.compile(r"chunk_(\d{8})_(\d{8})\.parquet$")
 
 
-class OutputDirError(RuntimeError):
+class OutputDirError(InputError, RuntimeError):
     """The output directory cannot be written (read-only, full, or holds another config)."""
 
 

@@ -198,7 +198,9 @@ def test_main_mbpo_writes_json_and_png(tmp_path):
         'model_train_freq = 50\nepoch_length = 100\nrollout_batch_size = 8\n'
         '[mbpo.sac]\ntotal_env_steps = 200\neval_interval = 100\nlearning_starts = 50\nnum_eval_episodes = 1\n'
         'buffer_capacity = 200\nbatch_size = 16\nhidden_size = 16\nnum_seeds = 2\n')
-    assert mbpo_compare.main_mbpo(["--config", str(config), "--out", str(tmp_path / "out")]) == 0
+    from mismatch_jax import cli
+
+    assert cli.main(["mbpo", str(config), "--out", str(tmp_path / "out")]) == 0
     import json
 
     summary = json.loads((tmp_path / "out" / "mbpo_compare.json").read_text())

@@ -166,11 +166,20 @@ def test_validation_errors():
 
 
 def test_cli_writes_figures(tmp_path):
-    from mismatch_jax.experiments.tabular_figures import main_tabular
+    from mismatch_jax import cli
 
-    out = main_tabular(["fig3a", "--out", str(tmp_path)])
+    assert cli.main(["tabular", "fig3a", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "fig3a.json").read_text())
     assert (tmp_path / "fig3a.png").stat().st_size > 1000
     assert data["methods"]["mnm"]["action_in_middle"] == "left"
     assert data["methods"]["vmbpo"]["action_in_middle"] == "right"
-    assert out["fig3a"]["methods"]["q_learning"]["action_in_middle"] == "left"
+    assert data["methods"]["q_learning"]["action_in_middle"] == "left"
+
+
+def test_tabular_config_refuses_a_builder_key_of_another_figure():
+    from mismatch_jax.config_io import ConfigError
+    from mismatch_jax.experiments.tabular_figures import load_config
+
+    assert load_config({"experiment": "fig3a", "env": {"wind": 0.3}}).mdp() is not None
+    with pytest.raises(ConfigError, match="env.size is not a setting of fig3a"):
+        load_config({"experiment": "fig3a", "env": {"size": 5}})

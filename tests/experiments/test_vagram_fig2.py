@@ -182,7 +182,9 @@ def test_sac_snapshots_and_main_end_to_end(tmp_path, env):
         lines.append(f"[{section}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     toml.write_text("\n".join(lines) + "\n")
-    assert fig2.main_vagram_fig2(["--config", str(toml), "--out", str(tmp_path / "out")]) == 0
+    from mismatch_jax import cli
+
+    assert cli.main(["vagram-fig2", str(toml), "--out", str(tmp_path / "out")]) == 0
     data = json.loads((tmp_path / "out" / "fig2.json").read_text())
     assert (tmp_path / "out" / "fig2.png").stat().st_size > 0
     assert data["sac"]["env_steps"] == [1200, 1400]

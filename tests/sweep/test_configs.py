@@ -1,10 +1,10 @@
-"""Every shipped sweep config loads; the packaged default equals sweeps/quickstart.toml."""
+"""Every shipped sweep config loads and round-trips through the resolved TOML."""
 
 from pathlib import Path
 
 import pytest
 
-from mismatch_jax.sweep.config import SweepConfig, load, load_packaged, to_toml
+from mismatch_jax.sweep.config import SweepConfig, load, to_toml
 from mismatch_jax.config_io import from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,12 +19,6 @@ def test_shipped_sweeps_load_and_round_trip(name):
     config = load(ROOT / "sweeps" / name)
     assert config.num_models >= 1
     assert from_dict(SweepConfig, tomllib.loads(to_toml(config))) == config
-
-
-def test_packaged_quickstart_is_the_repository_one():
-    assert (ROOT / "mismatch_jax" / "configs" / "quickstart.toml").read_text() == \
-        (ROOT / "sweeps" / "quickstart.toml").read_text()
-    assert load_packaged("quickstart.toml") == load(ROOT / "sweeps" / "quickstart.toml")
 
 
 def test_model_index_layout_is_types_outermost():
