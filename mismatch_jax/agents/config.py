@@ -22,7 +22,7 @@ import os
 import tomllib
 from typing import Any, Literal, Mapping, Optional, Union
 
-from mismatch_jax.config_io import ConfigError, from_dict, load_toml
+from mismatch_jax.config_io import from_dict, load_toml
 from mismatch_jax.models.core import MODEL_KINDS, ModelConfig
 from mismatch_jax.planning.cem import CEMConfig
 

@@ -26,7 +26,6 @@ moments across trials); rewards come from ``env.reward_fn`` (known reward, as in
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable, Optional
@@ -250,7 +249,7 @@ def run_pets_cli(config: Optional[PetsConfig] = None, out_dir: str = "runs/pets"
 
     from mismatch_jax.envs.registry import make
 
-    from mismatch_jax.sweep.results import atomic_write_text, check_writable
+    from mismatch_jax.files import check_writable, write_json
 
     config = load_pets_config() if config is None else config
     check_writable(out_dir)
@@ -290,7 +289,7 @@ def run_pets_cli(config: Optional[PetsConfig] = None, out_dir: str = "runs/pets"
         "total_s": time.perf_counter() - t0,
     }
     path = os.path.join(out_dir, "pets_rewards.json")
-    atomic_write_text(path, json.dumps(out, indent=1))
+    write_json(path, out, indent=1)
     _plot_rewards(per_seed, np.asarray(random_reward), os.path.join(out_dir, "pets_rewards.png"),
                   f"PETS {config.env}")
     console.print(f"wrote {path} and pets_rewards.png")

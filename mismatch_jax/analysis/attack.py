@@ -40,7 +40,6 @@ sharding metadata solve problems (huge, sharded, multi-host state) this file doe
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from pathlib import Path
@@ -52,6 +51,7 @@ import numpy as np
 from flax import struct
 
 from mismatch_jax.errors import InputError
+from mismatch_jax.files import check_writable, write_json, write_npz
 from mismatch_jax import models
 from mismatch_jax.analysis.common import (DataSettings, ModelSettings, TrainSettings,
                                           build_dataset, check_env, make_episode_evaluator, train_model)
@@ -153,8 +153,6 @@ def save_model(path, model_config: models.ModelConfig, params: models.ModelParam
                normalizer: models.Normalizer, meta: Optional[dict] = None) -> Path:
     """Writes one model (unbatched params/normalizer) and its config to ``path`` (.npz),
     atomically. ``meta``: JSON-serialisable extras (training data, rewards, …)."""
-    from mismatch_jax.sweep.results import atomic_write_bytes
-
     arrays = {}
     for i, (w, b) in enumerate(params.layers):
         arrays[f"layer{i}_w"], arrays[f"layer{i}_b"] = np.asarray(w), np.asarray(b)
@@ -163,11 +161,7 @@ def save_model(path, model_config: models.ModelConfig, params: models.ModelParam
         arrays[f"norm_{field.name}"] = np.asarray(getattr(normalizer, field.name))
     header = {"format": "mismatch_jax.model/1", "model_config": dataclasses.asdict(model_config),
               "meta": meta or {}}
-    buffer = io.BytesIO()
-    np.savez(buffer, header=json.dumps(header, default=str), **arrays)
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return write_npz(path, arrays, header=json.dumps(header, default=str))
 
 
 def load_model(path) -> tuple[models.ModelConfig, models.ModelParams, models.Normalizer]:
@@ -420,7 +414,6 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     fresh episodes; writes attack.json, attack_convergence.png, original_model.npz and
     attacked_model.npz to ``out_dir`` (default ``config.out_dir``). Returns the JSON dict."""
     from mismatch_jax.envs import make
-    from mismatch_jax.sweep.results import atomic_write_text, check_writable
 
     out = Path(out_dir or config.out_dir)
     check_writable(out)
@@ -500,7 +493,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
         "convergence": {k: v.tolist() for k, v in history.items()},
         "timings": timings, "device_kind": jax.devices()[0].device_kind,
     }
-    atomic_write_text(out / "attack.json", json.dumps(report, indent=2, default=float))
+    write_json(out / "attack.json", report)
     plot_convergence(history, ll_original, before["mean"], after["mean"], float(lls[1]),
                      out / "attack_convergence.png")
     log(f"attack: reward {before['mean']:.1f} → {after['mean']:.1f} "

@@ -7,7 +7,6 @@ on y, model types coloured, Pearson/Spearman ρ in the title; the numbers go to 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mismatch_jax.files import write_json
 from mismatch_jax.errors import InputError
 from mismatch_jax.analysis.correlation import correlate  # noqa: E402
 
@@ -105,7 +105,7 @@ def ll_reward_scatter(table: pd.DataFrame, out_dir: str | Path, epoch: str | int
     fig.savefig(out_dir / "ll_reward_scatter.png", dpi=110)
     plt.close(fig)
     content = {"epoch": epoch, "n_diverged_excluded": n_diverged, "correlations": records}
-    (out_dir / "ll_reward_correlations.json").write_text(json.dumps(content, indent=2))
+    write_json(out_dir / "ll_reward_correlations.json", content)
     return content
 
 
@@ -163,5 +163,5 @@ def per_epoch_curves(table: pd.DataFrame, out_dir: str | Path) -> dict:
     fig.tight_layout()
     fig.savefig(out_dir / "per_epoch_curves.png", dpi=110)
     plt.close(fig)
-    (out_dir / "per_epoch_curves.json").write_text(json.dumps(content, indent=2))
+    write_json(out_dir / "per_epoch_curves.json", content)
     return content

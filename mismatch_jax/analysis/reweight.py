@@ -34,7 +34,6 @@ trials in calls of ``evaluation.models_per_call`` models. All models use the sam
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mismatch_jax.errors import InputError
+from mismatch_jax.files import check_writable, write_json, write_npz
 from mismatch_jax.analysis.common import (DataSettings, ModelSettings, TrainSettings,
                                           build_dataset, check_env, make_population_evaluator)
 from mismatch_jax.agents.config import PetsConfig
@@ -284,11 +284,8 @@ def expert_reference(settings: ExpertSettings, env, env_name: str, seed: int, lo
     traj, reward = jax.jit(lambda k: mpc_episode(k, env, planner, None, None, length))(key)
     alive = np.asarray(traj.alive)
     obs, action = np.asarray(traj.obs)[alive], np.asarray(traj.action)[alive]
-    from mismatch_jax.sweep.results import atomic_write_bytes
 
-    buffer = io.BytesIO()
-    np.savez(buffer, obs=obs, action=action, reward=np.asarray(reward), spec=json.dumps(spec))
-    atomic_write_bytes(path, buffer.getvalue())
+    write_npz(path, {"obs": obs, "action": action, "reward": np.asarray(reward)}, spec=json.dumps(spec))
     return obs, action, {"source": "true_cem", "reward": float(reward), "cache": str(path)}
 
 
@@ -369,7 +366,6 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     from mismatch_jax import data as datasets
     from mismatch_jax.envs import make
     from mismatch_jax.planning.cem import make_planner
-    from mismatch_jax.sweep.results import atomic_write_text, check_writable
     from mismatch_jax.train.population import TrainHParams, make_train, model_keys
 
     out = Path(out_dir or config.out_dir)
@@ -481,7 +477,7 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
                                "uniform": float(np.nanmean(reward_mean[1]))},
         "timings": timings, "device_kind": jax.devices()[0].device_kind,
     }
-    atomic_write_text(out / "reweight.json", json.dumps(report, indent=2))
+    write_json(out / "reweight.json", report)
     plot_heatmaps(reward_mean, grid.sizes, grid.epsilons, out / "reweight_heatmap.png",
                   title=f"{config.env}: mean CEM-MPC reward ({config.evaluation.trials} trials × {reps} models per cell)")
     log(f"reweight: mean reward over feasible cells: re-weighted {report['mean_over_feasible']['reweighted']:.1f}, "

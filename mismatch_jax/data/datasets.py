@@ -30,6 +30,7 @@ import numpy as np
 from flax import struct
 
 from mismatch_jax.envs.base import Env
+from mismatch_jax.files import write_npz
 
 # Boxes over [obs..., action...] used for grid/sampled data. cartpole_swingup: cart within the
 # slider range the controller actually uses (±2), every pole angle in (−π, π], velocities as
@@ -244,13 +245,8 @@ def spec_hash(spec: dict) -> str:
 
 def save(path: Path, data: Transitions, spec: dict) -> None:
     """Writes data + its spec to an npz atomically."""
-    from mismatch_jax.sweep.results import atomic_write_bytes
-    import io
-
-    buffer = io.BytesIO()
     arrays = {f.name: np.asarray(getattr(data, f.name)) for f in dataclasses.fields(data)}
-    np.savez(buffer, spec=json.dumps(spec, sort_keys=True, default=str), **arrays)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    write_npz(path, arrays, spec=json.dumps(spec, sort_keys=True, default=str))
 
 
 def load(path: Path, spec: dict | None = None) -> Transitions:

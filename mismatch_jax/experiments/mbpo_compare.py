@@ -16,7 +16,6 @@ standard deviation, final returns, first env-step count whose seed-mean return e
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,6 +23,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from mismatch_jax.files import write_json
 from mismatch_jax.agents import mbpo
 from mismatch_jax.config_io import from_dict, load_toml, to_dict
 
@@ -149,6 +149,6 @@ def run_compare(config: CompareConfig, out_dir, num_seeds: Optional[int] = None)
         "env": env.name,
         "agents": results,
     }
-    (out / "mbpo_compare.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "mbpo_compare.json", summary)
     plot_curves(results, out / "mbpo_compare.png", config.title or env.name, config.threshold)
     return summary

@@ -52,7 +52,6 @@ Choices (and why):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -68,9 +67,9 @@ from mismatch_jax.analysis.correlation import correlate
 from mismatch_jax.config_io import from_dict, load_toml, to_dict
 from mismatch_jax.models import core as models
 from mismatch_jax.models import trainer_losses, value_aware
-from mismatch_jax.planning.cem import CEMConfig, CEMInfo, Planner, cem_optimize, mpc_episode, shift_plan
+from mismatch_jax.planning.cem import CEMConfig, Planner, cem_optimize, mpc_episode, shift_plan
 from mismatch_jax.train.population import TrainConfig, TrainHParams, TransitionData, make_train, model_keys
-from mismatch_jax.experiments.common import json_safe
+from mismatch_jax.files import write_json
 
 LOSSES = ("nll", "vagram", "mnm")
 METRICS = ("ll", "mse", "vagram", "mnm", "vaml")
@@ -558,7 +557,7 @@ def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict
         "num_rows": len(table), "timings_s": {**timings, "total_s": time.time() - t0},
         **correlation_summary(table, ev.num_bootstrap, config.seed),
     }
-    (out / "mismatch_map.json").write_text(json.dumps(json_safe(results), indent=2))
+    write_json(out / "mismatch_map.json", results)
     plot_mismatch_map(table, results, out / "mismatch_map.png")
     return results
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mismatch_jax.files import write_json
 from mismatch_jax.agents import tabular as agents
 from mismatch_jax.config_io import from_dict, load_toml
 from mismatch_jax.envs import tabular as envs
@@ -131,7 +131,7 @@ def _write(out_dir, name: str, fig, data: dict) -> dict:
     fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
     data = {"experiment": name, "device": jax.devices()[0].device_kind, **data}
-    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
+    write_json(out / f"{name}.json", data)
     return data
 
 

@@ -47,7 +47,6 @@ first vs the last value function, drift diagnostics); compile and run seconds ap
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -65,7 +64,7 @@ from mismatch_jax.config_io import from_dict, load_toml, to_dict
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import value_aware
 from mismatch_jax.models.core import mse_per_sample
-from mismatch_jax.experiments.common import json_safe
+from mismatch_jax.files import json_safe, write_json
 
 MODEL_TYPES = ("linear", "mlp")
 LOSSES = ("mse", "vaml", "vagram")
@@ -587,6 +586,5 @@ def run_fig2(config: Fig2Config, out_dir) -> dict:
                         for loss in mc.losses} for mt in mc.model_types},
         "timings": timings,
     }
-    data = json_safe(data)
-    (out / "fig2.json").write_text(json.dumps(data))
-    return data
+    write_json(out / "fig2.json", data, indent=None)
+    return json_safe(data)

@@ -17,68 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from mismatch_jax.errors import InputError
+from mismatch_jax.files import OutputDirError, atomic_write_bytes, check_writable, write_json
+
+__all__ = ["OutputDirError", "check_writable", "config_hash", "chunk_path", "finished_chunks",
+           "finished_models", "write_chunk", "merge_chunks", "read_manifest", "write_manifest"]
 
 _CHUNK_RE = re.compile(r"chunk_(\d{8})_(\d{8})\.parquet$")
-
-
-class OutputDirError(InputError, RuntimeError):
-    """The output directory cannot be written (read-only, full, or holds another config)."""
 
 
 def config_hash(resolved_text: str) -> str:
     """Short stable hash of a resolved config text."""
     return hashlib.sha256(resolved_text.encode()).hexdigest()[:16]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputDirError(
-            f"cannot write to {path.parent}: {exc.strerror}; choose a writable directory with --out"
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise OutputDirError(
-            f"writing {path} failed: {exc.strerror}; results written before this point are kept"
-            " — free space or choose another --out, then re-run with --resume"
-        ) from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of ``atomic_write_bytes``."""
-    atomic_write_bytes(path, text.encode())
-
-
-def check_writable(out_dir: Path) -> None:
-    """Fails early, before any compile, when ``out_dir`` cannot take files."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputDirError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
-    atomic_write_bytes(out_dir / ".write_test", b"ok")
-    (out_dir / ".write_test").unlink()
 
 
 def chunk_path(out_dir: Path, first: int, last: int) -> Path:
@@ -136,4 +90,4 @@ def read_manifest(out_dir: Path) -> dict | None:
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
     """Atomically (re)writes manifest.json."""
-    atomic_write_text(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    write_json(Path(out_dir) / "manifest.json", manifest, sort_keys=True)

@@ -12,8 +12,6 @@ devices along the population axis (``NamedSharding``); with several processes
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import json
 import math
 import os
 import platform
@@ -30,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mismatch_jax import models
 from mismatch_jax.envs import make
 from mismatch_jax.planning.cem import CEMConfig, make_planner, mpc_episode
+from mismatch_jax.files import atomic_write_text
 from mismatch_jax.sweep import results
 from mismatch_jax.sweep.config import SweepConfig, to_toml
 from mismatch_jax.sweep.study_data import build_study_datasets
@@ -262,7 +261,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
         raise results.OutputDirError(
             f"{out_dir} was written by a different config (hash {manifest.get('config_hash')} vs {digest}); "
             "resume with the same config or choose another --out")
-    results.atomic_write_text(out_dir / "config.resolved.toml", resolved)
+    atomic_write_text(out_dir / "config.resolved.toml", resolved)
     started = time.time()
     manifest = {
         "name": config.name, "config_hash": digest, "status": "running", "started": started,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import json
 from pathlib import Path
 from typing import Callable
@@ -21,7 +20,7 @@ import numpy as np
 from mismatch_jax import data as datasets
 from mismatch_jax.envs.base import Env
 from mismatch_jax.sweep.config import SweepConfig
-from mismatch_jax.sweep.results import atomic_write_bytes
+from mismatch_jax.files import write_npz
 
 DATA_SALT = 0x5EED_DA7A  # fold_in salt separating dataset keys from model keys
 
@@ -65,9 +64,7 @@ def pets_runs(config: SweepConfig, env: Env, cache_dir: Path, log: Callable[[str
         "alive": shape(np.asarray(buffer.train_mask) | np.asarray(buffer.val_mask)),
         "trial_rewards": np.stack(trial_rewards, axis=1),
     }
-    buf = io.BytesIO()
-    np.savez(buf, spec=json.dumps(spec, sort_keys=True, default=str), **out)
-    atomic_write_bytes(path, buf.getvalue())
+    write_npz(path, out, spec=json.dumps(spec, sort_keys=True, default=str))
     return out
 
 

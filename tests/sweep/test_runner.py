@@ -210,13 +210,17 @@ def test_bad_configs_rejected_before_compile(tmp_path):
         from_dict(SweepConfig, {**base, "training": {"num_epochs": 5, "eval_epochs": [9]}})
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_out_dir(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    with pytest.raises(results.OutputDirError, match="cannot"):
-        run_sweep(load(_config(tmp_path, 4)), ro / "out", progress=False)
+def test_a_chunk_that_cannot_be_written_is_a_clear_error_and_keeps_the_rest(tmp_path):
+    # Runs as root too (root ignores directory permissions): a file where chunks/ must go.
+    out = tmp_path / "out"
+    out.mkdir()
+    results.write_manifest(out, {"status": "running"})
+    (out / "chunks").write_text("in the way")
+    frame = pd.DataFrame({"model_id": [0], "epoch": [1]})
+    with pytest.raises(results.OutputDirError, match="cannot write to .*chunks.*--out"):
+        results.write_chunk(out, 0, 0, frame)
+    assert results.read_manifest(out) == {"status": "running"}
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_unwritable_out_dir_is_clear(tmp_path):

@@ -1,0 +1,129 @@
+"""Writing result files so that a crash never leaves half a file, and JSON that is valid JSON.
+
+Every file the package writes (datasets, chunks, manifests, models, reports) goes through
+``atomic_write_bytes``: the bytes are written to a temporary file in the target's directory,
+flushed to disk, then ``os.replace``d over the target, so a reader (or a resumed run) sees either
+the old file or the whole new one. Temporary names are ``.<name>.<random>.tmp``;
+``remove_stale_temporaries`` clears the ones a killed writer left behind.
+
+``write_json`` writes strict JSON: NaN and ±inf (which ``json.dumps`` would emit as the invalid
+tokens ``NaN`` / ``Infinity``) become ``null``, tuples become lists and NumPy scalars / arrays
+become numbers / lists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mismatch_jax.errors import InputError
+
+TEMP_SUFFIX = ".tmp"
+
+
+class OutputDirError(InputError, RuntimeError):
+    """The output directory cannot be written (read-only, full, or holds another config)."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as exc:
+        raise OutputDirError(
+            f"cannot write to {path.parent}: {exc.strerror}; choose a writable directory with --out"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OutputDirError(
+            f"writing {path} failed: {exc.strerror}; results written before this point are kept"
+            " — free space or choose another --out, then re-run with --resume"
+        ) from None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Text version of ``atomic_write_bytes`` (UTF-8)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (strict JSON has no NaN or inf),
+    tuples as lists and NumPy scalars / arrays as Python numbers / lists."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):  # NumPy / JAX scalars and arrays
+        return json_safe(obj.tolist())
+    return obj
+
+
+def dumps_json(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """Strict JSON text of ``obj`` (see ``json_safe``); raises on anything else not serialisable."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """Atomically writes ``obj`` as strict JSON to ``path``; returns the path."""
+    atomic_write_text(path, dumps_json(obj, indent, sort_keys))
+    return Path(path)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict, **text: str) -> Path:
+    """Atomically writes NumPy ``arrays`` (name → array) plus ``text`` entries (e.g. a JSON
+    header or spec, stored as 0-d string arrays) as one ``.npz`` file; returns the path."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **text, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def check_writable(out_dir: str | os.PathLike) -> None:
+    """Fails early, before any compile, when ``out_dir`` cannot take files."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
+    atomic_write_bytes(out_dir / ".write_test", b"ok")
+    (out_dir / ".write_test").unlink()
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Deletes the ``.*.tmp`` files an interrupted ``atomic_write_bytes`` left in ``directory``
+    and its subdirectories; returns them. Call it only when no other writer is active there."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.rglob(f".*{TEMP_SUFFIX}"):
+        if path.is_file():
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
