@@ -66,6 +66,7 @@ import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from mismatch_jax.data import TransitionData  # noqa: E402
 from mismatch_jax.models import core as models  # noqa: E402
 from mismatch_jax.train import population as pop  # noqa: E402
 
@@ -259,7 +260,7 @@ def main():
     gemm = gemm_flops(ARGS.gemm_size)
     report["gemm"] = gemm
     obs, act, nxt = linear_system(ARGS.rows)
-    data = pop.TransitionData.from_arrays(jax.random.key(42), obs, act, nxt, validation_fraction=0.1)
+    data = TransitionData.from_arrays(jax.random.key(42), obs, act, nxt, validation_fraction=0.1)
 
     report["throughput"] = []
     report["peer"] = {}

@@ -70,9 +70,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from mismatch_jax.agents import replay
+from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
-from mismatch_jax.agents.replay import Transition
+from mismatch_jax.data.replay import Transition
+from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.agents.sac import SACConfig
 from mismatch_jax.config_io import from_dict, load_toml
 from mismatch_jax.envs.base import Env
@@ -444,15 +445,13 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             mean = mean + jnp.sqrt(var) * jax.random.normal(noise_key, mean.shape)
         return mean[:, :obs_dim], mean[:, obs_dim]
 
-    def training_data(ts: MBPOState, aux_fn=None) -> population.TransitionData:
+    def training_data(ts: MBPOState, aux_fn=None) -> TransitionData:
         """The real buffer as one fixed-capacity dataset (M = 1) with train / validation masks."""
         d = ts.real.data
         valid = jnp.arange(ts.real.capacity) < ts.real.size
-        aux = None if aux_fn is None else aux_fn(d.next_obs[None], valid[None])
-        return population.TransitionData(
-            obs=d.obs[None], action=d.action[None], next_obs=d.next_obs[None], reward=d.reward[None],
-            weight=jnp.ones((1, ts.real.capacity)), train_mask=(valid & ~ts.val_rows)[None],
-            val_mask=(valid & ts.val_rows)[None], aux=aux)
+        aux = None if aux_fn is None else aux_fn(d.next_obs[None], valid[None])[0]
+        return TransitionData.single(d.obs, d.action, d.next_obs, valid & ~ts.val_rows,
+                                     valid & ts.val_rows, reward=d.reward, aux=aux)
 
     def train_classifier(key, ts: MBPOState):
         """``classifier_steps`` Adam steps of Eq. 4 against the current model; → (ts, mean loss)."""

@@ -57,8 +57,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from mismatch_jax.agents import replay
-from mismatch_jax.agents.replay import Transition
+from mismatch_jax.data import replay
+from mismatch_jax.data.replay import Transition
 from mismatch_jax.config_io import from_dict, load_toml
 from mismatch_jax.envs.base import Env, rollout
 

@@ -123,23 +123,12 @@ def build_dataset(data: DataSettings, env_name: str, seed: int, env, log=print):
     return built[data.kind], notes
 
 
-def transition_data(dataset, weight=None):
-    """A ``train.population.TransitionData`` (M = 1) from a ``data.Transitions``; weight [S] or
-    None (all ones)."""
-    from mismatch_jax.train.population import TransitionData
-
-    n = dataset.size
-    weight = jnp.ones((1, n)) if weight is None else jnp.asarray(weight, jnp.float32)[None]
-    return TransitionData(obs=dataset.obs[None], action=dataset.action[None],
-                          next_obs=dataset.next_obs[None], reward=dataset.reward[None], weight=weight,
-                          train_mask=~dataset.is_validation[None], val_mask=dataset.is_validation[None])
-
-
 def train_model(key, model_config: models.ModelConfig, settings: TrainSettings, dataset):
     """Trains one model on ``dataset`` (Transitions) → (params, normalizer, TrainResult)."""
+    from mismatch_jax.data.transitions import TransitionData
     from mismatch_jax.train.population import TrainHParams, make_train
 
-    data = transition_data(dataset)
+    data = TransitionData.from_dataset(dataset)
     train = make_train(settings.train_config(model_config, data.capacity))
     hp = TrainHParams.population(1, settings.learning_rate, settings.weight_decay)
     result = train(key[None], None, data, hp, jnp.zeros(1, jnp.int32))

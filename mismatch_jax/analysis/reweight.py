@@ -301,7 +301,7 @@ def build_grid_data(key, env, buckets, next_obs, rewards, grid: GridSettings):
     rewards [J, S_max] (true env). Returns (TransitionData with M = 2·cells datasets of capacity
     S_max, cells: list of (weighting w ∈ {0 re-weighted, 1 uniform}, i, j) per dataset,
     weight_constants [M] (c of each dataset))."""
-    from mismatch_jax.train.population import TransitionData
+    from mismatch_jax.data.transitions import TransitionData
 
     points, d_star, found = buckets
     obs_dim = env.obs_dim

@@ -1,21 +1,26 @@
-"""Transition datasets: grid, sampled, expert, on-policy; distances to an expert path; cache."""
+"""Data: study datasets (grid, sampled, expert, on-policy), distances to an expert path, the
+on-disk cache, the trainer's ``TransitionData`` and the on-device replay buffer (``replay``)."""
 
 from mismatch_jax.data.datasets import (
     DEFAULT_BOXES,
     Transitions,
     cached,
+    expert_dataset,
     from_trajectories,
     grid_dataset,
     load,
     min_distance,
+    on_policy_dataset,
     sampled_dataset,
     save,
     spec_hash,
     split_mask,
     step_from,
 )
+from mismatch_jax.data.transitions import TransitionData
 
 __all__ = [
-    "DEFAULT_BOXES", "Transitions", "cached", "from_trajectories", "grid_dataset", "load",
+    "DEFAULT_BOXES", "Transitions", "cached", "expert_dataset", "on_policy_dataset", "from_trajectories", "grid_dataset", "load",
     "min_distance", "sampled_dataset", "save", "spec_hash", "split_mask", "step_from",
+    "TransitionData",
 ]

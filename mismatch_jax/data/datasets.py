@@ -200,6 +200,39 @@ def from_trajectories(key: jax.Array, obs, action, next_obs, reward, done, valid
     ).check("trajectory dataset")
 
 
+def on_policy_dataset(key: jax.Array, runs: dict, validation_fraction: float = 0.1) -> Transitions:
+    """Every transition an agent collected while learning (Lambert et al.'s on-policy data).
+
+    runs: arrays of episodes ``obs`` / ``action`` / ``next_obs`` [S, R, T, d], ``reward`` /
+    ``alive`` [S, R, T] (S seeds, R trials of T steps; alive marks steps before termination)."""
+    return from_trajectories(key, runs["obs"], runs["action"], runs["next_obs"], runs["reward"],
+                             np.zeros(np.shape(runs["reward"]), bool), runs["alive"],
+                             validation_fraction=validation_fraction)
+
+
+def expert_dataset(key: jax.Array, runs: dict, num_episodes: int, min_reward: float,
+                   validation_fraction: float = 0.1) -> tuple[Transitions, list, str | None]:
+    """The ``num_episodes`` best planned episodes of ``runs`` whose reward exceeds
+    ``min_reward`` (Lambert et al.: "high-reward trajectories (cartpole r > 179)").
+
+    runs: as ``on_policy_dataset`` plus ``trial_rewards`` [S, R] (trial 0, the random one, is
+    never expert). When no episode passes, the best ones are used and the note says so.
+    Returns (Transitions, the chosen episodes' rewards, note or None)."""
+    rewards = np.asarray(runs["trial_rewards"])[:, 1:]  # planned trials only
+    order = np.argsort(-rewards, axis=None)
+    passing = [i for i in order if rewards.flat[i] > min_reward][:num_episodes]
+    note = None
+    if not passing:
+        passing = list(order[:num_episodes])
+        note = (f"no PETS trial exceeded expert_min_reward={min_reward}; used the best "
+                f"{len(passing)} trials (rewards {np.round(rewards.flat[passing], 1).tolist()})")
+    seed_idx, trial_idx = np.unravel_index(np.asarray(passing), rewards.shape)
+    pick = lambda a: np.asarray(a)[seed_idx, trial_idx + 1]
+    chosen = {name: pick(runs[name]) for name in ("obs", "action", "next_obs", "reward", "alive")}
+    return (on_policy_dataset(key, chosen, validation_fraction),
+            np.round(rewards.flat[passing], 2).tolist(), note)
+
+
 def min_distance(points, reference, chunk_size: int = 65536, scale=None) -> np.ndarray:
     """d*_i = min_j ‖(points_i − reference_j) / scale‖₂ for points [N, d], reference [M, d].
 

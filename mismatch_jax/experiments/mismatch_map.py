@@ -68,7 +68,8 @@ from mismatch_jax.config_io import from_dict, load_toml, to_dict
 from mismatch_jax.models import core as models
 from mismatch_jax.models import trainer_losses, value_aware
 from mismatch_jax.planning.cem import CEMConfig, Planner, cem_optimize, mpc_episode, shift_plan
-from mismatch_jax.train.population import TrainConfig, TrainHParams, TransitionData, make_train, model_keys
+from mismatch_jax.data.transitions import TransitionData
+from mismatch_jax.train.population import TrainConfig, TrainHParams, make_train, model_keys
 from mismatch_jax.files import write_json
 
 LOSSES = ("nll", "vagram", "mnm")
@@ -392,11 +393,8 @@ def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict
     is_held = np.zeros(len(rows), bool)
     is_held[:num_held] = True  # rows are already a random permutation
     held = tuple(jnp.asarray(a[is_held]) for a in (trans.obs, trans.action, trans.next_obs))
-    data = TransitionData(
-        obs=trans.obs[None], action=trans.action[None], next_obs=trans.next_obs[None],
-        reward=trans.reward[None], weight=np.ones((1, len(rows)), np.float32),
-        train_mask=~is_held[None], val_mask=is_held[None])
-    data = jax.tree.map(jnp.asarray, data)
+    data = TransitionData.single(trans.obs, trans.action, trans.next_obs, ~is_held, is_held,
+                                 reward=trans.reward)
     train_rows = tuple(jnp.asarray(a[~is_held]) for a in (trans.obs, trans.action, trans.next_obs))
     sac_return = float(np.asarray(sac_metrics.eval_return)[-1])
     timings["sac_s"] = time.time() - t0

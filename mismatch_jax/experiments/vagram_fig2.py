@@ -57,9 +57,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mismatch_jax.agents import replay
+from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
-from mismatch_jax.agents.replay import Transition
+from mismatch_jax.data.replay import Transition
 from mismatch_jax.config_io import from_dict, load_toml, to_dict
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import value_aware

@@ -32,7 +32,8 @@ from mismatch_jax.files import atomic_write_text
 from mismatch_jax.sweep import results
 from mismatch_jax.sweep.config import SweepConfig, to_toml
 from mismatch_jax.sweep.study_data import build_study_datasets
-from mismatch_jax.train.population import TrainConfig, TrainHParams, TransitionData, make_train
+from mismatch_jax.data.transitions import TransitionData
+from mismatch_jax.train.population import TrainConfig, TrainHParams, make_train
 
 MODEL_SALT = 0x0DE1  # fold_in salt of the model keys (datasets use another)
 
@@ -212,11 +213,7 @@ def stack_study_data(config: SweepConfig, sets: dict) -> tuple[TransitionData, t
     """The arguments a chunk takes from the study datasets ``sets`` ({name: Transitions}):
     train_data (TransitionData, one dataset [M = len(train), capacity] per train dataset, in
     config order) and eval_sets (one (obs, action, next_obs) validation triple per eval dataset)."""
-    train_data = TransitionData.stack([
-        TransitionData(obs=ds.obs[None], action=ds.action[None], next_obs=ds.next_obs[None],
-                       reward=ds.reward[None], weight=jnp.ones((1, ds.size)),
-                       train_mask=~ds.is_validation[None], val_mask=ds.is_validation[None])
-        for ds in (sets[n] for n in config.datasets.train)])
+    train_data = TransitionData.stack([TransitionData.from_dataset(sets[n]) for n in config.datasets.train])
     eval_sets = []
     for name in config.datasets.eval:
         val = sets[name].validation()

@@ -104,26 +104,14 @@ def build_study_datasets(config: SweepConfig, env: Env, log: Callable[[str], Non
             if name in background:
                 built[name] = background[name].result()
             elif name == "on_policy":
-                built[name] = datasets.from_trajectories(
-                    key, runs["obs"], runs["action"], runs["next_obs"], runs["reward"],
-                    np.zeros(runs["reward"].shape, bool), runs["alive"], validation_fraction=vf)
+                built[name] = datasets.on_policy_dataset(key, runs, vf)
             elif name == "expert":
-                rewards = runs["trial_rewards"][:, 1:]  # planned trials only
-                order = np.argsort(-rewards, axis=None)
-                passing = [i for i in order if rewards.flat[i] > cfg.expert_min_reward][: cfg.expert_episodes]
-                if not passing:
-                    passing = list(order[: cfg.expert_episodes])
-                    notes["expert"] = (
-                        f"no PETS trial exceeded expert_min_reward={cfg.expert_min_reward}; used the best "
-                        f"{len(passing)} trials (rewards {np.round(rewards.flat[passing], 1).tolist()})")
-                    log("datasets: warning: " + notes["expert"])
-                seed_idx, trial_idx = np.unravel_index(np.asarray(passing), rewards.shape)
-                pick = lambda a: a[seed_idx, trial_idx + 1]
-                built[name] = datasets.from_trajectories(
-                    key, pick(runs["obs"]), pick(runs["action"]), pick(runs["next_obs"]),
-                    pick(runs["reward"]), np.zeros(pick(runs["reward"]).shape, bool), pick(runs["alive"]),
-                    validation_fraction=vf)
-                notes.setdefault("expert_rewards", np.round(rewards.flat[passing], 2).tolist())
+                built[name], expert_rewards, note = datasets.expert_dataset(
+                    key, runs, cfg.expert_episodes, cfg.expert_min_reward, vf)
+                if note:
+                    notes["expert"] = note
+                    log("datasets: warning: " + note)
+                notes.setdefault("expert_rewards", expert_rewards)
             log(f"datasets: {name}: {built[name].size} transitions "
                 f"({int(np.asarray(built[name].is_validation).sum())} validation)")
     return built, notes

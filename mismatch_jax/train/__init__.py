@@ -7,13 +7,12 @@ from mismatch_jax.train.population import (
     TrainHParams,
     TrainMetrics,
     TrainResult,
-    TransitionData,
     make_optimizer,
     make_train,
     model_keys,
 )
 
 __all__ = [
-    "LossInputs", "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult", "TransitionData",
+    "LossInputs", "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult",
     "make_optimizer", "make_train", "model_keys",
 ]

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mismatch_jax.agents import mbpo, replay
+from mismatch_jax.agents import mbpo
+from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.config_io import ConfigError
 from mismatch_jax.envs import registry

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mismatch_jax.agents import replay
+from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
-from mismatch_jax.agents.replay import Transition
+from mismatch_jax.data.replay import Transition
 from mismatch_jax.config_io import ConfigError
 from mismatch_jax.envs import registry
 

@@ -12,7 +12,8 @@ from mismatch_jax import models
 from mismatch_jax.analysis import common, reweight
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml
 from mismatch_jax.sweep.config import CEMSettings
-from mismatch_jax.train.population import TrainConfig, TrainHParams, TransitionData, make_train
+from mismatch_jax.data.transitions import TransitionData
+from mismatch_jax.train.population import TrainConfig, TrainHParams, make_train
 
 
 def test_weights_known_values():

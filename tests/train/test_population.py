@@ -12,11 +12,11 @@ import numpy as np
 import optax
 import pytest
 
+from mismatch_jax.data import TransitionData
 from mismatch_jax.models import core as models
 from mismatch_jax.train import (
     TrainConfig,
     TrainHParams,
-    TransitionData,
     make_optimizer,
     make_train,
     model_keys,
