@@ -66,7 +66,6 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 
@@ -404,13 +403,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     model_capacity = config.rollout_batch_size * max_len * phases_per_epoch * config.model_retain_epochs
     rows_per_length = config.rollout_batch_size * phases_per_epoch * config.model_retain_epochs
     batch = sac_cfg.batch_size
-    low = jnp.asarray(np.asarray(env.action_low, np.float32).reshape(action_dim))
-    high = jnp.asarray(np.asarray(env.action_high, np.float32).reshape(action_dim))
     termination = jax.vmap(env.termination_fn)
-
-    def example_transition():
-        return Transition(obs=jnp.zeros((obs_dim,)), action=jnp.zeros((action_dim,)), reward=jnp.zeros(()),
-                          next_obs=jnp.zeros((obs_dim,)), done=jnp.zeros(()))
 
     def init(key: jax.Array, env_key: jax.Array) -> MBPOState:
         """Fresh state: SAC, empty buffers, an untrained model and classifier, a reset env."""
@@ -422,8 +415,8 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         capacity = sac_cfg.buffer_capacity
         return MBPOState(
             sac=sac.init(sac_key),
-            real=replay.init(example_transition(), capacity),
-            model_buffer=replay.init(example_transition(), model_capacity),
+            real=replay.init(replay.empty_transition(obs_dim, action_dim), capacity),
+            model_buffer=replay.init(replay.empty_transition(obs_dim, action_dim), model_capacity),
             model_params=models.init(model_key, mcfg),
             normalizer=models.identity_normalizer(mcfg),
             classifier=classifier, classifier_opt_state=opt_state,
@@ -455,18 +448,14 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
 
     def train_classifier(key, ts: MBPOState):
         """``classifier_steps`` Adam steps of Eq. 4 against the current model; → (ts, mean loss)."""
-        def step(carry, k):
-            params, opt_state = carry
+        def real_and_model_rows(k):
             sample_key, model_key = jax.random.split(k)
             real = replay.sample(sample_key, ts.real, config.classifier_batch_size)
             fake, _ = model_step(model_key, ts.model_params, ts.normalizer, real.obs, real.action)
-            loss, grads = jax.value_and_grad(value_aware.classifier_loss)(
-                params, real.obs, real.action, real.next_obs, fake)
-            updates, opt_state = cls_opt.update(grads, opt_state)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            return real.obs, real.action, real.next_obs, fake
 
-        (params, opt_state), losses = jax.lax.scan(
-            step, (ts.classifier, ts.classifier_opt_state), jax.random.split(key, config.classifier_steps))
+        params, opt_state, losses = value_aware.fit_classifier(
+            key, ts.classifier, ts.classifier_opt_state, cls_opt, real_and_model_rows, config.classifier_steps)
         return ts.replace(classifier=params, classifier_opt_state=opt_state), losses.mean()
 
     def rollouts(key, ts: MBPOState, length):
@@ -539,7 +528,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         num_recent = rows_per_length * rollout_length(config, env_steps)
         from_model = jnp.arange(batch) < num_model
 
-        def one(s, k):
+        def mixed_batch(k):
             real_key, model_key, update_key = jax.random.split(k, 3)
             real = replay.sample(real_key, ts.real, batch)
             fake = sample_recent(model_key, ts.model_buffer, batch, num_recent)
@@ -547,10 +536,9 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
                 lambda m, r: jnp.where(from_model.reshape((batch,) + (1,) * (m.ndim - 1)), m, r), fake, real)
             if config.augmented_reward:
                 mixed = augment(mixed, ts.classifier)
-            return sac.sac_update(update_key, s, mixed)
+            return mixed, update_key
 
-        sac_state, metrics = jax.lax.scan(one, ts.sac, jax.random.split(key, sac_cfg.updates_per_step))
-        return sac_state, jax.tree_util.tree_map(lambda m: m.mean(), metrics)
+        return sac_lib.run_updates(sac, key, ts.sac, sac_cfg.updates_per_step, mixed_batch)
 
     nan_update = jax.tree_util.tree_map(lambda _: jnp.asarray(jnp.nan, jnp.float32),
                                         sac_lib.UpdateMetrics(*([0.0] * 6)))
@@ -559,18 +547,12 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         key, step_index = xs  # step_index: unbatched env-step count before this step
         random_key, policy_key, reset_key, update_key = jax.random.split(key, 4)
         warm_up = step_index < sac_cfg.learning_starts
-        random_action = jax.random.uniform(random_key, (action_dim,), jnp.float32, low, high)
-        policy_action, _ = sac.sample_action(policy_key, ts.sac.params.actor, ts.env_state.obs)
-        action = jnp.where(warm_up, random_action, policy_action)
-        next_env = env.step(ts.env_state, action)
-        real = replay.add(ts.real, Transition(obs=ts.env_state.obs, action=action, reward=next_env.reward,
-                                              next_obs=next_env.obs, done=next_env.done.astype(jnp.float32)))
-        episode_return = ts.episode_return + next_env.reward
-        episode_over = jnp.logical_or(next_env.done, next_env.truncated)
-        fresh = env.reset(reset_key)
-        env_state = jax.tree_util.tree_map(lambda r, n: jnp.where(episode_over, r, n), fresh, next_env)
-        ts = ts.replace(real=real, env_state=env_state, env_steps=ts.env_steps + 1,
-                        episode_return=jnp.where(episode_over, 0.0, episode_return))
+        step = sac_lib.actor_env_step(env, sac, ts.sac.params.actor, ts.env_state, warm_up, random_key,
+                                      policy_key, reset_key)
+        episode_return = ts.episode_return + step.transition.reward
+        episode_over = step.episode_over
+        ts = ts.replace(real=replay.add(ts.real, step.transition), env_state=step.env_state,
+                        env_steps=ts.env_steps + 1, episode_return=jnp.where(episode_over, 0.0, episode_return))
         do_update = ~warm_up
         sac_state, metrics = jax.lax.cond(do_update, lambda t: sac_updates(update_key, t, step_index + 1),
                                           lambda t: (t.sac, nan_update), ts)

@@ -61,6 +61,7 @@ from mismatch_jax.data import replay
 from mismatch_jax.data.replay import Transition
 from mismatch_jax.config_io import from_dict, load_toml
 from mismatch_jax.envs.base import Env, rollout
+from mismatch_jax.models.nets import gradient_update, mlp_apply, mlp_init
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,30 +165,6 @@ def seed_keys(config: SACConfig, seed: Optional[int] = None) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 # Networks: explicit parameter pytrees
 # ---------------------------------------------------------------------------------------------
-
-
-def mlp_init(key: jax.Array, sizes: tuple[int, ...]) -> tuple:
-    """Layers ((w [in, out], b [out]), ...) with PyTorch nn.Linear's default
-    U(−1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
-    keys = jax.random.split(key, len(sizes) - 1)
-    layers = []
-    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
-        w_key, b_key = jax.random.split(k)
-        bound = 1.0 / math.sqrt(fan_in)
-        w = jax.random.uniform(w_key, (fan_in, fan_out), jnp.float32, -bound, bound)
-        b = jax.random.uniform(b_key, (fan_out,), jnp.float32, -bound, bound)
-        layers.append((w, b))
-    return tuple(layers)
-
-
-def mlp_apply(layers: tuple, x: jax.Array) -> jax.Array:
-    """ReLU MLP: x [..., in] → [..., out] (no activation on the last layer)."""
-    h = x
-    for i, (w, b) in enumerate(layers):
-        h = h @ w + b.reshape((1,) * (h.ndim - 1) + b.shape)
-        if i < len(layers) - 1:
-            h = jax.nn.relu(h)
-    return h
 
 
 def polyak_update(online: Any, target: Any, tau: float) -> Any:
@@ -365,6 +342,25 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
         not_done = 1.0 - batch.done.astype(soft_value.dtype)
         return jax.lax.stop_gradient(batch.reward + config.gamma * not_done * soft_value)
 
+    def critic_loss_fn(critic, batch: Transition, target):
+        """0.5 · Σ_critics mean_batch (Q − y)²; aux: mean online Q."""
+        q = q_apply(critic, batch.obs, batch.action)  # [2, B]
+        loss = 0.5 * jnp.sum(jnp.mean((q - target[None, :]) ** 2, axis=-1))
+        return loss, q.mean()
+
+    def actor_loss_fn(actor, key, critic, batch: Transition, alpha):
+        """mean(α log π(a|s) − min_k Q_k(s, a)), a ~ π(s) reparameterised; aux: log π [B]."""
+        action, log_prob = sample_action(key, actor, batch.obs)
+        q = q_apply(critic, batch.obs, action).min(axis=0)
+        return jnp.mean(alpha * log_prob - q), log_prob
+
+    def alpha_loss_fn(log_alpha, entropy_gap):
+        return -log_alpha * entropy_gap
+
+    critic_step = gradient_update(critic_loss_fn, critic_opt, has_aux=True)
+    actor_step = gradient_update(actor_loss_fn, actor_opt, has_aux=True)
+    alpha_step = gradient_update(alpha_loss_fn, alpha_opt)
+
     def sac_update(key: jax.Array, state: SACState, batch: Transition):
         """One SAC update on ``batch`` (Transition with leaves [B, ...]); returns
         (new SACState, UpdateMetrics)."""
@@ -373,36 +369,13 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
         alpha = jnp.exp(params.log_alpha)
         target = td_target(target_key, params, batch)
 
-        def critic_loss_fn(critic):
-            q = q_apply(critic, batch.obs, batch.action)  # [2, B]
-            loss = 0.5 * jnp.sum(jnp.mean((q - target[None, :]) ** 2, axis=-1))
-            return loss, q.mean()
-
-        (critic_loss, q_mean), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
-            params.critic
-        )
-        critic_updates, critic_opt_state = critic_opt.update(critic_grads, state.critic_opt_state)
-        critic = optax.apply_updates(params.critic, critic_updates)
-
-        def actor_loss_fn(actor):
-            action, log_prob = sample_action(actor_key, actor, batch.obs)
-            q = q_apply(critic, batch.obs, action).min(axis=0)
-            return jnp.mean(alpha * log_prob - q), log_prob
-
-        (actor_loss, log_prob), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
-            params.actor
-        )
-        actor_updates, actor_opt_state = actor_opt.update(actor_grads, state.actor_opt_state)
-        actor = optax.apply_updates(params.actor, actor_updates)
-
+        critic, critic_opt_state, critic_loss, q_mean = critic_step(
+            params.critic, state.critic_opt_state, batch, target)
+        actor, actor_opt_state, actor_loss, log_prob = actor_step(
+            params.actor, state.actor_opt_state, actor_key, critic, batch, alpha)
         entropy_gap = jax.lax.stop_gradient(jnp.mean(log_prob) + target_entropy)
-
-        def alpha_loss_fn(log_alpha):
-            return -log_alpha * entropy_gap
-
-        alpha_loss, alpha_grad = jax.value_and_grad(alpha_loss_fn)(params.log_alpha)
-        alpha_updates, alpha_opt_state = alpha_opt.update(alpha_grad, state.alpha_opt_state)
-        log_alpha = optax.apply_updates(params.log_alpha, alpha_updates)
+        log_alpha, alpha_opt_state, alpha_loss = alpha_step(params.log_alpha, state.alpha_opt_state,
+                                                            entropy_gap)
 
         new_params = SACParams(
             actor=actor,
@@ -517,66 +490,95 @@ def evaluate(sac: SAC, env: Env, actor: tuple, key: jax.Array, num_episodes: int
     return jax.vmap(episode)(jax.random.split(key, num_episodes)).mean()
 
 
+class EnvStep(NamedTuple):
+    """What one actor step in the environment produced: the stored ``transition`` (done =
+    termination only; next_obs is the true next state, also at a time limit), the ``env_state``
+    to continue from (a fresh reset when the episode ended) and ``episode_over`` []."""
+
+    transition: Transition
+    env_state: Any
+    episode_over: jax.Array
+
+
+def actor_env_step(env: Env, sac: SAC, actor: tuple, env_state: Any, warm_up, random_key: jax.Array,
+                   policy_key: jax.Array, reset_key: jax.Array) -> EnvStep:
+    """One step of a SAC actor in ``env``: a uniformly random action in the action box while
+    ``warm_up`` ([] bool, traced or static), else a sample of the policy; the environment step;
+    and a reset (from ``reset_key``) when the episode terminated or hit its time limit (envs do
+    not auto-reset). Shared by SAC, MBPO and the VaGraM figure's value-function run."""
+    low, high = action_box(env, sac.action_dim)
+    random_action = jax.random.uniform(random_key, (sac.action_dim,), jnp.float32, low, high)
+    policy_action, _ = sac.sample_action(policy_key, actor, env_state.obs)
+    action = jnp.where(warm_up, random_action, policy_action)
+    next_env = env.step(env_state, action)
+    transition = Transition(obs=env_state.obs, action=action, reward=next_env.reward, next_obs=next_env.obs,
+                            done=next_env.done.astype(jnp.float32))
+    episode_over = jnp.logical_or(next_env.done, next_env.truncated)
+    fresh = env.reset(reset_key)
+    env_state = jax.tree_util.tree_map(lambda r, n: jnp.where(episode_over, r, n), fresh, next_env)
+    return EnvStep(transition=transition, env_state=env_state, episode_over=episode_over)
+
+
+def action_box(env: Env, action_dim: int) -> tuple[jax.Array, jax.Array]:
+    """The env's action box as float32 arrays [A] (low, high)."""
+    low = jnp.asarray(np.asarray(env.action_low, np.float32).reshape(action_dim))
+    high = jnp.asarray(np.asarray(env.action_high, np.float32).reshape(action_dim))
+    return low, high
+
+
+def run_updates(sac: SAC, key: jax.Array, state: SACState, num_updates: int, sample_batch: Callable):
+    """``num_updates`` SAC updates in one lax.scan; ``sample_batch(key) -> (batch, update_key)``
+    draws each update's batch (and the key of its update). → (state, mean UpdateMetrics)."""
+    def one(s, k):
+        batch, update_key = sample_batch(k)
+        return sac.sac_update(update_key, s, batch)
+
+    state, metrics = jax.lax.scan(one, state, jax.random.split(key, num_updates))
+    return state, jax.tree_util.tree_map(lambda m: m.mean(), metrics)
+
+
+def replay_batches(buffer: replay.ReplayBuffer, batch_size: int) -> Callable:
+    """``sample_batch`` for ``run_updates``: a uniform replay batch, then the update key."""
+    def sample_batch(k):
+        sample_key, update_key = jax.random.split(k)
+        return replay.sample(sample_key, buffer, batch_size), update_key
+    return sample_batch
+
+
 def make_train(config: SACConfig, env: Env) -> Callable[[jax.Array], tuple[TrainState, TrainMetrics]]:
     """``train(key) -> (final TrainState, TrainMetrics with leaves [num_evals])``: the whole run
     as one pure function (``jax.jit(jax.vmap(train))(keys)`` for many seeds)."""
     sac = make_sac(config, env)
     num_evals = config.total_env_steps // config.eval_interval
-    low = jnp.asarray(np.asarray(env.action_low, np.float32).reshape(sac.action_dim))
-    high = jnp.asarray(np.asarray(env.action_high, np.float32).reshape(sac.action_dim))
     nan_metrics = jax.tree_util.tree_map(
         lambda _: jnp.asarray(jnp.nan, jnp.float32), UpdateMetrics(*([0.0] * 6))
     )
 
-    def updates(key, sac_state, buffer):
-        def one(s, k):
-            sample_key, update_key = jax.random.split(k)
-            batch = replay.sample(sample_key, buffer, config.batch_size)
-            return sac.sac_update(update_key, s, batch)
-
-        sac_state, metrics = jax.lax.scan(one, sac_state, jax.random.split(key, config.updates_per_step))
-        return sac_state, jax.tree_util.tree_map(lambda m: m.mean(), metrics)
-
     def env_step(ts: TrainState, key):
         random_key, policy_key, reset_key, update_key = jax.random.split(key, 4)
         warm_up = ts.env_steps < config.learning_starts
-        random_action = jax.random.uniform(random_key, (sac.action_dim,), jnp.float32, low, high)
-        policy_action, _ = sac.sample_action(policy_key, ts.sac.params.actor, ts.env_state.obs)
-        action = jnp.where(warm_up, random_action, policy_action)
-
-        next_env = env.step(ts.env_state, action)
-        transition = Transition(
-            obs=ts.env_state.obs,
-            action=action,
-            reward=next_env.reward,
-            next_obs=next_env.obs,  # the true next state, also at a time limit
-            done=next_env.done.astype(jnp.float32),  # termination only
-        )
-        buffer = replay.add(ts.buffer, transition)
-        episode_return = ts.episode_return + next_env.reward
-        episode_over = jnp.logical_or(next_env.done, next_env.truncated)
-        fresh = env.reset(reset_key)
-        env_state = jax.tree_util.tree_map(
-            lambda r, n: jnp.where(episode_over, r, n), fresh, next_env
-        )
+        step = actor_env_step(env, sac, ts.sac.params.actor, ts.env_state, warm_up, random_key, policy_key,
+                              reset_key)
+        buffer = replay.add(ts.buffer, step.transition)
+        episode_return = ts.episode_return + step.transition.reward
         env_steps = ts.env_steps + 1
 
         do_update = env_steps >= config.learning_starts
         sac_state, metrics = jax.lax.cond(
             do_update,
-            lambda s: updates(update_key, s, buffer),
+            lambda s: run_updates(sac, update_key, s, config.updates_per_step,
+                                  replay_batches(buffer, config.batch_size)),
             lambda s: (s, nan_metrics),
             ts.sac,
         )
         new_ts = TrainState(
             sac=sac_state,
             buffer=buffer,
-            env_state=env_state,
-            episode_return=jnp.where(episode_over, 0.0, episode_return),
+            env_state=step.env_state,
+            episode_return=jnp.where(step.episode_over, 0.0, episode_return),
             env_steps=env_steps,
         )
-        step_out = (metrics, do_update, episode_over, episode_return)
-        return new_ts, step_out
+        return new_ts, (metrics, do_update, step.episode_over, episode_return)
 
     def interval(ts: TrainState, key):
         steps_key, eval_key = jax.random.split(key)
@@ -591,16 +593,9 @@ def make_train(config: SACConfig, env: Env) -> Callable[[jax.Array], tuple[Train
         """One SAC run: key → (final TrainState, TrainMetrics [num_evals])."""
         init_key, env_key, loop_key = jax.random.split(key, 3)
         env_state = env.reset(env_key)
-        example = Transition(
-            obs=jnp.zeros((sac.obs_dim,), jnp.float32),
-            action=jnp.zeros((sac.action_dim,), jnp.float32),
-            reward=jnp.zeros((), jnp.float32),
-            next_obs=jnp.zeros((sac.obs_dim,), jnp.float32),
-            done=jnp.zeros((), jnp.float32),
-        )
         ts = TrainState(
             sac=sac.init(init_key),
-            buffer=replay.init(example, config.buffer_capacity),
+            buffer=replay.init(replay.empty_transition(sac.obs_dim, sac.action_dim), config.buffer_capacity),
             env_state=env_state,
             episode_return=jnp.zeros((), jnp.float32),
             env_steps=jnp.zeros((), jnp.int32),

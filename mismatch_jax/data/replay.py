@@ -35,6 +35,13 @@ class Transition(NamedTuple):
     done: jax.Array
 
 
+def empty_transition(obs_dim: int, action_dim: int) -> Transition:
+    """A zero ``Transition`` without batch axes: the example ``init`` allocates a buffer of."""
+    return Transition(obs=jnp.zeros((obs_dim,), jnp.float32), action=jnp.zeros((action_dim,), jnp.float32),
+                      reward=jnp.zeros((), jnp.float32), next_obs=jnp.zeros((obs_dim,), jnp.float32),
+                      done=jnp.zeros((), jnp.float32))
+
+
 @struct.dataclass
 class ReplayBuffer:
     """data: pytree of arrays with leading axis [capacity]; position: [] int32, next row written;

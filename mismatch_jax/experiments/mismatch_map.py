@@ -317,18 +317,14 @@ def train_classifier(key, params, config: MnmConfig, obs, action, real_next, mod
     num_models, rows = model_next.shape[:2]
     batch = config.classifier_batch_size
 
-    def step(carry, k):
-        p, state = carry
+    def real_and_model_rows(k):
         row_key, model_key = jax.random.split(k)
         t = jax.random.randint(row_key, (batch,), 0, rows)
         n = jax.random.randint(model_key, (batch,), 0, num_models)
-        loss, grads = jax.value_and_grad(value_aware.classifier_loss)(
-            p, obs[t], action[t], real_next[t], model_next[n, t])
-        updates, state = opt.update(grads, state, p)
-        return (optax.apply_updates(p, updates), state), loss
+        return obs[t], action[t], real_next[t], model_next[n, t]
 
-    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)),
-                                       jax.random.split(key, config.classifier_steps))
+    params, _, losses = value_aware.fit_classifier(key, params, opt.init(params), opt, real_and_model_rows,
+                                                   config.classifier_steps)
     return params, losses[-min(100, config.classifier_steps):].mean()
 
 

@@ -59,10 +59,9 @@ import optax
 
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
-from mismatch_jax.data.replay import Transition
 from mismatch_jax.config_io import from_dict, load_toml, to_dict
 from mismatch_jax.envs.base import Env
-from mismatch_jax.models import value_aware
+from mismatch_jax.models import nets, value_aware
 from mismatch_jax.models.core import mse_per_sample
 from mismatch_jax.files import json_safe, write_json
 
@@ -210,33 +209,19 @@ def make_sac_snapshots(config: Fig2Config, env: Env) -> Callable[[jax.Array], Sn
     ``snapshot_stride`` epochs (after ``learning_starts`` random-action steps without updates)."""
     sc = config.sac
     sac = sac_lib.make_sac(sc, env)
-    low = jnp.asarray(np.asarray(env.action_low, np.float32).reshape(sac.action_dim))
-    high = jnp.asarray(np.asarray(env.action_high, np.float32).reshape(sac.action_dim))
     steps_per_snapshot = sc.eval_interval * config.snapshot_stride
 
     def step(carry, key, warm_up: bool):
         sac_state, buffer, env_state = carry
         action_key, reset_key, update_key = jax.random.split(key, 3)
-        if warm_up:
-            action = jax.random.uniform(action_key, (sac.action_dim,), jnp.float32, low, high)
-        else:
-            action, _ = sac.sample_action(action_key, sac_state.params.actor, env_state.obs)
-        next_env = env.step(env_state, action)
-        buffer = replay.add(buffer, Transition(
-            obs=env_state.obs, action=action, reward=next_env.reward, next_obs=next_env.obs,
-            done=next_env.done.astype(jnp.float32)))  # done = termination only, as in sac.py
-        episode_over = jnp.logical_or(next_env.done, next_env.truncated)
-        fresh = env.reset(reset_key)
-        env_state = jax.tree_util.tree_map(lambda r, n: jnp.where(episode_over, r, n), fresh, next_env)
+        # One key for the random and the policy action: only the one the static branch keeps is used.
+        step = sac_lib.actor_env_step(env, sac, sac_state.params.actor, env_state, warm_up, action_key,
+                                      action_key, reset_key)
+        buffer = replay.add(buffer, step.transition)
         if not warm_up:
-            def one_update(state, k):
-                sample_key, sac_key = jax.random.split(k)
-                state, _ = sac.sac_update(sac_key, state, replay.sample(sample_key, buffer, sc.batch_size))
-                return state, None
-
-            sac_state, _ = jax.lax.scan(one_update, sac_state,
-                                        jax.random.split(update_key, sc.updates_per_step))
-        return (sac_state, buffer, env_state), None
+            sac_state, _ = sac_lib.run_updates(sac, update_key, sac_state, sc.updates_per_step,
+                                               sac_lib.replay_batches(buffer, sc.batch_size))
+        return (sac_state, buffer, step.env_state), None
 
     def snapshot(carry, key):
         steps_key, eval_key = jax.random.split(key)
@@ -248,11 +233,7 @@ def make_sac_snapshots(config: Fig2Config, env: Env) -> Callable[[jax.Array], Sn
 
     def run(key: jax.Array) -> Snapshots:
         init_key, env_key, warm_key, loop_key = jax.random.split(key, 4)
-        example = Transition(obs=jnp.zeros((sac.obs_dim,), jnp.float32),
-                             action=jnp.zeros((sac.action_dim,), jnp.float32),
-                             reward=jnp.zeros((), jnp.float32),
-                             next_obs=jnp.zeros((sac.obs_dim,), jnp.float32),
-                             done=jnp.zeros((), jnp.float32))
+        example = replay.empty_transition(sac.obs_dim, sac.action_dim)
         carry = (sac.init(init_key), replay.init(example, sc.buffer_capacity), env.reset(env_key))
         if sc.learning_starts:
             carry, _ = jax.lax.scan(lambda c, k: step(c, k, True), carry,
@@ -321,18 +302,13 @@ def model_init(key: jax.Array, model_type: str, obs_dim: int, action_dim: int, h
     linear = one layer [obs+action → obs]; mlp = [obs+action → hidden → obs]."""
     inputs = obs_dim + action_dim
     sizes = (inputs, obs_dim) if model_type == "linear" else (inputs, hidden_size, obs_dim)
-    return sac_lib.mlp_init(key, sizes)
+    return nets.mlp_init(key, sizes)
 
 
 def model_predict(layers: tuple, obs: jax.Array, action: jax.Array, activation: str = "relu",
                   predict_delta: bool = False) -> jax.Array:
     """Predicted next observation: obs [..., D], action [..., A] → [..., D]."""
-    h = jnp.concatenate([obs, action], axis=-1)
-    act = jax.nn.relu if activation == "relu" else jnp.tanh
-    for i, (w, b) in enumerate(layers):
-        h = h @ w + b.reshape((1,) * (h.ndim - 1) + b.shape)
-        if i < len(layers) - 1:
-            h = act(h)
+    h = nets.mlp_apply(layers, jnp.concatenate([obs, action], axis=-1), activation)
     return obs + h if predict_delta else h
 
 
@@ -413,12 +389,12 @@ def make_model_learning(config: Fig2Config, env: Env, model_type: str):
                 return jnp.mean(model_loss_per_sample(loss_index, pred, train.next_obs[rows], value_fn,
                                                       grads_all[:, rows], mc.vagram_regularizer))
 
+            update = nets.gradient_update(loss_fn, optimizer)
+
             def sgd_step(carry, step_key):
-                layers, opt_state = carry
                 rows = jax.random.randint(step_key, (mc.batch_size,), 0, mc.num_train)
-                value, g = jax.value_and_grad(loss_fn)(layers, rows)
-                updates, opt_state = optimizer.update(g, opt_state)
-                return (optax.apply_updates(layers, updates), opt_state), value
+                layers, opt_state, value = update(*carry, rows)
+                return (layers, opt_state), value
 
             def chunk(carry, chunk_key):
                 carry, losses = jax.lax.scan(sgd_step, carry, jax.random.split(chunk_key, steps_per_eval))

@@ -38,13 +38,14 @@ e = f̂(s, a) − s′, g_k = ∇_s V_k(s)|_{s′} (the gradient at the true nex
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Literal, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import struct
 
+from mismatch_jax.models import nets
 from mismatch_jax.models.core import mse_per_sample
 
 ValueFn = Callable[[jax.Array], jax.Array]
@@ -223,25 +224,13 @@ class ClassifierConfig:
 
 def classifier_init(key: jax.Array, config: ClassifierConfig) -> tuple:
     """Layers ((w [in, out], b [out]), ...), PyTorch nn.Linear default init U(±1/sqrt(fan_in))."""
-    sizes = config.layer_sizes
-    layers = []
-    for k, fan_in, fan_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
-        w_key, b_key = jax.random.split(k)
-        bound = 1.0 / math.sqrt(fan_in)
-        layers.append((jax.random.uniform(w_key, (fan_in, fan_out), jnp.float32, -bound, bound),
-                       jax.random.uniform(b_key, (fan_out,), jnp.float32, -bound, bound)))
-    return tuple(layers)
+    return nets.mlp_init(key, config.layer_sizes)
 
 
 def classifier_apply(params: tuple, obs: jax.Array, action: jax.Array, next_obs: jax.Array) -> jax.Array:
     """Logit of C(s, a, s′) = P(real | s, a, s′): obs/next_obs [..., obs_dim], action
     [..., action_dim] (same leading axes) → [...]. log C/(1−C) equals the logit."""
-    h = jnp.concatenate([obs, action, next_obs - obs], axis=-1)
-    for i, (w, b) in enumerate(params):
-        h = h @ w + _lift(b, h.ndim)
-        if i < len(params) - 1:
-            h = jax.nn.relu(h)
-    return h[..., 0]
+    return nets.mlp_apply(params, jnp.concatenate([obs, action, next_obs - obs], axis=-1), "relu")[..., 0]
 
 
 def classifier_loss_per_sample(params: tuple, obs: jax.Array, action: jax.Array,
@@ -256,6 +245,24 @@ def classifier_loss_per_sample(params: tuple, obs: jax.Array, action: jax.Array,
 def classifier_loss(params: tuple, obs, action, real_next_obs, model_next_obs) -> jax.Array:
     """Mean over the batch of ``classifier_loss_per_sample`` → []."""
     return classifier_loss_per_sample(params, obs, action, real_next_obs, model_next_obs).mean()
+
+
+def fit_classifier(key: jax.Array, params: tuple, opt_state, optimizer: optax.GradientTransformation,
+                   sample_batch: Callable, num_steps: int):
+    """``num_steps`` optimizer steps of the classifier loss (Eq. 4), one lax.scan.
+
+    sample_batch(key) -> (obs [B, d], action [B, a], real_next_obs [B, d], model_next_obs [B, d]):
+    the caller's way of pairing real transitions with model predictions of the same (s, a).
+    Returns (params, opt_state, losses [num_steps])."""
+    step = nets.gradient_update(classifier_loss, optimizer)
+
+    def body(carry, k):
+        p, state = carry
+        p, state, loss = step(p, state, *sample_batch(k))
+        return (p, state), loss
+
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jax.random.split(key, num_steps))
+    return params, opt_state, losses
 
 
 def mnm_model_loss_per_sample(value_fn: ValueFn, classifier_params: tuple, obs: jax.Array,

@@ -46,6 +46,7 @@ from flax import struct
 
 from mismatch_jax.data.transitions import TransitionData, is_traced
 from mismatch_jax.models import core as models
+from mismatch_jax.models.nets import gradient_update
 
 _STOP_METRICS = ("mse", "nll")
 _WEIGHT_DECAY_MODES = ("l2", "decoupled")
@@ -541,11 +542,9 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
             if per_sample_loss is not None:
                 rows_data = (obs, data.action[ds, rows], data.next_obs[ds, rows], data.reward[ds, rows],
                              None if data.aux is None else data.aux[ds, rows])
-            loss, grads = jax.value_and_grad(loss_fn)(s.params, s.normalizer, x, y, w, hp_n, rows_data,
-                                                      loss_context)
-            opt = make_optimizer(cfg, hp_n.learning_rate, hp_n.weight_decay)
-            updates, new_opt = opt.update(grads, s.opt_state, s.params)
-            new_params = optax.apply_updates(s.params, updates)
+            update = gradient_update(loss_fn, make_optimizer(cfg, hp_n.learning_rate, hp_n.weight_decay))
+            new_params, new_opt, loss = update(s.params, s.opt_state, s.normalizer, x, y, w, hp_n, rows_data,
+                                               loss_context)
             attempted = s.active & (start < n_train)
             finite = jnp.isfinite(loss) & _all_finite(new_params)
             ok = attempted & finite

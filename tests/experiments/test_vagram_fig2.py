@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mismatch_jax.models import nets
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.data.replay import Transition
@@ -48,8 +49,8 @@ def fake_snapshots(env, tiny_config):
     snapshots = []
     for key in jax.random.split(jax.random.key(3), 3):
         actor_key, critic_key = jax.random.split(key)
-        critic = stack([sac_lib.mlp_init(k, critic_sizes) for k in jax.random.split(critic_key, 2)])
-        snapshots.append(sac_lib.SACParams(actor=sac_lib.mlp_init(actor_key, actor_sizes), critic=critic,
+        critic = stack([nets.mlp_init(k, critic_sizes) for k in jax.random.split(critic_key, 2)])
+        snapshots.append(sac_lib.SACParams(actor=nets.mlp_init(actor_key, actor_sizes), critic=critic,
                                            target_critic=critic, log_alpha=jnp.zeros(())))
     return stack(snapshots)
 
