@@ -16,6 +16,30 @@ from typing import Sequence
 import jax
 
 
+class BackgroundCompiler:
+    """Compiles lowered programs in worker threads as they are submitted, so that compiling one
+    program overlaps lowering (or running) the next. Use as a context manager::
+
+        with BackgroundCompiler(workers) as compiler:
+            future = compiler.submit(jax.jit(f).lower(*args))
+            ...
+            executable = future.result()
+    """
+
+    def __init__(self, max_workers: int | None = None):
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers or os.cpu_count() or 1)
+
+    def submit(self, lowered: jax.stages.Lowered) -> "concurrent.futures.Future[jax.stages.Compiled]":
+        """Starts compiling ``lowered``; the future's result is the executable."""
+        return self._pool.submit(lowered.compile)
+
+    def __enter__(self) -> "BackgroundCompiler":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown(wait=True)
+
+
 def compile_concurrently(lowered: Sequence[jax.stages.Lowered],
                          max_workers: int | None = None) -> list[jax.stages.Compiled]:
     """Compiles every ``Lowered`` program in its own thread → executables in the same order.
@@ -25,6 +49,6 @@ def compile_concurrently(lowered: Sequence[jax.stages.Lowered],
     """
     if len(lowered) <= 1:
         return [program.compile() for program in lowered]
-    workers = max_workers or min(len(lowered), os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda program: program.compile(), lowered))
+    with BackgroundCompiler(max_workers or min(len(lowered), os.cpu_count() or 1)) as compiler:
+        futures = [compiler.submit(program) for program in lowered]
+        return [future.result() for future in futures]

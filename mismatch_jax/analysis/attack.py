@@ -56,7 +56,7 @@ from mismatch_jax import models
 from mismatch_jax.analysis.common import (DataSettings, ModelSettings, TrainSettings,
                                           build_dataset, check_env, make_episode_evaluator, train_model)
 from mismatch_jax.config_io import load_toml, to_dict
-from mismatch_jax.planning.cem import make_planner
+from mismatch_jax.planning.mpc import make_planner
 from mismatch_jax.sweep.config import CEMSettings, EpisodeSettings
 
 TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams

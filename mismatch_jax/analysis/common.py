@@ -141,7 +141,7 @@ def train_model(key, model_config: models.ModelConfig, settings: TrainSettings, 
 def make_episode_evaluator(env, planner, episode_length: int, env_params=None):
     """``rewards(params, normalizer, trial_keys [K]) -> [K]``: one model's CEM-MPC episodes in
     the true env, one per key. Pure; vmap it over models or candidates, then jit."""
-    from mismatch_jax.planning.cem import mpc_episode
+    from mismatch_jax.planning.mpc import mpc_episode
 
     def rewards(params, normalizer, trial_keys):
         episode = lambda k: mpc_episode(k, env, planner, params, normalizer, episode_length, env_params)[1]

@@ -266,7 +266,8 @@ def expert_reference(settings: ExpertSettings, env, env_name: str, seed: int, lo
         expert, notes = build_dataset(data, env_name, seed, env, log)
         return (np.asarray(expert.obs), np.asarray(expert.action),
                 {"source": "pets", "notes": notes, "reward": float(np.asarray(expert.reward).sum())})
-    from mismatch_jax.planning.cem import CEMConfig, make_true_dynamics_planner, mpc_episode
+    from mismatch_jax.planning.cem import CEMConfig
+    from mismatch_jax.planning.mpc import make_true_dynamics_planner, mpc_episode
 
     length = settings.episode_length or env.episode_length
     spec = {"env": env_name, "kind": "expert_true_cem", "seed": seed, "length": length,
@@ -365,7 +366,7 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     re-weighted, 1 = uniform; NaN = infeasible cell)."""
     from mismatch_jax import data as datasets
     from mismatch_jax.envs import make
-    from mismatch_jax.planning.cem import make_planner
+    from mismatch_jax.planning.mpc import make_planner
     from mismatch_jax.train.population import TrainHParams, make_train, model_keys
 
     out = Path(out_dir or config.out_dir)

@@ -55,7 +55,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +67,8 @@ from mismatch_jax.analysis.correlation import correlate
 from mismatch_jax.config_io import from_dict, load_toml, to_dict
 from mismatch_jax.models import core as models
 from mismatch_jax.models import trainer_losses, value_aware
-from mismatch_jax.planning.cem import CEMConfig, Planner, cem_optimize, mpc_episode, shift_plan
+from mismatch_jax.planning.cem import CEMConfig
+from mismatch_jax.planning.mpc import make_value_planner, mean_model_step, mpc_episode, true_env_step
 from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.train.population import TrainConfig, TrainHParams, make_train, model_keys
 from mismatch_jax.files import write_json
@@ -265,50 +266,6 @@ def with_variance_head(loss: Callable) -> Callable:
     return fn
 
 
-def make_value_planner(cem: CEMConfig, step_fn: Callable, reward_fn: Callable,
-                       terminal_value: Optional[Callable], discount: float) -> Planner:
-    """CEM-MPC whose candidates are scored by rolling ``step_fn(params, norm, obs [P, d],
-    action [P, a]) -> next_obs [P, d]`` for H steps: Σ_t γ^t r_t (+ γ^H terminal_value(s_H [P, d])
-    → [P]). Same call signature as ``cem.make_planner`` so ``mpc_episode`` drives it."""
-    def plan_with_info(key, model_params, normalizer, obs, prev_plan):
-        def objective(eval_key, actions):  # [P, H, A] → [P]
-            del eval_key
-
-            def body(carry, action):
-                state, total, weight = carry
-                nxt = step_fn(model_params, normalizer, state, action)
-                reward = jax.vmap(reward_fn)(state, action, nxt)
-                return (nxt, total + weight * reward, weight * discount), None
-
-            start = jnp.broadcast_to(obs, (actions.shape[0], obs.shape[-1]))
-            init = (start, jnp.zeros(actions.shape[0]), jnp.ones(()))
-            (final, total, weight), _ = jax.lax.scan(body, init, jnp.swapaxes(actions, 0, 1))
-            if terminal_value is not None:
-                total = total + weight * terminal_value(final)
-            return total
-
-        solution, info = cem_optimize(key, objective, prev_plan, cem)
-        return solution[0], shift_plan(cem, solution), solution, info
-
-    return Planner(config=cem, plan_with_info=plan_with_info)
-
-
-def model_step_fn(mcfg: models.ModelConfig) -> Callable:
-    """Expectation propagation: next obs = mean over members of the predicted mean."""
-    def step(params, norm, obs, action):
-        mean, _ = models.predict(mcfg, params, norm, obs, action)
-        return mean.mean(0)[..., : mcfg.obs_dim]
-    return step
-
-
-def true_step_fn(env) -> Callable:
-    """The true dynamics as a planner step (params and norm ignored)."""
-    def step(params, norm, obs, action):
-        del params, norm
-        return jax.vmap(lambda o, a: env.step(env.state_from_obs(o), a).obs)(obs, action)
-    return step
-
-
 def train_classifier(key, params, config: MnmConfig, obs, action, real_next, model_next):
     """Adam on the MnM classifier loss (Eq. 4). obs/action/real_next [T, ·]; model_next
     [N, T, d]: predictions of N models; each minibatch entry pairs row t with a random model.
@@ -498,7 +455,7 @@ def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict
         return rewards  # [trials]
 
     oracle_rewards = np.asarray(jax.jit(lambda vp: episodes(
-        make_value_planner(cem, true_step_fn(env), env.reward_fn, terminal_fn(vp), discount), None, None))(
+        make_value_planner(cem, true_env_step(env), env.reward_fn, terminal_fn(vp), discount), None, None))(
             value_params))
     log(f"[mismatch_map] true-dynamics planner reward {oracle_rewards.mean():.1f}")
 
@@ -508,7 +465,7 @@ def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict
         @jax.jit
         def score(params, norm, classifier, vp, held, held_grads):
             v_fn = lambda s: value_apply(vp, s)
-            planner = make_value_planner(cem, model_step_fn(mcfg), env.reward_fn, terminal_fn(vp), discount)
+            planner = make_value_planner(cem, mean_model_step(mcfg), env.reward_fn, terminal_fn(vp), discount)
 
             def one(pn):
                 p, n = pn

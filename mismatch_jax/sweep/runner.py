@@ -11,7 +11,6 @@ devices along the population axis (``NamedSharding``); with several processes
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import os
 import platform
@@ -26,8 +25,10 @@ import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mismatch_jax import models
+from mismatch_jax.compilation import BackgroundCompiler
 from mismatch_jax.envs import make
-from mismatch_jax.planning.cem import CEMConfig, make_planner, mpc_episode
+from mismatch_jax.planning.cem import CEMConfig
+from mismatch_jax.planning.mpc import make_planner, mpc_episode
 from mismatch_jax.files import atomic_write_text
 from mismatch_jax.sweep import results
 from mismatch_jax.sweep.config import SweepConfig, to_toml
@@ -307,7 +308,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     kinds = list(dict.fromkeys(c[0] for c in todo))
     workers = max(1, min(len(kinds), os.cpu_count() or 1))
     with Progress(*columns, console=console, disable=not progress) as bar, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            BackgroundCompiler(workers) as compiler:
         task = bar.add_task("sweep", total=sum(c[2] - c[1] + 1 for c in mine))
         bar.update(task, completed=sum(c[2] - c[1] + 1 for c in mine if c not in todo))
         programs = {}
@@ -316,7 +317,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
             _, first, last, size = next(c for c in todo if c[0] == kind)
             lowered = make_chunk_fn(config, env, kind, mesh).lower(
                 *chunk_arguments(first, last, size)[1], train_data, eval_sets)
-            programs[kind] = pool.submit(lowered.compile)
+            programs[kind] = compiler.submit(lowered)
         for number, (kind, first, last, size) in enumerate(todo):
             bar.update(task, description=f"chunk {number + 1}/{len(todo)} ({kind})")
             indices, (padded, dataset_index) = chunk_arguments(first, last, size)

@@ -12,7 +12,8 @@ from mismatch_jax import models
 from mismatch_jax.analysis import attack, common
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml
 from mismatch_jax.envs import make
-from mismatch_jax.planning.cem import CEMConfig, make_planner
+from mismatch_jax.planning.cem import CEMConfig
+from mismatch_jax.planning.mpc import make_planner
 from mismatch_jax.sweep.config import CEMSettings
 
 
