@@ -70,11 +70,11 @@ COMMANDS: dict[str, Command] = {
         "pets_cartpole_cpu", ("pets_rewards.json", "pets_rewards.png")),
     "attack": Command(
         "adversarial CMA-ES attack on a trained model's last layer (paper 000, Fig. 6-7)",
-        "mismatch_jax.analysis.attack:AttackConfig", "mismatch_jax.analysis.attack:run_attack",
+        "mismatch_jax.experiments.attack:AttackConfig", "mismatch_jax.experiments.attack:run_attack",
         "attack_quick", ("attack.json", "attack_convergence.png")),
     "reweight": Command(
         "distance re-weighting study (paper 000, Fig. 8)",
-        "mismatch_jax.analysis.reweight:ReweightConfig", "mismatch_jax.analysis.reweight:run_reweight",
+        "mismatch_jax.experiments.reweight:ReweightConfig", "mismatch_jax.experiments.reweight:run_reweight",
         "reweight_quick", ("reweight.json", "reweight_heatmap.png")),
     "tabular": Command(
         "tabular MnM / VMBPO / Q-learning figures (paper 001, Fig. 2-3); CONFIG: fig2a, fig2b, "

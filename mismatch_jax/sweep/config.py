@@ -175,7 +175,7 @@ class CEMSettings(PlannerSection):
 @dataclasses.dataclass(frozen=True)
 class EpisodeSettings:
     """CEM-MPC episodes in the true env per scored model: ``trials`` episodes of
-    ``episode_length`` steps (0 = the env's episode length). Shared with ``analysis.common``."""
+    ``episode_length`` steps (0 = the env's episode length). Shared with ``experiments.study_models``."""
 
     trials: int = 5
     episode_length: int = 0

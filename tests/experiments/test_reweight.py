@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mismatch_jax import models
-from mismatch_jax.analysis import common, reweight
+from mismatch_jax.experiments import reweight
+from mismatch_jax.experiments import study_models as common
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml
 from mismatch_jax.sweep.config import CEMSettings
 from mismatch_jax.data.transitions import TransitionData

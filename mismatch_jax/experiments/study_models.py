@@ -1,5 +1,5 @@
-"""What the adversarial attack (``analysis.attack``) and the re-weighting study
-(``analysis.reweight``) share: the ``[model]``, ``[training]`` and ``[data]`` config sections
+"""What the adversarial attack (``experiments.attack``) and the re-weighting study
+(``experiments.reweight``) share: the ``[model]``, ``[training]`` and ``[data]`` config sections
 (their ``[cem]`` and evaluation sections build on ``sweep.config``'s ``CEMSettings`` and
 ``EpisodeSettings``), building and training on a study dataset, and scoring models by CEM-MPC
 episodes in the true environment.

@@ -53,7 +53,7 @@ from flax import struct
 from mismatch_jax.errors import InputError
 from mismatch_jax.files import check_writable, write_json, write_npz
 from mismatch_jax import models
-from mismatch_jax.analysis.common import (DataSettings, ModelSettings, TrainSettings,
+from mismatch_jax.experiments.study_models import (DataSettings, ModelSettings, TrainSettings,
                                           build_dataset, check_env, make_episode_evaluator, train_model)
 from mismatch_jax.config_io import load_toml, to_dict
 from mismatch_jax.planning.mpc import make_planner
@@ -66,7 +66,7 @@ INVALID_FITNESS = 1e9
 
 
 # ------------------------------------------------------------------------------------------------
-# Configuration ([model], [training], [data] and [cem] are shared: analysis.common, sweep.config).
+# Configuration ([model], [training], [data] and [cem] are shared: experiments.study_models, sweep.config).
 # ------------------------------------------------------------------------------------------------
 
 

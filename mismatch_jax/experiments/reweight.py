@@ -45,7 +45,7 @@ import numpy as np
 
 from mismatch_jax.errors import InputError
 from mismatch_jax.files import check_writable, write_json, write_npz
-from mismatch_jax.analysis.common import (DataSettings, ModelSettings, TrainSettings,
+from mismatch_jax.experiments.study_models import (DataSettings, ModelSettings, TrainSettings,
                                           build_dataset, check_env, make_population_evaluator)
 from mismatch_jax.agents.config import PetsConfig
 from mismatch_jax.config_io import load_toml, to_dict

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mismatch_jax import models
-from mismatch_jax.analysis import attack, common
+from mismatch_jax.experiments import attack
+from mismatch_jax.experiments import study_models as common
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml
 from mismatch_jax.envs import make
 from mismatch_jax.planning.cem import CEMConfig
