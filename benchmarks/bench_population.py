@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     from mismatch_jax.envs import make
     from mismatch_jax.sweep.config import load
     from mismatch_jax.sweep.runner import chunk_size_for, make_chunk_parts, stack_study_data
-    from mismatch_jax.sweep.study_data import build_study_datasets
+    from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     config = load(args.config)
     env = make(config.env)
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)
 
     t = time.perf_counter()
-    sets, _ = build_study_datasets(config, env, log=log)
+    sets, _ = build_study_datasets(StudyData.of_sweep(config), env, log=log)
     dataset_s = time.perf_counter() - t
     train_names = list(config.datasets.train)
     train_data, eval_sets = stack_study_data(config, sets)

@@ -178,11 +178,11 @@ def _run_sweep(config, out: str, options: argparse.Namespace) -> None:
 def _run_datasets(config, out: str, options: argparse.Namespace) -> None:
     """Builds a sweep's datasets into its cache (``--out`` replaces ``datasets.cache_dir``)."""
     from mismatch_jax.envs import make
-    from mismatch_jax.sweep.study_data import build_study_datasets
+    from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     if options.out:
         config = dataclasses.replace(config, datasets=dataclasses.replace(config.datasets, cache_dir=out))
-    build_study_datasets(config, make(config.env))
+    build_study_datasets(StudyData.of_sweep(config), make(config.env))
 
 
 def _print_summary(out: str, table, content: dict) -> None:

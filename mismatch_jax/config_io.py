@@ -1,14 +1,28 @@
-"""Strict TOML → frozen-dataclass loading shared by every config of the package.
+"""Config schemas: frozen dataclasses with declared constraints, strict TOML loading, TOML writing.
 
-``from_dict(Cls, mapping)`` builds a (possibly nested) frozen dataclass and rejects, before any
-computation starts: unknown keys (listing the allowed ones), values of the wrong type (naming the
-expected type), and impossible values (each dataclass's ``__post_init__`` raises ValueError; the
-error is re-raised with the full key path, e.g. ``sweep.cem.population_size``).
+A config class derives from ``Schema`` and declares each field's bounds next to the field with
+``setting(default, ge=…, gt=…, le=…, lt=…)``; ``Schema.__post_init__`` checks them (elementwise for
+tuples), refuses NaN / ±inf in every float (a typo like ``nan`` in a config must not run), and then
+calls ``check()``, where a class states only the rules that tie fields together. We chose this
+small mechanism over a validation library (pydantic, attrs validators) because the configs must
+stay plain frozen dataclasses — hashable static arguments of ``jax.jit`` and usable as pytree
+metadata — and the whole mechanism is ~60 lines.
+
+``from_dict(Cls, mapping)`` builds a (possibly nested) config and rejects, before any computation
+starts: unknown keys (listing the allowed ones), values of the wrong type (naming the expected
+type), and impossible values (re-raised with the full key path, e.g. ``sweep.cem.num_elites``). A
+nested table is applied *over the parent's default* for that field, so a parent can give a shared
+section its own defaults (the sweep's ``cem = CEMConfig(horizon=25, …)``) and a TOML table that
+sets one key keeps the parent's other defaults. ``apply_overrides`` gives Hydra-style ``--set
+a.b=value``; ``to_toml`` writes a resolved config back (tomli-w).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
 import tomllib
 import types
 import typing
@@ -24,7 +38,84 @@ class ConfigError(InputError):
     """A config value is unknown, of the wrong type or impossible; the message names the key."""
 
 
+def setting(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None,
+            default_factory: Any = dataclasses.MISSING):
+    """A config field whose numbers must satisfy the given bounds (``Schema`` checks them; tuples
+    elementwise; None values are skipped)."""
+    bounds = {name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
+              if value is not None}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"bounds": bounds})
+
+
+def _fmt(number) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def _describe(bounds: dict) -> str:
+    low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    if low and high:
+        return f"in {low[0]}{_fmt(low[1])}, {_fmt(high[1])}{high[0]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {_fmt(low[1])}"
+    return f"{'<=' if high[0] == ']' else '<'} {_fmt(high[1])}"
+
+
+def _numbers(value) -> list:
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, tuple):
+        return [v for item in value for v in _numbers(item)]
+    return []
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def check_fields(config: Any) -> None:
+    """Raises ValueError naming ``Class.field`` when a number of ``config`` is NaN / ±inf or
+    outside the bounds its ``setting`` declares."""
+    hints = _hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        bounds = field.metadata.get("bounds", {})
+        if hints.get(field.name) is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ValueError(f"{type(config).__name__}.{field.name} must be an integer, got {value!r}")
+        for number in _numbers(value):
+            name = f"{type(config).__name__}.{field.name}"
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if (("ge" in bounds and not number >= bounds["ge"]) or ("gt" in bounds and not number > bounds["gt"])
+                    or ("le" in bounds and not number <= bounds["le"])
+                    or ("lt" in bounds and not number < bounds["lt"])):
+                raise ValueError(f"{name} must be {_describe(bounds)}, got {value!r}")
+
+
+class Schema:
+    """Base of the package's frozen config dataclasses: field bounds (``setting``) and finite
+    floats are checked at construction, then ``check()`` (override it for rules between
+    fields; raise ValueError naming them)."""
+
+    def __post_init__(self):
+        check_fields(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields (none by default)."""
+
+
+_TYPE_WORDS = {float: "a number", int: "an integer", str: "a string", bool: "true/false"}
+
+
 def _type_name(tp: Any) -> str:
+    if tp in _TYPE_WORDS:
+        return _TYPE_WORDS[tp]
+    if typing.get_origin(tp) is tuple:
+        return "a list"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -97,7 +188,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     for name, field in fields.items():
         key_path = f"{path}.{name}" if path else name
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], key_path)
+            default = field.default
+            if (dataclasses.is_dataclass(default) and isinstance(data[name], Mapping)
+                    and dataclasses.is_dataclass(hints[name])):
+                # A table over the parent's own default for this section (its keys win).
+                base = {f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}
+                kwargs[name] = _convert({**_plain(base, set(data[name])), **data[name]}, hints[name], key_path)
+            else:
+                kwargs[name] = _convert(data[name], hints[name], key_path)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {key_path} ({_type_name(hints[name])})")
     try:
@@ -106,6 +204,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{path or cls.__name__}: {exc}") from None
+
+
+def _plain(values: dict, given: set) -> dict:
+    """Default values of a section as from_dict input (nested configs as tables, tuples as
+    lists); keys the table gives are left out (the table's value wins)."""
+    return {k: to_dict(v) for k, v in values.items() if k not in given}
 
 
 def read_toml(path: str | Path) -> dict:
@@ -169,3 +273,18 @@ def to_dict(config: Any) -> dict:
             return [convert(x) for x in v]
         return v
     return convert(config)
+
+
+def to_toml(config: Any) -> str:
+    """The config as TOML text (tomli-w), every default written out; None values (TOML has no
+    null) are left out, which reads back as the same config since they are the defaults."""
+    import tomli_w
+
+    def drop_none(value):
+        if isinstance(value, dict):
+            return {k: drop_none(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [drop_none(v) for v in value]
+        return value
+
+    return tomli_w.dumps(drop_none(to_dict(config)))

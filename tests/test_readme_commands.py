@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 _SWEEP_TINY = [
-    "env=cartpole_balance", "population.replicates=1", "population.hidden_size=8",
-    "population.num_hidden_layers=1", "population.ensemble_size=2", "training.num_epochs=2",
+    "env=cartpole_balance", "population.replicates=1", "population.model.hidden_size=8",
+    "population.model.num_hidden_layers=1", "population.model.ensemble_size=2", "training.num_epochs=2",
     "training.eval_epochs=[1, 2]", "training.batch_size=32", "datasets.expert_episodes=1",
     "datasets.expert_min_reward=0.0", "datasets.grid_points=2", "datasets.sampled_size=64",
-    "datasets.pets.num_trials=1", "datasets.pets.trial_length=30", "datasets.pets.angle_dims=[]",
+    "datasets.pets.num_trials=1", "datasets.pets.trial_length=30", "datasets.pets.model.angle_dims=[]",
     "datasets.pets.model.hidden_size=8", "datasets.pets.model.num_hidden_layers=1",
     "datasets.pets.model.ensemble_size=2", "datasets.pets.train.num_epochs=2",
     "datasets.pets.planner.horizon=5", "datasets.pets.planner.population_size=16",
@@ -48,7 +48,7 @@ TINY: dict[str, tuple[str, list[str]]] = {
     "configs": ("fast", []),
     "tabular": ("fast", ["seeds=4", "run.num_iters=5"]),
     "pets": ("slow", [
-        "env=cartpole_balance", "angle_dims=[]", "num_trials=1", "trial_length=20", "model.hidden_size=8",
+        "env=cartpole_balance", "model.angle_dims=[]", "num_trials=1", "trial_length=20", "model.hidden_size=8",
         "model.num_hidden_layers=1", "model.ensemble_size=2", "train.num_epochs=2", "planner.horizon=5",
         "planner.population_size=16", "planner.num_elites=4", "planner.num_iterations=1"]),
     "attack": ("slow", [
@@ -57,7 +57,7 @@ TINY: dict[str, tuple[str, list[str]]] = {
         "cmaes.generations=1"]),
     "reweight": ("slow", [
         "training.num_epochs=2", *_CEM_TINY, "evaluation.trials=1", "evaluation.episode_length=10",
-        "expert.population_size=16", "expert.num_elites=4", "expert.num_iterations=1",
+        "expert.cem.population_size=16", "expert.cem.num_elites=4", "expert.cem.num_iterations=1",
         "expert.episode_length=20", "pool.size=4096", "pool.chunk_size=4096", "grid.sizes=[10, 20]",
         "grid.epsilons=[2.0, 5.5]", "grid.replicates=1"]),
     "mbpo": ("slow", [

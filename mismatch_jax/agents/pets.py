@@ -40,7 +40,7 @@ from mismatch_jax.envs.base import Env
 from mismatch_jax.models import core as models
 from mismatch_jax.planning.mpc import Planner, make_planner, mpc_episode
 from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.train.population import TrainConfig, TrainHParams, make_train
+from mismatch_jax.train import TrainHParams, make_train
 
 
 @struct.dataclass
@@ -124,19 +124,16 @@ def _random_episode(key, env, num_steps):
 
 
 def make_pets(config: PetsConfig, env) -> Pets:
-    """Builds the PETS loop for ``config`` on ``env`` (an ``envs.base.Env``). ``config.angle_dims``
-    become the model's (sin, cos) input features (``ModelConfig.angle_dims``); the buffer, the
-    planner and the rewards stay in the env's own observation."""
+    """Builds the PETS loop for ``config`` on ``env`` (an ``envs.base.Env``). The model's
+    ``angle_dims`` become its (sin, cos) input features; the buffer, the planner and the rewards
+    stay in the env's own observation."""
     model_cfg = config.model_config(env)
     cem_cfg = config.cem_config(env)
     trial_length = config.steps_per_trial(env)
     num_trials = config.num_trials
     capacity = (num_trials + 1) * trial_length
     tc = config.train
-    train_cfg = TrainConfig(
-        model=model_cfg, num_epochs=tc.num_epochs, batch_size=tc.batch_size,
-        patience=tc.patience or None, keep_best=tc.keep_best, bootstrap=tc.bootstrap,
-    )
+    train_cfg = tc.train_config(model_cfg)
     train_core = make_train(train_cfg, jit=False).core
     planner = make_planner(cem_cfg, model_cfg, env.reward_fn, env.termination_fn)
     obs_dim, action_dim = env.obs_dim, env.action_dim

@@ -36,10 +36,16 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_env(name: str) -> None:
+    """Raises ValueError naming the valid environments unless ``name`` is registered (configs
+    call it so that a typo fails when the config loads, not after a compile)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"env: unknown environment {name!r}; available: {', '.join(available())}")
+
+
 def make(name: str, **kwargs) -> Env:
     """Builds the environment registered as ``name``; unknown names list the valid ones."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown environment {name!r}; available: {', '.join(available())}")
+    check_env(name)
     factory, defaults = _REGISTRY[name]
     if isinstance(factory, str):
         module, attr = factory.split(":")

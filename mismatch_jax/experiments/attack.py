@@ -53,11 +53,15 @@ from flax import struct
 from mismatch_jax.errors import InputError
 from mismatch_jax.files import check_writable, write_json, write_npz
 from mismatch_jax import models
-from mismatch_jax.experiments.study_models import (DataSettings, ModelSettings, TrainSettings,
-                                          build_dataset, check_env, make_episode_evaluator, train_model)
-from mismatch_jax.config_io import load_toml, to_dict
+from mismatch_jax.experiments.study_models import (STUDY_MODEL, DataSettings, build_dataset,
+                                                   make_episode_evaluator, train_model)
+from mismatch_jax.config_io import Schema, load_toml, setting, to_dict
+from mismatch_jax.envs.registry import check_env
+from mismatch_jax.models.core import ModelConfig
+from mismatch_jax.planning.mpc import EpisodeSettings
+from mismatch_jax.train.config import TrainingSection
 from mismatch_jax.planning.mpc import make_planner
-from mismatch_jax.sweep.config import CEMSettings, EpisodeSettings
+from mismatch_jax.planning.cem import CEMConfig
 
 TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
 CMA_SALT = 0xC4A
@@ -71,30 +75,21 @@ INVALID_FITNESS = 1e9
 
 
 @dataclasses.dataclass(frozen=True)
-class CMAESSettings:
+class CMAESSettings(Schema):
     """CMA-ES over the last-layer perturbation.
 
-    population_size: candidates per generation (evaluated in one vmapped call).
+    population_size: candidates per generation (evaluated in one vmapped call; the final
+    before/after evaluation reuses it for three models, so it is at least 4).
     generations: number of ask/tell rounds. sigma: initial step size (parameter units).
     penalty: reward units per nat of validation-LL drop below the original (minus tolerance).
     tolerance: LL drop (nats) allowed without penalty (0 = the paper's "LL must not drop").
     """
 
-    population_size: int = 16
-    generations: int = 50
-    sigma: float = 0.01
-    penalty: float = 1000.0
-    tolerance: float = 0.0
-
-    def __post_init__(self):
-        if self.population_size < 4:
-            raise ValueError(f"population_size must be >= 4, got {self.population_size}")
-        if self.generations < 1:
-            raise ValueError(f"generations must be >= 1, got {self.generations}")
-        if not self.sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
-        if self.penalty < 0 or self.tolerance < 0:
-            raise ValueError(f"penalty and tolerance must be >= 0, got {self.penalty}, {self.tolerance}")
+    population_size: int = setting(16, ge=4)
+    generations: int = setting(50, ge=1)
+    sigma: float = setting(0.01, gt=0.0)
+    penalty: float = setting(1000.0, ge=0.0)
+    tolerance: float = setting(0.0, ge=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,16 +98,11 @@ class AttackEvaluation(EpisodeSettings):
     before/after comparison uses ``final_rounds × trials`` fresh episodes per model.
     episode_length 0 = the env's episode length."""
 
-    final_rounds: int = 2
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.final_rounds < 1:
-            raise ValueError(f"final_rounds must be >= 1, got {self.final_rounds}")
+    final_rounds: int = setting(2, ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
-class AttackConfig:
+class AttackConfig(Schema):
     """One adversarial attack run (``mismatch-jax attack CONFIG``).
 
     model_path: "" trains a fresh model (``[model]``, ``[training]`` on ``[data]``); otherwise an
@@ -121,22 +111,20 @@ class AttackConfig:
 
     env: str = "cartpole_swingup"
     name: str = "attack"
-    seed: int = 0
+    seed: int = setting(0, ge=0)
     out_dir: str = "runs/attack"
     model_path: str = ""
-    model: ModelSettings = ModelSettings()
+    model: ModelConfig = STUDY_MODEL
     data: DataSettings = DataSettings()
-    training: TrainSettings = TrainSettings()
-    cem: CEMSettings = CEMSettings()
+    training: TrainingSection = TrainingSection()
+    cem: CEMConfig = CEMConfig(horizon=25, population_size=400, num_elites=40)
     evaluation: AttackEvaluation = AttackEvaluation()
     cmaes: CMAESSettings = CMAESSettings()
 
-    def __post_init__(self):
+    def check(self):
         check_env(self.env)
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.cmaes.population_size < 3:
-            raise ValueError("cmaes.population_size must be >= 3 (the final evaluation reuses it)")
+        self.training.fixed("learning_rate")
+        self.training.fixed("weight_decay")
 
 
 def load_attack_config(path) -> AttackConfig:
@@ -437,7 +425,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
                              f"match env {config.env} ({env.obs_dim}, {env.action_dim})")
         source = {"model_path": str(config.model_path)}
     else:
-        mcfg = config.model.model_config(env)
+        mcfg = config.model.for_env(env)
         log(f"attack: training a {mcfg.kind} model on {config.data.kind} data ({dataset.size} transitions)")
         params, norm, result = train_model(jax.random.fold_in(root, TRAIN_SALT), mcfg, config.training, dataset)
         source = {"trained_on": config.data.kind, "epochs_trained": int(result.epochs_trained[0]),

@@ -25,11 +25,11 @@ import numpy as np
 
 from mismatch_jax.files import write_json
 from mismatch_jax.agents import mbpo
-from mismatch_jax.config_io import from_dict, load_toml, to_dict
+from mismatch_jax.config_io import Schema, from_dict, load_toml, to_dict
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(Schema):
     """agents: names from ``mbpo.AGENTS``; mbpo: the shared MBPOConfig; threshold: return that
     counts as solved (steps-to-threshold in the JSON); out_dir: default output directory;
     title: figure title."""
@@ -40,7 +40,7 @@ class CompareConfig:
     out_dir: str = "runs/mbpo_compare"
     title: str = ""
 
-    def __post_init__(self):
+    def check(self):
         if not self.agents:
             raise ValueError("CompareConfig.agents must name at least one agent")
         unknown = [a for a in self.agents if a not in mbpo.AGENTS]

@@ -55,7 +55,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -64,13 +64,14 @@ import optax
 
 from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.analysis.correlation import correlate
-from mismatch_jax.config_io import from_dict, load_toml, to_dict
+from mismatch_jax.config_io import Schema, from_dict, load_toml, setting, to_dict
 from mismatch_jax.models import core as models
 from mismatch_jax.models import trainer_losses, value_aware
 from mismatch_jax.planning.cem import CEMConfig
-from mismatch_jax.planning.mpc import make_value_planner, mean_model_step, mpc_episode, true_env_step
+from mismatch_jax.planning.mpc import (EpisodeSettings, make_value_planner, mean_model_step, mpc_episode,
+                                      true_env_step)
 from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.train.population import TrainConfig, TrainHParams, make_train, model_keys
+from mismatch_jax.train import TrainHParams, TrainingSection, make_train, model_keys
 from mismatch_jax.files import write_json
 
 LOSSES = ("nll", "vagram", "mnm")
@@ -88,153 +89,99 @@ _SAC_SALT, _SPLIT_SALT, _MODEL_SALT, _LR_SALT, _CLASSIFIER_SALT, _EVAL_SALT = ra
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Schema):
     """Which SAC replay rows the models see. max_rows: a random subset of the buffer (all rows
     if larger); heldout_fraction of them are held out (scoring and the trainer's validation)."""
 
-    max_rows: int = 20_000
-    heldout_fraction: float = 0.2
-
-    def __post_init__(self):
-        if self.max_rows < 10:
-            raise ValueError(f"max_rows must be >= 10, got {self.max_rows}")
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+    max_rows: int = setting(20_000, ge=10)
+    heldout_fraction: float = setting(0.2, gt=0.0, lt=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class PopulationConfig:
-    """Models per loss: num_models × len(hidden_sizes) trained models, each kept at keep_epochs.
-    learning_rate: [low, high], sampled log-uniformly per model (same values for every loss)."""
+class PopulationConfig(TrainingSection):
+    """Models per loss: num_models × len(hidden_sizes) P models of num_hidden_layers, each kept
+    at keep_epochs, trained as the shared ``TrainingSection`` says (learning_rate: [low, high],
+    drawn log-uniformly per model — the same values for every loss)."""
 
-    num_models: int = 32
-    hidden_sizes: tuple[int, ...] = (200,)
-    num_hidden_layers: int = 3
-    num_epochs: int = 60
+    num_models: int = setting(32, ge=1)
+    hidden_sizes: tuple[int, ...] = setting((200,), ge=1)
+    num_hidden_layers: int = setting(3, ge=1)
     keep_epochs: tuple[int, ...] = (5, 20, 60)
-    batch_size: int = 256
-    learning_rate: tuple[float, float] = (1e-4, 3e-3)
-    weight_decay: float = 5e-5
+    keep_best: bool = False  # the rows are the kept epochs
+    bootstrap: bool = False
 
-    def __post_init__(self):
-        for name in ("num_models", "num_hidden_layers", "num_epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise ValueError(f"hidden_sizes must be a non-empty list of positive ints, got {self.hidden_sizes}")
+    def check(self):
+        super().check()
+        if not self.hidden_sizes:
+            raise ValueError("hidden_sizes must list at least one width")
         keep = self.keep_epochs
         if not keep or any(e < 1 or e > self.num_epochs for e in keep) or len(set(keep)) != len(keep):
             raise ValueError(f"keep_epochs must be distinct epochs in [1, num_epochs={self.num_epochs}], got {keep}")
-        low, high = self.learning_rate
-        if not 0 < low <= high:
-            raise ValueError(f"learning_rate must be [low, high] with 0 < low <= high, got {self.learning_rate}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not isinstance(self.learning_rate, tuple):
+            raise ValueError(f"learning_rate must be a [low, high] range here, got {self.learning_rate}")
+        self.fixed("weight_decay")
 
 
 @dataclasses.dataclass(frozen=True)
-class VagramConfig:
+class VagramConfig(Schema):
     """clip_percentile: value-gradient norm clip (appendix E); regularizer: the λ of Sec. 3.2."""
 
-    clip_percentile: float = 95.0
-    regularizer: float = 0.0
-
-    def __post_init__(self):
-        if not 0.0 < self.clip_percentile <= 100.0:
-            raise ValueError(f"clip_percentile must be in (0, 100], got {self.clip_percentile}")
-        if self.regularizer < 0:
-            raise ValueError(f"regularizer must be >= 0, got {self.regularizer}")
+    clip_percentile: float = setting(95.0, gt=0.0, le=100.0)
+    regularizer: float = setting(0.0, ge=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class MnmConfig:
+class MnmConfig(Schema):
     """rounds: classifier/model alternations (must divide population.num_epochs);
     classifier_steps: Adam steps of the classifier per round (batch classifier_batch_size);
     reduce: "min" or "mean" over the critics in the value term."""
 
-    rounds: int = 4
-    classifier_hidden_size: int = 256
-    classifier_layers: int = 2
-    classifier_steps: int = 2000
-    classifier_batch_size: int = 256
-    classifier_lr: float = 3e-4
-    reduce: str = "min"
-
-    def __post_init__(self):
-        for name in ("rounds", "classifier_hidden_size", "classifier_layers", "classifier_steps",
-                     "classifier_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.classifier_lr > 0:
-            raise ValueError(f"classifier_lr must be > 0, got {self.classifier_lr}")
-        if self.reduce not in ("min", "mean"):
-            raise ValueError(f"reduce must be 'min' or 'mean', got {self.reduce!r}")
+    rounds: int = setting(4, ge=1)
+    classifier_hidden_size: int = setting(256, ge=1)
+    classifier_layers: int = setting(2, ge=1)
+    classifier_steps: int = setting(2000, ge=1)
+    classifier_batch_size: int = setting(256, ge=1)
+    classifier_lr: float = setting(3e-4, gt=0.0)
+    reduce: Literal["min", "mean"] = "min"
 
 
 @dataclasses.dataclass(frozen=True)
-class PlannerConfig:
-    """CEM-MPC settings (expectation propagation, as Lambert et al.)."""
-
-    horizon: int = 15
-    population_size: int = 200
-    num_elites: int = 20
-    num_iterations: int = 5
-    alpha: float = 0.1
-
-    def __post_init__(self):
-        self.cem_unbound()  # CEMConfig validates the values
-
-    def cem(self, env) -> CEMConfig:
-        """The CEMConfig bound to env's action box."""
-        return self.cem_unbound().for_env(env)
-
-    def cem_unbound(self) -> CEMConfig:
-        return CEMConfig(horizon=self.horizon, population_size=self.population_size,
-                         num_elites=self.num_elites, num_iterations=self.num_iterations,
-                         alpha=self.alpha, propagation="expectation")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluationConfig:
+class EvaluationConfig(EpisodeSettings):
     """trials: MPC episodes per model (same start states for every model); episode_length: env
     steps per episode; terminal_value: add γ^H min_k V_k(s_H) to every planned return;
     model_chunk: models per vectorised MPC batch (memory); num_bootstrap: CI resamples."""
 
-    trials: int = 3
-    episode_length: int = 200
     terminal_value: bool = True
-    model_chunk: int = 64
-    num_bootstrap: int = 2000
-
-    def __post_init__(self):
-        for name in ("trials", "episode_length", "model_chunk", "num_bootstrap"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    model_chunk: int = setting(64, ge=1)
+    num_bootstrap: int = setting(2000, ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
-class MismatchMapConfig:
+class MismatchMapConfig(Schema):
     """The whole experiment (TOML: top-level keys + tables [sac], [data], [population], [vagram],
     [mnm], [planner], [evaluation]). ``variance_head``: VaGraM/MnM models also fit their
     log-variance by NLL around the stop-gradient mean (see the module docstring)."""
 
     name: str = "mismatch_map"
     env: str = "pendulum"
-    seed: int = 0
+    seed: int = setting(0, ge=0)
     out_dir: str = "runs/mismatch_map"
     losses: tuple[str, ...] = LOSSES
     variance_head: bool = True
     sac: sac_lib.SACConfig = sac_lib.SACConfig()
     data: DataConfig = DataConfig()
-    population: PopulationConfig = PopulationConfig()
+    population: PopulationConfig = PopulationConfig(num_epochs=60, learning_rate=(1e-4, 3e-3))
     vagram: VagramConfig = VagramConfig()
     mnm: MnmConfig = MnmConfig()
-    planner: PlannerConfig = PlannerConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
+    planner: CEMConfig = CEMConfig(population_size=200, num_elites=20)  # expectation propagation
+    evaluation: EvaluationConfig = EvaluationConfig(trials=3, episode_length=200)
 
-    def __post_init__(self):
+    def check(self):
         if not self.losses or any(l not in LOSSES for l in self.losses) or len(set(self.losses)) != len(self.losses):
             raise ValueError(f"losses must be distinct names from {LOSSES}, got {self.losses}")
+        if self.planner.propagation != "expectation":
+            raise ValueError("planner.propagation must be 'expectation': the value planner rolls the "
+                             f"models' mean prediction, got {self.planner.propagation!r}")
         if self.sac.env != self.env:
             raise ValueError(f"sac.env ({self.sac.env!r}) must equal env ({self.env!r})")
         if "mnm" in self.losses and self.population.num_epochs % self.mnm.rounds:
@@ -378,18 +325,17 @@ def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict
         start = w_index * pop.num_models
         keys = model_keys(keys_root, start, pop.num_models)
         hp = TrainHParams.population(pop.num_models, learning_rate=learning_rates[start:start + pop.num_models],
-                                     weight_decay=pop.weight_decay)
+                                     weight_decay=pop.fixed("weight_decay"))
         index = np.arange(start, start + pop.num_models)
-        base = dict(model=mcfg, batch_size=pop.batch_size, keep_best=False, bootstrap=False)
         for loss in config.losses:
             if loss == "nll":
-                train = make_train(TrainConfig(num_epochs=pop.num_epochs, keep_epochs=pop.keep_epochs, **base))
+                train = make_train(pop.train_config(mcfg, keep_epochs=pop.keep_epochs))
                 result = train(keys, None, data, hp)
                 kept = result.kept_params
             elif loss == "vagram":
                 fn = trainer_losses.vagram_loss(config.vagram.regularizer)
                 fn = with_variance_head(fn) if config.variance_head else fn
-                train = make_train(TrainConfig(num_epochs=pop.num_epochs, keep_epochs=pop.keep_epochs, **base),
+                train = make_train(pop.train_config(mcfg, keep_epochs=pop.keep_epochs),
                                    per_sample_loss=fn)
                 result = train(keys, None, data.replace(aux=grads_train), hp)
                 kept = result.kept_params
@@ -397,7 +343,7 @@ def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict
                 fn = trainer_losses.mnm_loss(value_apply, config.mnm.reduce)
                 fn = with_variance_head(fn) if config.variance_head else fn
                 seg = pop.num_epochs // config.mnm.rounds
-                train = make_train(TrainConfig(num_epochs=seg, keep_epochs=tuple(range(1, seg + 1)), **base),
+                train = make_train(pop.train_config(mcfg, num_epochs=seg, keep_epochs=tuple(range(1, seg + 1))),
                                    per_sample_loss=fn)
                 fit_jit = jax.jit(lambda k, p, n, c, rows: train_classifier(
                     k, c, config.mnm, *rows, _predict_rows(mcfg, p, n, *rows[:2])))
@@ -440,7 +386,7 @@ def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict
 
     # 4. Score every snapshot.
     t2 = time.time()
-    cem = config.planner.cem(env)
+    cem = config.planner.for_env(env)
     discount = config.sac.gamma if config.evaluation.terminal_value else 1.0
     ev = config.evaluation
     trial_keys = jax.random.split(jax.random.fold_in(root, _EVAL_SALT), ev.trials)

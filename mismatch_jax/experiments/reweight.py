@@ -44,12 +44,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from mismatch_jax.errors import InputError
+from mismatch_jax.experiments.study_models import (STUDY_MODEL, DataSettings, build_dataset,
+                                                   make_population_evaluator)
 from mismatch_jax.files import check_writable, write_json, write_npz
-from mismatch_jax.experiments.study_models import (DataSettings, ModelSettings, TrainSettings,
-                                          build_dataset, check_env, make_population_evaluator)
 from mismatch_jax.agents.config import PetsConfig
-from mismatch_jax.config_io import load_toml, to_dict
-from mismatch_jax.sweep.config import CEMSettings, EpisodeSettings
+from mismatch_jax.config_io import Schema, load_toml, setting, to_dict
+from mismatch_jax.envs.registry import check_env
+from mismatch_jax.models.core import ModelConfig
+from mismatch_jax.planning.mpc import EpisodeSettings
+from mismatch_jax.train.config import TrainingSection
+from mismatch_jax.planning.cem import CEMConfig
 
 EXPERT_SALT = 0xE7E
 POOL_SALT = 0x9001
@@ -67,88 +71,65 @@ def log_grid(low: float, high: float, num: int, integer: bool = False) -> tuple:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExpertSettings:
+class ExpertSettings(Schema):
     """Where the expert trajectory (the distance reference) comes from.
 
-    source: "true_cem" — one CEM-MPC episode on the true dynamics (``horizon`` …
-    ``num_iterations``; cached in ``cache_dir``); "pets" — the best planned PETS trial above
-    ``min_reward`` of the runs of the ``[expert.pets]`` table (``sweep.study_data``); "file" — an npz with
-    ``obs [T, obs_dim]`` and ``action [T, action_dim]`` at ``path``. Only steps before a
+    source: "true_cem" — one CEM-MPC episode on the true dynamics (planned with the
+    ``[expert.cem]`` table; cached in ``cache_dir``); "pets" — the best planned PETS trial above
+    ``min_reward`` of the runs of the ``[expert.pets]`` table (``sweep.study_data``); "file" — an
+    npz with ``obs [T, obs_dim]`` and ``action [T, action_dim]`` at ``path``. Only steps before a
     termination are used. episode_length 0 = the env's.
     """
 
     source: Literal["true_cem", "pets", "file"] = "true_cem"
     path: str = ""
-    horizon: int = 25
-    population_size: int = 400
-    num_elites: int = 40
-    num_iterations: int = 5
-    episode_length: int = 0
+    cem: CEMConfig = CEMConfig(horizon=25, population_size=400, num_elites=40)
+    episode_length: int = setting(0, ge=0)
     pets: PetsConfig = PetsConfig()
     min_reward: float = 179.0
     cache_dir: str = "runs/datasets"
 
-    def __post_init__(self):
+    def check(self):
         if self.source == "file" and not self.path:
             raise ValueError("path must name an npz with obs/action when source = 'file'")
-        if self.episode_length < 0:
-            raise ValueError(f"episode_length must be >= 0 (0 = env default), got {self.episode_length}")
-        from mismatch_jax.planning.cem import CEMConfig
-
-        CEMConfig(horizon=self.horizon, population_size=self.population_size,
-                  num_elites=self.num_elites, num_iterations=self.num_iterations)
 
 
 @dataclasses.dataclass(frozen=True)
-class PoolSettings:
+class PoolSettings(Schema):
     """The uniform tuple pool (paper: 25e6 tuples) streamed in chunks of ``chunk_size``.
 
     distance_scale: per-dimension scale of [obs, action] in d* (empty = 1 everywhere).
     box_low / box_high: the state-action box (empty = ``data.DEFAULT_BOXES[env]``).
     """
 
-    size: int = 1_000_000
-    chunk_size: int = 262_144
-    distance_scale: tuple[float, ...] = ()
+    size: int = setting(1_000_000, ge=1)
+    chunk_size: int = setting(262_144, ge=1)
+    distance_scale: tuple[float, ...] = setting((), gt=0.0)
     box_low: tuple[float, ...] = ()
     box_high: tuple[float, ...] = ()
 
-    def __post_init__(self):
-        if self.size < 1 or self.chunk_size < 1:
-            raise ValueError(f"size and chunk_size must be >= 1, got {self.size}, {self.chunk_size}")
-        if any(not s > 0 for s in self.distance_scale):
-            raise ValueError(f"distance_scale entries must be > 0, got {list(self.distance_scale)}")
+    def check(self):
         if (len(self.box_low) == 0) != (len(self.box_high) == 0):
             raise ValueError("box_low and box_high must be given together")
 
 
 @dataclasses.dataclass(frozen=True)
-class GridSettings:
+class GridSettings(Schema):
     """The Fig. 8 grid: dataset sizes S × distance bounds ε, ``replicates`` models per cell and
     weighting; ω's length scale ℓ; each dataset's validation fraction."""
 
-    sizes: tuple[int, ...] = log_grid(10, 2500, 8, integer=True)
-    epsilons: tuple[float, ...] = log_grid(0.28, 15.66, 8)
-    replicates: int = 1
-    length_scale: float = 1.0
-    validation_fraction: float = 0.1
+    sizes: tuple[int, ...] = setting(log_grid(10, 2500, 8, integer=True), ge=2)  # one train + one validation tuple
+    epsilons: tuple[float, ...] = setting(log_grid(0.28, 15.66, 8), gt=0.0)
+    replicates: int = setting(1, ge=1)
+    length_scale: float = setting(1.0, gt=0.0)
+    validation_fraction: float = setting(0.1, ge=0.0, lt=1.0)
 
-    def __post_init__(self):
+    def check(self):
         for name, values in (("sizes", self.sizes), ("epsilons", self.epsilons)):
             if not values:
                 raise ValueError(f"{name} must list at least one value")
             if list(values) != sorted(set(values)):
                 raise ValueError(f"{name} must be strictly increasing, got {list(values)}")
-        if self.sizes[0] < 2:
-            raise ValueError(f"sizes must be >= 2 (one training and one validation tuple), got {self.sizes[0]}")
-        if not self.epsilons[0] > 0:
-            raise ValueError(f"epsilons must be > 0, got {self.epsilons[0]}")
-        if self.replicates < 1:
-            raise ValueError(f"replicates must be >= 1, got {self.replicates}")
-        if not self.length_scale > 0:
-            raise ValueError(f"length_scale must be > 0, got {self.length_scale}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,35 +137,29 @@ class ReweightEvaluation(EpisodeSettings):
     """CEM-MPC episodes in the true env per model (paper: 100 PETS trials per cell);
     models_per_call bounds memory (0 = all models in one call). episode_length 0 = env's."""
 
-    trials: int = 10
-    models_per_call: int = 0
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.models_per_call < 0:
-            raise ValueError(f"models_per_call must be >= 0 (0 = all models), got {self.models_per_call}")
+    models_per_call: int = setting(0, ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
-class ReweightConfig:
+class ReweightConfig(Schema):
     """One re-weighting study (``mismatch-jax reweight CONFIG``)."""
 
     env: str = "cartpole_swingup"
     name: str = "reweight"
-    seed: int = 0
+    seed: int = setting(0, ge=0)
     out_dir: str = "runs/reweight"
-    model: ModelSettings = ModelSettings()
-    training: TrainSettings = TrainSettings()
-    cem: CEMSettings = CEMSettings()
-    evaluation: ReweightEvaluation = ReweightEvaluation()
+    model: ModelConfig = STUDY_MODEL
+    training: TrainingSection = TrainingSection()
+    cem: CEMConfig = CEMConfig(horizon=25, population_size=400, num_elites=40)
+    evaluation: ReweightEvaluation = ReweightEvaluation(trials=10)
     expert: ExpertSettings = ExpertSettings()
     pool: PoolSettings = PoolSettings()
     grid: GridSettings = GridSettings()
 
-    def __post_init__(self):
+    def check(self):
         check_env(self.env)
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        self.training.fixed("learning_rate")
+        self.training.fixed("weight_decay")
 
 
 def load_reweight_config(path) -> ReweightConfig:
@@ -266,19 +241,17 @@ def expert_reference(settings: ExpertSettings, env, env_name: str, seed: int, lo
         expert, notes = build_dataset(data, env_name, seed, env, log)
         return (np.asarray(expert.obs), np.asarray(expert.action),
                 {"source": "pets", "notes": notes, "reward": float(np.asarray(expert.reward).sum())})
-    from mismatch_jax.planning.cem import CEMConfig
     from mismatch_jax.planning.mpc import make_true_dynamics_planner, mpc_episode
 
     length = settings.episode_length or env.episode_length
     spec = {"env": env_name, "kind": "expert_true_cem", "seed": seed, "length": length,
-            "cem": [settings.horizon, settings.population_size, settings.num_elites, settings.num_iterations]}
+            "cem": dataclasses.asdict(settings.cem)}
     path = Path(settings.cache_dir) / f"{env_name}_expert_true_cem_{datasets.spec_hash(spec)}.npz"
     if path.is_file():
         with np.load(path) as f:
             log(f"reweight: expert trajectory from cache {path}")
             return f["obs"], f["action"], {"source": "true_cem", "reward": float(f["reward"]), "cache": str(path)}
-    cem = CEMConfig(horizon=settings.horizon, population_size=settings.population_size,
-                    num_elites=settings.num_elites, num_iterations=settings.num_iterations).for_env(env)
+    cem = settings.cem.for_env(env)
     planner = make_true_dynamics_planner(env, cem)
     log(f"reweight: expert = CEM on the true dynamics ({length} steps)")
     key = jax.random.fold_in(jax.random.key(seed), EXPERT_SALT)
@@ -367,7 +340,7 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     from mismatch_jax import data as datasets
     from mismatch_jax.envs import make
     from mismatch_jax.planning.mpc import make_planner
-    from mismatch_jax.train.population import TrainHParams, make_train, model_keys
+    from mismatch_jax.train import TrainHParams, make_train, model_keys
 
     out = Path(out_dir or config.out_dir)
     check_writable(out)
@@ -419,7 +392,7 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     reps = grid.replicates
     num_models = len(cells) * reps
     dataset_index = np.repeat(np.arange(len(cells)), reps).astype(np.int32)
-    mcfg = config.model.model_config(env)
+    mcfg = config.model.for_env(env)
     log(f"reweight: training {num_models} models ({len(cells) // 2} feasible cells × 2 weightings × "
         f"{reps} replicates) as one population")
     t = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 
 from mismatch_jax.files import write_json
 from mismatch_jax.agents import tabular as agents
-from mismatch_jax.config_io import from_dict, load_toml
+from mismatch_jax.config_io import Schema, from_dict, load_toml, setting
 from mismatch_jax.envs import tabular as envs
 
 EXPERIMENTS = ("fig2a", "fig2b", "fig3a", "fig3b")
@@ -31,7 +31,7 @@ _BUILDERS = {"fig2a": envs.gridworld, "fig2b": envs.obstacle_gridworld, "fig3a":
 
 
 @dataclasses.dataclass(frozen=True)
-class TabularEnvSection:
+class TabularEnvSection(Schema):
     """[env]: keyword arguments of the experiment's MDP builder (``envs.tabular.gridworld`` for
     fig2a / fig3b, ``obstacle_gridworld`` for fig2b, ``three_state`` for fig3a); unset keys keep
     the builder's defaults, and a key the builder does not take is refused."""
@@ -51,7 +51,7 @@ class TabularEnvSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class TabularRunSection:
+class TabularRunSection(Schema):
     """[run]: settings of ``agents.tabular.run``; unset keys keep each figure's defaults
     (``num_iters`` and ``mode`` differ per figure)."""
 
@@ -73,20 +73,18 @@ class TabularRunSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class TabularConfig:
+class TabularConfig(Schema):
     """One tabular figure (``mismatch-jax tabular CONFIG``; presets fig2a, fig2b, fig3a, fig3b).
     seeds: seeds of Fig. 2a (the other figures are exact and use one)."""
 
     experiment: Literal["fig2a", "fig2b", "fig3a", "fig3b"] = "fig2a"
-    seeds: int = 100
+    seeds: int = setting(100, ge=1)
     env: TabularEnvSection = TabularEnvSection()
     run: TabularRunSection = TabularRunSection()
 
-    def __post_init__(self):
+    def check(self):
         import inspect
 
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         builder = _BUILDERS[self.experiment]
         accepted = set(inspect.signature(builder).parameters)
         refused = sorted(set(self.env.given()) - accepted)

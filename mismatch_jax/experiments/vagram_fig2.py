@@ -59,7 +59,7 @@ import optax
 
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
-from mismatch_jax.config_io import from_dict, load_toml, to_dict
+from mismatch_jax.config_io import Schema, from_dict, load_toml, setting, to_dict
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import nets, value_aware
 from mismatch_jax.models.core import mse_per_sample
@@ -76,7 +76,7 @@ PENDULUM_MAX_SPEED = 8.0
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelLearningConfig:
+class ModelLearningConfig(Schema):
     """Model-learning phase (table ``[models]``).
 
     num_seeds / seed: model seeds (init + data sample), vmapped. data_source: "uniform" (paper)
@@ -91,31 +91,26 @@ class ModelLearningConfig:
     held_out_chunk: rows per chunk of the held-out VAML evaluation (bounds memory).
     """
 
-    num_seeds: int = 8
-    seed: int = 0
+    num_seeds: int = setting(8, ge=1)
+    seed: int = setting(0, ge=0)
     data_source: Literal["uniform", "replay"] = "uniform"
-    num_train: int = 10_000
-    num_held_out: int = 2_000
+    num_train: int = setting(10_000, ge=1)
+    num_held_out: int = setting(2_000, ge=1)
     model_types: tuple[str, ...] = MODEL_TYPES
     losses: tuple[str, ...] = LOSSES
-    hidden_size: int = 16
+    hidden_size: int = setting(16, ge=1)
     activation: Literal["relu", "tanh"] = "relu"
     predict_delta: bool = False
-    steps_per_value_function: int = 1_000
-    evals_per_value_function: int = 10
-    batch_size: int = 256
-    learning_rate: float = 1e-3
+    steps_per_value_function: int = setting(1_000, ge=1)
+    evals_per_value_function: int = setting(10, ge=1)
+    batch_size: int = setting(256, ge=1)
+    learning_rate: float = setting(1e-3, gt=0.0)
     critics: Literal["online", "target", "all"] = "all"
-    clip_percentile: float = 95.0
-    vagram_regularizer: float = 0.0
-    held_out_chunk: int = 4_096
+    clip_percentile: float = setting(95.0, gt=0.0, le=100.0)
+    vagram_regularizer: float = setting(0.0, ge=0.0)
+    held_out_chunk: int = setting(4_096, ge=1)
 
-    def __post_init__(self):
-        for name in ("num_seeds", "num_train", "num_held_out", "hidden_size",
-                     "steps_per_value_function", "evals_per_value_function", "batch_size",
-                     "held_out_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"models.{name} must be >= 1, got {getattr(self, name)}")
+    def check(self):
         if self.steps_per_value_function % self.evals_per_value_function:
             raise ValueError(
                 f"models.evals_per_value_function ({self.evals_per_value_function}) must divide "
@@ -126,31 +121,23 @@ class ModelLearningConfig:
             if bad or not values or len(set(values)) != len(values):
                 raise ValueError(f"models.{name} must be distinct items of {list(allowed)}, "
                                  f"got {list(values)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"models.learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 < self.clip_percentile <= 100.0:
-            raise ValueError(f"models.clip_percentile must be in (0, 100], got {self.clip_percentile}")
-        if self.vagram_regularizer < 0:
-            raise ValueError(f"models.vagram_regularizer must be >= 0, got {self.vagram_regularizer}")
 
 
 @dataclasses.dataclass(frozen=True)
-class Fig2Config:
+class Fig2Config(Schema):
     """Whole experiment: ``sac`` (an ``agents.sac.SACConfig`` table; ``eval_interval`` is the
     epoch between value-function snapshots, ``num_eval_episodes`` the episodes of each
     snapshot's return, ``seed`` the SAC seed; ``num_seeds`` is unused), ``snapshot_stride``
     (epochs per snapshot) and ``models`` (``ModelLearningConfig``)."""
 
     sac: sac_lib.SACConfig = sac_lib.SACConfig()
-    snapshot_stride: int = 1
+    snapshot_stride: int = setting(1, ge=1)
     models: ModelLearningConfig = ModelLearningConfig()
 
-    def __post_init__(self):
+    def check(self):
         s = self.sac
         if s.env != "pendulum":
             raise ValueError(f"sac.env must be 'pendulum' (Fig. 2 is a Pendulum experiment), got {s.env!r}")
-        if self.snapshot_stride < 1:
-            raise ValueError(f"snapshot_stride must be >= 1, got {self.snapshot_stride}")
         if s.learning_starts % s.eval_interval:
             raise ValueError(f"sac.learning_starts ({s.learning_starts}) must be a multiple of "
                              f"sac.eval_interval ({s.eval_interval})")

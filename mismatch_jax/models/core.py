@@ -24,40 +24,49 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from mismatch_jax.config_io import Schema, setting
+
 ModelKind = Literal["P", "PE", "D", "DE"]
 MODEL_KINDS = ("P", "PE", "D", "DE")
 _ACTIVATIONS = {"silu": jax.nn.silu, "relu": jax.nn.relu, "tanh": jnp.tanh, "elu": jax.nn.elu}
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Static description of one dynamics model (hashable: usable as a jit static argument).
+class ModelConfig(Schema):
+    """Static description of one dynamics model (hashable: usable as a jit static argument);
+    also the ``[model]`` table of every config that trains one (each parent gives its defaults).
 
     kind: "P" probabilistic, "PE" ensemble of P, "D" deterministic, "DE" ensemble of D.
+    obs_dim / action_dim: the environment's sizes (0 until bound with ``for_env``).
     ensemble_size: members for PE/DE (must be 1 for P/D).
     hidden_size / num_hidden_layers: MLP width and depth.
     predict_reward: also predict the reward as an extra (last) target dimension.
     angle_dims: observation dims that are unbounded angles; the model *input* replaces each by
         (sin θ, cos θ) — PETS's cart-pole preprocessing — while targets stay deltas of the raw
         observation, so predictions and likelihoods remain in original state units.
+    angle_features: ``for_env`` takes angle_dims from the env (``Env.angle_obs_dims``).
     """
 
-    kind: str
-    obs_dim: int
-    action_dim: int
-    hidden_size: int = 200
-    num_hidden_layers: int = 4
-    ensemble_size: int = 1
-    activation: str = "silu"
+    kind: Literal["P", "PE", "D", "DE"] = "P"
+    obs_dim: int = setting(0, ge=0)
+    action_dim: int = setting(0, ge=0)
+    hidden_size: int = setting(200, ge=1)
+    num_hidden_layers: int = setting(4, ge=1)
+    ensemble_size: int = setting(1, ge=1)
+    activation: Literal["silu", "relu", "tanh", "elu"] = "silu"
     predict_reward: bool = False
     init_max_logvar: float = 0.5
     init_min_logvar: float = -10.0
-    angle_dims: tuple = ()
+    angle_dims: tuple[int, ...] = ()
+    angle_features: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "angle_dims", tuple(int(d) for d in self.angle_dims))
+        super().__post_init__()
+
+    def check(self):
         if len(set(self.angle_dims)) != len(self.angle_dims) or any(
-                not 0 <= d < self.obs_dim for d in self.angle_dims):
+                d < 0 or (self.obs_dim and d >= self.obs_dim) for d in self.angle_dims):
             raise ValueError(
                 f"ModelConfig.angle_dims must be distinct observation indices in [0, {self.obs_dim}), "
                 f"got {self.angle_dims}")
@@ -68,14 +77,17 @@ class ModelConfig:
                 f"ModelConfig.ensemble_size must be 1 for kind {self.kind!r} "
                 f"(got {self.ensemble_size}); use kind {self.kind + 'E'!r} for an ensemble"
             )
-        if self.ensemble_size < 1:
-            raise ValueError(f"ModelConfig.ensemble_size must be >= 1, got {self.ensemble_size}")
-        if self.hidden_size < 1 or self.num_hidden_layers < 1:
-            raise ValueError("ModelConfig.hidden_size and num_hidden_layers must be >= 1")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(
                 f"ModelConfig.activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
             )
+
+    def for_env(self, env) -> "ModelConfig":
+        """Copy bound to ``env``'s observation and action sizes (and angle dims when
+        ``angle_features``)."""
+        angles = tuple(getattr(env, "angle_obs_dims", ())) if self.angle_features else self.angle_dims
+        return dataclasses.replace(self, obs_dim=int(env.obs_dim), action_dim=int(env.action_dim),
+                                   angle_dims=angles)
 
     @property
     def probabilistic(self) -> bool:
@@ -190,6 +202,8 @@ def fit_normalizer(config: ModelConfig, x, y, mask=None, eps: float = 1e-6) -> N
 def init(key: jax.Array, config: ModelConfig) -> ModelParams:
     """Fresh parameters: truncated-normal weights with std 1/(2 sqrt(fan_in)) as in PETS,
     zero biases, log-variance bounds at their initial values."""
+    if not (config.obs_dim and config.action_dim):
+        raise ValueError("ModelConfig has no observation / action sizes: bind it with model_config.for_env(env)")
     sizes = config.layer_sizes
     keys = jax.random.split(key, len(sizes) - 1)
     layers = []

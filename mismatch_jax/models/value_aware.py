@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from mismatch_jax.config_io import Schema, setting
 from mismatch_jax.models import nets
 from mismatch_jax.models.core import mse_per_sample
 
@@ -203,19 +204,14 @@ def value_weighted_mse_per_sample(pred: jax.Array, target: jax.Array, weights: j
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(Schema):
     """Real-vs-model transition classifier C(s, a, s′): ReLU MLP on [s, a, s′ − s] → 1 logit.
     (s′ − s carries the same information as s′ and is better conditioned when s′ ≈ s.)"""
 
-    obs_dim: int
-    action_dim: int
-    hidden_size: int = 256
-    num_hidden_layers: int = 2
-
-    def __post_init__(self):
-        for name in ("obs_dim", "action_dim", "hidden_size", "num_hidden_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ClassifierConfig.{name} must be >= 1, got {getattr(self, name)}")
+    obs_dim: int = setting(ge=1)
+    action_dim: int = setting(ge=1)
+    hidden_size: int = setting(256, ge=1)
+    num_hidden_layers: int = setting(2, ge=1)
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:

@@ -41,11 +41,13 @@ so it vmaps over start states, over models, or both.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mismatch_jax.config_io import Schema, setting
 
 
 PROPAGATIONS = ("expectation", "ts1", "tsinf")
@@ -53,8 +55,9 @@ SAMPLINGS = ("truncated_normal", "clipped_normal")
 
 
 @dataclasses.dataclass(frozen=True)
-class CEMConfig:
-    """Static settings of CEM-MPC (hashable).
+class CEMConfig(Schema):
+    """Static settings of CEM-MPC (hashable); also the ``[cem]`` / ``[planner]`` table of every
+    config that plans (each parent gives its own defaults).
 
     horizon: planned steps H. population_size: candidates per iteration.
     num_elites: candidates kept per iteration (mbrl-lib: ceil(elite_ratio · population)).
@@ -66,34 +69,24 @@ class CEMConfig:
     return_mean_elites: return the final mean (True) or the best candidate seen (False).
     """
 
-    horizon: int = 15
-    population_size: int = 350
-    num_elites: int = 35
-    num_iterations: int = 5
-    alpha: float = 0.1
-    propagation: str = "expectation"
-    num_particles: int = 20
-    action_low: Optional[tuple] = None
-    action_high: Optional[tuple] = None
-    sampling: str = "truncated_normal"
+    horizon: int = setting(15, ge=1)
+    population_size: int = setting(350, ge=1)
+    num_elites: int = setting(35, ge=2)  # the elite variance uses ddof = 1
+    num_iterations: int = setting(5, ge=1)
+    alpha: float = setting(0.1, ge=0.0, lt=1.0)
+    propagation: Literal["expectation", "ts1", "tsinf"] = "expectation"
+    num_particles: int = setting(20, ge=1)
+    action_low: Optional[tuple[float, ...]] = None
+    action_high: Optional[tuple[float, ...]] = None
+    sampling: Literal["truncated_normal", "clipped_normal"] = "truncated_normal"
     return_mean_elites: bool = True
 
-    def __post_init__(self):
-        for name in ("horizon", "population_size", "num_elites", "num_iterations", "num_particles"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"CEMConfig.{name} must be a positive integer, got {value!r}")
+    def check(self):
         if self.num_elites > self.population_size:
             raise ValueError(
                 f"CEMConfig.num_elites ({self.num_elites}) must be <= population_size "
                 f"({self.population_size})"
             )
-        if self.num_elites < 2:
-            raise ValueError(
-                "CEMConfig.num_elites must be >= 2 (the elite variance uses ddof = 1)"
-            )
-        if not 0.0 <= float(self.alpha) < 1.0:
-            raise ValueError(f"CEMConfig.alpha must be in [0, 1), got {self.alpha!r}")
         if self.propagation not in PROPAGATIONS:
             raise ValueError(
                 f"CEMConfig.propagation must be one of {PROPAGATIONS}, got {self.propagation!r}"

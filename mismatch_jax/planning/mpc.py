@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from mismatch_jax.config_io import Schema, setting
 from mismatch_jax.models.core import ModelConfig, ModelParams, Normalizer, predict
 from mismatch_jax.planning.cem import CEMConfig, cem_optimize, initial_plan, shift_plan
 
@@ -250,6 +251,19 @@ def true_env_step(env, env_params: Any = None) -> Callable:
 # ------------------------------------------------------------------------------------------------
 # Episodes
 # ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeSettings(Schema):
+    """The ``[evaluation]`` schema of every config that scores a model by CEM-MPC episodes in
+    the true env: ``trials`` episodes of ``episode_length`` steps (0 = the env's own length)."""
+
+    trials: int = setting(5, ge=1)
+    episode_length: int = setting(0, ge=0)
+
+    def length(self, env) -> int:
+        """Steps per episode in ``env``."""
+        return self.episode_length or int(env.episode_length)
 
 
 @struct.dataclass

@@ -44,105 +44,95 @@ raise ``ConfigError`` naming the key (see ``mismatch_jax.config_io``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+from typing import Literal
 
-from mismatch_jax.agents.config import PetsConfig, PlannerSection
-from mismatch_jax.config_io import load_toml, to_dict
+from mismatch_jax.agents.config import PetsConfig
+from mismatch_jax.config_io import Schema, load_toml, setting
+from mismatch_jax.envs.registry import check_env
+from mismatch_jax.models.core import ModelConfig
 from mismatch_jax.planning.cem import CEMConfig
+from mismatch_jax.planning.mpc import EpisodeSettings
+from mismatch_jax.train.config import TrainingSection
 
 DATASET_KINDS = ("expert", "on_policy", "grid", "sampled")
 
 
 @dataclasses.dataclass(frozen=True)
-class PopulationConfig:
-    """Which models are trained: model_types × train datasets × replicates.
-    angle_features: feed the env's winding angles (``Env.angle_obs_dims``) to the models as
-    (sin, cos), as PETS does for the cart-pole; likelihoods stay in original units either way."""
+class PopulationConfig(Schema):
+    """Which models are trained: model_types × train datasets × replicates, each with the
+    architecture of ``model`` (``[population.model]``; its kind is set by model_types and its
+    ensemble_size applies to the ensemble types PE / DE). With ``model.angle_features`` the env's
+    winding angles (``Env.angle_obs_dims``) reach the models as (sin, cos), as PETS does for the
+    cart-pole; likelihoods stay in original units either way."""
 
-    model_types: tuple[str, ...] = ("P", "PE", "D", "DE")
-    replicates: int = 8
-    hidden_size: int = 200
-    num_hidden_layers: int = 4
-    ensemble_size: int = 5
-    activation: str = "silu"
-    angle_features: bool = True
+    model_types: tuple[Literal["P", "PE", "D", "DE"], ...] = ("P", "PE", "D", "DE")
+    replicates: int = setting(8, ge=1)
+    model: ModelConfig = ModelConfig(kind="PE", ensemble_size=5, angle_features=True)
 
-    def __post_init__(self):
-        allowed = ("P", "PE", "D", "DE")
+    def check(self):
         if not self.model_types:
             raise ValueError("model_types must name at least one of P, PE, D, DE")
-        for kind in self.model_types:
-            if kind not in allowed:
-                raise ValueError(f"model_types: {kind!r} is not one of {list(allowed)}")
         if len(set(self.model_types)) != len(self.model_types):
             raise ValueError(f"model_types has duplicates: {list(self.model_types)}")
-        for name in ("replicates", "hidden_size", "num_hidden_layers", "ensemble_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def model_of(self, kind: str, env) -> ModelConfig:
+        """The bound ModelConfig of model type ``kind`` for ``env``."""
+        ensemble = self.model.ensemble_size if kind.endswith("E") else 1
+        return dataclasses.replace(self.model, kind=kind, ensemble_size=ensemble).for_env(env)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingConfig:
-    """How each model is trained. learning_rate / weight_decay: one value, or [low, high]
-    drawn log-uniformly per model from its own key (a population of hyper-parameters)."""
+class TrainingConfig(TrainingSection):
+    """[training]: the shared ``TrainingSection`` (learning_rate / weight_decay: one value, or
+    [low, high] drawn log-uniformly per model from its own key — a population of
+    hyper-parameters) plus the epochs that become rows of the results table and the fraction of
+    every dataset held out for validation (the LL axis)."""
 
-    num_epochs: int = 50
     eval_epochs: tuple[int, ...] = (50,)
-    batch_size: int = 256
-    learning_rate: Union[float, tuple[float, float]] = 1e-3
-    weight_decay: Union[float, tuple[float, float]] = 5e-5
-    patience: Optional[int] = None
-    validation_fraction: float = 0.1
+    validation_fraction: float = setting(0.1, gt=0.0, lt=1.0)
+    keep_best: bool = False  # the rows are the kept eval epochs, not a best epoch
 
-    def __post_init__(self):
-        if self.num_epochs < 1:
-            raise ValueError(f"num_epochs must be >= 1, got {self.num_epochs}")
+    def check(self):
+        super().check()
         if not self.eval_epochs:
             raise ValueError("eval_epochs must list at least one epoch")
         if list(self.eval_epochs) != sorted(set(self.eval_epochs)):
             raise ValueError(f"eval_epochs must be strictly increasing, got {list(self.eval_epochs)}")
         if self.eval_epochs[0] < 1 or self.eval_epochs[-1] > self.num_epochs:
             raise ValueError(f"eval_epochs must lie in [1, num_epochs={self.num_epochs}], got {list(self.eval_epochs)}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        for name in ("learning_rate", "weight_decay"):
-            value = getattr(self, name)
-            values = value if isinstance(value, tuple) else (value,)
-            if any(v < 0 for v in values) or (name == "learning_rate" and any(v == 0 for v in values)):
-                raise ValueError(f"{name} must be positive, got {value}")
-            if isinstance(value, tuple) and not values[0] <= values[1]:
-                raise ValueError(f"{name} range must be [low, high] with low <= high, got {list(value)}")
-            if isinstance(value, tuple) and values[0] == 0:
-                raise ValueError(f"{name} range must be > 0 for log-uniform sampling, got {list(value)}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 (or omitted), got {self.patience}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
-class DatasetsConfig:
-    """Datasets to train on and to evaluate the one-step LL on, and how each is built.
+class DatasetBuild(Schema):
+    """How each study dataset is built (shared by the sweep's ``[datasets]`` and the attack's /
+    re-weighting's ``[data]``).
 
-    on_policy: every transition of the PETS runs configured by the ``[datasets.pets]`` table
-    (a PETS config, see ``mismatch_jax.agents.config.PetsConfig``; its env and seed are replaced
-    by the sweep's; ``num_seeds`` runs).
+    on_policy: every transition of the PETS runs configured by the ``pets`` table (a PETS
+    config, see ``mismatch_jax.agents.config.PetsConfig``; its env and seed are replaced by the
+    study's; ``num_seeds`` runs).
     expert: the ``expert_episodes`` best planned trials of those runs whose reward exceeds
     ``expert_min_reward`` (the paper: cartpole r > 179). If no trial passes, the best trials are
     used and the manifest says so.
     grid: ``grid_points`` per state-action dimension; sampled: ``sampled_size`` uniform tuples.
     """
 
-    train: tuple[str, ...] = ("expert", "on_policy", "grid")
-    eval: tuple[str, ...] = DATASET_KINDS
     pets: PetsConfig = PetsConfig()
-    expert_episodes: int = 5
+    expert_episodes: int = setting(5, ge=1)
     expert_min_reward: float = 179.0
-    grid_points: int = 6
-    sampled_size: int = 5000
+    grid_points: int = setting(6, ge=2)
+    sampled_size: int = setting(5000, ge=1)
     cache_dir: str = "runs/datasets"
 
-    def __post_init__(self):
+
+@dataclasses.dataclass(frozen=True)
+class DatasetsConfig(DatasetBuild):
+    """[datasets]: the datasets to train on and to evaluate the one-step LL on, and how each is
+    built (``DatasetBuild``)."""
+
+    train: tuple[Literal["expert", "on_policy", "grid", "sampled"], ...] = ("expert", "on_policy", "grid")
+    eval: tuple[Literal["expert", "on_policy", "grid", "sampled"], ...] = DATASET_KINDS
+
+    def check(self):
         for field in ("train", "eval"):
             names = getattr(self, field)
             if not names:
@@ -150,91 +140,33 @@ class DatasetsConfig:
             for name in names:
                 if name not in DATASET_KINDS:
                     raise ValueError(f"{field}: {name!r} is not one of {list(DATASET_KINDS)}")
-        for name in ("expert_episodes", "sampled_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.grid_points < 2:
-            raise ValueError(f"grid_points must be >= 2, got {self.grid_points}")
 
 
 @dataclasses.dataclass(frozen=True)
-class CEMSettings(PlannerSection):
-    """The CEM-MPC controller that turns each model into episode reward: PETS's ``[planner]``
-    table (same keys and checks) with Lambert et al.'s settings (H = 25, 400 candidates, 40
-    elites) as defaults."""
-
-    horizon: int = 25
-    population_size: int = 400
-    num_elites: int = 40
-
-    def for_env(self, env) -> CEMConfig:
-        """The CEMConfig bound to ``env``'s action box."""
-        return self.to_cem(env.action_low, env.action_high)
-
-
-@dataclasses.dataclass(frozen=True)
-class EpisodeSettings:
-    """CEM-MPC episodes in the true env per scored model: ``trials`` episodes of
-    ``episode_length`` steps (0 = the env's episode length). Shared with ``experiments.study_models``."""
-
-    trials: int = 5
-    episode_length: int = 0
-
-    def __post_init__(self):
-        if self.trials < 1:
-            raise ValueError(f"trials must be >= 1, got {self.trials}")
-        if self.episode_length < 0:
-            raise ValueError(f"episode_length must be >= 0 (0 = env default), got {self.episode_length}")
-
-    def length(self, env) -> int:
-        """Steps per episode in ``env``."""
-        return self.episode_length or int(env.episode_length)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluationConfig(EpisodeSettings):
-    """Episodes in the true environment per model and evaluated epoch."""
-
-    trials: int = 10
-    episode_length: int = 200
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Schema):
     """Execution: models per compiled chunk (0 = derive from memory_gb) and the memory cap."""
 
-    chunk_size: int = 0
-    memory_gb: float = 4.0
-
-    def __post_init__(self):
-        if self.chunk_size < 0:
-            raise ValueError(f"chunk_size must be >= 0 (0 = automatic), got {self.chunk_size}")
-        if not self.memory_gb > 0:
-            raise ValueError(f"memory_gb must be > 0, got {self.memory_gb}")
+    chunk_size: int = setting(0, ge=0)
+    memory_gb: float = setting(4.0, gt=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Schema):
     """A whole LL-vs-reward population sweep (Lambert et al. 2020, Fig. 3–5)."""
 
     env: str
     name: str = "sweep"
-    seed: int = 0
+    seed: int = setting(0, ge=0)
     out_dir: str = "runs/sweep"
     population: PopulationConfig = PopulationConfig()
     training: TrainingConfig = TrainingConfig()
     datasets: DatasetsConfig = DatasetsConfig()
-    cem: CEMSettings = CEMSettings()
-    evaluation: EvaluationConfig = EvaluationConfig()
+    cem: CEMConfig = CEMConfig(horizon=25, population_size=400, num_elites=40)  # Lambert et al.
+    evaluation: EpisodeSettings = EpisodeSettings(trials=10, episode_length=200)
     run: RunConfig = RunConfig()
 
-    def __post_init__(self):
-        from mismatch_jax.envs import available
-
-        if self.env not in available():
-            raise ValueError(f"env: unknown environment {self.env!r}; available: {', '.join(available())}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+    def check(self):
+        check_env(self.env)
 
     @property
     def num_models(self) -> int:
@@ -255,34 +187,3 @@ class SweepConfig:
 def load(path) -> SweepConfig:
     """Loads and validates a sweep TOML file."""
     return load_toml(SweepConfig, path)
-
-
-def to_toml(config: SweepConfig) -> str:
-    """The resolved config as TOML text (every default written out)."""
-    data = to_dict(config)
-    lines = []
-    for key, value in data.items():
-        if not isinstance(value, dict):
-            lines.append(f"{key} = {_toml_value(value)}")
-    def tables(prefix, table):
-        lines.append(f"\n[{prefix}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items()
-                     if v is not None and not isinstance(v, dict))
-        for k, v in table.items():
-            if isinstance(v, dict):
-                tables(f"{prefix}.{k}", v)
-
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables(key, value)
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)

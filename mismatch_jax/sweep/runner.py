@@ -27,39 +27,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mismatch_jax import models
 from mismatch_jax.compilation import BackgroundCompiler
 from mismatch_jax.envs import make
-from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import make_planner, mpc_episode
 from mismatch_jax.files import atomic_write_text
 from mismatch_jax.sweep import results
-from mismatch_jax.sweep.config import SweepConfig, to_toml
-from mismatch_jax.sweep.study_data import build_study_datasets
+from mismatch_jax.config_io import to_toml
+from mismatch_jax.sweep.config import SweepConfig
+from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.train.population import TrainConfig, TrainHParams, make_train
+from mismatch_jax.train import TrainHParams, make_train
 
 MODEL_SALT = 0x0DE1  # fold_in salt of the model keys (datasets use another)
-
-
-def model_config(config: SweepConfig, env, kind: str) -> models.ModelConfig:
-    """The ModelConfig of model type ``kind`` in this sweep."""
-    pop = config.population
-    return models.ModelConfig(
-        kind=kind, obs_dim=env.obs_dim, action_dim=env.action_dim, hidden_size=pop.hidden_size,
-        num_hidden_layers=pop.num_hidden_layers,
-        ensemble_size=pop.ensemble_size if kind.endswith("E") else 1, activation=pop.activation,
-        angle_dims=tuple(env.angle_obs_dims) if pop.angle_features else ())
-
-
-def cem_config(config: SweepConfig, env) -> CEMConfig:
-    """The controller that scores each model."""
-    return config.cem.for_env(env)
 
 
 def estimate_bytes_per_model(config: SweepConfig, env, kind: str, train_rows: int) -> int:
     """Rough peak memory of one model in a chunk (bytes): its CEM evaluation dominates —
     trials × eval epochs episodes in flight, each with population × particles rollouts whose
     activations are E × hidden wide — plus parameters, optimiser state and its dataset slice."""
-    mcfg = model_config(config, env, kind)
-    cem = cem_config(config, env)
+    mcfg = config.population.model_of(kind, env)
+    cem = config.cem.for_env(env)
     episodes = config.evaluation.trials * len(config.training.eval_epochs)
     rollouts = cem.population_size * cem.particles
     activations = episodes * rollouts * mcfg.ensemble_size * mcfg.hidden_size * 4 * 6
@@ -117,12 +102,10 @@ class TrainedChunk(NamedTuple):
 
 def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
     """The train / LL / reward stages of a chunk of model type ``kind`` (see ``ChunkParts``)."""
-    mcfg = model_config(config, env, kind)
+    mcfg = config.population.model_of(kind, env)
     tr = config.training
-    train = make_train(TrainConfig(model=mcfg, num_epochs=tr.num_epochs, batch_size=tr.batch_size,
-                                   patience=tr.patience, keep_epochs=tuple(tr.eval_epochs),
-                                   keep_best=False), jit=False)
-    planner = make_planner(cem_config(config, env), mcfg, env.reward_fn, env.termination_fn)
+    train = make_train(tr.train_config(mcfg, keep_epochs=tuple(tr.eval_epochs)), jit=False)
+    planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
     model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
     trials, length = config.evaluation.trials, config.evaluation.length(env)
     per_model_and_epoch = lambda f, in_axes: jax.vmap(jax.vmap(f, in_axes=in_axes), in_axes=in_axes)
@@ -272,7 +255,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
 
     env = make(config.env)
     t0 = time.perf_counter()
-    sets, notes = build_study_datasets(config, env, log=log)
+    sets, notes = build_study_datasets(StudyData.of_sweep(config), env, log=log)
     manifest["datasets"] = {name: ds.size for name, ds in sets.items()}
     manifest["dataset_notes"] = notes
     manifest["dataset_s"] = time.perf_counter() - t0

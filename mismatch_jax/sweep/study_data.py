@@ -19,17 +19,35 @@ import numpy as np
 
 from mismatch_jax import data as datasets
 from mismatch_jax.envs.base import Env
-from mismatch_jax.sweep.config import SweepConfig
+from mismatch_jax.sweep.config import DatasetBuild, SweepConfig
 from mismatch_jax.files import write_npz
 
 DATA_SALT = 0x5EED_DA7A  # fold_in salt separating dataset keys from model keys
 
 
-def _pets_config(config: SweepConfig):
-    return dataclasses.replace(config.datasets.pets, env=config.env, seed=config.seed)
+@dataclasses.dataclass(frozen=True)
+class StudyData:
+    """What to build: the datasets ``names`` of env ``env_name`` under ``seed``, each with a
+    ``validation_fraction`` holdout, built as ``build`` says (``sweep.config.DatasetBuild``)."""
+
+    build: DatasetBuild
+    names: tuple[str, ...]
+    env_name: str
+    seed: int
+    validation_fraction: float
+
+    @classmethod
+    def of_sweep(cls, config: SweepConfig) -> "StudyData":
+        """Every dataset a sweep trains or evaluates on."""
+        names = tuple(dict.fromkeys(config.datasets.train + config.datasets.eval))
+        return cls(config.datasets, names, config.env, config.seed, config.training.validation_fraction)
 
 
-def pets_runs(config: SweepConfig, env: Env, cache_dir: Path, log: Callable[[str], None]) -> dict:
+def _pets_config(request: StudyData):
+    return dataclasses.replace(request.build.pets, env=request.env_name, seed=request.seed)
+
+
+def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str], None]) -> dict:
     """Runs (or loads from cache) the PETS runs behind on_policy/expert data.
 
     Returns numpy arrays obs/action/next_obs [S, R, T, d], reward/alive [S, R, T] (R = random
@@ -37,9 +55,9 @@ def pets_runs(config: SweepConfig, env: Env, cache_dir: Path, log: Callable[[str
     """
     from mismatch_jax.agents.pets import compile_trial_loop, make_pets, seed_keys
 
-    pets_config = _pets_config(config)
-    spec = {"env": config.env, "kind": "pets_runs", "pets": dataclasses.asdict(pets_config)}
-    path = Path(cache_dir) / f"{config.env}_pets_runs_{datasets.spec_hash(spec)}.npz"
+    pets_config = _pets_config(request)
+    spec = {"env": request.env_name, "kind": "pets_runs", "pets": dataclasses.asdict(pets_config)}
+    path = Path(cache_dir) / f"{request.env_name}_pets_runs_{datasets.spec_hash(spec)}.npz"
     if path.is_file():
         with np.load(path) as f:
             log(f"datasets: PETS runs from cache {path}")
@@ -68,37 +86,37 @@ def pets_runs(config: SweepConfig, env: Env, cache_dir: Path, log: Callable[[str
     return out
 
 
-def _true_dynamics_dataset(config: SweepConfig, env: Env, name: str, key: jax.Array) -> datasets.Transitions:
+def _true_dynamics_dataset(request: StudyData, env: Env, name: str, key: jax.Array) -> datasets.Transitions:
     """The grid or sampled dataset (cached on disk)."""
-    cfg, vf = config.datasets, config.training.validation_fraction
+    cfg, vf = request.build, request.validation_fraction
     if name == "grid":
-        spec = {"env": config.env, "kind": "grid", "points": cfg.grid_points, "vf": vf, "seed": config.seed}
+        spec = {"env": request.env_name, "kind": "grid", "points": cfg.grid_points, "vf": vf, "seed": request.seed}
         return datasets.cached(cfg.cache_dir, spec, lambda: datasets.grid_dataset(
             key, env, cfg.grid_points, validation_fraction=vf))
-    spec = {"env": config.env, "kind": "sampled", "n": cfg.sampled_size, "vf": vf, "seed": config.seed}
+    spec = {"env": request.env_name, "kind": "sampled", "n": cfg.sampled_size, "vf": vf, "seed": request.seed}
     return datasets.cached(cfg.cache_dir, spec, lambda: datasets.sampled_dataset(
         key, env, cfg.sampled_size, validation_fraction=vf))
 
 
-def build_study_datasets(config: SweepConfig, env: Env, log: Callable[[str], None] = print):
-    """Every dataset the sweep trains or evaluates on → ({name: Transitions}, notes dict).
+def build_study_datasets(request: StudyData, env: Env, log: Callable[[str], None] = print):
+    """Every dataset of ``request`` → ({name: Transitions}, notes dict).
 
     grid / sampled data are built in a background thread while the PETS runs compile and run:
     PETS's small per-step programs leave a core idle, and the true-dynamics program takes ~15 s
     to compile on a CPU."""
-    cfg = config.datasets
+    cfg = request.build
     cache_dir = Path(cfg.cache_dir)
-    needed = list(dict.fromkeys(cfg.train + cfg.eval))
-    root = jax.random.fold_in(jax.random.key(config.seed), DATA_SALT)
+    needed = list(request.names)
+    root = jax.random.fold_in(jax.random.key(request.seed), DATA_SALT)
     keys = {name: jax.random.fold_in(root, index) for index, name in enumerate(needed)}
     built, notes = {}, {}
     runs = None
-    vf = config.training.validation_fraction
+    vf = request.validation_fraction
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        background = {name: pool.submit(_true_dynamics_dataset, config, env, name, keys[name])
+        background = {name: pool.submit(_true_dynamics_dataset, request, env, name, keys[name])
                       for name in needed if name in ("grid", "sampled")}
         if "on_policy" in needed or "expert" in needed:
-            runs = pets_runs(config, env, cache_dir, log)
+            runs = pets_runs(request, env, cache_dir, log)
         for name in needed:
             key = keys[name]
             if name in background:

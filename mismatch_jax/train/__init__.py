@@ -1,18 +1,17 @@
 """Population training of dynamics models: ``make_train(TrainConfig) -> train(keys, params, data,
-hparams, dataset_index) -> TrainResult`` (one jit, a lax.scan over epochs, vmap over models)."""
+hparams, dataset_index) -> TrainResult`` (one jit, a lax.scan over epochs, vmap over models);
+``TrainingSection`` is the ``[training]`` table every experiment config shares."""
 
+from mismatch_jax.train.config import TrainConfig, TrainHParams, TrainingSection, make_optimizer
 from mismatch_jax.train.population import (
     LossInputs,
-    TrainConfig,
-    TrainHParams,
     TrainMetrics,
     TrainResult,
-    make_optimizer,
     make_train,
     model_keys,
 )
 
 __all__ = [
-    "LossInputs", "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult",
+    "LossInputs", "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult", "TrainingSection",
     "make_optimizer", "make_train", "model_keys",
 ]

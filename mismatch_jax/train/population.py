@@ -47,111 +47,7 @@ from flax import struct
 from mismatch_jax.data.transitions import TransitionData, is_traced
 from mismatch_jax.models import core as models
 from mismatch_jax.models.nets import gradient_update
-
-_STOP_METRICS = ("mse", "nll")
-_WEIGHT_DECAY_MODES = ("l2", "decoupled")
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration, hyper-parameters, data.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Static training configuration (hashable; closed over by ``make_train``).
-
-    model: the dynamics model every member of the population shares.
-    num_epochs: epochs per model (an upper bound when ``patience`` is set).
-    batch_size: minibatch size; an epoch visits ceil(T / batch_size) slots of a per-model
-        permutation of that model's training rows, the last one partial, empty ones skipped.
-    patience: stop a model after this many epochs without a relative improvement of
-        ``improvement_threshold`` of its validation score (None: never stop early).
-    improvement_threshold: relative improvement that counts (mbrl-lib: 0.01).
-    stop_metric: "mse" (normalised per-member MSE, as mbrl-lib) or "nll" (PETS NLL).
-    keep_epochs: epochs e (0 ≤ e ≤ num_epochs) after which the parameters are kept, returned
-        stacked as ``TrainResult.kept_params`` [N, K, ...] (0 = initial parameters). A model that
-        stopped earlier keeps its frozen parameters.
-    keep_best: return the parameters of the best validation epoch (mbrl-lib) instead of the last.
-    bootstrap: ensemble members (E > 1) train on their own bootstrap resample (with replacement,
-        size = number of training rows) of the training rows; P/D models ignore it.
-    weight_decay_mode: "l2" (PETS / torch Adam: wd·w added to the gradient) or "decoupled" (AdamW).
-    adam_b1, adam_b2, adam_eps: Adam constants (torch / mbrl-lib defaults).
-    logvar_bound_coef: weight of Σ max_logvar − Σ min_logvar in the loss (PETS: 0.01).
-    eval_batch_size: validation rows per vectorised chunk (None: batch_size). Chunks past every
-        model's validation-row count are skipped, so small validation sets cost little.
-    """
-
-    model: models.ModelConfig
-    num_epochs: int = 50
-    batch_size: int = 256
-    patience: int | None = None
-    improvement_threshold: float = 0.01
-    stop_metric: str = "mse"
-    keep_epochs: tuple[int, ...] = ()
-    keep_best: bool = True
-    bootstrap: bool = True
-    weight_decay_mode: str = "l2"
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-8
-    logvar_bound_coef: float = 0.01
-    eval_batch_size: int | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.model, models.ModelConfig):
-            raise ValueError(f"TrainConfig.model must be a ModelConfig, got {type(self.model).__name__}")
-        if self.num_epochs < 1:
-            raise ValueError(f"TrainConfig.num_epochs must be >= 1, got {self.num_epochs}")
-        if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
-            raise ValueError("TrainConfig.batch_size and eval_batch_size must be >= 1")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"TrainConfig.patience must be None or >= 1, got {self.patience}")
-        if self.stop_metric not in _STOP_METRICS:
-            raise ValueError(f"TrainConfig.stop_metric must be one of {_STOP_METRICS}, got {self.stop_metric!r}")
-        if self.weight_decay_mode not in _WEIGHT_DECAY_MODES:
-            raise ValueError(
-                f"TrainConfig.weight_decay_mode must be one of {_WEIGHT_DECAY_MODES}, "
-                f"got {self.weight_decay_mode!r}"
-            )
-        keep = tuple(self.keep_epochs)
-        if any((not isinstance(e, (int, np.integer))) or e < 0 or e > self.num_epochs for e in keep):
-            raise ValueError(
-                f"TrainConfig.keep_epochs must be integers in [0, num_epochs={self.num_epochs}], got {keep}"
-            )
-        if len(set(keep)) != len(keep):
-            raise ValueError(f"TrainConfig.keep_epochs has duplicates: {keep}")
-        object.__setattr__(self, "keep_epochs", tuple(int(e) for e in keep))
-
-    @property
-    def uses_bootstrap(self) -> bool:
-        return self.bootstrap and self.model.ensemble_size > 1
-
-
-@struct.dataclass
-class TrainHParams:
-    """Vmappable hyper-parameters; for a population every leaf is [N] (scalars are broadcast).
-
-    learning_rate, weight_decay: Adam step size and weight decay (see ``TrainConfig``).
-    nll_weight: weight of the model's main loss (PETS NLL for P/PE, MSE for D/DE).
-    mse_weight: weight of an extra normalised-MSE term on the mean (0 by default).
-    """
-
-    learning_rate: jax.Array
-    weight_decay: jax.Array
-    nll_weight: jax.Array = 1.0
-    mse_weight: jax.Array = 0.0
-
-    @classmethod
-    def population(cls, num_models: int, learning_rate=1e-3, weight_decay=5e-5,
-                   nll_weight=1.0, mse_weight=0.0) -> "TrainHParams":
-        """[num_models] hyper-parameters from scalars or [num_models] arrays
-        (defaults: mbrl-lib's PETS cartpole model_lr 1e-3, model_wd 5e-5)."""
-        def leaf(v):
-            return jnp.broadcast_to(jnp.asarray(v, jnp.float32), (num_models,))
-        return cls(learning_rate=leaf(learning_rate), weight_decay=leaf(weight_decay),
-                   nll_weight=leaf(nll_weight), mse_weight=leaf(mse_weight))
-
+from mismatch_jax.train.config import TrainConfig, TrainHParams, make_optimizer
 
 def model_keys(root: jax.Array, start: int, num_models: int) -> jax.Array:
     """Keys [num_models] of models ``start … start+num_models-1``: ``fold_in(root, index)``, so a
@@ -255,23 +151,6 @@ def _select(pred, on_true, on_false):
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves))
-
-
-def _weight_decay_mask(params: models.ModelParams) -> models.ModelParams:
-    """True for weight matrices only (biases and log-variance bounds are not decayed)."""
-    return models.ModelParams(
-        layers=tuple((True, False) for _ in params.layers), max_logvar=False, min_logvar=False
-    )
-
-
-def make_optimizer(config: TrainConfig, learning_rate, weight_decay) -> optax.GradientTransformation:
-    """Adam with L2 or decoupled weight decay on the weight matrices. ``learning_rate`` and
-    ``weight_decay`` may be traced scalars (one model of a vmapped population)."""
-    adam = optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-    decay = optax.add_decayed_weights(weight_decay, mask=_weight_decay_mask)
-    if config.weight_decay_mode == "l2":
-        return optax.chain(decay, adam, optax.scale(-learning_rate))
-    return optax.chain(adam, decay, optax.scale(-learning_rate))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """PETS loop on a tiny env, and strict config loading."""
 
-import dataclasses
 import pathlib
 
 import jax
@@ -102,7 +101,7 @@ def test_int_accepted_for_float_and_defaults():
 
 
 def test_angle_dims_reach_the_model_as_sin_cos_inputs():
-    config = pets_config_from_dict({"env": "cartpole_swingup", "angle_dims": [1]})
+    config = pets_config_from_dict({"env": "cartpole_swingup", "model": {"angle_dims": [1]}})
     env = PointMass()
-    model = dataclasses.replace(config, angle_dims=(1,)).model_config(env)
+    model = config.model_config(env)
     assert model.angle_dims == (1,) and model.input_dim == env.obs_dim + 1 + env.action_dim

@@ -1,6 +1,7 @@
 """Adversarial last-layer attack: fitness, model files, vmapped candidate evaluation, CMA-ES on a
 toy problem with a known constrained optimum, config errors, and a tiny end-to-end run."""
 
+import dataclasses
 import json
 
 import jax
@@ -14,8 +15,8 @@ from mismatch_jax.experiments import study_models as common
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml
 from mismatch_jax.envs import make
 from mismatch_jax.planning.cem import CEMConfig
+from mismatch_jax.train.config import TrainingSection
 from mismatch_jax.planning.mpc import make_planner
-from mismatch_jax.sweep.config import CEMSettings
 
 
 def test_fitness_known_values():
@@ -128,10 +129,10 @@ def test_shipped_configs_load(name):
 def test_run_attack_end_to_end(tmp_path):
     config = attack.AttackConfig(
         env="cartpole_balance", seed=1, out_dir=str(tmp_path / "out"),
-        model=common.ModelSettings(kind="P", hidden_size=8, num_hidden_layers=1),
+        model=dataclasses.replace(common.STUDY_MODEL, hidden_size=8, num_hidden_layers=1),
         data=common.DataSettings(kind="sampled", sampled_size=200, cache_dir=str(tmp_path / "data")),
-        training=common.TrainSettings(num_epochs=2, batch_size=32),
-        cem=CEMSettings(horizon=3, population_size=8, num_elites=2, num_iterations=1),
+        training=TrainingSection(num_epochs=2, batch_size=32),
+        cem=CEMConfig(horizon=3, population_size=8, num_elites=2, num_iterations=1),
         evaluation=attack.AttackEvaluation(trials=1, episode_length=10, final_rounds=1),
         cmaes=attack.CMAESSettings(population_size=4, generations=2, sigma=0.01))
     report = attack.run_attack(config, log=lambda s: None)
@@ -150,8 +151,9 @@ def test_model_settings_feed_winding_angles_as_sin_cos():
     class SwingUpDims:  # the dimensions of cartpole_swingup, whose θ (obs 1) winds freely
         obs_dim, action_dim, angle_obs_dims = 4, 1, (1,)
 
-    assert common.ModelSettings().model_config(SwingUpDims).angle_dims == (1,)
-    assert common.ModelSettings(angle_features=False).model_config(SwingUpDims).angle_dims == ()
-    assert common.ModelSettings().model_config(make("cartpole_balance")).angle_dims == ()
+    assert common.STUDY_MODEL.for_env(SwingUpDims).angle_dims == (1,)
+    assert dataclasses.replace(common.STUDY_MODEL, angle_features=False).for_env(SwingUpDims).angle_dims == ()
+    assert common.STUDY_MODEL.for_env(make("cartpole_balance")).angle_dims == ()
+    assert from_dict(attack.AttackConfig, {"env": "cartpole_balance"}).model == common.STUDY_MODEL
     with pytest.raises(ConfigError, match="model: .*ensemble_size must be 1"):
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "model": {"kind": "P", "ensemble_size": 3}})

@@ -1,6 +1,7 @@
 """Distance re-weighting: weight formula, pool buckets vs brute force, weights change training
 (a constant factor does not), the Fig. 8 grid end to end, config errors."""
 
+import dataclasses
 import json
 
 import jax
@@ -8,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mismatch_jax.planning.cem import CEMConfig
+from mismatch_jax.train.config import TrainingSection
 from mismatch_jax import models
 from mismatch_jax.experiments import reweight
 from mismatch_jax.experiments import study_models as common
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml
-from mismatch_jax.sweep.config import CEMSettings
 from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.train.population import TrainConfig, TrainHParams, make_train
+from mismatch_jax.train import TrainConfig, TrainHParams, make_train
 
 
 def test_weights_known_values():
@@ -101,11 +103,11 @@ def test_shipped_configs_load(name):
 def test_run_reweight_grid(tmp_path):
     config = reweight.ReweightConfig(
         env="cartpole_balance", seed=0, out_dir=str(tmp_path / "out"),
-        model=common.ModelSettings(kind="P", hidden_size=8, num_hidden_layers=1),
-        training=common.TrainSettings(num_epochs=2, batch_size=8),
-        cem=CEMSettings(horizon=3, population_size=8, num_elites=2, num_iterations=1),
+        model=dataclasses.replace(common.STUDY_MODEL, hidden_size=8, num_hidden_layers=1),
+        training=TrainingSection(num_epochs=2, batch_size=8),
+        cem=CEMConfig(horizon=3, population_size=8, num_elites=2, num_iterations=1),
         evaluation=reweight.ReweightEvaluation(trials=2, episode_length=10, models_per_call=3),
-        expert=reweight.ExpertSettings(horizon=5, population_size=16, num_elites=4, num_iterations=1,
+        expert=reweight.ExpertSettings(cem=CEMConfig(horizon=5, population_size=16, num_elites=4, num_iterations=1),
                                        episode_length=20, cache_dir=str(tmp_path / "data")),
         pool=reweight.PoolSettings(size=20000, chunk_size=8192),
         grid=reweight.GridSettings(sizes=(4, 8, 16), epsilons=(0.05, 1.0, 6.0), replicates=2))

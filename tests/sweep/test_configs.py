@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mismatch_jax.sweep.config import SweepConfig, load, to_toml
+from mismatch_jax.config_io import to_toml
+from mismatch_jax.sweep.config import SweepConfig, load
 from mismatch_jax.config_io import from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,15 +33,15 @@ def test_model_index_layout_is_types_outermost():
 
 
 def test_cem_table_is_the_pets_planner_table_with_paper_defaults():
-    from mismatch_jax.agents.config import PlannerSection
+    from mismatch_jax.planning.cem import CEMConfig
     from mismatch_jax.config_io import ConfigError
     from mismatch_jax.envs import make
 
     config = from_dict(SweepConfig, {"env": "cartpole_balance", "cem": {"horizon": 7, "sampling": "clipped_normal"}})
-    assert isinstance(config.cem, PlannerSection)
+    assert isinstance(config.cem, CEMConfig)
     assert (config.cem.horizon, config.cem.population_size, config.cem.num_elites) == (7, 400, 40)
     env = make("cartpole_balance")
-    assert config.cem.for_env(env) == config.cem.to_cem(env.action_low, env.action_high)
+    assert config.cem.for_env(env) == config.cem.with_bounds(env.action_low, env.action_high)
     assert config.cem.for_env(env).sampling == "clipped_normal"
     with pytest.raises(ConfigError, match="cem: .*num_elites"):
         from_dict(SweepConfig, {"env": "cartpole_balance", "cem": {"num_elites": 1}})

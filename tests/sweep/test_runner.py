@@ -115,12 +115,12 @@ def test_stages_one_by_one_equal_the_fused_chunk(reference):
 
     from mismatch_jax.envs import make
     from mismatch_jax.sweep.runner import make_chunk_parts, stack_study_data
-    from mismatch_jax.sweep.study_data import build_study_datasets
+    from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     tmp, table = reference
     config = load(_config(tmp, 4))
     env = make(config.env)
-    sets, _ = build_study_datasets(config, env, log=lambda s: None)
+    sets, _ = build_study_datasets(StudyData.of_sweep(config), env, log=lambda s: None)
     train_data, eval_sets = stack_study_data(config, sets)
     indices = np.arange(4, dtype=np.int32)  # the first chunk: P models
     dataset_index = np.asarray([list(config.datasets.train).index(config.model_spec(int(i))[1])
