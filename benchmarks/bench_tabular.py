@@ -1,5 +1,5 @@
 """Benchmark: the Fig. 2a comparison (MnM, Q-learning, VMBPO; sampled mode) for N seeds in one
-compiled JAX call vs a plain NumPy loop over the same seeds (``agents.tabular.run_numpy``).
+compiled JAX call vs a plain NumPy loop over the same seeds (``tests/tabular_reference.py``).
 
 Prints one JSON object. Compile time is reported apart; the first JAX run is discarded; results
 are block_until_ready'd. Usage:
@@ -8,15 +8,20 @@ are block_until_ready'd. Usage:
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 
 import jax
 import numpy as np
 
-from mismatch_jax.agents import tabular as A
 from mismatch_jax.envs import tabular as T
 from mismatch_jax.experiments.tabular_figures import compare_methods
+
+# The NumPy loop is the tests' reference implementation (tests/tabular_reference.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from tests.tabular_reference import run_numpy  # noqa: E402
 
 METHODS = ("mnm", "q_learning", "vmbpo")
 
@@ -49,7 +54,7 @@ def main():
     numpy_final = {m: [] for m in METHODS}
     for seed in range(numpy_seeds):
         for method in METHODS:
-            ref = A.run_numpy(method, mdp, seed=seed, num_iters=args.num_iters)
+            ref = run_numpy(method, mdp, seed=seed, num_iters=args.num_iters)
             numpy_final[method].append(float(np.exp(ref["log_expected_return"][-1])))
     numpy_time = time.perf_counter() - t0
     numpy_total_est = numpy_time * args.seeds / numpy_seeds

@@ -55,6 +55,10 @@ scan XLA:CPU's batched LU was far slower than the sweeps.)
 Q-learning: E_p Σ γ^t r); ``mnm_bound`` = L(π_k, q_k) (≤ log return); ``vmbpo_bound`` = VMBPO's
 objective for π_k at the model q̂ ∝ p exp(γ V_p^{π_k}/κ) (≥ E_p R ≥ log E_p R). Infinite KL (a
 low-resolution model that enters obstacles) gives an objective of -inf, honestly.
+
+This module is the learner (``make_run`` / ``run``); the exact evaluation it and the figures use
+(values, KL, bounds, optimism) is in ``tabular_measures``, the block model class and the
+classifier logits in ``tabular_models``.
 """
 
 from __future__ import annotations
@@ -67,12 +71,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from mismatch_jax.envs.tabular import (
-    DISPLACEMENTS,
-    TabularMDP,
-    block_index,
-    displacement_table,
+from mismatch_jax.agents.tabular_measures import (
+    compact_augmented_value,
+    compact_kl,
+    compact_values,
+    greedy,
+    kl_divergence,
+    log_reward,
 )
+from mismatch_jax.agents.tabular_models import (
+    block_best_response,
+    block_classifier_logits,
+    block_tables,
+    block_true_displacements,
+    full_classifier_logits,
+)
+from mismatch_jax.envs.tabular import TabularMDP
 
 METHODS = ("mnm", "vmbpo", "q_learning", "mnm_no_kl", "mnm_no_log")
 MODES = ("exact", "sampled")
@@ -124,97 +138,6 @@ class TabularResult:
     vmbpo_bound: jax.Array
 
 
-# ----------------------------------------------------------------------------- exact evaluation
-
-
-def policy_transition(policy: jax.Array, dynamics: jax.Array) -> jax.Array:
-    """[S, S] state-to-state matrix Σ_a π(a|s) q(s'|s,a) from policy [S, A], dynamics [S, A, S]."""
-    return jnp.einsum("sa,sat->st", policy, dynamics)
-
-
-def evaluate(policy: jax.Array, dynamics: jax.Array, reward: jax.Array,
-             gamma: jax.Array, horizon: int | None = None) -> jax.Array:
-    """Values (I - γ P_π)^{-1} r_π: a linear solve (horizon=None), or ``horizon`` Bellman sweeps
-    V ← r + γ P V from V = 0 (error ≤ γ^horizon · max|r| / (1-γ); 400 sweeps at γ = 0.9 are
-    exact in float32). The sweeps are what ``run`` uses inside its vmapped scan: XLA:CPU's
-    batched LU there was ~100x slower than matrix-vector products (and looked like a hang).
-
-    policy [S, A], dynamics [S, A, S], reward [S, A] or [S, A, K] → values [S] or [S, K].
-    """
-    transition = policy_transition(policy, dynamics)
-    num_states = transition.shape[0]
-    reward_pi = jnp.einsum("sa,sa...->s...", policy, reward)
-    if horizon is None:
-        return jnp.linalg.solve(jnp.eye(num_states) - gamma * transition, reward_pi)
-    discounted = gamma * transition
-    return jax.lax.fori_loop(0, horizon, lambda _, v: reward_pi + discounted @ v, reward_pi)
-
-
-def compact_values(policy: jax.Array, probs: jax.Array, next_index: jax.Array,
-                   reward: jax.Array, gamma: jax.Array, horizon: int) -> jax.Array:
-    """``horizon`` Bellman sweeps on a compact transition table: probs [S, A, K] over next states
-    next_index [S, A, K]; reward [S, A] or [S, A, C] → values [S] or [S, C]. Each sweep is a
-    gather of S·A·K entries (a dense matrix-vector product would touch S² entries)."""
-    reward_pi = jnp.einsum("sa,sa...->s...", policy, reward)
-    weights = policy[:, :, None] * probs  # [S, A, K]
-
-    def sweep(_, values):
-        return reward_pi + gamma * jnp.einsum("sak,sak...->s...", weights, values[next_index])
-
-    return jax.lax.fori_loop(0, horizon, sweep, reward_pi)
-
-
-def compact_augmented_value(policy, probs, next_index, reward, kl, gamma, start,
-                            horizon) -> jax.Array:
-    """``augmented_value`` on a compact table (see compact_values); -inf for reachable inf KL."""
-    infinite = jnp.isinf(kl)
-    finite_part = reward - jnp.where(infinite, 0.0, kl)
-    columns = jnp.stack([finite_part, infinite.astype(reward.dtype)], axis=-1)
-    start_values = start @ compact_values(policy, probs, next_index, columns, gamma, horizon)
-    return jnp.where(start_values[1] > 1e-12, -jnp.inf, start_values[0])
-
-
-def compact_kl(q: jax.Array, p: jax.Array) -> jax.Array:
-    """KL(q ‖ p) [S, A] for compact tables over the same distinct next states [S, A, K]."""
-    return kl_divergence(q, p)
-
-
-def value_iteration(mdp: TabularMDP, num_iters: int = 500) -> tuple[jax.Array, jax.Array]:
-    """Optimal Q [S, A] and greedy policy [S, A] for the true MDP (reward r) by value iteration."""
-
-    def backup(q_values, _):
-        v = jnp.max(q_values, axis=-1)
-        return mdp.r + mdp.gamma * jnp.einsum("sat,t->sa", mdp.p, v), None
-
-    q_values, _ = jax.lax.scan(backup, jnp.zeros_like(mdp.r), None, length=num_iters)
-    return q_values, greedy(q_values)
-
-
-def greedy(q_values: jax.Array) -> jax.Array:
-    """[S, A] one-hot argmax policy (ties → lowest action index)."""
-    return jax.nn.one_hot(jnp.argmax(q_values, axis=-1), q_values.shape[-1],
-                          dtype=q_values.dtype)
-
-
-def expected_return(mdp: TabularMDP, policy: jax.Array) -> jax.Array:
-    """Exact E_p^π Σ_t γ^t r(s_t, a_t) from ``mdp.start`` (scalar)."""
-    return mdp.start @ evaluate(policy, mdp.p, mdp.r, mdp.gamma)
-
-
-def kl_divergence(q: jax.Array, p: jax.Array) -> jax.Array:
-    """KL(q(·|s,a) ‖ p(·|s,a)) [S, A]; +inf where q puts mass outside p's support."""
-    safe_q = jnp.where(q > 0, q, 1.0)
-    safe_p = jnp.where(p > 0, p, 1.0)
-    terms = jnp.where(q > 0, q * (jnp.log(safe_q) - jnp.log(safe_p)), 0.0)
-    outside = jnp.any((q > 0) & (p <= 0), axis=-1)
-    return jnp.where(outside, jnp.inf, jnp.sum(terms, axis=-1))
-
-
-def log_reward(mdp: TabularMDP) -> jax.Array:
-    """MnM's reward part (1-γ)(log r - log(1-γ)) [S, A]."""
-    return (1.0 - mdp.gamma) * (jnp.log(mdp.r) - jnp.log1p(-mdp.gamma))
-
-
 def transformed_reward(kind: str, mdp: TabularMDP) -> jax.Array:
     """f(r) [S, A] for kind "log" (MnM), "raw" (VMBPO, Q-learning), "linear" (MnM without log)."""
     if kind == "log":
@@ -226,121 +149,7 @@ def transformed_reward(kind: str, mdp: TabularMDP) -> jax.Array:
     raise ValueError(f"unknown reward transform {kind!r}")
 
 
-def augmented_value(policy, dynamics, reward, kl, gamma, start, horizon=None) -> jax.Array:
-    """start · (I - γ P)^{-1} (reward - kl) under ``dynamics``; -inf when a state with infinite KL
-    is reached with positive probability. policy [S, A], dynamics [S, A, S], reward/kl [S, A]."""
-    infinite = jnp.isinf(kl)
-    finite_part = reward - jnp.where(infinite, 0.0, kl)
-    values = evaluate(policy, dynamics, jnp.stack([finite_part, infinite.astype(reward.dtype)],
-                                                  axis=-1), gamma, horizon)
-    start_values = start @ values
-    return jnp.where(start_values[1] > 1e-12, -jnp.inf, start_values[0])
 
-
-def mnm_lower_bound(mdp: TabularMDP, policy: jax.Array, q: jax.Array,
-                    kl_coef: float = 1.0) -> jax.Array:
-    """Exact MnM objective L(π, q) (Eq. 2–3 with KL weight κ) from the start distribution."""
-    return augmented_value(policy, q, log_reward(mdp), kl_coef * kl_divergence(q, mdp.p),
-                           mdp.gamma, mdp.start)
-
-
-def optimistic_model(p: jax.Array, values: jax.Array, gamma, kl_coef) -> jax.Array:
-    """Best-response dynamics q*(s'|s,a) ∝ p(s'|s,a) exp(γ V(s') / κ). p [S, A, S], V [S]."""
-    logits = jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)) + gamma * values[None, None, :] / kl_coef,
-                       -jnp.inf)
-    return jax.nn.softmax(logits, axis=-1)
-
-
-def vmbpo_upper_bound(mdp: TabularMDP, policy: jax.Array, kl_coef: float = 1.0) -> jax.Array:
-    """VMBPO's objective E_q Σ γ^t (r - κ KL(q‖p)) for π at q ∝ p exp(γ V_p^π / κ).
-
-    One soft improvement step from q = p, so it is ≥ E_p^π R ≥ log E_p^π R."""
-    values_p = evaluate(policy, mdp.p, mdp.r, mdp.gamma)
-    q_hat = optimistic_model(mdp.p, values_p, mdp.gamma, kl_coef)
-    return augmented_value(policy, q_hat, mdp.r, kl_coef * kl_divergence(q_hat, mdp.p),
-                           mdp.gamma, mdp.start)
-
-
-# ----------------------------------------------------------------------------- model classes
-
-
-@struct.dataclass
-class _BlockTables:
-    """Static-shaped tables of the low-resolution model class (built once per MDP)."""
-
-    block: jax.Array        # [S] block index of each state
-    weights: jax.Array      # [S] averaging weight of each state in its block
-    dest: jax.Array         # [S, D] cell reached by displacement d (obstacles ignored)
-    realized: jax.Array     # [S, D, S] one-hot of dest
-    true_disp: jax.Array    # [S, D, S] 1 if s' - s equals Δ_d (to read p as displacements)
-    membership: jax.Array   # [B, S] weights[s] if block(s) == b
-
-
-def _block_tables(mdp: TabularMDP, block_size: int) -> _BlockTables:
-    if mdp.grid_shape[0] * mdp.grid_shape[1] != mdp.num_states:
-        raise ValueError("model_class='blocks' needs a grid MDP (from gridworld/from_text_map)")
-    block = block_index(mdp, block_size)
-    num_blocks = int(block.max()) + 1
-    # Goal cells are terminal and known to the model (as termination functions are in MBRL),
-    # so the block statistics average over the other free cells.
-    free = (np.asarray(mdp.free) & ~np.asarray(mdp.goal)).astype(np.float64)
-    membership = np.zeros((num_blocks, mdp.num_states))
-    membership[block, np.arange(mdp.num_states)] = 1.0
-    block_free = membership @ free
-    # Blocks made only of obstacles average over all their cells instead.
-    weights = np.where(block_free[block] > 0, free, 1.0)
-    membership = membership * weights[None, :]
-    membership /= membership.sum(axis=1, keepdims=True)
-    dest = displacement_table(mdp)
-    coords = np.asarray(mdp.coords)
-    diff = coords[None, :, :] - coords[:, None, :]  # [S, S', 2]
-    true_disp = np.all(diff[:, None, :, :] == DISPLACEMENTS[None, :, None, :], axis=-1)
-    return _BlockTables(
-        block=jnp.asarray(block),
-        weights=jnp.asarray(weights, jnp.float32),
-        dest=jnp.asarray(dest),
-        realized=jax.nn.one_hot(jnp.asarray(dest), mdp.num_states, dtype=jnp.float32),
-        true_disp=jnp.asarray(true_disp, jnp.float32),
-        membership=jnp.asarray(membership, jnp.float32),
-    )
-
-
-def block_true_displacements(mdp: TabularMDP, tables: _BlockTables) -> jax.Array:
-    """p̄(d | B, a) [B, A, D]: true displacement distribution averaged over a block's free cells."""
-    per_state = jnp.einsum("sat,sdt->sad", mdp.p, tables.true_disp)
-    return jnp.einsum("bs,sad->bad", tables.membership, per_state)
-
-
-def block_model_dynamics(model: jax.Array, tables: _BlockTables) -> jax.Array:
-    """Full-resolution q(s'|s,a) [S, A, S] of block parameters model [B, A, D]."""
-    return jnp.einsum("sad,sdt->sat", model[tables.block], tables.realized)
-
-
-def block_best_response(p_bar: jax.Array, values: jax.Array, tables: _BlockTables, gamma,
-                        kl_coef) -> jax.Array:
-    """q_b*(d|B,a) ∝ p̄(d|B,a) exp(γ V̄(B,d)/κ) [B, A, D]; V̄ averages V(dest) over the block."""
-    v_bar = tables.membership @ values[tables.dest]  # [B, D]
-    logits = jnp.where(p_bar > 0, jnp.log(jnp.where(p_bar > 0, p_bar, 1.0))
-                       + gamma * v_bar[:, None, :] / kl_coef, -jnp.inf)
-    return jax.nn.softmax(logits, axis=-1)
-
-
-def block_classifier_logits(mdp: TabularMDP, q: jax.Array, tables: _BlockTables,
-                            clip) -> jax.Array:
-    """Bayes-optimal logit of the block-resolution classifier, per (s, a, s') [S, A, S]:
-    clip(log p_B(s'|a) - log q_B(s'|a)) with p_B, q_B averaged over block(s)."""
-    p_block = jnp.einsum("bs,sat->bat", tables.membership, mdp.p)
-    q_block = jnp.einsum("bs,sat->bat", tables.membership, q)
-    log_p = jnp.log(jnp.maximum(p_block, 1e-30))
-    log_q = jnp.log(jnp.maximum(q_block, 1e-30))
-    return jnp.clip(log_p - log_q, -clip, clip)[tables.block]
-
-
-def full_classifier_logits(p: jax.Array, q: jax.Array) -> jax.Array:
-    """Exact log p/q [S, A, S] on q's support (0 elsewhere, where it is never used)."""
-    both = (p > 0) & (q > 0)
-    return jnp.where(both, jnp.log(jnp.where(both, p, 1.0)) - jnp.log(jnp.where(both, q, 1.0)),
-                     0.0)
 
 
 # ----------------------------------------------------------------------------- the learner
@@ -393,7 +202,7 @@ def make_run(method: str, mdp_template: TabularMDP | None = None, *, num_iters: 
     blocks = learns_model and model_class == "blocks"
     if blocks and mdp_template is None:
         raise ValueError("model_class='blocks' needs mdp_template (a grid MDP)")
-    tables = _block_tables(mdp_template, block_size) if blocks else None
+    tables = block_tables(mdp_template, block_size) if blocks else None
     if support is None and mdp_template is not None:
         support = support_size(mdp_template)
     true_support = support if not blocks else (
@@ -560,90 +369,3 @@ def run(method: Literal["mnm", "vmbpo", "q_learning", "mnm_no_kl", "mnm_no_log"]
         static["support"] = support_size(mdp) if concrete else None
     run_fn = _cached_run(method, int(num_iters), tuple(sorted(static.items())), template_key)
     return run_fn(mdp, key, TabularHParams(**floats))
-
-
-# ----------------------------------------------------------------------------- measurements
-
-
-def optimism(mdp: TabularMDP, q: jax.Array) -> jax.Array:
-    """Probability mass q puts on moves that shorten the Manhattan distance to the nearest goal,
-    minus the mass p puts there, averaged over non-goal free states and actions (scalar).
-
-    Positive = optimistic dynamics (the learned noise points towards the goal)."""
-    coords = mdp.coords.astype(jnp.float32)
-    goal_coords = jnp.where(mdp.goal[:, None], coords, jnp.inf)
-    distance = jnp.min(jnp.sum(jnp.abs(coords[:, None, :] - goal_coords[None, :, :]), -1), -1)
-    closer = (distance[None, :] < distance[:, None]).astype(jnp.float32)  # [S, S']
-    towards_q = jnp.einsum("sat,st->sa", q, closer)
-    towards_p = jnp.einsum("sat,st->sa", mdp.p, closer)
-    mask = (mdp.free & ~mdp.goal).astype(jnp.float32)
-    return jnp.sum(jnp.mean(towards_q - towards_p, axis=-1) * mask) / jnp.sum(mask)
-
-
-def mean_displacement(mdp: TabularMDP, dynamics: jax.Array) -> jax.Array:
-    """[S, 2] expected (row, column) displacement, averaged over actions (for arrow plots)."""
-    coords = mdp.coords.astype(jnp.float32)
-    expected_next = jnp.einsum("sat,tc->sac", dynamics, coords)
-    return jnp.mean(expected_next, axis=1) - coords
-
-
-# ----------------------------------------------------------------------------- NumPy reference
-
-
-def run_numpy(method: str, mdp: TabularMDP, seed: int, num_iters: int = 100, *,
-              mode: str = "sampled", num_samples: int = 1, lr: float = 0.5,
-              model_smoothing: float = 0.5, kl_coef: float = 1.0) -> dict:
-    """Plain NumPy loop version of ``run`` (full model class) — the reference for tests and the
-    baseline of the benchmark. Returns a dict with policy, q, objective, log_expected_return."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    reward_kind, learns_model, classifier_in_reward = _METHOD_SPEC[method]
-    rng = np.random.default_rng(seed)
-    p = np.asarray(mdp.p, np.float64)
-    r = np.asarray(mdp.r, np.float64)
-    gamma = float(mdp.gamma)
-    start = np.asarray(mdp.start, np.float64)
-    num_states, num_actions = r.shape
-    reward = {"log": (1 - gamma) * (np.log(r) - np.log(1 - gamma)), "raw": r,
-              "linear": (1 - gamma) * (r - np.log(1 - gamma))}[reward_kind]
-    eye = np.eye(num_states)
-    q_values = np.zeros_like(r)
-    model = p.copy()
-    objective, log_return = np.zeros(num_iters), np.zeros(num_iters)
-    for it in range(num_iters):
-        values = q_values.max(axis=1)
-        if learns_model:
-            with np.errstate(divide="ignore"):
-                logits = np.where(p > 0, np.log(np.where(p > 0, p, 1)) + gamma * values / kl_coef,
-                                  -np.inf)
-            response = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            response /= response.sum(axis=-1, keepdims=True)
-            model = (1 - model_smoothing) * model + model_smoothing * response
-        dynamics = model if learns_model else p
-        both = (p > 0) & (dynamics > 0)
-        log_ratio = np.zeros_like(p)
-        log_ratio[both] = np.log(p[both]) - np.log(dynamics[both])
-        cls = kl_coef * log_ratio if classifier_in_reward else np.zeros_like(p)
-        if mode == "exact":
-            target = reward + np.einsum("sat,sat->sa", dynamics, cls + gamma * values[None, None, :])
-        else:
-            cdf = np.cumsum(dynamics, axis=-1)
-            u = rng.random((num_states, num_actions, num_samples)) * cdf[..., -1:]
-            nxt = np.minimum((u[..., None] > cdf[..., None, :]).sum(-1), num_states - 1)
-            sampled_cls = np.take_along_axis(cls, nxt, axis=-1)
-            target = reward + np.mean(sampled_cls + gamma * values[nxt], axis=-1)
-        q_values = q_values + lr * (target - q_values)
-        policy = np.eye(num_actions)[q_values.argmax(axis=1)]
-        p_pi = np.einsum("sa,sat->st", policy, p)
-        ret = start @ np.linalg.solve(eye - gamma * p_pi, (policy * r).sum(1))
-        log_return[it] = np.log(ret)
-        if learns_model:
-            kl = (dynamics * np.where(dynamics > 0, np.log(np.where(dynamics > 0, dynamics, 1))
-                                      - np.log(np.where(p > 0, p, 1)), 0)).sum(-1)
-            own = reward - (kl_coef * kl if classifier_in_reward else 0)
-            q_pi = np.einsum("sa,sat->st", policy, dynamics)
-            objective[it] = start @ np.linalg.solve(eye - gamma * q_pi, (policy * own).sum(1))
-        else:
-            objective[it] = ret
-    return {"policy": policy, "q": dynamics, "q_values": q_values, "objective": objective,
-            "log_expected_return": log_return}

@@ -22,6 +22,7 @@ import numpy as np
 
 from mismatch_jax.files import write_json
 from mismatch_jax.agents import tabular as agents
+from mismatch_jax.agents import tabular_measures as measures
 from mismatch_jax.config_io import Schema, from_dict, load_toml, setting
 from mismatch_jax.envs import tabular as envs
 
@@ -173,8 +174,8 @@ def run_fig2a(cfg: TabularConfig, out_dir) -> dict:
     results = jax.block_until_ready(compare_methods(mdp, methods, keys, num_iters,
                                                     track_bounds=False, **run_cfg))
     elapsed = time.perf_counter() - start
-    _, optimal_policy = agents.value_iteration(mdp)
-    optimal = float(agents.expected_return(mdp, optimal_policy))
+    _, optimal_policy = measures.value_iteration(mdp)
+    optimal = float(measures.expected_return(mdp, optimal_policy))
 
     plt = _pyplot()
     fig, (ax_curve, ax_arrows) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -198,9 +199,9 @@ def run_fig2a(cfg: TabularConfig, out_dir) -> dict:
     ax_curve.legend()
 
     mnm_q = results["mnm"].q[0]
-    optimism = float(agents.optimism(mdp, mnm_q))
-    noise_shift = np.asarray(agents.mean_displacement(mdp, mnm_q)
-                             - agents.mean_displacement(mdp, mdp.p))
+    optimism = float(measures.optimism(mdp, mnm_q))
+    noise_shift = np.asarray(measures.mean_displacement(mdp, mnm_q)
+                             - measures.mean_displacement(mdp, mdp.p))
     coords = np.asarray(mdp.coords)
     height, width = mdp.grid_shape
     ax_arrows.quiver(coords[:, 1], coords[:, 0], noise_shift[:, 1], noise_shift[:, 0],
@@ -244,8 +245,8 @@ def run_fig2b(cfg: TabularConfig, out_dir) -> dict:
                "logit_clip": 2.0, **cfg.run.given()}
     num_iters = int(run_cfg.pop("num_iters"))
     mdp = cfg.mdp()
-    _, optimal_policy = agents.value_iteration(mdp)
-    optimal = float(agents.expected_return(mdp, optimal_policy))
+    _, optimal_policy = measures.value_iteration(mdp)
+    optimal = float(measures.expected_return(mdp, optimal_policy))
     out, policies = {}, {}
     for method in ("mnm", "mnm_no_kl"):
         res = agents.run(method, mdp, jax.random.key(0), num_iters=num_iters, **run_cfg)

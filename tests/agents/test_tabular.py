@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from mismatch_jax.agents import tabular as A
+from mismatch_jax.agents import tabular_measures as M
 from mismatch_jax.envs import tabular as T
+from tabular_reference import run_numpy
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +42,9 @@ def test_bounds_every_iteration_exact(grid, kl_coef):
     assert np.all(upper >= log_ret - 1e-5)
     np.testing.assert_allclose(res.mnm_bound, res.objective)
     # MnM converges to the optimal policy of the true MDP here.
-    _, optimal = A.value_iteration(grid)
+    _, optimal = M.value_iteration(grid)
     assert float(res.expected_return[-1]) == pytest.approx(
-        float(A.expected_return(grid, optimal)), rel=1e-4)
+        float(M.expected_return(grid, optimal)), rel=1e-4)
 
 
 def test_bounds_every_iteration_sampled_all_methods(grid):
@@ -59,8 +61,8 @@ def test_bounds_every_iteration_sampled_all_methods(grid):
 
 def test_mnm_dynamics_are_optimistic(grid):
     res = A.run("mnm", grid, jax.random.key(0), num_iters=40, mode="exact")
-    assert float(A.optimism(grid, res.q)) > 0.02
-    assert float(A.optimism(grid, grid.p)) == pytest.approx(0.0, abs=1e-6)
+    assert float(M.optimism(grid, res.q)) > 0.02
+    assert float(M.optimism(grid, grid.p)) == pytest.approx(0.0, abs=1e-6)
     # Per state: the noise mass moved towards the goal is positive for nearly every state.
     coords = np.asarray(grid.coords)
     dist = np.abs(coords - coords[99]).sum(1)
@@ -75,10 +77,10 @@ def test_optimistic_model_is_best_response():
     kappa = 1.0
 
     def per_sa(q):
-        kl = A.kl_divergence(q, mdp.p)
+        kl = M.kl_divergence(q, mdp.p)
         return -kappa * kl + mdp.gamma * jnp.einsum("sat,t->sa", q, values)
 
-    best = A.optimistic_model(mdp.p, values, mdp.gamma, kappa)
+    best = M.optimistic_model(mdp.p, values, mdp.gamma, kappa)
     for seed in range(3):
         noise = jax.random.uniform(jax.random.key(seed + 1), mdp.p.shape)
         other = mdp.p * noise
@@ -90,7 +92,7 @@ def test_optimistic_model_is_best_response():
 def test_exact_mode_matches_numpy_reference(method):
     mdp = T.gridworld(size=5)
     res = A.run(method, mdp, jax.random.key(0), num_iters=40, mode="exact")
-    ref = A.run_numpy(method, mdp, seed=0, num_iters=40, mode="exact")
+    ref = run_numpy(method, mdp, seed=0, num_iters=40, mode="exact")
     # Q tables and models do not depend on argmax tie-breaking; the greedy policy (and so the
     # per-iteration metrics) can differ between float32/float64 while Q values are still tied.
     np.testing.assert_allclose(res.q_values, ref["q_values"], rtol=1e-4, atol=1e-4)
@@ -107,7 +109,7 @@ def test_sampled_numpy_reference_agrees_in_distribution():
     mdp = T.gridworld(size=5)
     keys = jax.random.split(jax.random.key(0), 64)
     jax_ret = jax.vmap(lambda k: A.run("mnm", mdp, k, num_iters=20))(keys).expected_return
-    np_ret = np.stack([np.exp(A.run_numpy("mnm", mdp, seed=i, num_iters=20)["log_expected_return"])
+    np_ret = np.stack([np.exp(run_numpy("mnm", mdp, seed=i, num_iters=20)["log_expected_return"])
                        for i in range(64)])
     np.testing.assert_allclose(np.asarray(jax_ret).mean(0)[-5:], np_ret.mean(0)[-5:], rtol=0.1)
 
@@ -140,8 +142,8 @@ def test_vmap_over_hyperparameters():
 
 def test_low_resolution_model_needs_the_classifier():
     mdp = T.obstacle_gridworld()
-    _, optimal = A.value_iteration(mdp)
-    best = float(A.expected_return(mdp, optimal))
+    _, optimal = M.value_iteration(mdp)
+    best = float(M.expected_return(mdp, optimal))
     kwargs = dict(num_iters=150, mode="exact", model_class="blocks", classifier="exact",
                   logit_clip=2.0)
     mnm = A.run("mnm", mdp, jax.random.key(0), **kwargs)
