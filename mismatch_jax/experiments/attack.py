@@ -30,38 +30,35 @@ Because the best fitness over generations is a minimum over noisy estimates, "be
 episodes for the original model, the best candidate and the final CMA-ES mean (evaluated through
 the same compiled population evaluator, padded to the CMA-ES population).
 
-Models are saved/loaded as one ``.npz`` (``save_model`` / ``load_model``): the ModelConfig as
-JSON plus the parameter and normaliser arrays. We chose npz over orbax-checkpoint because a
-dynamics model is a handful of small arrays (< 2 MB at paper size) that must travel as one
-self-describing file next to the results; orbax's directory layout, async manager and
-sharding metadata solve problems (huge, sharded, multi-host state) this file does not have.
+Models are saved and loaded as orbax checkpoints (``models.checkpoint``): ``original_model/`` and
+``attacked_model/`` next to ``attack.json``, reusable as ``model_path`` of a later attack.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from mismatch_jax.errors import InputError
-from mismatch_jax.files import check_writable, write_json, write_npz
 from mismatch_jax import models
+from mismatch_jax.analysis.attack import plot_convergence
+from mismatch_jax.errors import InputError
 from mismatch_jax.experiments.study_models import (STUDY_MODEL, DataSettings, build_dataset,
                                                    make_episode_evaluator, train_model)
 from mismatch_jax.config_io import Schema, load_toml, setting, to_dict
 from mismatch_jax.envs.registry import check_env
+from mismatch_jax.files import check_writable, write_json
+from mismatch_jax.models.checkpoint import load_model, save_model
 from mismatch_jax.models.core import ModelConfig
-from mismatch_jax.planning.mpc import EpisodeSettings
-from mismatch_jax.train.config import TrainingSection
-from mismatch_jax.planning.mpc import make_planner
 from mismatch_jax.planning.cem import CEMConfig
+from mismatch_jax.planning.mpc import EpisodeSettings, make_planner
+from mismatch_jax.train.config import TrainingSection
 
 TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
 CMA_SALT = 0xC4A
@@ -106,7 +103,7 @@ class AttackConfig(Schema):
     """One adversarial attack run (``mismatch-jax attack CONFIG``).
 
     model_path: "" trains a fresh model (``[model]``, ``[training]`` on ``[data]``); otherwise an
-    npz written by ``save_model`` (its ModelConfig replaces ``[model]``).
+    model directory written by ``models.checkpoint.save_model`` (its ModelConfig replaces ``[model]``).
     """
 
     env: str = "cartpole_swingup"
@@ -130,52 +127,6 @@ class AttackConfig(Schema):
 def load_attack_config(path) -> AttackConfig:
     """Reads and validates an attack TOML (``ConfigError`` names the offending key)."""
     return load_toml(AttackConfig, path)
-
-
-# ------------------------------------------------------------------------------------------------
-# Saving and loading a model.
-# ------------------------------------------------------------------------------------------------
-
-
-def save_model(path, model_config: models.ModelConfig, params: models.ModelParams,
-               normalizer: models.Normalizer, meta: Optional[dict] = None) -> Path:
-    """Writes one model (unbatched params/normalizer) and its config to ``path`` (.npz),
-    atomically. ``meta``: JSON-serialisable extras (training data, rewards, …)."""
-    arrays = {}
-    for i, (w, b) in enumerate(params.layers):
-        arrays[f"layer{i}_w"], arrays[f"layer{i}_b"] = np.asarray(w), np.asarray(b)
-    arrays["max_logvar"], arrays["min_logvar"] = np.asarray(params.max_logvar), np.asarray(params.min_logvar)
-    for field in dataclasses.fields(normalizer):
-        arrays[f"norm_{field.name}"] = np.asarray(getattr(normalizer, field.name))
-    header = {"format": "mismatch_jax.model/1", "model_config": dataclasses.asdict(model_config),
-              "meta": meta or {}}
-    return write_npz(path, arrays, header=json.dumps(header, default=str))
-
-
-def load_model(path) -> tuple[models.ModelConfig, models.ModelParams, models.Normalizer]:
-    """Reads a model written by ``save_model`` → (ModelConfig, ModelParams, Normalizer); raises
-    ValueError if the file is not such a model or its arrays do not match its config."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"model_path: {str(path)!r} does not exist (write one with save_model)")
-    with np.load(path) as f:
-        if "header" not in f.files:
-            raise InputError(f"model_path: {path} is not a model saved by mismatch_jax save_model")
-        header = json.loads(str(f["header"]))
-        mcfg = models.ModelConfig(**header["model_config"])
-        expected = jax.eval_shape(lambda: models.init(jax.random.key(0), mcfg))
-        layers = []
-        for i, (w_shape, b_shape) in enumerate(expected.layers):
-            w, b = f[f"layer{i}_w"], f[f"layer{i}_b"]
-            if w.shape != w_shape.shape or b.shape != b_shape.shape:
-                raise InputError(f"model_path: {path}: layer {i} has shapes {w.shape}/{b.shape}, its "
-                                 f"config expects {w_shape.shape}/{b_shape.shape}")
-            layers.append((jnp.asarray(w), jnp.asarray(b)))
-        params = models.ModelParams(layers=tuple(layers), max_logvar=jnp.asarray(f["max_logvar"]),
-                                    min_logvar=jnp.asarray(f["min_logvar"]))
-        norm = models.Normalizer(**{fl.name: jnp.asarray(f[f"norm_{fl.name}"])
-                                    for fl in dataclasses.fields(models.Normalizer)})
-    return mcfg, params, norm
 
 
 # ------------------------------------------------------------------------------------------------
@@ -355,43 +306,6 @@ def run_cmaes(key, evaluate: Callable, template: LastLayer, settings: CMAESSetti
 # ------------------------------------------------------------------------------------------------
 
 
-def plot_convergence(history: dict, ll_original: float, reward_original: float,
-                     reward_attacked: float, ll_attacked: float, path) -> Path:
-    """Fig. 7-like PNG: (left) reward / fitness of each generation's best candidate and the best
-    so far; (right) the generation-best path in the (LL, reward) plane, start and end marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    gens = np.arange(1, len(history["gen_best_reward"]) + 1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(gens, history["gen_best_reward"], "o-", label="generation best: reward")
-    left.plot(gens, np.minimum(history["gen_best_fitness"], np.nanmax(history["gen_best_reward"]) * 2),
-              "--", alpha=0.6, label="generation best: fitness")
-    left.plot(gens, history["best_fitness"], "k-", label="best fitness so far")
-    left.axhline(reward_original, color="tab:green", ls=":", label=f"original reward {reward_original:.1f}")
-    left.set_xlabel("CMA-ES generation")
-    left.set_ylabel("episode reward")
-    left.legend(fontsize=8)
-    left.set_title("convergence")
-    sc = right.scatter(history["gen_best_ll"], history["gen_best_reward"], c=gens, cmap="viridis", s=25)
-    right.plot(history["gen_best_ll"], history["gen_best_reward"], "-", color="grey", alpha=0.4)
-    right.scatter([ll_original], [reward_original], marker="*", s=200, color="tab:green", label="start (original)")
-    right.scatter([ll_attacked], [reward_attacked], marker="X", s=120, color="tab:red", label="end (attacked)")
-    right.axvline(ll_original, color="tab:green", ls=":", lw=1)
-    right.set_xlabel("validation one-step LL (nats)")
-    right.set_ylabel("episode reward")
-    right.legend(fontsize=8)
-    fig.colorbar(sc, ax=right, label="generation")
-    right.set_title("generation-best candidate (Fig. 7)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def _summary(rewards: np.ndarray) -> dict:
     rewards = np.asarray(rewards, np.float64)
     return {"mean": float(rewards.mean()), "std": float(rewards.std()), "trials": rewards.tolist()}
@@ -399,8 +313,8 @@ def _summary(rewards: np.ndarray) -> dict:
 
 def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = print) -> dict:
     """Trains (or loads) a model, attacks its last layer with CMA-ES, evaluates before/after on
-    fresh episodes; writes attack.json, attack_convergence.png, original_model.npz and
-    attacked_model.npz to ``out_dir`` (default ``config.out_dir``). Returns the JSON dict."""
+    fresh episodes; writes attack.json, attack_convergence.png and the original_model/ and
+    attacked_model/ checkpoints to ``out_dir`` (default ``config.out_dir``). Returns the JSON dict."""
     from mismatch_jax.envs import make
 
     out = Path(out_dir or config.out_dir)
@@ -463,8 +377,8 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     lls = np.asarray(lls[:3], np.float64)
 
     attacked = perturb_last_layer(params, state.best_delta)
-    save_model(out / "original_model.npz", mcfg, params, norm, {"source": source})
-    save_model(out / "attacked_model.npz", mcfg, attacked, norm,
+    save_model(out / "original_model", mcfg, params, norm, {"source": source})
+    save_model(out / "attacked_model", mcfg, attacked, norm,
                {"source": source, "attack": "best CMA-ES candidate (last layer only)"})
     before, after, mean_after = (_summary(final[i]) for i in range(3))
     timings["total_s"] = time.perf_counter() - started

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mismatch_jax.analysis.reweight import plot_heatmaps
 from mismatch_jax.errors import InputError
 from mismatch_jax.experiments.study_models import (STUDY_MODEL, DataSettings, build_dataset,
                                                    make_population_evaluator)
@@ -298,39 +299,6 @@ def build_grid_data(key, env, buckets, next_obs, rewards, grid: GridSettings):
     if not datasets:
         raise InputError("no (size, epsilon) cell has enough pool tuples; raise pool.size or the epsilons")
     return TransitionData.stack(datasets), cells, np.asarray(constants)
-
-
-def plot_heatmaps(reward: np.ndarray, sizes, epsilons, path, title: str = "") -> Path:
-    """Two heat maps (re-weighted left, uniform right, as the paper's Fig. 8) of
-    reward [2, |S|, |ε|] with a shared colour scale; infeasible (NaN) cells are grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    finite = reward[np.isfinite(reward)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    for ax, grid, label in zip(axes, reward, ("with re-weighting ω = c·exp(−d*)", "without re-weighting")):
-        image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap,
-                          vmin=vmin, vmax=vmax)
-        for (i, j), value in np.ndenumerate(grid):
-            if np.isfinite(value):
-                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if value < (vmin + vmax) / 2 else "black")
-        ax.set_xticks(range(len(epsilons)), [f"{e:.2g}" for e in epsilons], rotation=45)
-        ax.set_yticks(range(len(sizes)), [str(s) for s in sizes])
-        ax.set_xlabel("distance bound ε")
-        ax.set_title(label)
-    axes[0].set_ylabel("dataset size S")
-    fig.colorbar(image, ax=list(axes), label="mean episode reward")
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None] = print) -> dict:

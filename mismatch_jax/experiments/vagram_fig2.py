@@ -40,14 +40,13 @@ per seed.
 
 Outputs (``run_fig2``): ``fig2.png`` (held-out VAML error and MSE vs model steps, linear and
 NN columns, mean ± standard error over seeds) and ``fig2.json`` (config, SAC returns per
-snapshot, per-seed curves, summary per loss × model (see ``_summary``: untrained, end of the
+snapshot, per-seed curves, summary per loss × model (see ``analysis.vagram_fig2.summarize_curves``: untrained, end of the
 first vs the last value function, drift diagnostics); compile and run seconds apart).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Callable, Literal, NamedTuple, Optional
@@ -59,6 +58,7 @@ import optax
 
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.analysis.vagram_fig2 import plot_fig2, summarize_curves
 from mismatch_jax.config_io import Schema, from_dict, load_toml, setting, to_dict
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import nets, value_aware
@@ -425,74 +425,6 @@ def _timed(fn, *args):
     return out, compile_s, time.perf_counter() - start
 
 
-def _summary(curves: dict) -> dict:
-    """Scalars of one (model, loss) run; curves[name] is [seeds, S, E + 1].
-
-    initial: seed-mean value of the untrained model (step 0); first / final: seed-mean value at
-    the end of the first / last value function; max / min over
-    all recorded points of the seed-mean curve; seeds_grew: seeds whose final value exceeds
-    their first; phase_grew_fraction: fraction of (seed, value function) pairs whose value at the
-    end of the phase exceeds the value right after the value function changed (a model drifting
-    under its own loss); jump_at_update_median: median over seeds and updates of the value
-    right after an update / the value just before it (1 = the update changes nothing)."""
-    out = {}
-    for name in ("mse", "vaml"):
-        y = np.asarray(curves[name], np.float64)
-        seeds = y.shape[0]
-        mean_end = y[:, :, -1].mean(axis=0)
-        flat_mean = y.reshape(seeds, -1).mean(axis=0)
-        first, final = float(mean_end[0]), float(mean_end[-1])
-        jumps = y[:, 1:, 0] / np.maximum(y[:, :-1, -1], 1e-30)
-        out[name] = {
-            "initial": float(y[:, 0, 0].mean()), "first": first, "final": final, "ratio_final_to_first": final / first if first else None,
-            "max": float(flat_mean.max()), "min": float(flat_mean.min()),
-            "final_stderr": float(y[:, -1, -1].std(ddof=1) / math.sqrt(seeds)) if seeds > 1 else None,
-            "seeds_grew": int(np.sum(y[:, -1, -1] > y[:, 0, -1])),
-            "phase_grew_fraction": float(np.mean(y[:, :, -1] > y[:, :, 0])),
-            "jump_at_update_median": float(np.median(jumps)) if jumps.size else None,
-        }
-    return out
-
-
-def _plot(path: Path, config: Fig2Config, results: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mc = config.models
-    steps_per_eval = mc.steps_per_value_function // mc.evals_per_value_function
-    s = config.num_snapshots
-    # Column 0 of snapshot k sits at step k·T (value function just changed), column j at k·T + j·T/E.
-    x = (np.arange(s)[:, None] * mc.steps_per_value_function
-         + np.arange(mc.evals_per_value_function + 1)[None, :] * steps_per_eval).reshape(-1)
-    colors = {"mse": "tab:blue", "vaml": "tab:red", "vagram": "tab:green"}
-    labels = {"mse": "MSE", "vaml": "VAML", "vagram": "VaGraM"}
-    titles = {"linear": "linear model", "mlp": f"NN ({mc.hidden_size} hidden units)"}
-    fig, axes = plt.subplots(2, len(mc.model_types), figsize=(5.5 * len(mc.model_types), 7.5),
-                             squeeze=False)
-    for col, model_type in enumerate(mc.model_types):
-        for row, (metric, ylabel) in enumerate((("vaml", "held-out VAML error"), ("mse", "held-out MSE"))):
-            ax = axes[row, col]
-            for loss in mc.losses:
-                y = np.asarray(results[model_type][loss][metric]).reshape(mc.num_seeds, -1)
-                mean = y.mean(axis=0)
-                err = y.std(axis=0, ddof=1) / math.sqrt(y.shape[0]) if y.shape[0] > 1 else 0 * mean
-                ax.plot(x, mean, color=colors[loss], label=labels[loss], lw=1.2)
-                ax.fill_between(x, mean - err, mean + err, color=colors[loss], alpha=0.25)
-            ax.set_yscale("log")
-            ax.set_xlabel("model training steps (value function updated every "
-                          f"{mc.steps_per_value_function})")
-            ax.set_ylabel(ylabel)
-            ax.set_title(titles[model_type])
-            ax.legend()
-    fig.suptitle(f"VaGraM Fig. 2: Pendulum, {s} SAC value functions, mean ± s.e. over "
-                 f"{mc.num_seeds} seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
 def _finite_list(x) -> list:
     """Nested list of floats (``json_safe`` turns NaN/inf into None)."""
     return np.asarray(x, np.float64).tolist()
@@ -527,7 +459,7 @@ def run_fig2(config: Fig2Config, out_dir) -> dict:
             curves = {k: np.asarray(v) for k, v in curves._asdict().items()}
             results[model_type][loss] = curves
             timings[f"{model_type}/{loss}/run_s"] = run_s
-            summ = _summary(curves)
+            summ = summarize_curves(curves)
             print(f"{model_type:6s} {loss:6s}: held-out MSE first {summ['mse']['first']:.4g} → final "
                   f"{summ['mse']['final']:.4g} (max {summ['mse']['max']:.4g}); VAML first "
                   f"{summ['vaml']['first']:.4g} → final {summ['vaml']['final']:.4g}  "
@@ -535,7 +467,7 @@ def run_fig2(config: Fig2Config, out_dir) -> dict:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _plot(out / "fig2.png", config, results)
+    plot_fig2(out / "fig2.png", config, results)
     data = {
         "experiment": "vagram_fig2",
         "device": jax.devices()[0].device_kind,
@@ -544,7 +476,7 @@ def run_fig2(config: Fig2Config, out_dir) -> dict:
                 "eval_return": _finite_list(snapshots.eval_return)},
         "curve_layout": "[seed][value function][eval]: eval 0 right after the value function "
                         "changed, eval j after j·steps_per_value_function/evals_per_value_function steps",
-        "summary": {mt: {loss: _summary(results[mt][loss]) for loss in mc.losses} for mt in mc.model_types},
+        "summary": {mt: {loss: summarize_curves(results[mt][loss]) for loss in mc.losses} for mt in mc.model_types},
         "curves": {mt: {loss: {k: _finite_list(v) for k, v in results[mt][loss].items() if k != "train_loss"}
                         for loss in mc.losses} for mt in mc.model_types},
         "timings": timings,

@@ -14,6 +14,7 @@ from mismatch_jax.experiments import attack
 from mismatch_jax.experiments import study_models as common
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml
 from mismatch_jax.envs import make
+from mismatch_jax.models.checkpoint import load_model
 from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.train.config import TrainingSection
 from mismatch_jax.planning.mpc import make_planner
@@ -36,20 +37,6 @@ def _tiny_model(key=0, kind="P"):
     norm = models.Normalizer(input_mean=jnp.arange(5.0) * 0.1, input_std=jnp.ones(5) * 2.0,
                              target_mean=jnp.zeros(4), target_std=jnp.ones(4) * 0.05)
     return cfg, params, norm
-
-
-def test_save_load_round_trip(tmp_path):
-    cfg, params, norm = _tiny_model(kind="PE")
-    path = attack.save_model(tmp_path / "m.npz", cfg, params, norm, {"note": "x"})
-    cfg2, params2, norm2 = attack.load_model(path)
-    assert cfg2 == cfg
-    for a, b in zip(jax.tree.leaves((params, norm)), jax.tree.leaves((params2, norm2))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.savez(tmp_path / "bad.npz", x=np.zeros(3))
-    with pytest.raises(ValueError, match="model_path"):
-        attack.load_model(tmp_path / "bad.npz")
-    with pytest.raises(ValueError, match="does not exist"):
-        attack.load_model(tmp_path / "missing.npz")
 
 
 def test_perturb_touches_only_last_layer():
@@ -137,12 +124,12 @@ def test_run_attack_end_to_end(tmp_path):
         cmaes=attack.CMAESSettings(population_size=4, generations=2, sigma=0.01))
     report = attack.run_attack(config, log=lambda s: None)
     out = tmp_path / "out"
-    for name in ("attack.json", "attack_convergence.png", "original_model.npz", "attacked_model.npz"):
+    for name in ("attack.json", "attack_convergence.png", "original_model/model.json", "attacked_model/model.json"):
         assert (out / name).is_file()
     saved = json.loads((out / "attack.json").read_text())
     assert len(saved["convergence"]["best_fitness"]) == 2
     assert saved["search_best"]["fitness"] <= saved["convergence"]["gen_best_fitness"][0]
-    cfg, params, norm = attack.load_model(out / "original_model.npz")
+    cfg, params, norm = load_model(out / "original_model")
     assert cfg.hidden_size == 8
     assert np.isfinite(report["ll_original"]) and len(report["reward_attacked"]["trials"]) == 1
 
