@@ -1,4 +1,4 @@
-"""MBPO (Janner et al. 2019) and its decision-aware variants as one pure ``train(key)``.
+"""MBPO (Janner et al. 2019) and its decision-aware variants as one pure ``train(key, hparams=None)``.
 
 SAC (``agents.sac``) is trained on a mix of real transitions and short rollouts of a learned
 ensemble dynamics model (with a learned reward output). Every ``model_train_freq`` env steps a
@@ -27,6 +27,12 @@ Schedules (functions of the env-step count, epoch = env_steps / epoch_length):
 * model share of each SAC batch: VaGraM appendix E, linear from ``model_share_start`` (0) to
   ``model_share_end`` (0.95) over the first ``model_share_ramp_epochs`` epochs (they used 40
   epochs of 1000 steps). ``start = end = 0.95`` is MBPO's fixed real_ratio 0.05.
+
+Hyper-parameters: ``MBPOHParams`` (the SAC ones, ``SACHParams``, nested, plus the model's and the
+classifier's learning rates, the model weight decay and MSE weight) is a vmappable pytree argument
+of ``train``; None means the config's values (``MBPOHParams.from_config``), so a learning-rate
+sweep is ``jax.vmap`` over it, one compiled program. The model rates reach the population trainer
+as its own (traced) ``TrainHParams``.
 
 Compilation and vmapping: the whole run is ``lax.scan`` over evaluation intervals → scan over
 model phases → scan over env steps. Every schedule and every "has learning started" gate is
@@ -73,7 +79,7 @@ from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.data.replay import Transition
 from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.agents.sac import SACConfig
+from mismatch_jax.agents.sac import SACConfig, SACHParams, TrainFn
 from mismatch_jax.config_io import from_dict, load_toml
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import core as models
@@ -225,6 +231,34 @@ def load_mbpo_config(path) -> MBPOConfig:
     return load_toml(MBPOConfig, path)
 
 
+@struct.dataclass
+class MBPOHParams:
+    """MBPO's vmappable hyper-parameters, float32 leaves ([] per run, leading axes to sweep).
+
+    sac: ``SACHParams`` of the policy. model_lr / model_weight_decay / model_mse_weight: the
+    population trainer's learning_rate / weight_decay / mse_weight each model phase.
+    classifier_lr: Adam step size of MnM's classifier (unused without one).
+    """
+
+    sac: SACHParams
+    model_lr: jax.Array
+    model_weight_decay: jax.Array
+    model_mse_weight: jax.Array
+    classifier_lr: jax.Array
+
+    @classmethod
+    def from_config(cls, config: MBPOConfig, action_dim: int) -> "MBPOHParams":
+        """The config's values as [] float32 leaves (what ``hparams=None`` means)."""
+        f32 = lambda v: jnp.asarray(v, jnp.float32)
+        return cls(sac=SACHParams.from_config(config.sac, action_dim), model_lr=f32(config.model_lr),
+                   model_weight_decay=f32(config.model_weight_decay),
+                   model_mse_weight=f32(config.model_mse_weight), classifier_lr=f32(config.classifier_lr))
+
+    def broadcast(self, n: int) -> "MBPOHParams":
+        """Every leaf [] → [n] (then ``.replace(...)`` sets the swept fields)."""
+        return jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (n,) + jnp.shape(v)), self)
+
+
 def agent_config(name: str, config: MBPOConfig) -> MBPOConfig:
     """``config`` with the fields of agent ``name`` (``AGENTS``) set."""
     if name not in AGENTS:
@@ -348,18 +382,20 @@ class MBPOMetrics(sac_lib.TrainMetrics):
 
 
 class MBPO(NamedTuple):
-    """The pure pieces of one MBPO configuration (``make_mbpo``)."""
+    """The pure pieces of one MBPO configuration (``make_mbpo``); hparams: the config's
+    ``MBPOHParams`` (what ``hparams=None`` means for init, model_phase, sac_updates and train)."""
 
     config: MBPOConfig
     sac: sac_lib.SAC
     model_config: models.ModelConfig
     train_config: population.TrainConfig
     model_buffer_capacity: int
+    hparams: MBPOHParams
     init: Callable
     model_step: Callable
     model_phase: Callable
     sac_updates: Callable
-    train: Callable
+    train: TrainFn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +404,8 @@ class MBPO(NamedTuple):
 
 
 def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
-    """Builds the MBPO pieces and ``train(key) -> (MBPOState, MBPOMetrics [num_evals])``."""
+    """Builds the MBPO pieces and ``train(key, hparams=None) -> (MBPOState, MBPOMetrics
+    [num_evals])`` (hparams: ``MBPOHParams`` with [] leaves; None: the config's)."""
     sac_cfg = config.sac
     sac = sac_lib.make_sac(sac_cfg, env)
     obs_dim, action_dim = sac.obs_dim, sac.action_dim
@@ -388,13 +425,18 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         config.model_loss, value_apply=value_apply_online, predict_reward=True,
         reward_weight=config.reward_loss_weight, itervaml_mse_coef=config.itervaml_mse_coef)
     model_trainer = population.make_train(tcfg, jit=False, per_sample_loss=per_sample_loss)
-    hparams = population.TrainHParams.population(
-        1, learning_rate=config.model_lr, weight_decay=config.model_weight_decay,
-        mse_weight=config.model_mse_weight)
+    default_hparams = MBPOHParams.from_config(config, action_dim)
+
+    def resolve(hparams: Optional[MBPOHParams]) -> MBPOHParams:
+        if hparams is None:
+            return default_hparams
+        if not isinstance(hparams, MBPOHParams):
+            raise TypeError(f"MBPO: hparams must be MBPOHParams or None, got {type(hparams).__name__}")
+        return hparams
+
     sample_noise = mcfg.probabilistic and config.model_loss == "mle"
     cls_cfg = value_aware.ClassifierConfig(obs_dim, action_dim, config.classifier_hidden_size,
                                            config.classifier_num_hidden_layers)
-    cls_opt = optax.adam(config.classifier_lr)
 
     max_len = config.max_rollout_length
     phases_per_epoch = config.epoch_length // config.model_train_freq
@@ -405,16 +447,17 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     batch = sac_cfg.batch_size
     termination = jax.vmap(env.termination_fn)
 
-    def init(key: jax.Array, env_key: jax.Array) -> MBPOState:
+    def init(key: jax.Array, env_key: jax.Array, hparams: Optional[MBPOHParams] = None) -> MBPOState:
         """Fresh state: SAC, empty buffers, an untrained model and classifier, a reset env."""
+        hp = resolve(hparams)
         sac_key, model_key, cls_key, val_key = jax.random.split(key, 4)
         classifier = opt_state = None
         if config.uses_classifier:
             classifier = value_aware.classifier_init(cls_key, cls_cfg)
-            opt_state = cls_opt.init(classifier)
+            opt_state = optax.adam(hp.classifier_lr).init(classifier)  # Adam's state has no rate
         capacity = sac_cfg.buffer_capacity
         return MBPOState(
-            sac=sac.init(sac_key),
+            sac=sac.init(sac_key, hp.sac),
             real=replay.init(replay.empty_transition(obs_dim, action_dim), capacity),
             model_buffer=replay.init(replay.empty_transition(obs_dim, action_dim), model_capacity),
             model_params=models.init(model_key, mcfg),
@@ -446,7 +489,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         return TransitionData.single(d.obs, d.action, d.next_obs, valid & ~ts.val_rows,
                                      valid & ts.val_rows, reward=d.reward, aux=aux)
 
-    def train_classifier(key, ts: MBPOState):
+    def train_classifier(key, ts: MBPOState, hp: MBPOHParams):
         """``classifier_steps`` Adam steps of Eq. 4 against the current model; → (ts, mean loss)."""
         def real_and_model_rows(k):
             sample_key, model_key = jax.random.split(k)
@@ -455,7 +498,8 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             return real.obs, real.action, real.next_obs, fake
 
         params, opt_state, losses = value_aware.fit_classifier(
-            key, ts.classifier, ts.classifier_opt_state, cls_opt, real_and_model_rows, config.classifier_steps)
+            key, ts.classifier, ts.classifier_opt_state, optax.adam(hp.classifier_lr), real_and_model_rows,
+            config.classifier_steps)
         return ts.replace(classifier=params, classifier_opt_state=opt_state), losses.mean()
 
     def rollouts(key, ts: MBPOState, length):
@@ -484,12 +528,14 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         flat = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), items)
         return ts.replace(model_buffer=add_valid(ts.model_buffer, flat, valid.reshape(-1))), valid.sum()
 
-    def model_phase(key, ts: MBPOState, env_steps) -> tuple[MBPOState, PhaseMetrics]:
+    def model_phase(key, ts: MBPOState, env_steps, hparams: Optional[MBPOHParams] = None
+                    ) -> tuple[MBPOState, PhaseMetrics]:
         """Classifier (MnM), model retraining and rollouts at ``env_steps``."""
+        hp = resolve(hparams)
         cls_key, model_key, rollout_key = jax.random.split(key, 3)
         classifier_loss = jnp.asarray(jnp.nan, jnp.float32)
         if config.uses_classifier:
-            ts, classifier_loss = train_classifier(cls_key, ts)
+            ts, classifier_loss = train_classifier(cls_key, ts, hp)
         value_fn = lambda s: sac.value(ts.sac.params, s, critics="all")  # [D] → [4]
         aux_fn = None
         if trainer_losses.needs_value_gradients(config.model_loss):
@@ -501,7 +547,10 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         # The buffer holds min(env_steps, capacity) rows: a bound shared by every seed, so the
         # trainer's slot skipping survives an outer vmap over seeds.
         rows_bound = jnp.minimum(jnp.asarray(env_steps, jnp.int32), ts.real.capacity)
-        result = model_trainer.core(model_key[None], params, training_data(ts, aux_fn), hparams,
+        # The (possibly traced) model rates enter the trainer as its own vmappable hparams.
+        train_hp = population.TrainHParams.population(
+            1, learning_rate=hp.model_lr, weight_decay=hp.model_weight_decay, mse_weight=hp.model_mse_weight)
+        result = model_trainer.core(model_key[None], params, training_data(ts, aux_fn), train_hp,
                                     jnp.zeros((1,), jnp.int32), context, rows_bound)
         take = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)
         ts = ts.replace(model_params=take(result.params), normalizer=take(result.normalizer))
@@ -521,9 +570,10 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             **({"reward_min": config.reward_min} if config.reward_transform == "shift" else {}))
         return batch._replace(reward=reward)
 
-    def sac_updates(key, ts: MBPOState, env_steps):
+    def sac_updates(key, ts: MBPOState, env_steps, hparams: Optional[MBPOHParams] = None):
         """``updates_per_step`` SAC updates on mixed real/model batches; → (SACState, mean
         UpdateMetrics)."""
+        hp = resolve(hparams)
         num_model = jnp.floor(model_share(config, env_steps) * batch).astype(jnp.int32)
         num_recent = rows_per_length * rollout_length(config, env_steps)
         from_model = jnp.arange(batch) < num_model
@@ -538,12 +588,12 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
                 mixed = augment(mixed, ts.classifier)
             return mixed, update_key
 
-        return sac_lib.run_updates(sac, key, ts.sac, sac_cfg.updates_per_step, mixed_batch)
+        return sac_lib.run_updates(sac, key, ts.sac, sac_cfg.updates_per_step, mixed_batch, hp.sac)
 
     nan_update = jax.tree_util.tree_map(lambda _: jnp.asarray(jnp.nan, jnp.float32),
                                         sac_lib.UpdateMetrics(*([0.0] * 6)))
 
-    def env_step(ts: MBPOState, xs):
+    def env_step(ts: MBPOState, xs, hp: MBPOHParams):
         key, step_index = xs  # step_index: unbatched env-step count before this step
         random_key, policy_key, reset_key, update_key = jax.random.split(key, 4)
         warm_up = step_index < sac_cfg.learning_starts
@@ -554,7 +604,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         ts = ts.replace(real=replay.add(ts.real, step.transition), env_state=step.env_state,
                         env_steps=ts.env_steps + 1, episode_return=jnp.where(episode_over, 0.0, episode_return))
         do_update = ~warm_up
-        sac_state, metrics = jax.lax.cond(do_update, lambda t: sac_updates(update_key, t, step_index + 1),
+        sac_state, metrics = jax.lax.cond(do_update, lambda t: sac_updates(update_key, t, step_index + 1, hp),
                                           lambda t: (t.sac, nan_update), ts)
         return ts.replace(sac=sac_state), (metrics, do_update, episode_over, episode_return)
 
@@ -563,23 +613,24 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         model_epochs=jnp.zeros((), jnp.int32), classifier_loss=jnp.asarray(jnp.nan, jnp.float32),
         rollout_length=jnp.zeros((), jnp.int32), rollout_rows=jnp.zeros((), jnp.int32))
 
-    def phase(ts: MBPOState, xs):
+    def phase(ts: MBPOState, xs, hp: MBPOHParams):
         key, phase_index = xs  # unbatched
         model_key, steps_key = jax.random.split(key)
         start = phase_index * config.model_train_freq
         ts, phase_metrics = jax.lax.cond(start >= sac_cfg.learning_starts,
-                                         lambda t: model_phase(model_key, t, start),
+                                         lambda t: model_phase(model_key, t, start, hp),
                                          lambda t: (t, nan_phase), ts)
         steps = start + jnp.arange(config.model_train_freq)
-        ts, step_out = jax.lax.scan(env_step, ts, (jax.random.split(steps_key, config.model_train_freq), steps))
+        ts, step_out = jax.lax.scan(lambda t, x: env_step(t, x, hp), ts,
+                                    (jax.random.split(steps_key, config.model_train_freq), steps))
         return ts, (phase_metrics, step_out)
 
-    def interval(ts: MBPOState, xs):
+    def interval(ts: MBPOState, xs, hp: MBPOHParams):
         key, eval_index = xs
         phases_key, eval_key = jax.random.split(key)
         phase_indices = eval_index * phases_per_eval + jnp.arange(phases_per_eval)
         ts, (phase_metrics, (metrics, updated, ended, returns)) = jax.lax.scan(
-            phase, ts, (jax.random.split(phases_key, phases_per_eval), phase_indices))
+            lambda t, x: phase(t, x, hp), ts, (jax.random.split(phases_key, phases_per_eval), phase_indices))
         last_phase = jax.tree_util.tree_map(lambda m: m[-1], phase_metrics)
         end_steps = (eval_index + 1) * sac_cfg.eval_interval
         eval_return = sac_lib.evaluate(sac, env, ts.sac.params.actor, eval_key, sac_cfg.num_eval_episodes)
@@ -591,25 +642,29 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         )
         return ts, record
 
-    def train(key: jax.Array):
-        """One MBPO run: key → (final MBPOState, MBPOMetrics [num_evals]). Pure; vmappable."""
+    def train(key: jax.Array, hparams: Optional[MBPOHParams] = None):
+        """One MBPO run: key [], hparams ([] leaves; None: the config's) → (final MBPOState,
+        MBPOMetrics [num_evals]). Pure; vmappable over both."""
+        hp = resolve(hparams)
         init_key, env_key, loop_key = jax.random.split(key, 3)
-        ts = init(init_key, env_key)
-        return jax.lax.scan(interval, ts, (jax.random.split(loop_key, num_evals), jnp.arange(num_evals)))
+        ts = init(init_key, env_key, hp)
+        return jax.lax.scan(lambda t, x: interval(t, x, hp), ts,
+                            (jax.random.split(loop_key, num_evals), jnp.arange(num_evals)))
 
     return MBPO(config=config, sac=sac, model_config=mcfg, train_config=tcfg,
-                model_buffer_capacity=model_capacity, init=init, model_step=model_step,
-                model_phase=model_phase, sac_updates=sac_updates, train=train)
+                model_buffer_capacity=model_capacity, hparams=default_hparams, init=init,
+                model_step=model_step, model_phase=model_phase, sac_updates=sac_updates, train=train)
 
 
-def make_train(config: MBPOConfig, env: Env) -> Callable:
-    """``train(key) -> (MBPOState, MBPOMetrics [num_evals])`` (``jax.jit(jax.vmap(train))(keys)``)."""
+def make_train(config: MBPOConfig, env: Env) -> TrainFn:
+    """``train(key, hparams: MBPOHParams | None = None) -> (MBPOState, MBPOMetrics [num_evals])``
+    (``jax.jit(jax.vmap(train))(keys)``; vmap over hparams too for a sweep)."""
     return make_mbpo(config, env).train
 
 
-def make_agent(name: str, config: MBPOConfig, env: Optional[Env] = None) -> Callable:
-    """``train(key)`` of agent ``name`` (``AGENTS``: mbpo, vagram, itervaml, value_weighted, mnm,
-    mnm_approx) built on ``config``; ``env`` defaults to ``make_env(config)``."""
+def make_agent(name: str, config: MBPOConfig, env: Optional[Env] = None) -> TrainFn:
+    """``train(key, hparams=None)`` of agent ``name`` (``AGENTS``: mbpo, vagram, itervaml,
+    value_weighted, mnm, mnm_approx) built on ``config``; ``env`` defaults to ``make_env(config)``."""
     config = agent_config(name, config)
     return make_train(config, make_env(config) if env is None else env)
 

@@ -1,24 +1,33 @@
 """Soft Actor-Critic (Haarnoja et al. 2018) as pure functions; a whole run is one ``lax.scan``.
 
 Pieces (``make_sac(config, env) -> SAC``, a NamedTuple of pure functions closed over static
-dimensions and hyperparameters; MBPO/VaGraM/MnM reuse them on arbitrary batches):
+dimensions and shape-defining settings; MBPO/VaGraM/MnM reuse them on arbitrary batches). The
+hyper-parameters that change no shape (learning rates, γ, τ, initial α, target entropy) are a
+vmappable pytree ``SACHParams`` passed as an argument; ``hparams=None`` means the config's values
+(``SACHParams.from_config``, also ``SAC.hparams``):
 
-* ``init(key) -> SACState``: actor, twin critics, twin target critics (copies of the critics),
-  ``log_alpha`` and the three Adam states.
-* ``sac_update(key, state, batch: Transition) -> (SACState, UpdateMetrics)``: one gradient step
-  of the critics, then of the actor (against the *updated* critics), then of the temperature,
-  then a Polyak step of the target critics.
+* ``init(key, hparams=None) -> SACState``: actor, twin critics, twin target critics (copies of the
+  critics), ``log_alpha`` and the three Adam states.
+* ``sac_update(key, state, batch: Transition, hparams=None) -> (SACState, UpdateMetrics)``: one
+  gradient step of the critics, then of the actor (against the *updated* critics), then of the
+  temperature, then a Polyak step of the target critics.
 * ``policy_apply(actor, obs) -> (mean, log_std)`` (pre-tanh Gaussian), ``sample_action``,
   ``deterministic_action``, ``q_apply(critic, obs, action) -> [2, ...]``,
   ``value(params, obs, key=None, critics="all", reduce="each") -> [K, ...]`` = Q_k(s, π(s)) for
   every critic (K = 2 online, 2 target or all 4; ``reduce="min"`` gives min_k),
-  ``td_target(key, params, batch)``.
+  ``td_target(key, params, batch, hparams=None)``.
 
-``make_train(config, env) -> train(key) -> (TrainState, TrainMetrics)``: the whole run is one
+``make_train(config, env) -> train(key, hparams=None) -> (TrainState, TrainMetrics)`` (a
+``TrainFn``): the whole run is one
 ``lax.scan`` over evaluation intervals (each returning a small metrics record) whose body is a
 ``lax.scan`` over environment steps, each followed by ``updates_per_step`` gradient updates
 once ``learning_starts`` steps of uniformly random actions are in the buffer. ``train`` is pure,
-so ``jax.jit(jax.vmap(train))(keys)`` runs many seeds as one program.
+so ``jax.jit(jax.vmap(train))(keys)`` runs many seeds as one program, and a seeds × learning-rate
+sweep is one program too::
+
+    hp = SACHParams.from_config(config, env.action_dim).broadcast(4).replace(actor_lr=lrs, ...)
+    sweep = jax.jit(jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0)))
+    state, metrics = sweep(keys, hp)  # leaves [4 lrs, S seeds, ...]
 
 Choices (and why):
 
@@ -40,6 +49,12 @@ Choices (and why):
   observation, so the target bootstraps through them; the env is reset inside the step when
   ``done | truncated`` (envs do not auto-reset).
 * Temperature loss −log α · mean(log π + target_entropy) (the log-parametrisation keeps α > 0).
+* Learning rates are passed explicitly (``optax.adam(hparams.actor_lr)`` built inside the update),
+  not stored with ``optax.inject_hyperparams``: Adam's state does not depend on the step size, so
+  ``SACState`` keeps its structure (MBPO's state, saved runs, digests) and ``SACHParams`` stays the
+  one source of truth for every rate, γ and τ alike (an injected rate would live both in the
+  optimiser state and in the hparams). A traced f32 rate gives the same arithmetic as the Python
+  float (optax multiplies the update by −lr either way), so defaults are bit-identical.
 * Updates are gated with ``lax.cond`` on ``env_steps >= learning_starts``: a single program with
   no warm-up scan. Under ``vmap`` the cond becomes a select, so the warm-up steps also compute
   (and discard) an update — ``learning_starts / total_env_steps`` of extra work.
@@ -49,7 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -162,13 +177,56 @@ def seed_keys(config: SACConfig, seed: Optional[int] = None) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.arange(config.num_seeds))
 
 
+@struct.dataclass
+class SACHParams:
+    """The SAC hyper-parameters that change no shape, as a vmappable pytree of float32 leaves:
+    [] for one run, [n, ...] leading axes for a sweep (``jax.vmap`` over them).
+
+    actor_lr / critic_lr / alpha_lr: Adam step sizes. gamma: discount. tau: Polyak rate of the
+    target critics. init_alpha: initial temperature (used by ``init``). target_entropy: of the
+    temperature loss (the config's None is resolved to −action_dim).
+    """
+
+    actor_lr: jax.Array
+    critic_lr: jax.Array
+    alpha_lr: jax.Array
+    gamma: jax.Array
+    tau: jax.Array
+    init_alpha: jax.Array
+    target_entropy: jax.Array
+
+    @classmethod
+    def from_config(cls, config: SACConfig, action_dim: int) -> "SACHParams":
+        """The config's values as [] float32 leaves (what ``hparams=None`` means everywhere)."""
+        target_entropy = -action_dim if config.target_entropy is None else config.target_entropy
+        f32 = lambda v: jnp.asarray(v, jnp.float32)
+        return cls(actor_lr=f32(config.actor_lr), critic_lr=f32(config.critic_lr),
+                   alpha_lr=f32(config.alpha_lr), gamma=f32(config.gamma), tau=f32(config.tau),
+                   init_alpha=f32(config.init_alpha), target_entropy=f32(target_entropy))
+
+    def broadcast(self, n: int) -> "SACHParams":
+        """Every leaf [] → [n] (then ``.replace(actor_lr=lrs)`` sets the swept fields)."""
+        return jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (n,) + jnp.shape(v)), self)
+
+
+class TrainFn(Protocol):
+    """The contract of an agent's whole run (``sac.make_train``, ``mbpo.make_train``):
+    ``train(key [], hparams=None) -> (final state, metrics with leaves [num_evals])``.
+
+    Pure: no Python side effects, so ``jax.vmap`` over ``key`` (seeds) and over ``hparams`` (a
+    pytree of [] leaves, e.g. ``SACHParams``; None = the config's values) nests into one program.
+    """
+
+    def __call__(self, key: jax.Array, hparams: Any = None) -> tuple[Any, Any]: ...
+
+
 # ---------------------------------------------------------------------------------------------
 # Networks: explicit parameter pytrees
 # ---------------------------------------------------------------------------------------------
 
 
 def polyak_update(online: Any, target: Any, tau: float) -> Any:
-    """target ← tau · online + (1 − tau) · target, leaf by leaf."""
+    """target ← tau · online + (1 − tau) · target, leaf by leaf (tau a float or [] array)."""
     return jax.tree_util.tree_map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
 
 
@@ -224,12 +282,15 @@ class UpdateMetrics:
 
 
 class SAC(NamedTuple):
-    """The pure functions of one SAC configuration (see the module docstring)."""
+    """The pure functions of one SAC configuration (see the module docstring). hparams: the
+    config's ``SACHParams`` (used when a function gets ``hparams=None``); target_entropy: its
+    value as a float."""
 
     config: SACConfig
     obs_dim: int
     action_dim: int
     target_entropy: float
+    hparams: SACHParams
     init: Callable
     sac_update: Callable
     td_target: Callable
@@ -250,12 +311,17 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
     center = jnp.asarray((high + low) / 2.0)
     half_width = jnp.asarray((high - low) / 2.0)
     target_entropy = float(-action_dim if config.target_entropy is None else config.target_entropy)
+    default_hparams = SACHParams.from_config(config, action_dim)
     hidden = (config.hidden_size,) * config.num_hidden_layers
     actor_sizes = (obs_dim,) + hidden + (2 * action_dim,)
     critic_sizes = (obs_dim + action_dim,) + hidden + (1,)
-    actor_opt = optax.adam(config.actor_lr)
-    critic_opt = optax.adam(config.critic_lr)
-    alpha_opt = optax.adam(config.alpha_lr)
+
+    def resolve(hparams: Optional[SACHParams]) -> SACHParams:
+        if hparams is None:
+            return default_hparams
+        if not isinstance(hparams, SACHParams):
+            raise TypeError(f"SAC: hparams must be SACHParams or None, got {type(hparams).__name__}")
+        return hparams
 
     def lift(v, ndim):
         return v.reshape((1,) * (ndim - 1) + v.shape)
@@ -266,18 +332,21 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
     def to_unit_box(env_action):
         return (env_action - lift(center, env_action.ndim)) / lift(half_width, env_action.ndim)
 
-    def init(key: jax.Array) -> SACState:
-        """Fresh SACState; the target critics start as copies of the critics."""
+    def init(key: jax.Array, hparams: Optional[SACHParams] = None) -> SACState:
+        """Fresh SACState (log α = log hparams.init_alpha); the target critics start as copies
+        of the critics."""
+        hp = resolve(hparams)
         actor_key, critic_key = jax.random.split(key)
         actor = mlp_init(actor_key, actor_sizes)
         critic = jax.vmap(lambda k: mlp_init(k, critic_sizes))(jax.random.split(critic_key, 2))
-        log_alpha = jnp.asarray(math.log(config.init_alpha), jnp.float32)
+        log_alpha = jnp.log(jnp.asarray(hp.init_alpha, jnp.float32))
         params = SACParams(actor=actor, critic=critic, target_critic=critic, log_alpha=log_alpha)
+        # Adam's state does not depend on the step size: the rates only enter sac_update.
         return SACState(
             params=params,
-            actor_opt_state=actor_opt.init(actor),
-            critic_opt_state=critic_opt.init(critic),
-            alpha_opt_state=alpha_opt.init(log_alpha),
+            actor_opt_state=optax.adam(hp.actor_lr).init(actor),
+            critic_opt_state=optax.adam(hp.critic_lr).init(critic),
+            alpha_opt_state=optax.adam(hp.alpha_lr).init(log_alpha),
             num_updates=jnp.zeros((), jnp.int32),
         )
 
@@ -332,15 +401,17 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
         values = jnp.concatenate(values, axis=0)
         return values.min(axis=0) if reduce == "min" else values
 
-    def td_target(key: jax.Array, params: SACParams, batch: Transition) -> jax.Array:
-        """y [B] = r + γ (1 − done) (min_k Q̄_k(s′, a′) − α log π(a′|s′)), a′ ~ π(s′);
-        ``done`` is termination only (truncated transitions carry done = 0)."""
+    def td_target(key: jax.Array, params: SACParams, batch: Transition,
+                  hparams: Optional[SACHParams] = None) -> jax.Array:
+        """y [B] = r + γ (1 − done) (min_k Q̄_k(s′, a′) − α log π(a′|s′)), a′ ~ π(s′), γ =
+        hparams.gamma; ``done`` is termination only (truncated transitions carry done = 0)."""
+        gamma = resolve(hparams).gamma
         next_action, next_log_prob = sample_action(key, params.actor, batch.next_obs)
         next_q = q_apply(params.target_critic, batch.next_obs, next_action).min(axis=0)
         alpha = jnp.exp(params.log_alpha)
         soft_value = next_q - alpha * next_log_prob
         not_done = 1.0 - batch.done.astype(soft_value.dtype)
-        return jax.lax.stop_gradient(batch.reward + config.gamma * not_done * soft_value)
+        return jax.lax.stop_gradient(batch.reward + gamma * not_done * soft_value)
 
     def critic_loss_fn(critic, batch: Transition, target):
         """0.5 · Σ_critics mean_batch (Q − y)²; aux: mean online Q."""
@@ -357,30 +428,32 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
     def alpha_loss_fn(log_alpha, entropy_gap):
         return -log_alpha * entropy_gap
 
-    critic_step = gradient_update(critic_loss_fn, critic_opt, has_aux=True)
-    actor_step = gradient_update(actor_loss_fn, actor_opt, has_aux=True)
-    alpha_step = gradient_update(alpha_loss_fn, alpha_opt)
-
-    def sac_update(key: jax.Array, state: SACState, batch: Transition):
-        """One SAC update on ``batch`` (Transition with leaves [B, ...]); returns
-        (new SACState, UpdateMetrics)."""
+    def sac_update(key: jax.Array, state: SACState, batch: Transition,
+                   hparams: Optional[SACHParams] = None):
+        """One SAC update on ``batch`` (Transition with leaves [B, ...]) with ``hparams`` ([]
+        leaves; None: the config's); returns (new SACState, UpdateMetrics)."""
+        hp = resolve(hparams)
+        # The optimisers are rebuilt per call so that the (possibly traced) rates are arguments.
+        critic_step = gradient_update(critic_loss_fn, optax.adam(hp.critic_lr), has_aux=True)
+        actor_step = gradient_update(actor_loss_fn, optax.adam(hp.actor_lr), has_aux=True)
+        alpha_step = gradient_update(alpha_loss_fn, optax.adam(hp.alpha_lr))
         target_key, actor_key = jax.random.split(key)
         params = state.params
         alpha = jnp.exp(params.log_alpha)
-        target = td_target(target_key, params, batch)
+        target = td_target(target_key, params, batch, hp)
 
         critic, critic_opt_state, critic_loss, q_mean = critic_step(
             params.critic, state.critic_opt_state, batch, target)
         actor, actor_opt_state, actor_loss, log_prob = actor_step(
             params.actor, state.actor_opt_state, actor_key, critic, batch, alpha)
-        entropy_gap = jax.lax.stop_gradient(jnp.mean(log_prob) + target_entropy)
+        entropy_gap = jax.lax.stop_gradient(jnp.mean(log_prob) + hp.target_entropy)
         log_alpha, alpha_opt_state, alpha_loss = alpha_step(params.log_alpha, state.alpha_opt_state,
                                                             entropy_gap)
 
         new_params = SACParams(
             actor=actor,
             critic=critic,
-            target_critic=polyak_update(critic, params.target_critic, config.tau),
+            target_critic=polyak_update(critic, params.target_critic, hp.tau),
             log_alpha=log_alpha,
         )
         new_state = SACState(
@@ -405,6 +478,7 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
         obs_dim=obs_dim,
         action_dim=action_dim,
         target_entropy=target_entropy,
+        hparams=default_hparams,
         init=init,
         sac_update=sac_update,
         td_target=td_target,
@@ -526,12 +600,13 @@ def action_box(env: Env, action_dim: int) -> tuple[jax.Array, jax.Array]:
     return low, high
 
 
-def run_updates(sac: SAC, key: jax.Array, state: SACState, num_updates: int, sample_batch: Callable):
+def run_updates(sac: SAC, key: jax.Array, state: SACState, num_updates: int, sample_batch: Callable,
+                hparams: Optional[SACHParams] = None):
     """``num_updates`` SAC updates in one lax.scan; ``sample_batch(key) -> (batch, update_key)``
     draws each update's batch (and the key of its update). → (state, mean UpdateMetrics)."""
     def one(s, k):
         batch, update_key = sample_batch(k)
-        return sac.sac_update(update_key, s, batch)
+        return sac.sac_update(update_key, s, batch, hparams)
 
     state, metrics = jax.lax.scan(one, state, jax.random.split(key, num_updates))
     return state, jax.tree_util.tree_map(lambda m: m.mean(), metrics)
@@ -545,16 +620,18 @@ def replay_batches(buffer: replay.ReplayBuffer, batch_size: int) -> Callable:
     return sample_batch
 
 
-def make_train(config: SACConfig, env: Env) -> Callable[[jax.Array], tuple[TrainState, TrainMetrics]]:
-    """``train(key) -> (final TrainState, TrainMetrics with leaves [num_evals])``: the whole run
-    as one pure function (``jax.jit(jax.vmap(train))(keys)`` for many seeds)."""
+def make_train(config: SACConfig, env: Env) -> TrainFn:
+    """``train(key, hparams: SACHParams | None = None) -> (final TrainState, TrainMetrics with
+    leaves [num_evals])``: the whole run as one pure function (``jax.jit(jax.vmap(train))(keys)``
+    for many seeds; vmap over ``hparams`` too for a sweep in one program, see the module
+    docstring). hparams None: the config's values."""
     sac = make_sac(config, env)
     num_evals = config.total_env_steps // config.eval_interval
     nan_metrics = jax.tree_util.tree_map(
         lambda _: jnp.asarray(jnp.nan, jnp.float32), UpdateMetrics(*([0.0] * 6))
     )
 
-    def env_step(ts: TrainState, key):
+    def env_step(ts: TrainState, key, hp: SACHParams):
         random_key, policy_key, reset_key, update_key = jax.random.split(key, 4)
         warm_up = ts.env_steps < config.learning_starts
         step = actor_env_step(env, sac, ts.sac.params.actor, ts.env_state, warm_up, random_key, policy_key,
@@ -567,7 +644,7 @@ def make_train(config: SACConfig, env: Env) -> Callable[[jax.Array], tuple[Train
         sac_state, metrics = jax.lax.cond(
             do_update,
             lambda s: run_updates(sac, update_key, s, config.updates_per_step,
-                                  replay_batches(buffer, config.batch_size)),
+                                  replay_batches(buffer, config.batch_size), hp),
             lambda s: (s, nan_metrics),
             ts.sac,
         )
@@ -580,26 +657,28 @@ def make_train(config: SACConfig, env: Env) -> Callable[[jax.Array], tuple[Train
         )
         return new_ts, (metrics, do_update, step.episode_over, episode_return)
 
-    def interval(ts: TrainState, key):
+    def interval(ts: TrainState, key, hp: SACHParams):
         steps_key, eval_key = jax.random.split(key)
         ts, (metrics, updated, ended, returns) = jax.lax.scan(
-            env_step, ts, jax.random.split(steps_key, config.eval_interval)
+            lambda t, k: env_step(t, k, hp), ts, jax.random.split(steps_key, config.eval_interval)
         )
         eval_return = evaluate(sac, env, ts.sac.params.actor, eval_key, config.num_eval_episodes)
         record = summarize_interval(ts.env_steps, eval_return, metrics, updated, ended, returns)
         return ts, record
 
-    def train(key: jax.Array):
-        """One SAC run: key → (final TrainState, TrainMetrics [num_evals])."""
+    def train(key: jax.Array, hparams: Optional[SACHParams] = None):
+        """One SAC run: key [], hparams ([] leaves; None: the config's) → (final TrainState,
+        TrainMetrics [num_evals])."""
+        hp = sac.hparams if hparams is None else hparams
         init_key, env_key, loop_key = jax.random.split(key, 3)
         env_state = env.reset(env_key)
         ts = TrainState(
-            sac=sac.init(init_key),
+            sac=sac.init(init_key, hp),
             buffer=replay.init(replay.empty_transition(sac.obs_dim, sac.action_dim), config.buffer_capacity),
             env_state=env_state,
             episode_return=jnp.zeros((), jnp.float32),
             env_steps=jnp.zeros((), jnp.int32),
         )
-        return jax.lax.scan(interval, ts, jax.random.split(loop_key, num_evals))
+        return jax.lax.scan(lambda t, k: interval(t, k, hp), ts, jax.random.split(loop_key, num_evals))
 
     return train

@@ -1,8 +1,8 @@
 """Decision-aware model losses as pluggable losses of the population trainer.
 
 ``train.make_train(config, per_sample_loss=...)`` takes ``fn(inputs: LossInputs, loss_context)
--> [E, B]``; this module builds such functions from the pure losses of ``value_aware`` and the
-per-row side information (``TransitionData.aux``) they need:
+-> [E, B]`` (the ``train.PerSampleLoss`` protocol); this module builds such functions from the pure
+losses of ``value_aware`` and the per-row side information (``TransitionData.aux``) they need:
 
 * ``vagram_loss`` / ``itervaml_loss``: aux rows = the clipped value gradients g_k(s′) of K critics
   at the true next state, flattened to [K·D] (``value_gradient_aux``), computed once per
@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from mismatch_jax.models import value_aware
+from mismatch_jax.train.population import PerSampleLoss
 
 ValueApply = Callable[[object, jax.Array], jax.Array]
 """(value_params, obs [obs_dim]) → [K] values, one per critic."""
@@ -67,7 +68,7 @@ def _grads_from_aux(aux: jax.Array, obs_dim: int) -> jax.Array:
     return jnp.transpose(aux.reshape(b, -1, obs_dim), (1, 0, 2))
 
 
-def vagram_loss(regularizer: float = 0.0):
+def vagram_loss(regularizer: float = 0.0) -> PerSampleLoss:
     """per_sample_loss of VaGraM (Eq. 7): Σ_k Σ_d g_{k,d}² e_d² on aux = ``value_gradient_aux``."""
     def loss(inputs, loss_context):
         del loss_context
@@ -77,7 +78,7 @@ def vagram_loss(regularizer: float = 0.0):
     return loss
 
 
-def itervaml_loss(mse_coef: float = 0.01):
+def itervaml_loss(mse_coef: float = 0.01) -> PerSampleLoss:
     """per_sample_loss of first-order IterVAML + mse_coef·MSE (appendix D.1) on aux =
     ``value_gradient_aux``."""
     def loss(inputs, loss_context):
@@ -88,7 +89,7 @@ def itervaml_loss(mse_coef: float = 0.01):
     return loss
 
 
-def value_weighted_loss():
+def value_weighted_loss() -> PerSampleLoss:
     """per_sample_loss of the value-weighted MSE ablation on aux = ``value_weight_aux``."""
     def loss(inputs, loss_context):
         del loss_context
@@ -97,7 +98,7 @@ def value_weighted_loss():
     return loss
 
 
-def mnm_loss(value_apply: ValueApply, reduce: str = "min"):
+def mnm_loss(value_apply: ValueApply, reduce: str = "min") -> PerSampleLoss:
     """per_sample_loss of the MnM model objective (Eq. 9, negated) with
     ``loss_context = (value_params, classifier_params)``."""
     def loss(inputs, loss_context):
@@ -108,7 +109,7 @@ def mnm_loss(value_apply: ValueApply, reduce: str = "min"):
     return loss
 
 
-def with_reward_mse(loss, weight: float = 1.0):
+def with_reward_mse(loss: PerSampleLoss, weight: float = 1.0) -> PerSampleLoss:
     """Adds ``weight`` · (μ̂_r − y_r)² of the last target dimension (the reward, in normalised
     units) to the per_sample_loss ``loss``: [E, B] + [E, B]. Use it on models with
     ``predict_reward``."""
@@ -124,7 +125,7 @@ LOSSES = ("mle", "vagram", "itervaml", "value_weighted", "mnm")
 
 def make_model_loss(name: str, *, value_apply: Optional[ValueApply] = None, predict_reward: bool = False,
                     reward_weight: float = 1.0, vagram_regularizer: float = 0.0,
-                    itervaml_mse_coef: float = 0.01):
+                    itervaml_mse_coef: float = 0.01) -> Optional[PerSampleLoss]:
     """The trainer's ``per_sample_loss`` for model loss ``name`` (None for "mle": the trainer's
     own NLL/MSE, which already covers the reward output). ``value_apply`` is needed by "mnm";
     with ``predict_reward`` the reward output is trained by ``with_reward_mse(reward_weight)``."""

@@ -14,6 +14,8 @@ from mismatch_jax.planning.cem import (
 )
 from mismatch_jax.planning.mpc import (
     Planner,
+    PlannerFn,
+    ReturnsFn,
     Trajectory,
     make_planner,
     make_true_dynamics_planner,
@@ -27,8 +29,8 @@ from mismatch_jax.planning.mpc import (
 )
 
 __all__ = [
-    "PROPAGATIONS", "SAMPLINGS", "CEMConfig", "CEMInfo", "Planner", "Trajectory", "cem_optimize",
-    "initial_dispersion", "initial_plan", "make_planner", "make_true_dynamics_planner",
+    "PROPAGATIONS", "SAMPLINGS", "CEMConfig", "CEMInfo", "Planner", "PlannerFn", "ReturnsFn", "Trajectory",
+    "cem_optimize", "initial_dispersion", "initial_plan", "make_planner", "make_true_dynamics_planner",
     "make_value_planner", "mean_model_step", "model_returns", "mpc_episode", "planner_from_returns",
     "sample_candidates", "shift_plan", "true_dynamics_returns", "true_env_step",
 ]

@@ -1,7 +1,8 @@
 """Model-predictive control: planners built on the CEM optimiser, and MPC episodes.
 
-A planner is ``planner(key, model_params, normalizer, obs [d], prev_plan [H, A]) -> (action [A],
-next_plan [H, A])``, a pure function that vmaps over models and start states. Every planner here
+A planner (the ``PlannerFn`` protocol) is ``planner(key, model_params, normalizer, obs [d],
+prev_plan [H, A]) -> (action [A], next_plan [H, A])``, a pure function that vmaps over models and
+start states. Every planner here
 is ``planner_from_returns(cem_config, returns_fn)`` for one way of scoring action sequences:
 
 * ``make_planner``: a learned model with PETS propagation (``model_returns``: expectation, TS1,
@@ -16,7 +17,7 @@ is ``planner_from_returns(cem_config, returns_fn)`` for one way of scoring actio
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +27,24 @@ from mismatch_jax.config_io import Schema, setting
 from mismatch_jax.models.core import ModelConfig, ModelParams, Normalizer, predict
 from mismatch_jax.planning.cem import CEMConfig, cem_optimize, initial_plan, shift_plan
 
-ReturnsFn = Callable[..., jax.Array]
-"""``returns_fn(key, model_params, normalizer, obs [d], actions [P, H, A]) -> returns [P]``."""
+class ReturnsFn(Protocol):
+    """How a planner scores candidates: ``returns_fn(key, model_params, normalizer, obs [d],
+    actions [P, H, A]) -> returns [P]``; pure (vmapped over models and start states)."""
+
+    def __call__(self, key: jax.Array, model_params: Any, normalizer: Any, obs: jax.Array,
+                 actions: jax.Array) -> jax.Array: ...
+
+
+class PlannerFn(Protocol):
+    """The planner contract (``Planner`` implements it; ``mpc_episode`` drives any):
+    ``planner(key, model_params, normalizer, obs [d], prev_plan [H, A]) -> (action [A],
+    next_plan [H, A])``, pure, and ``initial_plan`` [H, A] to start an episode from."""
+
+    def __call__(self, key: jax.Array, model_params: Any, normalizer: Any, obs: jax.Array,
+                 prev_plan: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+
+    @property
+    def initial_plan(self) -> jax.Array: ...
 
 
 
@@ -280,7 +297,7 @@ class Trajectory:
     alive: jax.Array
 
 
-def mpc_episode(key: jax.Array, env, planner: Planner, model_params, normalizer, num_steps: int,
+def mpc_episode(key: jax.Array, env, planner: PlannerFn, model_params, normalizer, num_steps: int,
                 env_params: Any = None):
     """One episode: reset, then ``num_steps`` × (plan from the current obs, act in the true env).
 

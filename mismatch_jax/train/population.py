@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Optional, Protocol
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,7 +184,19 @@ class LossInputs:
     target_std: jax.Array
 
 
-def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss=None):
+class PerSampleLoss(Protocol):
+    """The contract of a pluggable model loss (``make_train(per_sample_loss=...)``, built by
+    ``models.trainer_losses``): ``loss(inputs, loss_context) -> [E, B]`` per member and row.
+
+    Pure and differentiable in ``inputs.mean`` / ``inputs.pred_next_obs`` (the trainer takes its
+    gradient w.r.t. the model parameters); ``loss_context`` is the call's shared pytree (None
+    when unused).
+    """
+
+    def __call__(self, inputs: LossInputs, loss_context: Any) -> jax.Array: ...
+
+
+def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Optional[PerSampleLoss] = None):
     """Build ``train(keys, params_or_none, data, hparams, dataset_index, loss_context=None)
     -> TrainResult``.
 

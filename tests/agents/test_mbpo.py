@@ -140,6 +140,51 @@ def test_packaged_configs_load():
     assert mbpo.agent_config("mnm", TINY).augmented_reward and not mbpo.agent_config("mnm_approx", TINY).augmented_reward
 
 
+# --------------------------------------------------------------------------- hyper-parameters
+
+
+def _sweep(train):
+    """[hparams, seeds] sweep of ``train(key, hparams)`` (the hparams leaves [n])."""
+    return jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0))
+
+
+def _rate_sweep(hp: mbpo.MBPOHParams) -> mbpo.MBPOHParams:
+    """[2] hparams: the defaults with two model, critic and classifier rates."""
+    two = hp.broadcast(2)
+    return two.replace(model_lr=jnp.asarray([1e-3, 1e-2]), classifier_lr=jnp.asarray([3e-4, 3e-3]),
+                       sac=two.sac.replace(critic_lr=jnp.asarray([3e-4, 1e-3])))
+
+
+def test_hparams_defaults_come_from_the_config_and_a_rate_sweep_traces(env):
+    config = mbpo.agent_config("mnm", dataclasses.replace(TINY, model_lr=2e-3, model_weight_decay=1e-4))
+    pieces = mbpo.make_mbpo(config, env)
+    hp = pieces.hparams
+    np.testing.assert_array_equal([hp.model_lr, hp.model_weight_decay, hp.model_mse_weight, hp.classifier_lr],
+                                  np.float32([2e-3, 1e-4, 0.0, 3e-4]))
+    np.testing.assert_array_equal(hp.sac.actor_lr, np.float32(TINY.sac.actor_lr))
+    assert all(leaf.shape == () and leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(hp))
+    # Tracing only (no XLA compile): the rates are traced all the way into the model trainer and
+    # the classifier (MnM), so a [2 rates, 2 seeds] sweep is one program.
+    keys = jax.random.split(jax.random.key(0), 2)
+    state, metrics = jax.eval_shape(_sweep(pieces.train), keys, _rate_sweep(hp))
+    num_evals = TINY.sac.total_env_steps // TINY.sac.eval_interval
+    assert metrics.eval_return.shape == metrics.classifier_loss.shape == (2, 2, num_evals)
+    with pytest.raises(TypeError, match="MBPOHParams"):
+        pieces.train(keys[0], hp.sac)
+
+
+@pytest.mark.slow
+def test_rate_sweep_cells_equal_single_runs(tiny):
+    keys = jax.random.split(jax.random.key(0), 2)
+    sweep = _rate_sweep(tiny.hparams)
+    _, batched = jax.jit(_sweep(tiny.train))(keys, sweep)
+    _, single = jax.jit(tiny.train)(keys[1], jax.tree_util.tree_map(lambda v: v[1], sweep))
+    for name in ("eval_return", "critic_loss", "alpha", "model_val_mse", "rollout_rows"):
+        np.testing.assert_allclose(getattr(batched, name)[1, 1], getattr(single, name), rtol=2e-3, atol=1e-3,
+                                   err_msg=name)
+    assert not np.allclose(batched.model_val_mse[0], batched.model_val_mse[1])
+
+
 # --------------------------------------------------------------------------- whole run
 # A whole run compiles SAC, the model trainer, rollouts and evaluation into one program (~1 min
 # on 2 idle cores, several under load), so these tests are marked slow.

@@ -1,6 +1,7 @@
 """SAC: replay buffer, update rules on hand-made batches, the one-scan training loop."""
 
 import dataclasses
+import logging
 import math
 import pathlib
 
@@ -236,6 +237,85 @@ def test_vmap_over_seeds_equals_single_runs(env, tiny_train, tiny_run):
         np.testing.assert_allclose(getattr(batched, name)[0], getattr(single0, name), rtol=2e-3, atol=1e-3)
         np.testing.assert_allclose(getattr(batched, name)[1], getattr(single1, name), rtol=2e-3, atol=1e-3)
     assert not np.allclose(batched.eval_return[0], batched.eval_return[1])
+
+
+# --------------------------------------------------------------------------- hyper-parameters
+
+SWEEP = sac_lib.SACConfig(
+    total_env_steps=200, eval_interval=100, learning_starts=50, num_eval_episodes=1,
+    buffer_capacity=200, batch_size=16, hidden_size=16, num_hidden_layers=2,
+)
+LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+
+
+def _lr_hparams(env, lrs):
+    """[len(lrs)] SACHParams: the SWEEP defaults with actor, critic and alpha rates = lrs."""
+    lrs = jnp.asarray(lrs, jnp.float32)
+    base = sac_lib.SACHParams.from_config(SWEEP, env.action_dim).broadcast(lrs.shape[0])
+    return base.replace(actor_lr=lrs, critic_lr=lrs, alpha_lr=lrs)
+
+
+def test_hparams_defaults_come_from_the_config(env):
+    config = dataclasses.replace(TINY, actor_lr=1e-3, tau=0.01, init_alpha=0.5)
+    hp = sac_lib.SACHParams.from_config(config, env.action_dim)
+    for leaf in jax.tree_util.tree_leaves(hp):
+        assert leaf.shape == () and leaf.dtype == jnp.float32
+    np.testing.assert_array_equal(
+        [hp.actor_lr, hp.critic_lr, hp.gamma, hp.tau, hp.init_alpha, hp.target_entropy],
+        np.float32([1e-3, 3e-4, 0.99, 0.01, 0.5, -1.0]))  # target_entropy None → −action_dim
+    sac = sac_lib.make_sac(config, env)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, sac.hparams, hp))
+    np.testing.assert_allclose(sac.init(jax.random.key(0)).params.log_alpha, math.log(0.5), rtol=1e-6)
+    stacked = hp.broadcast(3)
+    assert all(leaf.shape == (3,) for leaf in jax.tree_util.tree_leaves(stacked))
+    with pytest.raises(TypeError, match="SACHParams"):
+        sac.init(jax.random.key(0), {"actor_lr": 1e-3})
+
+
+def test_lr_sweep_of_4_seeds_by_4_rates_compiles_once_and_equals_separate_runs(env):
+    train = sac_lib.make_train(SWEEP, env)
+    keys = jax.random.split(jax.random.key(20), 4)
+
+    def sweep(keys, hparams):  # [lrs, seeds]
+        return jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0))(keys, hparams)
+
+    sweep = jax.jit(sweep)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            _, metrics = sweep(keys, _lr_hparams(env, LRS))
+            _, other = sweep(keys, _lr_hparams(env, [2e-4, 5e-4, 2e-3, 5e-3]))  # new rates, same program
+            jax.block_until_ready((metrics, other))
+    finally:
+        logger.removeHandler(handler)
+    compiles = [r for r in records if "Finished XLA compilation of jit(sweep)" in r.getMessage()]
+    assert len(compiles) == 1, [r.getMessage() for r in compiles]
+    assert metrics.eval_return.shape == (4, 4, 2) and other.eval_return.shape == (4, 4, 2)
+    assert not np.allclose(metrics.critic_loss, other.critic_loss)
+    assert len({float(v) for v in np.asarray(metrics.critic_loss[:, 0, -1])}) == 4  # the rates matter
+
+    # Every (lr, seed) cell equals a separate single run with those hparams (one more compile:
+    # the hparams are a traced argument of the single run too).
+    single = jax.jit(train)
+    for i in range(len(LRS)):
+        hp = jax.tree_util.tree_map(lambda v: v[i], _lr_hparams(env, LRS))
+        for j in range(len(keys)):
+            _, cell = single(keys[j], hp)
+            for name in ("eval_return", "critic_loss", "actor_loss", "alpha", "q_mean"):
+                np.testing.assert_allclose(getattr(metrics, name)[i, j], getattr(cell, name), rtol=1e-5,
+                                           atol=1e-5, err_msg=f"{name} lr={LRS[i]} seed={j}")
+
+    # hparams are the config's numbers: a config with lr 1e-3 and hparams=None run the same.
+    config = dataclasses.replace(SWEEP, actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3)
+    _, from_config = jax.jit(sac_lib.make_train(config, env))(keys[1])
+    _, from_hparams = single(keys[1], jax.tree_util.tree_map(lambda v: v[2], _lr_hparams(env, LRS)))
+    for name in ("eval_return", "critic_loss", "alpha"):
+        np.testing.assert_allclose(getattr(from_config, name), getattr(from_hparams, name), rtol=1e-5,
+                                   atol=1e-5, err_msg=name)
 
 
 # --------------------------------------------------------------------------- config
