@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from mismatch_jax.agents import mbpo
+from mismatch_jax.agents import mbpo_config
 from mismatch_jax.experiments import mbpo_compare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,9 +56,9 @@ def acceptance(config: mbpo_compare.CompareConfig, num_seeds):
 
 
 def vmap_vs_sequential(config: mbpo_compare.CompareConfig, num_seeds):
-    cfg = mbpo.agent_config("mbpo", config.mbpo)
+    cfg = mbpo_config.agent_config("mbpo", config.mbpo)
     cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, num_seeds=num_seeds))
-    env = mbpo.make_env(cfg)
+    env = mbpo_config.make_env(cfg)
     keys = mbpo.seed_keys(cfg)
     train = mbpo.make_train(cfg, env)
 
@@ -89,7 +90,7 @@ def vmap_vs_sequential(config: mbpo_compare.CompareConfig, num_seeds):
 
 
 def distractors(config: mbpo_compare.CompareConfig, num_seeds):
-    env = mbpo.make_env(config.mbpo)
+    env = mbpo_config.make_env(config.mbpo)
     out = {"env": env.name, "num_distractors": config.mbpo.num_distractors}
     for name in ("mbpo", "vagram"):
         r = mbpo_compare.run_agent(name, config.mbpo, env, num_seeds, config.threshold)

@@ -61,7 +61,7 @@ TINY: dict[str, tuple[str, list[str]]] = {
         "expert.episode_length=20", "pool.size=4096", "pool.chunk_size=4096", "grid.sizes=[10, 20]",
         "grid.epsilons=[2.0, 5.5]", "grid.replicates=1"]),
     "mbpo": ("slow", [
-        'agents=["mbpo"]', "mbpo.ensemble_size=2", "mbpo.model_hidden_size=8", "mbpo.model_epochs=1",
+        'agents=["mbpo"]', "mbpo.model.ensemble_size=2", "mbpo.model.hidden_size=8", "mbpo.model_training.num_epochs=1",
         "mbpo.model_train_freq=50", "mbpo.epoch_length=100", "mbpo.rollout_batch_size=8",
         "mbpo.sac.total_env_steps=200", "mbpo.sac.eval_interval=100", "mbpo.sac.learning_starts=50",
         "mbpo.sac.num_eval_episodes=1", "mbpo.sac.buffer_capacity=200", "mbpo.sac.batch_size=16",

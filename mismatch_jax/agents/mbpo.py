@@ -79,223 +79,13 @@ from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.data.replay import Transition
 from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.agents.sac import SACConfig, SACHParams, TrainFn
-from mismatch_jax.config_io import from_dict, load_toml
+from mismatch_jax.agents.mbpo_config import (MBPOConfig, MBPOHParams, agent_config, make_env, model_share,
+                                             rollout_length)
+from mismatch_jax.agents.sac import TrainFn
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import core as models
 from mismatch_jax.models import trainer_losses, value_aware
 from mismatch_jax.train import population
-
-AGENTS: dict[str, dict[str, Any]] = {
-    "mbpo": dict(model_loss="mle", augmented_reward=False),
-    "vagram": dict(model_loss="vagram", augmented_reward=False),
-    "itervaml": dict(model_loss="itervaml", augmented_reward=False),
-    "value_weighted": dict(model_loss="value_weighted", augmented_reward=False),
-    "mnm": dict(model_loss="mnm", augmented_reward=True),
-    "mnm_approx": dict(model_loss="mnm", augmented_reward=False),
-}
-"""Agent name → the MBPOConfig fields it sets."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class MBPOConfig:
-    """Static MBPO hyperparameters (hashable). Load strictly with ``load_mbpo_config(path)``.
-
-    sac: the SAC agent and run loop ([sac] table): env, total_env_steps, eval_interval,
-        learning_starts (random-action steps; the first model phase runs right after them),
-        buffer_capacity (real buffer = model-training data), batch_size, updates_per_step (G).
-    model_loss: one of ``trainer_losses.LOSSES``; augmented_reward: policy on MnM's r̃.
-    model_kind / ensemble_size / model_hidden_size / model_num_hidden_layers / model_activation:
-        the dynamics model (always with a reward output). model_lr, model_weight_decay,
-        model_batch_size, model_epochs (per phase; an upper bound with model_patience),
-        model_validation_fraction (buffer rows held out, fixed per row for the run).
-    model_mse_weight: extra normalised MSE in the model loss (IterVAML's λ-stabiliser; 0).
-    reward_loss_weight: weight of the reward-output MSE added to decision-aware losses.
-    vagram_clip_percentile, itervaml_mse_coef: see ``value_aware``.
-    model_train_freq: env steps between model phases (divides eval_interval, epoch_length and
-        learning_starts). epoch_length: env steps per MBPO epoch (schedules are in epochs).
-    rollout_batch_size: rollouts started per phase; rollout_schedule: (epoch_a, epoch_b,
-        length_a, length_b); model_retain_epochs: epochs of rollouts kept.
-    model_share_start / model_share_end / model_share_ramp_epochs: model rows per SAC batch.
-    classifier_*: MnM's classifier (MLP sizes, Adam lr, minibatches per phase, batch size).
-    reward_transform / reward_temperature / reward_min: log r⁺ of the augmented reward.
-    num_distractors / distractor_seed: VaGraM distracting dims appended to the env (0: none).
-    """
-
-    sac: SACConfig = dataclasses.field(default_factory=SACConfig)
-    model_loss: str = "mle"
-    augmented_reward: bool = False
-    model_kind: str = "PE"
-    ensemble_size: int = 7
-    model_hidden_size: int = 200
-    model_num_hidden_layers: int = 4
-    model_activation: str = "silu"
-    model_lr: float = 1e-3
-    model_weight_decay: float = 5e-5
-    model_batch_size: int = 256
-    model_epochs: int = 5
-    model_patience: Optional[int] = None
-    model_validation_fraction: float = 0.1
-    model_mse_weight: float = 0.0
-    reward_loss_weight: float = 1.0
-    vagram_clip_percentile: float = 95.0
-    itervaml_mse_coef: float = 0.01
-    model_train_freq: int = 250
-    epoch_length: int = 1000
-    rollout_batch_size: int = 400
-    rollout_schedule: tuple[int, int, int, int] = (20, 100, 1, 1)
-    model_retain_epochs: int = 1
-    model_share_start: float = 0.0
-    model_share_end: float = 0.95
-    model_share_ramp_epochs: float = 40.0
-    classifier_hidden_size: int = 256
-    classifier_num_hidden_layers: int = 2
-    classifier_lr: float = 3e-4
-    classifier_steps: int = 100
-    classifier_batch_size: int = 256
-    reward_transform: str = "exp"
-    reward_temperature: float = 1.0
-    reward_min: Optional[float] = None
-    num_distractors: int = 0
-    distractor_seed: int = 0
-
-    def __post_init__(self):
-        if not isinstance(self.sac, SACConfig):
-            raise ValueError(f"MBPOConfig.sac must be a SACConfig, got {type(self.sac).__name__}")
-        if self.model_loss not in trainer_losses.LOSSES:
-            raise ValueError(f"MBPOConfig.model_loss must be one of {trainer_losses.LOSSES}, got {self.model_loss!r}")
-        if self.model_kind not in models.MODEL_KINDS:
-            raise ValueError(f"MBPOConfig.model_kind must be one of {models.MODEL_KINDS}, got {self.model_kind!r}")
-        positive = ("ensemble_size", "model_hidden_size", "model_num_hidden_layers", "model_batch_size",
-                    "model_epochs", "model_train_freq", "epoch_length", "rollout_batch_size",
-                    "model_retain_epochs", "classifier_hidden_size", "classifier_num_hidden_layers",
-                    "classifier_steps", "classifier_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"MBPOConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.model_kind in ("P", "D") and self.ensemble_size != 1:
-            raise ValueError(f"MBPOConfig.ensemble_size must be 1 for model_kind {self.model_kind!r}")
-        freq, sac = self.model_train_freq, self.sac
-        for name, value in (("sac.eval_interval", sac.eval_interval), ("epoch_length", self.epoch_length),
-                            ("sac.learning_starts", sac.learning_starts)):
-            if value % freq:
-                raise ValueError(f"MBPOConfig.{name} ({value}) must be a multiple of model_train_freq ({freq})")
-        if sac.learning_starts < freq:
-            raise ValueError(f"MBPOConfig.sac.learning_starts ({sac.learning_starts}) must be >= "
-                             f"model_train_freq ({freq}): the first model needs data")
-        a_epoch, b_epoch, a_len, b_len = self.rollout_schedule
-        if not (0 <= a_epoch < b_epoch and a_len >= 1 and b_len >= 1):
-            raise ValueError(f"MBPOConfig.rollout_schedule must be (epoch_a < epoch_b, length_a >= 1, "
-                             f"length_b >= 1), got {self.rollout_schedule}")
-        for name in ("model_share_start", "model_share_end"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"MBPOConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if not self.model_share_ramp_epochs > 0:
-            raise ValueError(f"MBPOConfig.model_share_ramp_epochs must be > 0, got {self.model_share_ramp_epochs}")
-        if not 0.0 <= self.model_validation_fraction < 1.0:
-            raise ValueError("MBPOConfig.model_validation_fraction must be in [0, 1), "
-                             f"got {self.model_validation_fraction}")
-        if self.model_patience is not None and self.model_patience < 1:
-            raise ValueError(f"MBPOConfig.model_patience must be None or >= 1, got {self.model_patience}")
-        for name in ("model_lr", "classifier_lr", "reward_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"MBPOConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.reward_transform not in ("exp", "shift", "log"):
-            raise ValueError(f"MBPOConfig.reward_transform must be 'exp', 'shift' or 'log', got {self.reward_transform!r}")
-        if self.reward_transform == "shift" and self.reward_min is None:
-            raise ValueError("MBPOConfig.reward_min is required with reward_transform = 'shift'")
-        if self.num_distractors < 0:
-            raise ValueError(f"MBPOConfig.num_distractors must be >= 0, got {self.num_distractors}")
-
-    @property
-    def uses_classifier(self) -> bool:
-        return self.model_loss == "mnm" or self.augmented_reward
-
-    @property
-    def max_rollout_length(self) -> int:
-        return max(self.rollout_schedule[2], self.rollout_schedule[3])
-
-
-def mbpo_config_from_dict(data) -> MBPOConfig:
-    """Strict: unknown keys / wrong types / impossible values raise ``ConfigError`` naming the key."""
-    return from_dict(MBPOConfig, data)
-
-
-def load_mbpo_config(path) -> MBPOConfig:
-    """Reads an MBPO TOML file (MBPOConfig fields, SAC fields in a [sac] table) strictly."""
-    return load_toml(MBPOConfig, path)
-
-
-@struct.dataclass
-class MBPOHParams:
-    """MBPO's vmappable hyper-parameters, float32 leaves ([] per run, leading axes to sweep).
-
-    sac: ``SACHParams`` of the policy. model_lr / model_weight_decay / model_mse_weight: the
-    population trainer's learning_rate / weight_decay / mse_weight each model phase.
-    classifier_lr: Adam step size of MnM's classifier (unused without one).
-    """
-
-    sac: SACHParams
-    model_lr: jax.Array
-    model_weight_decay: jax.Array
-    model_mse_weight: jax.Array
-    classifier_lr: jax.Array
-
-    @classmethod
-    def from_config(cls, config: MBPOConfig, action_dim: int) -> "MBPOHParams":
-        """The config's values as [] float32 leaves (what ``hparams=None`` means)."""
-        f32 = lambda v: jnp.asarray(v, jnp.float32)
-        return cls(sac=SACHParams.from_config(config.sac, action_dim), model_lr=f32(config.model_lr),
-                   model_weight_decay=f32(config.model_weight_decay),
-                   model_mse_weight=f32(config.model_mse_weight), classifier_lr=f32(config.classifier_lr))
-
-    def broadcast(self, n: int) -> "MBPOHParams":
-        """Every leaf [] → [n] (then ``.replace(...)`` sets the swept fields)."""
-        return jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (n,) + jnp.shape(v)), self)
-
-
-def agent_config(name: str, config: MBPOConfig) -> MBPOConfig:
-    """``config`` with the fields of agent ``name`` (``AGENTS``) set."""
-    if name not in AGENTS:
-        raise ValueError(f"unknown agent {name!r}; available: {', '.join(AGENTS)}")
-    return dataclasses.replace(config, **AGENTS[name])
-
-
-def make_env(config: MBPOConfig) -> Env:
-    """``config.sac.env`` from the registry, with ``num_distractors`` VaGraM distractor dims."""
-    from mismatch_jax.envs import registry
-    from mismatch_jax.envs.distractors import with_distractors
-
-    env = registry.make(config.sac.env)
-    if config.num_distractors:
-        env = with_distractors(env, config.num_distractors, jax.random.key(config.distractor_seed))
-    return env
-
-
-# ---------------------------------------------------------------------------------------------
-# Schedules (pure functions of the env-step count; Python ints or traced int scalars)
-# ---------------------------------------------------------------------------------------------
-
-
-def rollout_length(config: MBPOConfig, env_steps) -> jax.Array:
-    """MBPO's rollout length at ``env_steps``: [] int32 in [min, max] of the schedule lengths."""
-    a_epoch, b_epoch, a_len, b_len = config.rollout_schedule
-    epoch = jnp.asarray(env_steps, jnp.float32) / config.epoch_length
-    frac = jnp.clip((epoch - a_epoch) / (b_epoch - a_epoch), 0.0, 1.0)
-    return jnp.floor(a_len + frac * (b_len - a_len) + 1e-6).astype(jnp.int32)
-
-
-def model_share(config: MBPOConfig, env_steps) -> jax.Array:
-    """Fraction [] of each SAC batch drawn from the model buffer at ``env_steps``."""
-    epoch = jnp.asarray(env_steps, jnp.float32) / config.epoch_length
-    frac = jnp.clip(epoch / config.model_share_ramp_epochs, 0.0, 1.0)
-    return config.model_share_start + frac * (config.model_share_end - config.model_share_start)
-
 
 # ---------------------------------------------------------------------------------------------
 # Model buffer helpers
@@ -409,17 +199,10 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     sac_cfg = config.sac
     sac = sac_lib.make_sac(sac_cfg, env)
     obs_dim, action_dim = sac.obs_dim, sac.action_dim
-    mcfg = models.ModelConfig(
-        kind=config.model_kind, obs_dim=obs_dim, action_dim=action_dim,
-        hidden_size=config.model_hidden_size, num_hidden_layers=config.model_num_hidden_layers,
-        ensemble_size=config.ensemble_size, activation=config.model_activation, predict_reward=True,
-        angle_dims=tuple(getattr(env, "angle_obs_dims", ())),
-    )
-    tcfg = population.TrainConfig(
-        model=mcfg, num_epochs=config.model_epochs, batch_size=config.model_batch_size,
-        patience=config.model_patience, keep_best=config.model_loss == "mle",
-        eval_batch_size=max(config.model_batch_size, 1024),
-    )
+    mcfg = dataclasses.replace(config.model, predict_reward=True).for_env(env)
+    training = config.model_training
+    tcfg = training.train_config(mcfg, keep_best=training.keep_best and config.model_loss == "mle",
+                                 eval_batch_size=max(training.batch_size, 1024))
     value_apply_online = lambda params, s: sac.value(params, s, critics="online")
     per_sample_loss = trainer_losses.make_model_loss(
         config.model_loss, value_apply=value_apply_online, predict_reward=True,
@@ -463,7 +246,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             model_params=models.init(model_key, mcfg),
             normalizer=models.identity_normalizer(mcfg),
             classifier=classifier, classifier_opt_state=opt_state,
-            val_rows=jax.random.uniform(val_key, (capacity,)) < config.model_validation_fraction,
+            val_rows=jax.random.uniform(val_key, (capacity,)) < config.model_training.validation_fraction,
             env_state=env.reset(env_key),
             episode_return=jnp.zeros((), jnp.float32),
             env_steps=jnp.zeros((), jnp.int32),

@@ -1,6 +1,6 @@
 """MBPO-family comparison: a config's agent variants × seeds (seeds vmapped), JSON + PNG curves.
 
-A config (TOML, loaded strictly into ``CompareConfig``) names the agents (``mbpo.AGENTS``) and one
+A config (TOML, loaded strictly into ``CompareConfig``) names the agents (``mbpo_config.AGENTS``) and one
 ``[mbpo]`` table (``MBPOConfig``, with ``[mbpo.sac]``) shared by all of them; every agent runs
 ``mbpo.sac.num_seeds`` seeds as one compiled program ``jit(vmap(train))`` on the same seed keys
 (paired seeds, as VaGraM's comparisons) and the same environment (incl. the distractor draw).
@@ -25,17 +25,18 @@ import numpy as np
 
 from mismatch_jax.files import write_json
 from mismatch_jax.agents import mbpo
+from mismatch_jax.agents import mbpo_config
 from mismatch_jax.config_io import Schema, from_dict, load_toml, to_dict
 
 
 @dataclasses.dataclass(frozen=True)
 class CompareConfig(Schema):
-    """agents: names from ``mbpo.AGENTS``; mbpo: the shared MBPOConfig; threshold: return that
+    """agents: names from ``mbpo_config.AGENTS``; mbpo: the shared MBPOConfig; threshold: return that
     counts as solved (steps-to-threshold in the JSON); out_dir: default output directory;
     title: figure title."""
 
     agents: tuple[str, ...] = ("mbpo",)
-    mbpo: mbpo.MBPOConfig = dataclasses.field(default_factory=mbpo.MBPOConfig)
+    mbpo: mbpo_config.MBPOConfig = dataclasses.field(default_factory=mbpo_config.MBPOConfig)
     threshold: float = -200.0
     out_dir: str = "runs/mbpo_compare"
     title: str = ""
@@ -43,9 +44,9 @@ class CompareConfig(Schema):
     def check(self):
         if not self.agents:
             raise ValueError("CompareConfig.agents must name at least one agent")
-        unknown = [a for a in self.agents if a not in mbpo.AGENTS]
+        unknown = [a for a in self.agents if a not in mbpo_config.AGENTS]
         if unknown:
-            raise ValueError(f"CompareConfig.agents has unknown agents {unknown}; available: {list(mbpo.AGENTS)}")
+            raise ValueError(f"CompareConfig.agents has unknown agents {unknown}; available: {list(mbpo_config.AGENTS)}")
 
 
 def load_compare_config(path) -> CompareConfig:
@@ -65,14 +66,14 @@ def steps_to_threshold(env_steps: np.ndarray, returns: np.ndarray, threshold: fl
     return int(np.asarray(env_steps)[above[0]]) if above.size else None
 
 
-def run_agent(name: str, config: mbpo.MBPOConfig, env=None, num_seeds: Optional[int] = None,
+def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Optional[int] = None,
               threshold: float = -200.0) -> dict:
     """Runs agent ``name`` on ``num_seeds`` (default config.sac.num_seeds) vmapped seeds; returns
     the JSON-ready summary (compile time apart from run time)."""
-    config = mbpo.agent_config(name, config)
+    config = mbpo_config.agent_config(name, config)
     if num_seeds is not None:
         config = dataclasses.replace(config, sac=dataclasses.replace(config.sac, num_seeds=num_seeds))
-    env = mbpo.make_env(config) if env is None else env
+    env = mbpo_config.make_env(config) if env is None else env
     keys = mbpo.seed_keys(config)
     program = jax.jit(jax.vmap(mbpo.make_train(config, env)))
     t = time.perf_counter()
@@ -133,7 +134,7 @@ def run_compare(config: CompareConfig, out_dir, num_seeds: Optional[int] = None)
     """Runs every agent of ``config``; writes mbpo_compare.json / .png into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = mbpo.make_env(config.mbpo)
+    env = mbpo_config.make_env(config.mbpo)
     results = []
     for name in config.agents:
         results.append(run_agent(name, config.mbpo, env, num_seeds, config.threshold))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mismatch_jax.agents import mbpo
+from mismatch_jax.agents import mbpo_config
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.config_io import ConfigError
@@ -19,10 +20,11 @@ from mismatch_jax.models import core as models
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-TINY = mbpo.MBPOConfig(
+TINY = mbpo_config.MBPOConfig(
     sac=sac_lib.SACConfig(total_env_steps=400, eval_interval=200, learning_starts=100, num_eval_episodes=1,
                           buffer_capacity=400, batch_size=16, hidden_size=16, updates_per_step=2),
-    ensemble_size=2, model_hidden_size=16, model_num_hidden_layers=2, model_batch_size=32, model_epochs=2,
+    model=models.ModelConfig(kind="PE", ensemble_size=2, hidden_size=16, num_hidden_layers=2, angle_features=True),
+    model_training=mbpo_config.ModelTraining(batch_size=32, num_epochs=2),
     model_train_freq=50, epoch_length=100, rollout_batch_size=8, rollout_schedule=(1, 3, 1, 3),
     model_share_ramp_epochs=2.0, classifier_hidden_size=16, classifier_steps=3, classifier_batch_size=16,
 )
@@ -51,7 +53,7 @@ def tiny_vmapped(tiny):
 def test_rollout_length_schedule_known_values():
     config = dataclasses.replace(TINY, epoch_length=1000, rollout_schedule=(20, 100, 1, 15))
     steps = [0, 19_999, 20_000, 60_000, 99_000, 100_000, 500_000]
-    got = [int(mbpo.rollout_length(config, s)) for s in steps]
+    got = [int(mbpo_config.rollout_length(config, s)) for s in steps]
     # MBPO: 1 until epoch 20, then 1 + (epoch − 20)/80 · 14 floored, 15 from epoch 100 on.
     assert got == [1, 1, 1, 8, 14, 15, 15]
     assert config.max_rollout_length == 15
@@ -60,10 +62,10 @@ def test_rollout_length_schedule_known_values():
 def test_model_share_schedule_known_values():
     config = dataclasses.replace(TINY, epoch_length=1000, model_share_start=0.0, model_share_end=0.95,
                                  model_share_ramp_epochs=40.0)
-    got = [float(mbpo.model_share(config, s)) for s in (0, 10_000, 20_000, 40_000, 80_000)]
+    got = [float(mbpo_config.model_share(config, s)) for s in (0, 10_000, 20_000, 40_000, 80_000)]
     np.testing.assert_allclose(got, [0.0, 0.2375, 0.475, 0.95, 0.95], rtol=1e-6)
     fixed = dataclasses.replace(config, model_share_start=0.95)
-    np.testing.assert_allclose([float(mbpo.model_share(fixed, s)) for s in (0, 5_000)], [0.95, 0.95], rtol=1e-6)
+    np.testing.assert_allclose([float(mbpo_config.model_share(fixed, s)) for s in (0, 5_000)], [0.95, 0.95], rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- model buffer
@@ -93,7 +95,7 @@ def test_model_step_uses_the_mean_unless_mle_with_a_probabilistic_model(env):
     obs = jax.random.normal(jax.random.key(1), (6, 3))
     action = jnp.zeros((6, 1))
     for loss, noisy in (("mle", True), ("vagram", False)):
-        pieces = mbpo.make_mbpo(dataclasses.replace(TINY, model_loss=loss, ensemble_size=1, model_kind="P"), env)
+        pieces = mbpo.make_mbpo(dataclasses.replace(TINY, model_loss=loss, model=dataclasses.replace(TINY.model, kind="P", ensemble_size=1)), env)
         params = models.init(jax.random.key(2), pieces.model_config)
         normalizer = models.identity_normalizer(pieces.model_config)
         nxt, reward = jax.jit(pieces.model_step)(jax.random.key(4), params, normalizer, obs, action)
@@ -109,15 +111,15 @@ def test_model_step_uses_the_mean_unless_mle_with_a_probabilistic_model(env):
 
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="unknown key.*rollout_len"):
-        mbpo.mbpo_config_from_dict({"rollout_len": 3})
+        mbpo_config.mbpo_config_from_dict({"rollout_len": 3})
     with pytest.raises(ConfigError, match="sac.batch_size: expected an integer"):
-        mbpo.mbpo_config_from_dict({"sac": {"batch_size": 2.5}})
+        mbpo_config.mbpo_config_from_dict({"sac": {"batch_size": 2.5}})
     with pytest.raises(ConfigError, match="model_loss"):
-        mbpo.mbpo_config_from_dict({"model_loss": "vaml"})
+        mbpo_config.mbpo_config_from_dict({"model_loss": "vaml"})
     with pytest.raises(ConfigError, match="eval_interval.*multiple of model_train_freq"):
-        mbpo.mbpo_config_from_dict({"model_train_freq": 300})
+        mbpo_config.mbpo_config_from_dict({"model_train_freq": 300})
     with pytest.raises(ConfigError, match="rollout_schedule"):
-        mbpo.mbpo_config_from_dict({"rollout_schedule": [5, 5, 1, 1]})
+        mbpo_config.mbpo_config_from_dict({"rollout_schedule": [5, 5, 1, 1]})
     with pytest.raises(ConfigError, match=r"mbpo: MBPOConfig.model_share_end must be in \[0, 1\]"):
         mbpo_compare.compare_config_from_dict({"mbpo": {"model_share_end": 1.5}})
     with pytest.raises(ConfigError, match="agents"):
@@ -127,7 +129,7 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="mbpo.sac.learning_rate"):
         mbpo_compare.load_compare_config(bad)
     with pytest.raises(ValueError, match="unknown agent"):
-        mbpo.agent_config("dreamer", TINY)
+        mbpo_config.agent_config("dreamer", TINY)
 
 
 def test_packaged_configs_load():
@@ -136,8 +138,8 @@ def test_packaged_configs_load():
     for name in names:
         config = mbpo_compare.load_compare_config(ROOT / "sweeps" / f"{name}.toml")
         for agent in config.agents:
-            assert mbpo.agent_config(agent, config.mbpo).model_loss in ("mle", "vagram", "mnm")
-    assert mbpo.agent_config("mnm", TINY).augmented_reward and not mbpo.agent_config("mnm_approx", TINY).augmented_reward
+            assert mbpo_config.agent_config(agent, config.mbpo).model_loss in ("mle", "vagram", "mnm")
+    assert mbpo_config.agent_config("mnm", TINY).augmented_reward and not mbpo_config.agent_config("mnm_approx", TINY).augmented_reward
 
 
 # --------------------------------------------------------------------------- hyper-parameters
@@ -148,7 +150,7 @@ def _sweep(train):
     return jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0))
 
 
-def _rate_sweep(hp: mbpo.MBPOHParams) -> mbpo.MBPOHParams:
+def _rate_sweep(hp: mbpo_config.MBPOHParams) -> mbpo_config.MBPOHParams:
     """[2] hparams: the defaults with two model, critic and classifier rates."""
     two = hp.broadcast(2)
     return two.replace(model_lr=jnp.asarray([1e-3, 1e-2]), classifier_lr=jnp.asarray([3e-4, 3e-3]),
@@ -156,7 +158,8 @@ def _rate_sweep(hp: mbpo.MBPOHParams) -> mbpo.MBPOHParams:
 
 
 def test_hparams_defaults_come_from_the_config_and_a_rate_sweep_traces(env):
-    config = mbpo.agent_config("mnm", dataclasses.replace(TINY, model_lr=2e-3, model_weight_decay=1e-4))
+    config = mbpo_config.agent_config("mnm", dataclasses.replace(
+        TINY, model_training=dataclasses.replace(TINY.model_training, learning_rate=2e-3, weight_decay=1e-4)))
     pieces = mbpo.make_mbpo(config, env)
     hp = pieces.hparams
     np.testing.assert_array_equal([hp.model_lr, hp.model_weight_decay, hp.model_mse_weight, hp.classifier_lr],
@@ -227,7 +230,7 @@ def test_vmapped_seeds_equal_single_runs(tiny, tiny_vmapped):
 
 @pytest.mark.slow
 def test_jit_equals_no_jit_and_mnm_runs(env):
-    config = mbpo.agent_config("mnm", TINY)
+    config = mbpo_config.agent_config("mnm", TINY)
     train = mbpo.make_train(config, env)
     _, jitted = jax.jit(train)(jax.random.key(5))
     _, eager = train(jax.random.key(5))  # the scans compile their bodies, the glue runs eagerly
@@ -240,8 +243,8 @@ def test_jit_equals_no_jit_and_mnm_runs(env):
 def test_main_mbpo_writes_json_and_png(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(
-        'agents = ["mbpo", "vagram"]\n[mbpo]\nensemble_size = 2\nmodel_hidden_size = 16\nmodel_epochs = 1\n'
-        'model_train_freq = 50\nepoch_length = 100\nrollout_batch_size = 8\n'
+        'agents = ["mbpo", "vagram"]\n[mbpo]\nmodel_train_freq = 50\nepoch_length = 100\nrollout_batch_size = 8\n'
+        '[mbpo.model]\nensemble_size = 2\nhidden_size = 16\n[mbpo.model_training]\nnum_epochs = 1\n'
         '[mbpo.sac]\ntotal_env_steps = 200\neval_interval = 100\nlearning_starts = 50\nnum_eval_episodes = 1\n'
         'buffer_capacity = 200\nbatch_size = 16\nhidden_size = 16\nnum_seeds = 2\n')
     from mismatch_jax import cli

@@ -1,0 +1,210 @@
+"""MBPO's configuration: the agents (``AGENTS``), the schema (``MBPOConfig``, built on the shared
+``ModelConfig`` / ``TrainingSection`` / ``SACConfig`` tables), the vmappable hyper-parameters
+(``MBPOHParams``) and the schedules (rollout length, model share) as pure functions of the
+env-step count."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from mismatch_jax.agents.sac import SACConfig, SACHParams
+from mismatch_jax.config_io import Schema, from_dict, load_toml, setting
+from mismatch_jax.envs.base import Env
+from mismatch_jax.models import trainer_losses
+from mismatch_jax.models.core import ModelConfig
+from mismatch_jax.train.config import TrainingSection
+
+AGENTS: dict[str, dict[str, Any]] = {
+    "mbpo": dict(model_loss="mle", augmented_reward=False),
+    "vagram": dict(model_loss="vagram", augmented_reward=False),
+    "itervaml": dict(model_loss="itervaml", augmented_reward=False),
+    "value_weighted": dict(model_loss="value_weighted", augmented_reward=False),
+    "mnm": dict(model_loss="mnm", augmented_reward=True),
+    "mnm_approx": dict(model_loss="mnm", augmented_reward=False),
+}
+"""Agent name → the MBPOConfig fields it sets."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelTraining(TrainingSection):
+    """[mbpo.model_training]: the model's training each phase — the shared ``TrainingSection``
+    (num_epochs per phase, an upper bound with patience; keep_best applies to the MLE loss only,
+    the decision-aware losses keep their last parameters since the validation score is MLE) plus:
+
+    validation_fraction: real-buffer rows held out for model validation (fixed per row for the run).
+    mse_weight: extra normalised MSE in the model loss (IterVAML's λ-stabiliser; 0).
+    """
+
+    validation_fraction: float = setting(0.1, ge=0.0, lt=1.0)
+    mse_weight: float = setting(0.0, ge=0.0)
+
+    def check(self):
+        super().check()
+        self.fixed("learning_rate")
+        self.fixed("weight_decay")
+
+
+@dataclasses.dataclass(frozen=True)
+class MBPOConfig(Schema):
+    """Static MBPO hyperparameters (hashable). Load strictly with ``load_mbpo_config(path)``.
+
+    sac: the SAC agent and run loop ([sac] table): env, total_env_steps, eval_interval,
+        learning_starts (random-action steps; the first model phase runs right after them),
+        buffer_capacity (real buffer = model-training data), batch_size, updates_per_step (G).
+    model_loss: one of ``trainer_losses.LOSSES``; augmented_reward: policy on MnM's r̃.
+    model: the dynamics ensemble ([model] table, a ``ModelConfig``; a reward output is always
+        added). model_training: its training each phase (``ModelTraining``).
+    reward_loss_weight: weight of the reward-output MSE added to decision-aware losses.
+    vagram_clip_percentile, itervaml_mse_coef: see ``value_aware``.
+    model_train_freq: env steps between model phases (divides eval_interval, epoch_length and
+        learning_starts). epoch_length: env steps per MBPO epoch (schedules are in epochs).
+    rollout_batch_size: rollouts started per phase; rollout_schedule: (epoch_a, epoch_b,
+        length_a, length_b); model_retain_epochs: epochs of rollouts kept.
+    model_share_start / model_share_end / model_share_ramp_epochs: model rows per SAC batch.
+    classifier_*: MnM's classifier (MLP sizes, Adam lr, minibatches per phase, batch size).
+    reward_transform / reward_temperature / reward_min: log r⁺ of the augmented reward.
+    num_distractors / distractor_seed: VaGraM distracting dims appended to the env (0: none).
+    """
+
+    sac: SACConfig = dataclasses.field(default_factory=SACConfig)
+    model_loss: Literal["mle", "vagram", "itervaml", "value_weighted", "mnm"] = "mle"
+    augmented_reward: bool = False
+    model: ModelConfig = ModelConfig(kind="PE", ensemble_size=7, angle_features=True)
+    model_training: ModelTraining = ModelTraining(num_epochs=5)
+    reward_loss_weight: float = setting(1.0, ge=0.0)
+    vagram_clip_percentile: float = setting(95.0, gt=0.0, le=100.0)
+    itervaml_mse_coef: float = setting(0.01, ge=0.0)
+    model_train_freq: int = setting(250, ge=1)
+    epoch_length: int = setting(1000, ge=1)
+    rollout_batch_size: int = setting(400, ge=1)
+    rollout_schedule: tuple[int, int, int, int] = (20, 100, 1, 1)
+    model_retain_epochs: int = setting(1, ge=1)
+    model_share_start: float = setting(0.0, ge=0.0, le=1.0)
+    model_share_end: float = setting(0.95, ge=0.0, le=1.0)
+    model_share_ramp_epochs: float = setting(40.0, gt=0.0)
+    classifier_hidden_size: int = setting(256, ge=1)
+    classifier_num_hidden_layers: int = setting(2, ge=1)
+    classifier_lr: float = setting(3e-4, gt=0.0)
+    classifier_steps: int = setting(100, ge=1)
+    classifier_batch_size: int = setting(256, ge=1)
+    reward_transform: Literal["exp", "shift", "log"] = "exp"
+    reward_temperature: float = setting(1.0, gt=0.0)
+    reward_min: Optional[float] = None
+    num_distractors: int = setting(0, ge=0)
+    distractor_seed: int = 0
+
+    def check(self):
+        if not isinstance(self.sac, SACConfig):
+            raise ValueError(f"MBPOConfig.sac must be a SACConfig, got {type(self.sac).__name__}")
+        if self.model_loss not in trainer_losses.LOSSES:
+            raise ValueError(f"MBPOConfig.model_loss must be one of {trainer_losses.LOSSES}, got {self.model_loss!r}")
+        freq, sac = self.model_train_freq, self.sac
+        for name, value in (("sac.eval_interval", sac.eval_interval), ("epoch_length", self.epoch_length),
+                            ("sac.learning_starts", sac.learning_starts)):
+            if value % freq:
+                raise ValueError(f"MBPOConfig.{name} ({value}) must be a multiple of model_train_freq ({freq})")
+        if sac.learning_starts < freq:
+            raise ValueError(f"MBPOConfig.sac.learning_starts ({sac.learning_starts}) must be >= "
+                             f"model_train_freq ({freq}): the first model needs data")
+        a_epoch, b_epoch, a_len, b_len = self.rollout_schedule
+        if not (0 <= a_epoch < b_epoch and a_len >= 1 and b_len >= 1):
+            raise ValueError(f"MBPOConfig.rollout_schedule must be (epoch_a < epoch_b, length_a >= 1, "
+                             f"length_b >= 1), got {self.rollout_schedule}")
+        if self.reward_transform == "shift" and self.reward_min is None:
+            raise ValueError("MBPOConfig.reward_min is required with reward_transform = 'shift'")
+
+    @property
+    def uses_classifier(self) -> bool:
+        return self.model_loss == "mnm" or self.augmented_reward
+
+    @property
+    def max_rollout_length(self) -> int:
+        return max(self.rollout_schedule[2], self.rollout_schedule[3])
+
+
+def mbpo_config_from_dict(data) -> MBPOConfig:
+    """Strict: unknown keys / wrong types / impossible values raise ``ConfigError`` naming the key."""
+    return from_dict(MBPOConfig, data)
+
+
+def load_mbpo_config(path) -> MBPOConfig:
+    """Reads an MBPO TOML file (MBPOConfig fields, SAC fields in a [sac] table) strictly."""
+    return load_toml(MBPOConfig, path)
+
+
+@struct.dataclass
+class MBPOHParams:
+    """MBPO's vmappable hyper-parameters, float32 leaves ([] per run, leading axes to sweep).
+
+    sac: ``SACHParams`` of the policy. model_lr / model_weight_decay / model_mse_weight: the
+    population trainer's learning_rate / weight_decay / mse_weight each model phase.
+    classifier_lr: Adam step size of MnM's classifier (unused without one).
+    """
+
+    sac: SACHParams
+    model_lr: jax.Array
+    model_weight_decay: jax.Array
+    model_mse_weight: jax.Array
+    classifier_lr: jax.Array
+
+    @classmethod
+    def from_config(cls, config: MBPOConfig, action_dim: int) -> "MBPOHParams":
+        """The config's values as [] float32 leaves (what ``hparams=None`` means)."""
+        f32 = lambda v: jnp.asarray(v, jnp.float32)
+        training = config.model_training
+        return cls(sac=SACHParams.from_config(config.sac, action_dim),
+                   model_lr=f32(training.fixed("learning_rate")),
+                   model_weight_decay=f32(training.fixed("weight_decay")),
+                   model_mse_weight=f32(training.mse_weight), classifier_lr=f32(config.classifier_lr))
+
+    def broadcast(self, n: int) -> "MBPOHParams":
+        """Every leaf [] → [n] (then ``.replace(...)`` sets the swept fields)."""
+        return jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (n,) + jnp.shape(v)), self)
+
+
+def agent_config(name: str, config: MBPOConfig) -> MBPOConfig:
+    """``config`` with the fields of agent ``name`` (``AGENTS``) set."""
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; available: {', '.join(AGENTS)}")
+    return dataclasses.replace(config, **AGENTS[name])
+
+
+def make_env(config: MBPOConfig) -> Env:
+    """``config.sac.env`` from the registry, with ``num_distractors`` VaGraM distractor dims."""
+    from mismatch_jax.envs import registry
+    from mismatch_jax.envs.distractors import with_distractors
+
+    env = registry.make(config.sac.env)
+    if config.num_distractors:
+        env = with_distractors(env, config.num_distractors, jax.random.key(config.distractor_seed))
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules (pure functions of the env-step count; Python ints or traced int scalars)
+# ---------------------------------------------------------------------------------------------
+
+
+def rollout_length(config: MBPOConfig, env_steps) -> jax.Array:
+    """MBPO's rollout length at ``env_steps``: [] int32 in [min, max] of the schedule lengths."""
+    a_epoch, b_epoch, a_len, b_len = config.rollout_schedule
+    epoch = jnp.asarray(env_steps, jnp.float32) / config.epoch_length
+    frac = jnp.clip((epoch - a_epoch) / (b_epoch - a_epoch), 0.0, 1.0)
+    return jnp.floor(a_len + frac * (b_len - a_len) + 1e-6).astype(jnp.int32)
+
+
+def model_share(config: MBPOConfig, env_steps) -> jax.Array:
+    """Fraction [] of each SAC batch drawn from the model buffer at ``env_steps``."""
+    epoch = jnp.asarray(env_steps, jnp.float32) / config.epoch_length
+    frac = jnp.clip(epoch / config.model_share_ramp_epochs, 0.0, 1.0)
+    return config.model_share_start + frac * (config.model_share_end - config.model_share_start)
