@@ -1,5 +1,6 @@
-"""MBPO and its decision-aware variants: schedules, model-buffer helpers, config strictness, and a
-tiny whole run (shapes, schedule values written into the metrics, vmapped seeds = single runs)."""
+"""MBPO and its decision-aware variants: schedules, model-buffer helpers, config strictness, the
+smallest whole run (default tier) and tiny whole runs (slow: shapes, schedule values written into
+the metrics, vmapped seeds = single runs)."""
 
 import dataclasses
 import pathlib
@@ -190,7 +191,53 @@ def test_rate_sweep_cells_equal_single_runs(tiny):
 
 # --------------------------------------------------------------------------- whole run
 # A whole run compiles SAC, the model trainer, rollouts and evaluation into one program (~1 min
-# on 2 idle cores, several under load), so these tests are marked slow.
+# on 2 idle cores, several under load), so these tests are marked slow — except the smallest run
+# below (one-layer nets, 1 model epoch, 2 intervals of 2 phases: ~40 s on 2 cores), which keeps a
+# whole MBPO run with model phases, rollouts and SAC updates in the default tier.
+
+SMALLEST = mbpo.MBPOConfig(
+    sac=sac_lib.SACConfig(total_env_steps=200, eval_interval=100, learning_starts=50, num_eval_episodes=1,
+                          buffer_capacity=200, batch_size=16, hidden_size=16, num_hidden_layers=1, num_seeds=2),
+    ensemble_size=2, model_hidden_size=8, model_num_hidden_layers=1, model_batch_size=32, model_epochs=1,
+    model_train_freq=50, epoch_length=100, rollout_batch_size=8, rollout_schedule=(0, 1, 1, 2),
+    model_share_start=0.5, model_share_end=0.5,
+)
+
+
+def test_smallest_vmapped_run_trains_model_rolls_out_and_updates(env):
+    """Two seeds of the smallest MBPO run in one program: model phases at 50, 100 and 150 env
+    steps (none before learning_starts), rollouts of the scheduled length into the model buffer,
+    one SAC update per step from step 50 on half-model batches, finite losses, distinct seeds."""
+    train = mbpo.make_agent("mbpo", SMALLEST, env)
+    keys = mbpo.seed_keys(SMALLEST)
+    assert keys.shape == (2,)
+    state, metrics = jax.jit(jax.vmap(train))(keys)
+    for field in dataclasses.fields(metrics):
+        assert getattr(metrics, field.name).shape == (2, 2), field.name
+    np.testing.assert_array_equal(metrics.env_steps, [[100, 200]] * 2)
+    np.testing.assert_array_equal(state.env_steps, [200, 200])
+    np.testing.assert_array_equal(state.real.size, [200, 200])
+    np.testing.assert_array_equal(metrics.num_updates, [[50, 100]] * 2)
+    np.testing.assert_allclose(metrics.model_share, [[0.5, 0.5]] * 2)
+    np.testing.assert_array_equal(metrics.model_epochs, [[1, 1]] * 2)
+    # last phase of each interval at 50 / 150 env steps: epochs 0.5 / 1.5 → lengths 1 / 2;
+    # Pendulum never terminates, so every rollout step of the 8 rollouts is written
+    np.testing.assert_array_equal(metrics.rollout_length, [[1, 2]] * 2)
+    np.testing.assert_array_equal(metrics.rollout_rows, [[8, 16]] * 2)
+    # model buffer: 8 rollouts · 2 steps · 2 phases per epoch = 32 rows; 8 + 16 + 16 = 40 written
+    assert state.model_buffer.data.obs.shape == (2, 32, env.obs_dim)
+    np.testing.assert_array_equal(state.model_buffer.size, [32, 32])
+    np.testing.assert_array_equal(state.model_buffer.position, [40 % 32] * 2)
+    assert np.isfinite(state.model_buffer.data.next_obs).all() and np.isfinite(state.model_buffer.data.reward).all()
+    for name in ("eval_return", "train_return", "critic_loss", "actor_loss", "alpha", "q_mean", "model_val_mse",
+                 "model_train_loss"):
+        assert np.isfinite(getattr(metrics, name)).all(), name
+    assert np.isnan(metrics.classifier_loss).all()
+    assert not np.allclose(state.normalizer.input_std, 1.0)  # the trainer's normaliser replaced the identity
+    assert (metrics.alpha != 1.0).all()  # the temperature moved: SAC updates ran (init_alpha = 1)
+    assert not np.allclose(metrics.eval_return[0], metrics.eval_return[1])
+    assert not np.allclose(state.model_params.layers[0][0][0], state.model_params.layers[0][0][1])
+    assert not np.allclose(state.sac.params.actor[0][0][0], state.sac.params.actor[0][0][1])
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.data.replay import Transition
 from mismatch_jax.config_io import ConfigError
 from mismatch_jax.envs import registry
+from jit_counts import jit_work
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -197,6 +198,37 @@ def test_update_jit_equals_no_jit(env):
     jitted, m2 = jax.jit(sac.sac_update)(jax.random.key(15), state, batch)
     for a, b in zip(jax.tree_util.tree_leaves((eager, m1)), jax.tree_util.tree_leaves((jitted, m2))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_jitted_update_does_not_retrace_on_new_batches(env):
+    """A jitted update fed its own output state, a new key and a batch with new values runs the
+    program it already has: no trace, lowering or compile — and uses the new values."""
+    sac = sac_lib.make_sac(TINY, env)
+    traces = []
+
+    def update(key, state, batch):
+        traces.append(1)
+        return sac.sac_update(key, state, batch)
+
+    jitted = jax.jit(update)
+    state0 = sac.init(jax.random.key(16))
+    batch1, batch2 = _batch(env, jax.random.key(17)), _batch(env, jax.random.key(18))
+    batch2 = batch2._replace(done=jnp.ones_like(batch2.done), reward=batch2.reward + 1.0)
+    key1, key2 = jax.random.key(19), jax.random.key(20)
+    with jit_work() as first:
+        state1, m1 = jax.block_until_ready(jitted(key1, state0, batch1))
+    with jit_work() as second:
+        state2, m2 = jax.block_until_ready(jitted(key2, state1, batch2))
+    assert first["trace"] >= 1 and first["lower"] >= 1  # the counter sees this program
+    assert len(traces) == 1 and sum(second.values()) == 0, dict(second)
+    assert int(state1.num_updates) == 1 and int(state2.num_updates) == 2
+    assert np.isfinite(m2.critic_loss) and np.isfinite(m2.actor_loss)
+    # The batch and the key are arguments, not constants baked into the program.
+    _, same_state_old_batch = jitted(key2, state1, batch1)
+    _, same_state_old_key = jitted(key1, state1, batch2)
+    assert float(same_state_old_batch.critic_loss) != float(m2.critic_loss)
+    assert float(same_state_old_key.entropy) != float(m2.entropy)
+    assert len(traces) == 1
 
 
 # --------------------------------------------------------------------------- training loop

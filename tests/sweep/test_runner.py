@@ -1,4 +1,5 @@
-"""The sweep runner: chunk-size and device-count invariance, resume after a kill, clear errors."""
+"""The sweep runner: chunk-size and device-count invariance, one compiled program for every chunk of a
+size, resume after a kill, clear errors."""
 
 import os
 import signal
@@ -15,6 +16,7 @@ from mismatch_jax.config_io import ConfigError, from_dict
 from mismatch_jax.sweep import results
 from mismatch_jax.sweep.config import SweepConfig, load
 from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
+from jit_counts import jit_work
 
 TINY = textwrap.dedent("""
     name = "tiny"
@@ -135,6 +137,47 @@ def test_stages_one_by_one_equal_the_fused_chunk(reference):
                                rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(rewards).reshape(len(rows), -1), np.stack(rows["reward"].to_numpy()),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_chunk_program_does_not_retrace_for_the_next_chunk(chunked):
+    """Two chunks of one size (other model indices, other train dataset) run one compiled program:
+    the second call traces, lowers and compiles nothing, and gives the sweep's rows of its models."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from mismatch_jax.envs import make
+    from mismatch_jax.sweep.runner import make_chunk_fn, stack_study_data
+    from mismatch_jax.sweep.study_data import build_study_datasets
+
+    tmp, table = chunked
+    config = load(_config(tmp, 2))
+    env = make(config.env)
+    sets, _ = build_study_datasets(config, env, log=lambda s: None)  # from the fixture's cache
+    mesh = Mesh(np.asarray(jax.local_devices()), ("pop",))
+    # Placed as run_sweep places them (so the fixture's sweep left this program in the XLA cache).
+    train_data, eval_sets = jax.device_put(stack_study_data(config, sets), NamedSharding(mesh, PartitionSpec()))
+    chunk = make_chunk_fn(config, env, "P", mesh)
+
+    def arguments(first):
+        indices = np.arange(first, first + 2, dtype=np.int32)
+        names = list(config.datasets.train)
+        datasets = np.asarray([names.index(config.model_spec(int(i))[1]) for i in indices], np.int32)
+        return jax.device_put((indices, datasets), NamedSharding(mesh, PartitionSpec("pop")))
+
+    (first_indices, first_datasets), (next_indices, next_datasets) = arguments(0), arguments(2)
+    assert not np.array_equal(first_datasets, next_datasets)  # P models on "grid", then on "sampled"
+    with jit_work() as first:
+        jax.block_until_ready(chunk(first_indices, first_datasets, train_data, eval_sets))
+    with jit_work() as second:
+        out = jax.block_until_ready(chunk(next_indices, next_datasets, train_data, eval_sets))
+    assert first["trace"] >= 1 and first["lower"] >= 1  # the counter sees this program
+    assert sum(second.values()) == 0, dict(second)
+    rows = table[table["model_id"].isin(np.asarray(next_indices))].sort_values(["model_id", "epoch"])
+    ll_columns = [f"ll_{name}" for name in config.datasets.eval]
+    np.testing.assert_allclose(np.asarray(out["ll"]).reshape(len(rows), -1), rows[ll_columns].to_numpy(),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["reward"]).reshape(len(rows), -1), np.stack(rows["reward"].to_numpy()),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_resume_recomputes_nothing_finished(reference, chunked, tmp_path):
