@@ -195,10 +195,11 @@ def test_rate_sweep_cells_equal_single_runs(tiny):
 # below (one-layer nets, 1 model epoch, 2 intervals of 2 phases: ~40 s on 2 cores), which keeps a
 # whole MBPO run with model phases, rollouts and SAC updates in the default tier.
 
-SMALLEST = mbpo.MBPOConfig(
+SMALLEST = mbpo_config.MBPOConfig(
     sac=sac_lib.SACConfig(total_env_steps=200, eval_interval=100, learning_starts=50, num_eval_episodes=1,
                           buffer_capacity=200, batch_size=16, hidden_size=16, num_hidden_layers=1, num_seeds=2),
-    ensemble_size=2, model_hidden_size=8, model_num_hidden_layers=1, model_batch_size=32, model_epochs=1,
+    model=models.ModelConfig(kind="PE", ensemble_size=2, hidden_size=8, num_hidden_layers=1, angle_features=True),
+    model_training=mbpo_config.ModelTraining(batch_size=32, num_epochs=1),
     model_train_freq=50, epoch_length=100, rollout_batch_size=8, rollout_schedule=(0, 1, 1, 2),
     model_share_start=0.5, model_share_end=0.5,
 )
