@@ -24,7 +24,8 @@ import time
 import jax
 import numpy as np
 
-from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.agents import sac_config
+from mismatch_jax.agents import sac_loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,9 +38,9 @@ def timed(fn, *args):
 
 def acceptance(config, num_seeds):
     config = dataclasses.replace(config, num_seeds=num_seeds)
-    env = sac_lib.make_env(config)
-    keys = sac_lib.seed_keys(config)
-    train = jax.jit(jax.vmap(sac_lib.make_train(config, env)))
+    env = sac_config.make_env(config)
+    keys = sac_config.seed_keys(config)
+    train = jax.jit(jax.vmap(sac_loop.make_train(config, env)))
     t = time.perf_counter()
     compiled = train.lower(keys).compile()
     compile_s = time.perf_counter() - t
@@ -64,9 +65,9 @@ def acceptance(config, num_seeds):
 def vmap_vs_sequential(config, num_seeds, steps):
     config = dataclasses.replace(config, total_env_steps=steps, eval_interval=steps // 2,
                                  learning_starts=200, num_seeds=num_seeds)
-    env = sac_lib.make_env(config)
-    keys = sac_lib.seed_keys(config)
-    train = sac_lib.make_train(config, env)
+    env = sac_config.make_env(config)
+    keys = sac_config.seed_keys(config)
+    train = sac_loop.make_train(config, env)
 
     batched = jax.jit(jax.vmap(train)).lower(keys).compile()
     timed(batched, keys)  # discarded
@@ -97,7 +98,7 @@ def main():
     parser.add_argument("--no-compare", action="store_true")
     args = parser.parse_args()
 
-    config = sac_lib.load_sac_config(args.config)
+    config = sac_config.load_sac_config(args.config)
     device = jax.devices()[0]
     result = {
         "benchmark": "sac_pendulum",

@@ -89,11 +89,11 @@ COMMANDS: dict[str, Command] = {
         ("mbpo_compare.json", "mbpo_compare.png")),
     "vagram-fig2": Command(
         "VaGraM Fig. 2: VAML error and MSE of MSE, VAML and VaGraM models over value updates",
-        "mismatch_jax.experiments.vagram_fig2:Fig2Config", "mismatch_jax.experiments.vagram_fig2:run_fig2",
+        "mismatch_jax.experiments.vagram_fig2_config:Fig2Config", "mismatch_jax.experiments.vagram_fig2:run_fig2",
         "vagram_fig2_quick", ("fig2.json", "fig2.png")),
     "mismatch-map": Command(
         "each model loss's own objective vs reward, next to LL vs reward",
-        "mismatch_jax.experiments.mismatch_map:MismatchMapConfig",
+        "mismatch_jax.experiments.mismatch_map_config:MismatchMapConfig",
         "mismatch_jax.experiments.mismatch_map:run_mismatch_map", "mismatch_map_quick",
         ("mismatch_map.json", "mismatch_map.png", "mismatch_map.parquet")),
 }

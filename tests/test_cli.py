@@ -34,7 +34,7 @@ def test_every_command_resolves_and_loads_its_default_config(name, capsys):
 
 
 def test_every_packaged_config_loads_under_a_command_schema():
-    from mismatch_jax.agents.sac import SACConfig
+    from mismatch_jax.agents.sac_config import SACConfig
 
     schemas = {cli._resolve(c.schema) for c in cli.COMMANDS.values()} | {SACConfig}
     for name in cli.packaged_configs():

@@ -77,43 +77,17 @@ from flax import struct
 
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.agents import sac_config
+from mismatch_jax.agents import sac_loop
 from mismatch_jax.data.replay import Transition
 from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.agents.mbpo_config import (MBPOConfig, MBPOHParams, agent_config, make_env, model_share,
                                              rollout_length)
-from mismatch_jax.agents.sac import TrainFn
+from mismatch_jax.agents.sac_loop import TrainFn
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import core as models
 from mismatch_jax.models import trainer_losses, value_aware
 from mismatch_jax.train import population
-
-# ---------------------------------------------------------------------------------------------
-# Model buffer helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def add_valid(buffer: replay.ReplayBuffer, items: Any, valid: jax.Array) -> replay.ReplayBuffer:
-    """Writes the rows of ``items`` (leaves [n, ...]) where ``valid`` [n] is True, in order, at
-    ``position`` (wrapping); invalid rows are dropped. n <= capacity."""
-    capacity = buffer.capacity
-    order = jnp.argsort(~valid, stable=True)
-    count = valid.sum().astype(jnp.int32)
-    slot = jnp.arange(valid.shape[0], dtype=jnp.int32)
-    rows = jnp.where(slot < count, (buffer.position + slot) % capacity, capacity)  # capacity: dropped
-    data = jax.tree_util.tree_map(
-        lambda store, x: store.at[rows].set(jnp.asarray(x, store.dtype)[order], mode="drop"),
-        buffer.data, items)
-    return replay.ReplayBuffer(data=data, position=(buffer.position + count) % capacity,
-                               size=jnp.minimum(buffer.size + count, capacity))
-
-
-def sample_recent(key: jax.Array, buffer: replay.ReplayBuffer, batch_size: int, num_recent) -> Any:
-    """``batch_size`` rows uniformly (with replacement) among the newest min(size, num_recent)."""
-    count = jnp.maximum(jnp.minimum(buffer.size, num_recent), 1)
-    back = jax.random.randint(key, (batch_size,), 0, count)
-    rows = (buffer.position - 1 - back) % buffer.capacity
-    return jax.tree_util.tree_map(lambda store: store[rows], buffer.data)
-
 
 # ---------------------------------------------------------------------------------------------
 # State and metrics
@@ -156,9 +130,9 @@ class PhaseMetrics:
 
 
 @struct.dataclass
-class MBPOMetrics(sac_lib.TrainMetrics):
+class MBPOMetrics(sac_loop.TrainMetrics):
     """One record per evaluation interval (leaves [num_evals] from ``train``): the SAC record
-    (``sac.TrainMetrics``: env_steps, eval_return, train_return, update means, num_updates),
+    (``sac_loop.TrainMetrics``: env_steps, eval_return, train_return, update means, num_updates),
     model_share (at the interval's end), and the last model phase of the interval
     (``PhaseMetrics`` fields; NaN / 0 when none ran)."""
 
@@ -309,7 +283,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         _, (items, valid) = jax.lax.scan(
             step, (start, alive0), (jnp.arange(max_len), jax.random.split(steps_key, max_len)))
         flat = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), items)
-        return ts.replace(model_buffer=add_valid(ts.model_buffer, flat, valid.reshape(-1))), valid.sum()
+        return ts.replace(model_buffer=replay.add_valid(ts.model_buffer, flat, valid.reshape(-1))), valid.sum()
 
     def model_phase(key, ts: MBPOState, env_steps, hparams: Optional[MBPOHParams] = None
                     ) -> tuple[MBPOState, PhaseMetrics]:
@@ -364,14 +338,14 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         def mixed_batch(k):
             real_key, model_key, update_key = jax.random.split(k, 3)
             real = replay.sample(real_key, ts.real, batch)
-            fake = sample_recent(model_key, ts.model_buffer, batch, num_recent)
+            fake = replay.sample_recent(model_key, ts.model_buffer, batch, num_recent)
             mixed = jax.tree_util.tree_map(
                 lambda m, r: jnp.where(from_model.reshape((batch,) + (1,) * (m.ndim - 1)), m, r), fake, real)
             if config.augmented_reward:
                 mixed = augment(mixed, ts.classifier)
             return mixed, update_key
 
-        return sac_lib.run_updates(sac, key, ts.sac, sac_cfg.updates_per_step, mixed_batch, hp.sac)
+        return sac_loop.run_updates(sac, key, ts.sac, sac_cfg.updates_per_step, mixed_batch, hp.sac)
 
     nan_update = jax.tree_util.tree_map(lambda _: jnp.asarray(jnp.nan, jnp.float32),
                                         sac_lib.UpdateMetrics(*([0.0] * 6)))
@@ -380,7 +354,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         key, step_index = xs  # step_index: unbatched env-step count before this step
         random_key, policy_key, reset_key, update_key = jax.random.split(key, 4)
         warm_up = step_index < sac_cfg.learning_starts
-        step = sac_lib.actor_env_step(env, sac, ts.sac.params.actor, ts.env_state, warm_up, random_key,
+        step = sac_loop.actor_env_step(env, sac, ts.sac.params.actor, ts.env_state, warm_up, random_key,
                                       policy_key, reset_key)
         episode_return = ts.episode_return + step.transition.reward
         episode_over = step.episode_over
@@ -416,10 +390,10 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             lambda t, x: phase(t, x, hp), ts, (jax.random.split(phases_key, phases_per_eval), phase_indices))
         last_phase = jax.tree_util.tree_map(lambda m: m[-1], phase_metrics)
         end_steps = (eval_index + 1) * sac_cfg.eval_interval
-        eval_return = sac_lib.evaluate(sac, env, ts.sac.params.actor, eval_key, sac_cfg.num_eval_episodes)
-        sac_record = sac_lib.summarize_interval(ts.env_steps, eval_return, metrics, updated, ended, returns)
+        eval_return = sac_loop.evaluate(sac, env, ts.sac.params.actor, eval_key, sac_cfg.num_eval_episodes)
+        sac_record = sac_loop.summarize_interval(ts.env_steps, eval_return, metrics, updated, ended, returns)
         record = MBPOMetrics(
-            **{f.name: getattr(sac_record, f.name) for f in dataclasses.fields(sac_lib.TrainMetrics)},
+            **{f.name: getattr(sac_record, f.name) for f in dataclasses.fields(sac_loop.TrainMetrics)},
             model_share=model_share(config, end_steps),
             **{f.name: getattr(last_phase, f.name) for f in dataclasses.fields(PhaseMetrics)},
         )
@@ -454,4 +428,4 @@ def make_agent(name: str, config: MBPOConfig, env: Optional[Env] = None) -> Trai
 
 def seed_keys(config: MBPOConfig, seed: Optional[int] = None) -> jax.Array:
     """[sac.num_seeds] keys fold_in(key(seed), i) for ``jax.vmap(train)``."""
-    return sac_lib.seed_keys(config.sac, seed)
+    return sac_config.seed_keys(config.sac, seed)

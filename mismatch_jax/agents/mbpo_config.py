@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mismatch_jax.agents.sac import SACConfig, SACHParams
+from mismatch_jax.agents.sac_config import SACConfig, SACHParams
 from mismatch_jax.config_io import Schema, from_dict, load_toml, setting
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import trainer_losses

@@ -5,6 +5,8 @@ from mismatch_jax.data.datasets import (
     DEFAULT_BOXES,
     Transitions,
     cached,
+    collect_buckets,
+    distance_weights,
     expert_dataset,
     from_trajectories,
     grid_dataset,
@@ -20,7 +22,7 @@ from mismatch_jax.data.datasets import (
 from mismatch_jax.data.transitions import TransitionData
 
 __all__ = [
-    "DEFAULT_BOXES", "Transitions", "cached", "expert_dataset", "on_policy_dataset", "from_trajectories", "grid_dataset", "load",
+    "DEFAULT_BOXES", "Transitions", "cached", "collect_buckets", "distance_weights", "expert_dataset", "on_policy_dataset", "from_trajectories", "grid_dataset", "load",
     "min_distance", "sampled_dataset", "save", "spec_hash", "split_mask", "step_from",
     "TransitionData",
 ]

@@ -266,6 +266,46 @@ def min_distance(points, reference, chunk_size: int = 65536, scale=None) -> np.n
     return out
 
 
+def distance_weights(d_star, length_scale: float = 1.0) -> np.ndarray:
+    """ω = c · exp(−d*/ℓ) with c making mean(ω) = 1. d_star [S] → [S] float32.
+
+    Computed as exp(−(d* − min d*)/ℓ) / mean(·): identical in exact arithmetic, never 0/0."""
+    d = np.asarray(d_star, np.float64)
+    if d.ndim != 1 or d.size == 0:
+        raise ValueError(f"distance_weights: d_star must be a non-empty [S] array, got shape {d.shape}")
+    raw = np.exp(-(d - d.min()) / float(length_scale))
+    return (raw / raw.mean()).astype(np.float32)
+
+
+def collect_buckets(key, reference, low, high, epsilons, max_size: int, pool_size: int,
+                    chunk_size: int, scale=None):
+    """Streams ``pool_size`` uniform tuples over the box [low, high] (chunk by chunk) and keeps,
+    for every ε, the first ``max_size`` tuples with d* ≤ ε.
+
+    reference [R, d]; low/high [d]. Returns (points [J, max_size, d] (NaN where not found),
+    d_star [J, max_size], found [J] (kept, ≤ max_size), in_ball [J] (pool tuples with d* ≤ ε)).
+    """
+    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+    dim, num_eps = low.size, len(epsilons)
+    points = np.full((num_eps, max_size, dim), np.nan, np.float32)
+    d_star = np.full((num_eps, max_size), np.nan, np.float32)
+    found = np.zeros(num_eps, np.int64)
+    in_ball = np.zeros(num_eps, np.int64)
+    draw = jax.jit(lambda k, n: jax.random.uniform(k, (n, dim), minval=low, maxval=high), static_argnums=1)
+    for c, start in enumerate(range(0, pool_size, chunk_size)):
+        n = min(chunk_size, pool_size - start)
+        chunk = np.asarray(draw(jax.random.fold_in(key, c), n))
+        dist = min_distance(chunk, reference, chunk_size=chunk_size, scale=scale)
+        for j, eps in enumerate(epsilons):
+            hits = np.flatnonzero(dist <= eps)
+            in_ball[j] += hits.size
+            take = hits[: max_size - found[j]]
+            points[j, found[j]: found[j] + take.size] = chunk[take]
+            d_star[j, found[j]: found[j] + take.size] = dist[take]
+            found[j] += take.size
+    return points, d_star, found, in_ball
+
+
 # --------------------------------------------------------------------------------------------
 # On-disk cache: one npz per (env, kind, seed, spec), named by the hash of its spec.
 # --------------------------------------------------------------------------------------------

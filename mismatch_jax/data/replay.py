@@ -7,7 +7,9 @@ overwriting the oldest rows; ``sample`` draws rows uniformly (with replacement) 
 buffer is, so a whole training run stays one compiled program and ``vmap`` over seeds just adds
 a leading axis to every leaf.
 
-The items are any pytree; SAC and MBPO store ``Transition`` (below).
+The items are any pytree; SAC and MBPO store ``Transition`` (below). MBPO's model buffer also
+uses ``add_valid`` (keep only the valid rows of a batch of rollouts) and ``sample_recent`` (draw
+among the newest rows).
 """
 
 from __future__ import annotations
@@ -108,4 +110,27 @@ def sample(key: jax.Array, buffer: ReplayBuffer, batch_size: int) -> Any:
     [batch_size, ...]. The buffer must hold at least one item (an empty buffer returns row 0,
     i.e. zeros)."""
     rows = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
+    return jax.tree_util.tree_map(lambda store: store[rows], buffer.data)
+
+
+def add_valid(buffer: ReplayBuffer, items: Any, valid: jax.Array) -> ReplayBuffer:
+    """Writes the rows of ``items`` (leaves [n, ...]) where ``valid`` [n] is True, in order, at
+    ``position`` (wrapping); invalid rows are dropped. n <= capacity."""
+    capacity = buffer.capacity
+    order = jnp.argsort(~valid, stable=True)
+    count = valid.sum().astype(jnp.int32)
+    slot = jnp.arange(valid.shape[0], dtype=jnp.int32)
+    rows = jnp.where(slot < count, (buffer.position + slot) % capacity, capacity)  # capacity: dropped
+    data = jax.tree_util.tree_map(
+        lambda store, x: store.at[rows].set(jnp.asarray(x, store.dtype)[order], mode="drop"),
+        buffer.data, items)
+    return ReplayBuffer(data=data, position=(buffer.position + count) % capacity,
+                        size=jnp.minimum(buffer.size + count, capacity))
+
+
+def sample_recent(key: jax.Array, buffer: ReplayBuffer, batch_size: int, num_recent) -> Any:
+    """``batch_size`` rows uniformly (with replacement) among the newest min(size, num_recent)."""
+    count = jnp.maximum(jnp.minimum(buffer.size, num_recent), 1)
+    back = jax.random.randint(key, (batch_size,), 0, count)
+    rows = (buffer.position - 1 - back) % buffer.capacity
     return jax.tree_util.tree_map(lambda store: store[rows], buffer.data)

@@ -66,11 +66,6 @@ FINAL_SALT = 0xF1A1
 INVALID_FITNESS = 1e9
 
 
-# ------------------------------------------------------------------------------------------------
-# Configuration ([model], [training], [data] and [cem] are shared: experiments.study_models, sweep.config).
-# ------------------------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class CMAESSettings(Schema):
     """CMA-ES over the last-layer perturbation.
@@ -127,11 +122,6 @@ class AttackConfig(Schema):
 def load_attack_config(path) -> AttackConfig:
     """Reads and validates an attack TOML (``ConfigError`` names the offending key)."""
     return load_toml(AttackConfig, path)
-
-
-# ------------------------------------------------------------------------------------------------
-# The last layer and its perturbation.
-# ------------------------------------------------------------------------------------------------
 
 
 class LastLayer(NamedTuple):
@@ -191,11 +181,6 @@ def attack_fitness(reward_mean: jax.Array, ll: jax.Array, ll_reference, penalty,
     drop = jnp.maximum(0.0, ll_reference - tolerance - ll)
     fitness = reward_mean + penalty * drop
     return jnp.where(jnp.isfinite(fitness), fitness, INVALID_FITNESS)
-
-
-# ------------------------------------------------------------------------------------------------
-# CMA-ES.
-# ------------------------------------------------------------------------------------------------
 
 
 @struct.dataclass
@@ -299,11 +284,6 @@ def run_cmaes(key, evaluate: Callable, template: LastLayer, settings: CMAESSetti
     with jax.numpy_rank_promotion("allow"):
         mean = es.get_mean(state.es_state)
     return state, history, mean
-
-
-# ------------------------------------------------------------------------------------------------
-# The run.
-# ------------------------------------------------------------------------------------------------
 
 
 def _summary(rewards: np.ndarray) -> dict:

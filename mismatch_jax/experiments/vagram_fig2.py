@@ -46,10 +46,9 @@ first vs the last value function, drift diagnostics); compile and run seconds ap
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -58,121 +57,16 @@ import optax
 
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.agents import sac_loop
 from mismatch_jax.analysis.vagram_fig2 import plot_fig2, summarize_curves
-from mismatch_jax.config_io import Schema, from_dict, load_toml, setting, to_dict
+from mismatch_jax.config_io import to_dict
+from mismatch_jax.experiments.vagram_fig2_config import LOSSES, MODEL_TYPES, Fig2Config, ModelLearningConfig
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import nets, value_aware
 from mismatch_jax.models.core import mse_per_sample
 from mismatch_jax.files import json_safe, write_json
 
-MODEL_TYPES = ("linear", "mlp")
-LOSSES = ("mse", "vaml", "vagram")
 PENDULUM_MAX_SPEED = 8.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelLearningConfig(Schema):
-    """Model-learning phase (table ``[models]``).
-
-    num_seeds / seed: model seeds (init + data sample), vmapped. data_source: "uniform" (paper)
-    or "replay" (SAC's buffer). num_train / num_held_out: rows per seed. model_types: subset of
-    ("linear", "mlp"). losses: subset of ("mse", "vaml", "vagram"). hidden_size / activation:
-    the mlp's hidden layer. predict_delta: model predicts s′ − s (residual) instead of s′
-    (default False: the paper's plain regression "without feature transformations"). steps_per_value_function:
-    model steps per value-function snapshot (paper: 1000). evals_per_value_function: held-out
-    evaluations per snapshot (must divide the steps). batch_size / learning_rate: Adam
-    minibatches. critics: which SAC critics make V ("online", "target", "all"). clip_percentile:
-    VaGraM gradient-norm clipping (appendix E). vagram_regularizer: λ of Section 3.2.
-    held_out_chunk: rows per chunk of the held-out VAML evaluation (bounds memory).
-    """
-
-    num_seeds: int = setting(8, ge=1)
-    seed: int = setting(0, ge=0)
-    data_source: Literal["uniform", "replay"] = "uniform"
-    num_train: int = setting(10_000, ge=1)
-    num_held_out: int = setting(2_000, ge=1)
-    model_types: tuple[str, ...] = MODEL_TYPES
-    losses: tuple[str, ...] = LOSSES
-    hidden_size: int = setting(16, ge=1)
-    activation: Literal["relu", "tanh"] = "relu"
-    predict_delta: bool = False
-    steps_per_value_function: int = setting(1_000, ge=1)
-    evals_per_value_function: int = setting(10, ge=1)
-    batch_size: int = setting(256, ge=1)
-    learning_rate: float = setting(1e-3, gt=0.0)
-    critics: Literal["online", "target", "all"] = "all"
-    clip_percentile: float = setting(95.0, gt=0.0, le=100.0)
-    vagram_regularizer: float = setting(0.0, ge=0.0)
-    held_out_chunk: int = setting(4_096, ge=1)
-
-    def check(self):
-        if self.steps_per_value_function % self.evals_per_value_function:
-            raise ValueError(
-                f"models.evals_per_value_function ({self.evals_per_value_function}) must divide "
-                f"models.steps_per_value_function ({self.steps_per_value_function})")
-        for name, allowed in (("model_types", MODEL_TYPES), ("losses", LOSSES)):
-            values = getattr(self, name)
-            bad = [v for v in values if v not in allowed]
-            if bad or not values or len(set(values)) != len(values):
-                raise ValueError(f"models.{name} must be distinct items of {list(allowed)}, "
-                                 f"got {list(values)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Fig2Config(Schema):
-    """Whole experiment: ``sac`` (an ``agents.sac.SACConfig`` table; ``eval_interval`` is the
-    epoch between value-function snapshots, ``num_eval_episodes`` the episodes of each
-    snapshot's return, ``seed`` the SAC seed; ``num_seeds`` is unused), ``snapshot_stride``
-    (epochs per snapshot) and ``models`` (``ModelLearningConfig``)."""
-
-    sac: sac_lib.SACConfig = sac_lib.SACConfig()
-    snapshot_stride: int = setting(1, ge=1)
-    models: ModelLearningConfig = ModelLearningConfig()
-
-    def check(self):
-        s = self.sac
-        if s.env != "pendulum":
-            raise ValueError(f"sac.env must be 'pendulum' (Fig. 2 is a Pendulum experiment), got {s.env!r}")
-        if s.learning_starts % s.eval_interval:
-            raise ValueError(f"sac.learning_starts ({s.learning_starts}) must be a multiple of "
-                             f"sac.eval_interval ({s.eval_interval})")
-        if (s.total_env_steps - s.learning_starts) % (s.eval_interval * self.snapshot_stride):
-            raise ValueError(
-                f"sac.total_env_steps − sac.learning_starts ({s.total_env_steps - s.learning_starts}) "
-                f"must be a multiple of sac.eval_interval × snapshot_stride "
-                f"({s.eval_interval * self.snapshot_stride})")
-        if self.num_snapshots < 1:
-            raise ValueError("sac.total_env_steps must exceed sac.learning_starts (no snapshots)")
-        m = self.models
-        if m.data_source == "replay":
-            if s.buffer_capacity < s.total_env_steps:
-                raise ValueError(f"models.data_source = 'replay' needs sac.buffer_capacity "
-                                 f"({s.buffer_capacity}) >= sac.total_env_steps ({s.total_env_steps})")
-            if m.num_train + m.num_held_out > s.total_env_steps:
-                raise ValueError(
-                    f"models.num_train + models.num_held_out ({m.num_train + m.num_held_out}) "
-                    f"must be <= sac.total_env_steps ({s.total_env_steps}) with data_source = 'replay'")
-
-    @property
-    def num_snapshots(self) -> int:
-        """S: value-function snapshots (one per ``snapshot_stride`` epochs after warm-up)."""
-        s = self.sac
-        return (s.total_env_steps - s.learning_starts) // (s.eval_interval * self.snapshot_stride)
-
-
-def config_from_dict(data) -> Fig2Config:
-    """Strict: unknown keys / wrong types / impossible values raise ``ConfigError`` naming the key."""
-    return from_dict(Fig2Config, data)
-
-
-def load_config(path) -> Fig2Config:
-    """Reads sweeps/vagram_fig2*.toml strictly."""
-    return load_toml(Fig2Config, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,12 +96,12 @@ def make_sac_snapshots(config: Fig2Config, env: Env) -> Callable[[jax.Array], Sn
         sac_state, buffer, env_state = carry
         action_key, reset_key, update_key = jax.random.split(key, 3)
         # One key for the random and the policy action: only the one the static branch keeps is used.
-        step = sac_lib.actor_env_step(env, sac, sac_state.params.actor, env_state, warm_up, action_key,
+        step = sac_loop.actor_env_step(env, sac, sac_state.params.actor, env_state, warm_up, action_key,
                                       action_key, reset_key)
         buffer = replay.add(buffer, step.transition)
         if not warm_up:
-            sac_state, _ = sac_lib.run_updates(sac, update_key, sac_state, sc.updates_per_step,
-                                               sac_lib.replay_batches(buffer, sc.batch_size))
+            sac_state, _ = sac_loop.run_updates(sac, update_key, sac_state, sc.updates_per_step,
+                                               sac_loop.replay_batches(buffer, sc.batch_size))
         return (sac_state, buffer, step.env_state), None
 
     def snapshot(carry, key):
@@ -215,7 +109,7 @@ def make_sac_snapshots(config: Fig2Config, env: Env) -> Callable[[jax.Array], Sn
         carry, _ = jax.lax.scan(lambda c, k: step(c, k, False), carry,
                                 jax.random.split(steps_key, steps_per_snapshot))
         params = carry[0].params
-        ret = sac_lib.evaluate(sac, env, params.actor, eval_key, sc.num_eval_episodes)
+        ret = sac_loop.evaluate(sac, env, params.actor, eval_key, sc.num_eval_episodes)
         return carry, (params, ret)
 
     def run(key: jax.Array) -> Snapshots:

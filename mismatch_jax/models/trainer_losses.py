@@ -1,4 +1,5 @@
-"""Decision-aware model losses as pluggable losses of the population trainer.
+"""The trainer's loss contract (``LossInputs``, ``PerSampleLoss``) and the decision-aware model
+losses as pluggable losses of the population trainer.
 
 ``train.make_train(config, per_sample_loss=...)`` takes ``fn(inputs: LossInputs, loss_context)
 -> [E, B]`` (the ``train.PerSampleLoss`` protocol); this module builds such functions from the pure
@@ -23,13 +24,49 @@ output, and ``make_model_loss`` builds the whole per_sample_loss of an agent by 
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from mismatch_jax.models import value_aware
-from mismatch_jax.train.population import PerSampleLoss
+
+@struct.dataclass
+class LossInputs:
+    """What a pluggable per-sample loss sees: one model, one minibatch of B rows, E members.
+
+    mean, logvar: [E, B, D] the model's prediction in normalised target units (D = obs_dim, + 1
+        with a reward output); target: [E, B, D] the normalised target (broadcast over members).
+    pred_next_obs: [E, B, obs_dim] the predicted mean next state in original units.
+    obs, action, next_obs, reward, aux: the rows in original units, [E, B, ...] (every member
+        sees its own bootstrap rows); aux is None when the data carry none.
+    target_std: [D] the normaliser's target scale (to move gradients between unit systems).
+    """
+
+    mean: jax.Array
+    logvar: jax.Array
+    target: jax.Array
+    pred_next_obs: jax.Array
+    obs: jax.Array
+    action: jax.Array
+    next_obs: jax.Array
+    reward: jax.Array
+    aux: jax.Array | None
+    target_std: jax.Array
+
+
+class PerSampleLoss(Protocol):
+    """The contract of a pluggable model loss (``make_train(per_sample_loss=...)``, built by
+    ``models.trainer_losses``): ``loss(inputs, loss_context) -> [E, B]`` per member and row.
+
+    Pure and differentiable in ``inputs.mean`` / ``inputs.pred_next_obs`` (the trainer takes its
+    gradient w.r.t. the model parameters); ``loss_context`` is the call's shared pytree (None
+    when unused).
+    """
+
+    def __call__(self, inputs: LossInputs, loss_context: Any) -> jax.Array: ...
+
 
 ValueApply = Callable[[object, jax.Array], jax.Array]
 """(value_params, obs [obs_dim]) → [K] values, one per critic."""

@@ -4,8 +4,6 @@ hparams, dataset_index) -> TrainResult`` (one jit, a lax.scan over epochs, vmap 
 
 from mismatch_jax.train.config import TrainConfig, TrainHParams, TrainingSection, make_optimizer
 from mismatch_jax.train.population import (
-    LossInputs,
-    PerSampleLoss,
     TrainMetrics,
     TrainResult,
     make_train,
@@ -13,6 +11,6 @@ from mismatch_jax.train.population import (
 )
 
 __all__ = [
-    "LossInputs", "PerSampleLoss", "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult",
+    "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult",
     "TrainingSection", "make_optimizer", "make_train", "model_keys",
 ]

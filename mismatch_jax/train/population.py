@@ -37,8 +37,7 @@ Choices (see also ``TrainConfig``):
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Optional, Protocol
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,80 +48,15 @@ from flax import struct
 from mismatch_jax.data.transitions import TransitionData, is_traced
 from mismatch_jax.models import core as models
 from mismatch_jax.models.nets import gradient_update
+from mismatch_jax.models.trainer_losses import PerSampleLoss
 from mismatch_jax.train.config import TrainConfig, TrainHParams, make_optimizer
+from mismatch_jax.train.steps import (EpochMetrics, EvalSums, TrainMetrics, TrainResult, all_finite,
+                                     make_model_steps, select)
 
 def model_keys(root: jax.Array, start: int, num_models: int) -> jax.Array:
     """Keys [num_models] of models ``start … start+num_models-1``: ``fold_in(root, index)``, so a
     model's key (hence its result) is the same whatever the chunk it is trained in."""
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, jnp.arange(start, start + num_models))
-
-
-# --------------------------------------------------------------------------------------------
-# Results.
-# --------------------------------------------------------------------------------------------
-
-
-@struct.dataclass
-class TrainMetrics:
-    """Per-epoch metrics, each [N, num_epochs] (epoch e = after e+1 epochs of training).
-
-    train_loss: mean minibatch loss of the epoch (the optimised objective, incl. bound term).
-    val_nll: PETS NLL in normalised target units, averaged over members and validation rows.
-    val_ll: exact Gaussian log-likelihood in original units (ensembles: uniform mixture),
-        mean over validation rows — ``models.one_step_log_likelihood`` on the valid rows.
-    val_mse: squared error of the ensemble-mean prediction in original units, summed over
-        observation dims, mean over validation rows — ``models.one_step_mse``.
-    active: the model trained during this epoch (False after early stopping or divergence;
-        metrics of inactive epochs repeat the last active epoch's values).
-    """
-
-    train_loss: jax.Array
-    val_nll: jax.Array
-    val_ll: jax.Array
-    val_mse: jax.Array
-    active: jax.Array
-
-
-@struct.dataclass
-class TrainResult:
-    """params: [N]-stacked ModelParams (best or last, see ``TrainConfig.keep_best``);
-    normalizer: [N]-stacked Normalizer fitted on each model's training rows;
-    kept_params: ModelParams with leaves [N, K, ...] for ``TrainConfig.keep_epochs``
-    (None when keep_epochs is empty); metrics: TrainMetrics [N, num_epochs];
-    best_epoch [N] int (last improving epoch, 1-based; 0 = never improved);
-    diverged [N] bool; epochs_trained [N] int."""
-
-    params: models.ModelParams
-    normalizer: models.Normalizer
-    kept_params: models.ModelParams | None
-    metrics: TrainMetrics
-    best_epoch: jax.Array
-    diverged: jax.Array
-    epochs_trained: jax.Array
-
-
-# --------------------------------------------------------------------------------------------
-# Internal per-model state (one row of the population).
-# --------------------------------------------------------------------------------------------
-
-
-@struct.dataclass
-class _EpochMetrics:
-    train_loss: jax.Array
-    val_nll: jax.Array
-    val_ll: jax.Array
-    val_mse: jax.Array
-
-
-@struct.dataclass
-class _EvalSums:
-    """Running sums over validation rows of one model."""
-
-    nll_member: jax.Array  # [E]
-    mse_norm_member: jax.Array  # [E]
-    ll: jax.Array  # []
-    mse: jax.Array  # []
-    count: jax.Array  # []
 
 
 @struct.dataclass
@@ -142,58 +76,12 @@ class _ModelState:
     epochs_trained: jax.Array
     loss_sum: jax.Array
     loss_count: jax.Array
-    last_metrics: _EpochMetrics
-
-
-def _select(pred, on_true, on_false):
-    """Per-leaf ``where`` with a scalar predicate (keeps the untaken value bit for bit)."""
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves))
+    last_metrics: EpochMetrics
 
 
 # --------------------------------------------------------------------------------------------
 # The trainer.
 # --------------------------------------------------------------------------------------------
-
-
-@struct.dataclass
-class LossInputs:
-    """What a pluggable per-sample loss sees: one model, one minibatch of B rows, E members.
-
-    mean, logvar: [E, B, D] the model's prediction in normalised target units (D = obs_dim, + 1
-        with a reward output); target: [E, B, D] the normalised target (broadcast over members).
-    pred_next_obs: [E, B, obs_dim] the predicted mean next state in original units.
-    obs, action, next_obs, reward, aux: the rows in original units, [E, B, ...] (every member
-        sees its own bootstrap rows); aux is None when the data carry none.
-    target_std: [D] the normaliser's target scale (to move gradients between unit systems).
-    """
-
-    mean: jax.Array
-    logvar: jax.Array
-    target: jax.Array
-    pred_next_obs: jax.Array
-    obs: jax.Array
-    action: jax.Array
-    next_obs: jax.Array
-    reward: jax.Array
-    aux: jax.Array | None
-    target_std: jax.Array
-
-
-class PerSampleLoss(Protocol):
-    """The contract of a pluggable model loss (``make_train(per_sample_loss=...)``, built by
-    ``models.trainer_losses``): ``loss(inputs, loss_context) -> [E, B]`` per member and row.
-
-    Pure and differentiable in ``inputs.mean`` / ``inputs.pred_next_obs`` (the trainer takes its
-    gradient w.r.t. the model parameters); ``loss_context`` is the call's shared pytree (None
-    when unused).
-    """
-
-    def __call__(self, inputs: LossInputs, loss_context: Any) -> jax.Array: ...
 
 
 def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Optional[PerSampleLoss] = None):
@@ -231,85 +119,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
     keep_epochs = np.asarray(cfg.keep_epochs, np.int32)
     num_keep = len(cfg.keep_epochs)
 
-    # ---------------------------------------------------------------- per-model pieces ------
-
-    def loss_fn(params, norm, x, y, w, hp, rows_data, loss_context):
-        """Weighted loss of one model on one minibatch; x [B, in] or [E, B, in], w [E, B]."""
-        mean, logvar = models.apply_normalized(mcfg, params, models.normalize_inputs(norm, x))
-        y_n = jnp.broadcast_to(models.normalize_targets(norm, y), mean.shape)
-        mse = models.mse_per_sample(mean, y_n)
-        if per_sample_loss is not None:
-            main = per_sample_loss(_loss_inputs(mean, logvar, y_n, norm, rows_data), loss_context)
-        else:
-            main = models.gaussian_nll_per_sample(mean, logvar, y_n) if mcfg.probabilistic else mse
-        per_sample = hp.nll_weight * main + hp.mse_weight * mse  # [E, B]
-        per_member = (per_sample * w).sum(-1) / jnp.maximum(w.sum(-1), 1e-12)
-        loss = per_member.sum()  # members' losses are summed, as in mbrl-lib
-        if mcfg.probabilistic:
-            loss = loss + cfg.logvar_bound_coef * (params.max_logvar.sum() - params.min_logvar.sum())
-        return loss
-
-    def _loss_inputs(mean, logvar, y_n, norm, rows_data):
-        """LossInputs of one minibatch; rows_data = (obs, action, next_obs, reward, aux) rows."""
-        members = mean.shape[:2]  # (E, B)
-
-        obs, action, next_obs, reward, aux = rows_data
-        lead = obs.ndim - 1  # 1 ([B, d]) or 2 ([E, B, d])
-
-        def lift(a):
-            if a is None:
-                return None
-            if lead == 1:
-                a = a[None]
-            return jnp.broadcast_to(a, members + a.shape[2:])
-
-        base = obs
-        if mcfg.predict_reward:
-            base = jnp.concatenate([obs, jnp.zeros_like(obs[..., :1])], axis=-1)
-        std, shift = norm.target_std, norm.target_mean
-        pred = mean * std.reshape((1, 1, -1)) + shift.reshape((1, 1, -1)) + lift(base)
-        return LossInputs(mean=mean, logvar=logvar, target=y_n, pred_next_obs=pred[..., : mcfg.obs_dim],
-                          obs=lift(obs), action=lift(action), next_obs=lift(next_obs),
-                          reward=lift(reward), aux=lift(aux), target_std=std)
-
-    def gather_xy(data, ds, rows):
-        """Inputs/targets of rows ([B] or [E, B]) of dataset ds, original units."""
-        obs = data.obs[ds, rows]
-        return models.make_targets(mcfg, obs, data.action[ds, rows], data.next_obs[ds, rows],
-                                   data.reward[ds, rows] if mcfg.predict_reward else None), obs
-
-    def eval_chunk(params, norm, data, ds, rows, valid):
-        """Validation sums of one model over rows [V] (valid [V] bool)."""
-        (x, y), obs = gather_xy(data, ds, rows)
-        mean_n, logvar_n = models.apply_normalized(mcfg, params, models.normalize_inputs(norm, x))
-        y_nb = jnp.broadcast_to(models.normalize_targets(norm, y), mean_n.shape)  # [E, V, D]
-        w = valid.astype(mean_n.dtype)
-        nll = models.gaussian_nll_per_sample(mean_n, logvar_n, y_nb)  # [E, V]
-        mse_n = models.mse_per_sample(mean_n, y_nb)
-        # Original units, exactly as models.predict / one_step_log_likelihood / one_step_mse.
-        base = obs
-        if mcfg.predict_reward:
-            base = jnp.concatenate([obs, jnp.zeros_like(obs[..., :1])], axis=-1)
-        std, shift = norm.target_std[None, None], norm.target_mean[None, None]
-        mean_o = mean_n * std + shift + base[None]
-        var_o = jnp.exp(logvar_n) * std**2
-        target = jnp.broadcast_to((y + base)[None], mean_o.shape)
-        ll_members = models.gaussian_log_likelihood(mean_o, var_o, target)
-        ll = jax.scipy.special.logsumexp(ll_members, axis=0) - math.log(num_members)  # [V]
-        pred = mean_o.mean(0)[..., : mcfg.obs_dim]
-        mse_o = jnp.sum((pred - data.next_obs[ds, rows]) ** 2, axis=-1)  # [V]
-        return _EvalSums(
-            nll_member=(nll * w[None]).sum(-1), mse_norm_member=(mse_n * w[None]).sum(-1),
-            ll=(ll * w).sum(), mse=(mse_o * w).sum(), count=w.sum(),
-        )
-
-    def finish_eval(sums: _EvalSums):
-        """Per-model (stop score [E], _EpochMetrics without train_loss)."""
-        n = jnp.maximum(sums.count, 1.0)
-        nll_member = sums.nll_member / n
-        mse_member = sums.mse_norm_member / n
-        score = mse_member if cfg.stop_metric == "mse" else nll_member
-        return score, (nll_member.mean(), sums.ll / n, sums.mse / n)
+    loss_fn, gather_xy, eval_chunk, finish_eval = make_model_steps(cfg, per_sample_loss)
 
     # ------------------------------------------------------------------- the function ------
 
@@ -373,7 +183,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
 
                 return jax.lax.cond(work_left(start, model_num_eval), add, lambda a: a, acc), None
 
-            zeros = _EvalSums(
+            zeros = EvalSums(
                 nll_member=jnp.zeros((num_models, num_members)),
                 mse_norm_member=jnp.zeros((num_models, num_members)),
                 ll=jnp.zeros(num_models), mse=jnp.zeros(num_models), count=jnp.zeros(num_models),
@@ -416,7 +226,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
             epochs_since_improved=jnp.zeros(num_models, jnp.int32),
             epochs_trained=jnp.zeros(num_models, jnp.int32),
             loss_sum=zeros_n, loss_count=zeros_n,
-            last_metrics=_EpochMetrics(train_loss=jnp.full(num_models, jnp.nan), val_nll=nll0,
+            last_metrics=EpochMetrics(train_loss=jnp.full(num_models, jnp.nan), val_nll=nll0,
                                        val_ll=ll0, val_mse=mse0),
         )
 
@@ -439,11 +249,11 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
             new_params, new_opt, loss = update(s.params, s.opt_state, s.normalizer, x, y, w, hp_n, rows_data,
                                                loss_context)
             attempted = s.active & (start < n_train)
-            finite = jnp.isfinite(loss) & _all_finite(new_params)
+            finite = jnp.isfinite(loss) & all_finite(new_params)
             ok = attempted & finite
             return s.replace(
-                params=_select(ok, new_params, s.params),
-                opt_state=_select(ok, new_opt, s.opt_state),
+                params=select(ok, new_params, s.params),
+                opt_state=select(ok, new_opt, s.opt_state),
                 diverged=s.diverged | (attempted & ~finite),
                 active=s.active & ~(attempted & ~finite),
                 loss_sum=s.loss_sum + jnp.where(ok, loss, 0.0),
@@ -461,8 +271,8 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
             trained = s.loss_count > 0
             train_loss = jnp.where(trained, s.loss_sum / jnp.maximum(s.loss_count, 1.0),
                                    s.last_metrics.train_loss)
-            metrics = _EpochMetrics(train_loss=train_loss, val_nll=nll, val_ll=ll, val_mse=mse)
-            metrics = _select(was_active, metrics, s.last_metrics)
+            metrics = EpochMetrics(train_loss=train_loss, val_nll=nll, val_ll=ll, val_mse=mse)
+            metrics = select(was_active, metrics, s.last_metrics)
             rel = (s.best_score - score) / jnp.maximum(jnp.abs(s.best_score), 1e-12)
             improved = was_active & jnp.any(rel > cfg.improvement_threshold)
             since = jnp.where(improved, 0, s.epochs_since_improved + was_active.astype(jnp.int32))
@@ -472,7 +282,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
             s = s.replace(
                 best_score=jnp.where(improved, jnp.minimum(s.best_score, score), s.best_score),
                 best_epoch=jnp.where(improved, epoch + 1, s.best_epoch),
-                best_params=None if s.best_params is None else _select(improved, s.params, s.best_params),
+                best_params=None if s.best_params is None else select(improved, s.params, s.best_params),
                 epochs_since_improved=since,
                 epochs_trained=s.epochs_trained + was_active.astype(jnp.int32),
                 active=active, last_metrics=metrics,
@@ -515,7 +325,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
         state, (metrics, active) = jax.lax.scan(epoch_body, state, jnp.arange(cfg.num_epochs))
         params = state.params
         if cfg.keep_best:
-            params = jax.vmap(_select)(state.best_epoch > 0, state.best_params, state.params)
+            params = jax.vmap(select)(state.best_epoch > 0, state.best_params, state.params)
         per_model = lambda a: jnp.swapaxes(a, 0, 1)  # [epochs, N] -> [N, epochs]
         return TrainResult(
             params=params, normalizer=state.normalizer, kept_params=state.kept_params,

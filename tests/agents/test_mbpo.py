@@ -13,7 +13,7 @@ import pytest
 from mismatch_jax.agents import mbpo
 from mismatch_jax.agents import mbpo_config
 from mismatch_jax.data import replay
-from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.agents import sac_config
 from mismatch_jax.config_io import ConfigError
 from mismatch_jax.envs import registry
 from mismatch_jax.experiments import mbpo_compare
@@ -22,7 +22,7 @@ from mismatch_jax.models import core as models
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 TINY = mbpo_config.MBPOConfig(
-    sac=sac_lib.SACConfig(total_env_steps=400, eval_interval=200, learning_starts=100, num_eval_episodes=1,
+    sac=sac_config.SACConfig(total_env_steps=400, eval_interval=200, learning_starts=100, num_eval_episodes=1,
                           buffer_capacity=400, batch_size=16, hidden_size=16, updates_per_step=2),
     model=models.ModelConfig(kind="PE", ensemble_size=2, hidden_size=16, num_hidden_layers=2, angle_features=True),
     model_training=mbpo_config.ModelTraining(batch_size=32, num_epochs=2),
@@ -74,10 +74,10 @@ def test_model_share_schedule_known_values():
 
 def test_add_valid_writes_only_valid_rows_in_order_and_wraps():
     buffer = replay.init(jnp.zeros(()), 5)
-    buffer = mbpo.add_valid(buffer, jnp.arange(1.0, 5.0), jnp.asarray([True, False, True, True]))
+    buffer = replay.add_valid(buffer, jnp.arange(1.0, 5.0), jnp.asarray([True, False, True, True]))
     np.testing.assert_array_equal(buffer.data, [1, 3, 4, 0, 0])
     assert int(buffer.position) == 3 and int(buffer.size) == 3
-    buffer = mbpo.add_valid(buffer, jnp.asarray([10.0, 11.0, 12.0, 13.0]), jnp.asarray([True, True, True, False]))
+    buffer = replay.add_valid(buffer, jnp.asarray([10.0, 11.0, 12.0, 13.0]), jnp.asarray([True, True, True, False]))
     np.testing.assert_array_equal(buffer.data, [12, 3, 4, 10, 11])  # wrapped; the invalid 13 dropped
     assert int(buffer.position) == 1 and int(buffer.size) == 5
 
@@ -86,9 +86,9 @@ def test_sample_recent_draws_only_the_newest_rows():
     buffer = replay.init(jnp.zeros(()), 6)
     buffer = replay.add_batch(buffer, jnp.arange(6.0))
     buffer = replay.add_batch(buffer, jnp.arange(6.0, 8.0))  # rows hold 6, 7, 2, 3, 4, 5; newest 7, 6, 5
-    draws = mbpo.sample_recent(jax.random.key(0), buffer, 200, 3)
+    draws = replay.sample_recent(jax.random.key(0), buffer, 200, 3)
     assert set(np.asarray(draws).tolist()) == {5.0, 6.0, 7.0}
-    everything = mbpo.sample_recent(jax.random.key(1), buffer, 400, 100)  # capped at size
+    everything = replay.sample_recent(jax.random.key(1), buffer, 400, 100)  # capped at size
     assert set(np.asarray(everything).tolist()) == set(range(2, 8))
 
 
@@ -196,7 +196,7 @@ def test_rate_sweep_cells_equal_single_runs(tiny):
 # whole MBPO run with model phases, rollouts and SAC updates in the default tier.
 
 SMALLEST = mbpo_config.MBPOConfig(
-    sac=sac_lib.SACConfig(total_env_steps=200, eval_interval=100, learning_starts=50, num_eval_episodes=1,
+    sac=sac_config.SACConfig(total_env_steps=200, eval_interval=100, learning_starts=50, num_eval_episodes=1,
                           buffer_capacity=200, batch_size=16, hidden_size=16, num_hidden_layers=1, num_seeds=2),
     model=models.ModelConfig(kind="PE", ensemble_size=2, hidden_size=8, num_hidden_layers=1, angle_features=True),
     model_training=mbpo_config.ModelTraining(batch_size=32, num_epochs=1),

@@ -12,6 +12,8 @@ import pytest
 
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.agents import sac_config
+from mismatch_jax.agents import sac_loop
 from mismatch_jax.data.replay import Transition
 from mismatch_jax.config_io import ConfigError
 from mismatch_jax.envs import registry
@@ -19,7 +21,7 @@ from jit_counts import jit_work
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-TINY = sac_lib.SACConfig(
+TINY = sac_config.SACConfig(
     total_env_steps=300, eval_interval=100, learning_starts=50, num_eval_episodes=2,
     buffer_capacity=1000, batch_size=16, hidden_size=32, num_hidden_layers=2,
 )
@@ -33,7 +35,7 @@ def env():
 
 @pytest.fixture(scope="module")
 def tiny_train(env):
-    return jax.jit(sac_lib.make_train(TINY, env))
+    return jax.jit(sac_loop.make_train(TINY, env))
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +265,7 @@ def test_tiny_run_shapes_metrics_and_stored_transitions(env, tiny_run):
 
 def test_vmap_over_seeds_equals_single_runs(env, tiny_train, tiny_run):
     keys, (_, single0) = tiny_run
-    _, batched = jax.jit(jax.vmap(sac_lib.make_train(TINY, env)))(keys)
+    _, batched = jax.jit(jax.vmap(sac_loop.make_train(TINY, env)))(keys)
     _, single1 = tiny_train(keys[1])
     for name in ("eval_return", "critic_loss", "alpha", "entropy"):
         np.testing.assert_allclose(getattr(batched, name)[0], getattr(single0, name), rtol=2e-3, atol=1e-3)
@@ -273,7 +275,7 @@ def test_vmap_over_seeds_equals_single_runs(env, tiny_train, tiny_run):
 
 # --------------------------------------------------------------------------- hyper-parameters
 
-SWEEP = sac_lib.SACConfig(
+SWEEP = sac_config.SACConfig(
     total_env_steps=200, eval_interval=100, learning_starts=50, num_eval_episodes=1,
     buffer_capacity=200, batch_size=16, hidden_size=16, num_hidden_layers=2,
 )
@@ -283,13 +285,13 @@ LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 def _lr_hparams(env, lrs):
     """[len(lrs)] SACHParams: the SWEEP defaults with actor, critic and alpha rates = lrs."""
     lrs = jnp.asarray(lrs, jnp.float32)
-    base = sac_lib.SACHParams.from_config(SWEEP, env.action_dim).broadcast(lrs.shape[0])
+    base = sac_config.SACHParams.from_config(SWEEP, env.action_dim).broadcast(lrs.shape[0])
     return base.replace(actor_lr=lrs, critic_lr=lrs, alpha_lr=lrs)
 
 
 def test_hparams_defaults_come_from_the_config(env):
     config = dataclasses.replace(TINY, actor_lr=1e-3, tau=0.01, init_alpha=0.5)
-    hp = sac_lib.SACHParams.from_config(config, env.action_dim)
+    hp = sac_config.SACHParams.from_config(config, env.action_dim)
     for leaf in jax.tree_util.tree_leaves(hp):
         assert leaf.shape == () and leaf.dtype == jnp.float32
     np.testing.assert_array_equal(
@@ -305,7 +307,7 @@ def test_hparams_defaults_come_from_the_config(env):
 
 
 def test_lr_sweep_of_4_seeds_by_4_rates_compiles_once_and_equals_separate_runs(env):
-    train = sac_lib.make_train(SWEEP, env)
+    train = sac_loop.make_train(SWEEP, env)
     keys = jax.random.split(jax.random.key(20), 4)
 
     def sweep(keys, hparams):  # [lrs, seeds]
@@ -343,7 +345,7 @@ def test_lr_sweep_of_4_seeds_by_4_rates_compiles_once_and_equals_separate_runs(e
 
     # hparams are the config's numbers: a config with lr 1e-3 and hparams=None run the same.
     config = dataclasses.replace(SWEEP, actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3)
-    _, from_config = jax.jit(sac_lib.make_train(config, env))(keys[1])
+    _, from_config = jax.jit(sac_loop.make_train(config, env))(keys[1])
     _, from_hparams = single(keys[1], jax.tree_util.tree_map(lambda v: v[2], _lr_hparams(env, LRS)))
     for name in ("eval_return", "critic_loss", "alpha"):
         np.testing.assert_allclose(getattr(from_config, name), getattr(from_hparams, name), rtol=1e-5,
@@ -354,22 +356,22 @@ def test_lr_sweep_of_4_seeds_by_4_rates_compiles_once_and_equals_separate_runs(e
 
 
 def test_config_loading_is_strict(tmp_path):
-    config = sac_lib.load_sac_config(ROOT / "sweeps" / "sac_pendulum.toml")
+    config = sac_config.load_sac_config(ROOT / "sweeps" / "sac_pendulum.toml")
     assert config.env == "pendulum" and config.num_seeds == 5
     assert config.total_env_steps % config.eval_interval == 0
     with pytest.raises(ConfigError, match="unknown key.*learning_rate"):
-        sac_lib.sac_config_from_dict({"learning_rate": 1e-3})
+        sac_config.sac_config_from_dict({"learning_rate": 1e-3})
     with pytest.raises(ConfigError, match="batch_size: expected an integer"):
-        sac_lib.sac_config_from_dict({"batch_size": 2.5})
+        sac_config.sac_config_from_dict({"batch_size": 2.5})
     with pytest.raises(ConfigError, match="multiple of eval_interval"):
-        sac_lib.sac_config_from_dict({"total_env_steps": 1500, "eval_interval": 1000})
+        sac_config.sac_config_from_dict({"total_env_steps": 1500, "eval_interval": 1000})
     with pytest.raises(ConfigError, match="tau"):
-        sac_lib.sac_config_from_dict({"tau": 0.0})
+        sac_config.sac_config_from_dict({"tau": 0.0})
     bad = tmp_path / "bad.toml"
     bad.write_text("gamma = 1.5\n")
     with pytest.raises(ConfigError, match="gamma"):
-        sac_lib.load_sac_config(bad)
-    assert sac_lib.seed_keys(config).shape == (5,)
+        sac_config.load_sac_config(bad)
+    assert sac_config.seed_keys(config).shape == (5,)
 
 
 # --------------------------------------------------------------------------- acceptance (slow)
@@ -377,10 +379,10 @@ def test_config_loading_is_strict(tmp_path):
 
 @pytest.mark.slow
 def test_sac_solves_pendulum_five_seeds_in_one_vmapped_call():
-    config = sac_lib.load_sac_config(ROOT / "sweeps" / "sac_pendulum.toml")
-    env = sac_lib.make_env(config)
-    train = jax.jit(jax.vmap(sac_lib.make_train(config, env)))
-    _, metrics = train(sac_lib.seed_keys(config))
+    config = sac_config.load_sac_config(ROOT / "sweeps" / "sac_pendulum.toml")
+    env = sac_config.make_env(config)
+    train = jax.jit(jax.vmap(sac_loop.make_train(config, env)))
+    _, metrics = train(sac_config.seed_keys(config))
     final = np.asarray(metrics.eval_return[:, -1])
     assert final.shape == (5,)
     assert final.mean() > -200.0, final

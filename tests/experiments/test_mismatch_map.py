@@ -13,16 +13,17 @@ import scipy.stats
 
 from mismatch_jax.config_io import ConfigError
 from mismatch_jax.experiments import mismatch_map as mm
+from mismatch_jax.experiments import mismatch_map_config as mmc
 from mismatch_jax.models import core as models
-from mismatch_jax.train.population import LossInputs
+from mismatch_jax.models.trainer_losses import LossInputs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["mismatch_map.toml", "mismatch_map_quick.toml"])
 def test_shipped_configs_load(name):
-    config = mm.load_config(ROOT / "sweeps" / name)
-    assert set(config.losses) == set(mm.LOSSES)
+    config = mmc.load_config(ROOT / "sweeps" / name)
+    assert set(config.losses) == set(mmc.LOSSES)
     assert config.population.num_epochs % config.mnm.rounds == 0
 
 
@@ -38,7 +39,7 @@ def test_shipped_configs_load(name):
 ])
 def test_config_errors_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        mm.config_from_dict(data)
+        mmc.config_from_dict(data)
 
 
 def test_variance_head_separates_mean_and_variance_gradients():
@@ -62,7 +63,7 @@ def test_variance_head_separates_mean_and_variance_gradients():
 def _synthetic_table(seed=0, n=12):
     rng = np.random.default_rng(seed)
     rows = []
-    for loss in mm.LOSSES:
+    for loss in mmc.LOSSES:
         for i in range(n):
             row = {"loss": loss, "model_id": i, "epoch": 1, "diverged": bool(i == 0),
                    "reward_mean": float(rng.normal())}
@@ -114,13 +115,13 @@ TINY = {
 
 @pytest.mark.slow  # ~2-3 min on 2 shared cores: it compiles SAC, 3 trainers, classifier and planners
 def test_tiny_run_writes_finite_results_consistent_with_scipy(tmp_path):
-    config = mm.config_from_dict(TINY)
+    config = mmc.config_from_dict(TINY)
     results = mm.run_mismatch_map(config, tmp_path, log=lambda *_: None)
     for suffix in ("png", "json", "parquet"):
         assert (tmp_path / f"mismatch_map.{suffix}").is_file()
     table = pd.read_parquet(tmp_path / "mismatch_map.parquet")
-    assert len(table) == len(mm.LOSSES) * 2 * 2 == results["num_rows"]
-    assert sorted(table["loss"].unique()) == sorted(mm.LOSSES)
+    assert len(table) == len(mmc.LOSSES) * 2 * 2 == results["num_rows"]
+    assert sorted(table["loss"].unique()) == sorted(mmc.LOSSES)
     assert np.all(np.isfinite(table[list(mm.METRICS) + ["reward_mean"]].to_numpy()))
     assert all(len(r) == 2 for r in table["reward"])
     # Models of one index share key and learning rate across losses (paired populations).

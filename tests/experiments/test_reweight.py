@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mismatch_jax import data
 from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.train.config import TrainingSection
 from mismatch_jax import models
@@ -20,16 +21,16 @@ from mismatch_jax.train import TrainConfig, TrainHParams, make_train
 
 
 def test_weights_known_values():
-    w = reweight.distance_weights([0.0, 1.0, 2.0])
+    w = data.distance_weights([0.0, 1.0, 2.0])
     raw = np.exp(-np.array([0.0, 1.0, 2.0]))
     np.testing.assert_allclose(w, raw * 3.0 / raw.sum(), rtol=1e-6)  # c = S / Σ e^{−d*}
     np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-6)
     np.testing.assert_allclose(w[0] / w[1], np.e, rtol=1e-6)
     # Length scale and far-away points: no underflow to 0/0.
-    far = reweight.distance_weights([500.0, 501.0], length_scale=0.5)
+    far = data.distance_weights([500.0, 501.0], length_scale=0.5)
     np.testing.assert_allclose(far, [2 / (1 + np.exp(-2)), 2 * np.exp(-2) / (1 + np.exp(-2))], rtol=1e-6)
     with pytest.raises(ValueError, match="d_star"):
-        reweight.distance_weights(np.zeros((2, 2)))
+        data.distance_weights(np.zeros((2, 2)))
 
 
 def test_log_grid_paper_range():
@@ -44,7 +45,7 @@ def test_buckets_match_brute_force():
     low, high = np.array([-1.0, -2.0, -1.0]), np.array([1.0, 2.0, 1.0])
     reference = np.array([[0.0, 0.0, 0.0], [0.5, 1.0, 0.0]], np.float32)
     eps = (0.3, 0.8, 5.0)
-    points, d_star, found, in_ball = reweight.collect_buckets(key, reference, low, high, eps, 40, 2500, 1000)
+    points, d_star, found, in_ball = data.collect_buckets(key, reference, low, high, eps, 40, 2500, 1000)
     # Re-draw the same pool and compute d* by brute force.
     chunks = [np.asarray(jax.random.uniform(jax.random.fold_in(key, c), (n, 3), minval=low.astype(np.float32),
                                             maxval=high.astype(np.float32)))
@@ -66,13 +67,13 @@ def test_weights_change_training_but_a_constant_factor_does_not():
     obs = np.asarray(jax.random.normal(k[0], (40, 2)))
     action = np.asarray(jax.random.normal(k[1], (40, 1)))
     next_obs = obs + 0.1 * np.sin(obs) + 0.05 * action
-    omega = reweight.distance_weights(np.abs(np.asarray(jax.random.normal(k[2], (40,)))) * 3)
+    omega = data.distance_weights(np.abs(np.asarray(jax.random.normal(k[2], (40,)))) * 3)
     sets = [TransitionData.from_arrays(k[3], obs, action, next_obs, weight=w)
             for w in (np.ones(40), omega, 2.0 * np.ones(40))]
-    data = TransitionData.stack(sets)
+    stacked = TransitionData.stack(sets)
     train = make_train(TrainConfig(model=cfg, num_epochs=3, batch_size=16, keep_best=False))
     keys = jnp.stack([jax.random.key(5)] * 3)
-    result = train(keys, None, data, TrainHParams.population(3), jnp.arange(3, dtype=jnp.int32))
+    result = train(keys, None, stacked, TrainHParams.population(3), jnp.arange(3, dtype=jnp.int32))
     w_uniform, w_weighted, w_const = (jax.tree.map(lambda a: a[i], result.params) for i in range(3))
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(w_uniform), jax.tree.leaves(w_weighted)))
     assert diff > 1e-4  # ω ≠ 1 trains a different model

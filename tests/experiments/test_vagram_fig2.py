@@ -15,6 +15,7 @@ from mismatch_jax.data.replay import Transition
 from mismatch_jax.config_io import ConfigError
 from mismatch_jax.envs import registry
 from mismatch_jax.experiments import vagram_fig2 as fig2
+from mismatch_jax.experiments import vagram_fig2_config as fig2_config
 from mismatch_jax.models import value_aware
 from mismatch_jax.models.core import mse_per_sample
 
@@ -36,7 +37,7 @@ def env():
 
 @pytest.fixture(scope="module")
 def tiny_config():
-    return fig2.config_from_dict(TINY)
+    return fig2_config.config_from_dict(TINY)
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +76,12 @@ def _with(section, **values):
 ])
 def test_config_errors_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        fig2.config_from_dict(data)
+        fig2_config.config_from_dict(data)
 
 
 @pytest.mark.parametrize("name", ["vagram_fig2.toml", "vagram_fig2_quick.toml"])
 def test_sweep_configs_load(name):
-    config = fig2.load_config(REPO / "sweeps" / name)
+    config = fig2_config.load_config(REPO / "sweeps" / name)
     assert config.models.num_seeds == 8
     assert config.num_snapshots >= 10
 
@@ -96,7 +97,7 @@ def test_uniform_transitions_follow_the_true_dynamics(env):
 
 
 def test_replay_split_is_disjoint_and_uses_valid_rows(env, tiny_config):
-    config = fig2.config_from_dict(_with("models", data_source="replay", num_train=300, num_held_out=100))
+    config = fig2_config.config_from_dict(_with("models", data_source="replay", num_train=300, num_held_out=100))
     example = Transition(obs=jnp.zeros(3), action=jnp.zeros(1), reward=jnp.zeros(()),
                          next_obs=jnp.zeros(3), done=jnp.zeros(()))
     buffer = replay.init(example, 2000)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mismatch_jax.models import trainer_losses, value_aware
-from mismatch_jax.train import LossInputs
+from mismatch_jax.models.trainer_losses import LossInputs
 
 E, B, D, A = 2, 5, 3, 1
 

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from mismatch_jax.agents import sac as sac_lib
+from mismatch_jax.agents import sac_config
 from mismatch_jax.envs import registry
 from mismatch_jax.models import core
 from mismatch_jax.models import value_aware as va
@@ -17,7 +18,7 @@ from mismatch_jax.models import value_aware as va
 def sac_value():
     """A random SAC (4 critics: perturbed targets so that all four differ) on Pendulum's shapes."""
     env = registry.make("pendulum")
-    config = sac_lib.SACConfig(hidden_size=32, num_hidden_layers=2)
+    config = sac_config.SACConfig(hidden_size=32, num_hidden_layers=2)
     sac = sac_lib.make_sac(config, env)
     state = sac.init(jax.random.key(0))
     leaves, treedef = jax.tree_util.tree_flatten(state.params.target_critic)

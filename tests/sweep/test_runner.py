@@ -25,6 +25,7 @@ TINY = textwrap.dedent("""
     [population]
     model_types = ["P", "DE"]
     replicates = 2
+    [population.model]
     hidden_size = 8
     num_hidden_layers = 1
     ensemble_size = 2
@@ -147,12 +148,12 @@ def test_chunk_program_does_not_retrace_for_the_next_chunk(chunked):
 
     from mismatch_jax.envs import make
     from mismatch_jax.sweep.runner import make_chunk_fn, stack_study_data
-    from mismatch_jax.sweep.study_data import build_study_datasets
+    from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     tmp, table = chunked
     config = load(_config(tmp, 2))
     env = make(config.env)
-    sets, _ = build_study_datasets(config, env, log=lambda s: None)  # from the fixture's cache
+    sets, _ = build_study_datasets(StudyData.of_sweep(config), env, log=lambda s: None)  # from the fixture's cache
     mesh = Mesh(np.asarray(jax.local_devices()), ("pop",))
     # Placed as run_sweep places them (so the fixture's sweep left this program in the XLA cache).
     train_data, eval_sets = jax.device_put(stack_study_data(config, sets), NamedSharding(mesh, PartitionSpec()))
