@@ -68,12 +68,11 @@ Choices (and why):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
@@ -81,69 +80,13 @@ from mismatch_jax.agents import sac_config
 from mismatch_jax.agents import sac_loop
 from mismatch_jax.data.replay import Transition
 from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.agents.mbpo_config import (MBPOConfig, MBPOHParams, agent_config, make_env, model_share,
-                                             rollout_length)
+from mismatch_jax.agents.mbpo_config import (MBPOConfig, MBPOHParams, MBPOMetrics, MBPOState, PhaseMetrics,
+                                             agent_config, make_env, model_share, rollout_length)
 from mismatch_jax.agents.sac_loop import TrainFn
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import core as models
 from mismatch_jax.models import trainer_losses, value_aware
 from mismatch_jax.train import population
-
-# ---------------------------------------------------------------------------------------------
-# State and metrics
-# ---------------------------------------------------------------------------------------------
-
-
-@struct.dataclass
-class MBPOState:
-    """Carry of the training scan. sac: SACState; real / model_buffer: ReplayBuffers of
-    Transition; model_params / normalizer: the dynamics model; classifier /
-    classifier_opt_state: MnM's classifier (None when unused); val_rows [buffer_capacity] bool:
-    real-buffer rows held out for model validation; env_state, episode_return [], env_steps []."""
-
-    sac: sac_lib.SACState
-    real: replay.ReplayBuffer
-    model_buffer: replay.ReplayBuffer
-    model_params: models.ModelParams
-    normalizer: models.Normalizer
-    classifier: Any
-    classifier_opt_state: Any
-    val_rows: jax.Array
-    env_state: Any
-    episode_return: jax.Array
-    env_steps: jax.Array
-
-
-@struct.dataclass
-class PhaseMetrics:
-    """One model phase: model_train_loss / model_val_mse (trainer's last epoch; val MSE of the
-    ensemble mean in state units, incl. the reward dim), model_epochs (epochs trained),
-    classifier_loss (mean over the phase's classifier steps; NaN without classifier),
-    rollout_length, rollout_rows (model rows written)."""
-
-    model_train_loss: jax.Array
-    model_val_mse: jax.Array
-    model_epochs: jax.Array
-    classifier_loss: jax.Array
-    rollout_length: jax.Array
-    rollout_rows: jax.Array
-
-
-@struct.dataclass
-class MBPOMetrics(sac_loop.TrainMetrics):
-    """One record per evaluation interval (leaves [num_evals] from ``train``): the SAC record
-    (``sac_loop.TrainMetrics``: env_steps, eval_return, train_return, update means, num_updates),
-    model_share (at the interval's end), and the last model phase of the interval
-    (``PhaseMetrics`` fields; NaN / 0 when none ran)."""
-
-    model_share: jax.Array
-    model_train_loss: jax.Array
-    model_val_mse: jax.Array
-    model_epochs: jax.Array
-    classifier_loss: jax.Array
-    rollout_length: jax.Array
-    rollout_rows: jax.Array
-
 
 class MBPO(NamedTuple):
     """The pure pieces of one MBPO configuration (``make_mbpo``); hparams: the config's

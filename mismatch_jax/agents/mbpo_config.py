@@ -1,7 +1,7 @@
-"""MBPO's configuration: the agents (``AGENTS``), the schema (``MBPOConfig``, built on the shared
-``ModelConfig`` / ``TrainingSection`` / ``SACConfig`` tables), the vmappable hyper-parameters
-(``MBPOHParams``) and the schedules (rollout length, model share) as pure functions of the
-env-step count."""
+"""MBPO's configuration and types: the agents (``AGENTS``), the schema (``MBPOConfig``, built on
+the shared ``ModelConfig`` / ``TrainingSection`` / ``SACConfig`` tables), the vmappable
+hyper-parameters (``MBPOHParams``), the schedules (rollout length, model share) as pure functions
+of the env-step count, and the run's state and metrics records."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from mismatch_jax.agents import sac_loop
+from mismatch_jax.agents.sac import SACState
 from mismatch_jax.agents.sac_config import SACConfig, SACHParams
+from mismatch_jax.data import replay
+from mismatch_jax.models import core as models
 from mismatch_jax.config_io import Schema, from_dict, load_toml, setting
 from mismatch_jax.envs.base import Env
 from mismatch_jax.models import trainer_losses
@@ -208,3 +212,59 @@ def model_share(config: MBPOConfig, env_steps) -> jax.Array:
     epoch = jnp.asarray(env_steps, jnp.float32) / config.epoch_length
     frac = jnp.clip(epoch / config.model_share_ramp_epochs, 0.0, 1.0)
     return config.model_share_start + frac * (config.model_share_end - config.model_share_start)
+
+
+# ---------------------------------------------------------------------------------------------
+# State and metrics
+# ---------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class MBPOState:
+    """Carry of the training scan. sac: SACState; real / model_buffer: ReplayBuffers of
+    Transition; model_params / normalizer: the dynamics model; classifier /
+    classifier_opt_state: MnM's classifier (None when unused); val_rows [buffer_capacity] bool:
+    real-buffer rows held out for model validation; env_state, episode_return [], env_steps []."""
+
+    sac: SACState
+    real: replay.ReplayBuffer
+    model_buffer: replay.ReplayBuffer
+    model_params: models.ModelParams
+    normalizer: models.Normalizer
+    classifier: Any
+    classifier_opt_state: Any
+    val_rows: jax.Array
+    env_state: Any
+    episode_return: jax.Array
+    env_steps: jax.Array
+
+
+@struct.dataclass
+class PhaseMetrics:
+    """One model phase: model_train_loss / model_val_mse (trainer's last epoch; val MSE of the
+    ensemble mean in state units, incl. the reward dim), model_epochs (epochs trained),
+    classifier_loss (mean over the phase's classifier steps; NaN without classifier),
+    rollout_length, rollout_rows (model rows written)."""
+
+    model_train_loss: jax.Array
+    model_val_mse: jax.Array
+    model_epochs: jax.Array
+    classifier_loss: jax.Array
+    rollout_length: jax.Array
+    rollout_rows: jax.Array
+
+
+@struct.dataclass
+class MBPOMetrics(sac_loop.TrainMetrics):
+    """One record per evaluation interval (leaves [num_evals] from ``train``): the SAC record
+    (``sac_loop.TrainMetrics``: env_steps, eval_return, train_return, update means, num_updates),
+    model_share (at the interval's end), and the last model phase of the interval
+    (``PhaseMetrics`` fields; NaN / 0 when none ran)."""
+
+    model_share: jax.Array
+    model_train_loss: jax.Array
+    model_val_mse: jax.Array
+    model_epochs: jax.Array
+    classifier_loss: jax.Array
+    rollout_length: jax.Array
+    rollout_rows: jax.Array

@@ -36,7 +36,6 @@ import numpy as np
 from flax import struct
 
 from mismatch_jax.agents.config import PetsConfig, load_pets_config
-from mismatch_jax.envs.base import Env
 from mismatch_jax.models import core as models
 from mismatch_jax.planning.mpc import Planner, make_planner, mpc_episode
 from mismatch_jax.data.transitions import TransitionData
