@@ -64,6 +64,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -288,6 +289,8 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
                    hparams: Optional[SACHParams] = None):
         """One SAC update on ``batch`` (Transition with leaves [B, ...]) with ``hparams`` ([]
         leaves; None: the config's); returns (new SACState, UpdateMetrics)."""
+        chex.assert_rank((batch.obs, batch.action, batch.next_obs, batch.reward, batch.done), (2, 2, 2, 1, 1))
+        chex.assert_equal_shape_prefix(batch, 1)
         hp = resolve(hparams)
         # The optimisers are rebuilt per call so that the (possibly traced) rates are arguments.
         critic_step = gradient_update(critic_loss_fn, optax.adam(hp.critic_lr), has_aux=True)

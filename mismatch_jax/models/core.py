@@ -20,6 +20,7 @@ import dataclasses
 import math
 from typing import Literal
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -254,6 +255,9 @@ def predict(config: ModelConfig, params: ModelParams, norm: Normalizer, obs, act
     Returns (mean [E, B, target_dim], var [E, B, target_dim]) of next_obs (delta added back);
     with predict_reward the last dimension is the reward.
     """
+    chex.assert_equal_shape_prefix((obs, action), obs.ndim - 1)
+    chex.assert_axis_dimension(obs, -1, config.obs_dim)
+    chex.assert_axis_dimension(action, -1, config.action_dim)
     x = model_inputs(config, obs, action)
     mean_n, logvar_n = apply_normalized(config, params, normalize_inputs(norm, x))
     mean = mean_n * _lift(norm.target_std, 3) + _lift(norm.target_mean, 3)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Protocol
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -76,7 +77,12 @@ def planner_from_returns(cem_config: CEMConfig, returns_fn: ReturnsFn) -> "Plann
     actions [P, H, A]) -> [P]`` (see the module docstring); the one way planners are built."""
     cem_config._require_bounds()
 
+    action_dim = len(cem_config.action_low)
+
     def plan_with_info(key, model_params, normalizer, obs, prev_plan):
+        chex.assert_rank(obs, 1)  # one state; vmap the planner over start states
+        chex.assert_shape(prev_plan, (cem_config.horizon, action_dim))
+
         def objective(eval_key, actions):
             return returns_fn(eval_key, model_params, normalizer, obs, actions)
 

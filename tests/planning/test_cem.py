@@ -154,6 +154,7 @@ def test_termination_stops_reward():
     np.testing.assert_allclose(r, jnp.ones(2))
 
 
+@pytest.mark.slow  # ~35 s of compile; the sweep's chunk tests vmap planners over models by default
 def test_vmap_over_start_states_and_models_and_jit():
     cem = small_cem(population_size=50, num_elites=5, num_iterations=3, propagation="tsinf",
                     num_particles=5)

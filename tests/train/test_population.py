@@ -415,6 +415,7 @@ def test_pluggable_loss_pred_next_obs_is_the_model_prediction_in_state_units():
     assert_trees_close(a.params, b.params, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # ~30 s of compile; the MBPO tests exercise row_bound in the default tier
 def test_row_bound_is_only_a_speed_hint():
     """Any row_bound ≥ the datasets' row counts gives the same result as none, also under an
     outer vmap (where it keeps the slot-skipping conds unbatched)."""
