@@ -118,14 +118,13 @@ def model_config(hidden):
 def bench_trainer(hidden, num_models, data, sharding=None):
     mcfg = model_config(hidden)
     cfg = pop.TrainConfig(model=mcfg, num_epochs=ARGS.epochs, batch_size=ARGS.batch_size)
-    train = pop.make_train(cfg, jit=False)
     keys = pop.model_keys(jax.random.key(0), 0, num_models)
     hp = pop.TrainHParams.population(num_models)
     ds = jnp.zeros(num_models, jnp.int32)
     if sharding is not None:
         keys, hp, ds = jax.device_put((keys, hp, ds), sharding)
     start = time.perf_counter()
-    compiled = jax.jit(train.core).lower(keys, None, data, hp, ds).compile()
+    compiled = jax.jit(pop.make_train_fn(cfg)).lower(keys, None, data, hp, ds).compile()
     compile_s = time.perf_counter() - start
     run_s = time_call(lambda: compiled(keys, None, data, hp, ds), ARGS.repeats)
     result = compiled(keys, None, data, hp, ds)

@@ -124,7 +124,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     per_sample_loss = trainer_losses.make_model_loss(
         config.model_loss, value_apply=value_apply_online, predict_reward=True,
         reward_weight=config.reward_loss_weight, itervaml_mse_coef=config.itervaml_mse_coef)
-    model_trainer = population.make_train(tcfg, jit=False, per_sample_loss=per_sample_loss)
+    model_trainer = population.make_train_fn(tcfg, per_sample_loss)
     default_hparams = MBPOHParams.from_config(config, action_dim)
 
     def resolve(hparams: Optional[MBPOHParams]) -> MBPOHParams:
@@ -250,7 +250,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         # The (possibly traced) model rates enter the trainer as its own vmappable hparams.
         train_hp = population.TrainHParams.population(
             1, learning_rate=hp.model_lr, weight_decay=hp.model_weight_decay, mse_weight=hp.model_mse_weight)
-        result = model_trainer.core(model_key[None], params, training_data(ts, aux_fn), train_hp,
+        result = model_trainer(model_key[None], params, training_data(ts, aux_fn), train_hp,
                                     jnp.zeros((1,), jnp.int32), context, rows_bound)
         take = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)
         ts = ts.replace(model_params=take(result.params), normalizer=take(result.normalizer))

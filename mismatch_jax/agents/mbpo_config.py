@@ -255,16 +255,10 @@ class PhaseMetrics:
 
 
 @struct.dataclass
-class MBPOMetrics(sac_loop.TrainMetrics):
+class MBPOMetrics(sac_loop.TrainMetrics, PhaseMetrics):
     """One record per evaluation interval (leaves [num_evals] from ``train``): the SAC record
     (``sac_loop.TrainMetrics``: env_steps, eval_return, train_return, update means, num_updates),
-    model_share (at the interval's end), and the last model phase of the interval
-    (``PhaseMetrics`` fields; NaN / 0 when none ran)."""
+    the last model phase of the interval (``PhaseMetrics``; NaN / 0 when none ran) and the model
+    share at the interval's end."""
 
     model_share: jax.Array
-    model_train_loss: jax.Array
-    model_val_mse: jax.Array
-    model_epochs: jax.Array
-    classifier_loss: jax.Array
-    rollout_length: jax.Array
-    rollout_rows: jax.Array

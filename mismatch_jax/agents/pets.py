@@ -39,7 +39,7 @@ from mismatch_jax.agents.config import PetsConfig, load_pets_config
 from mismatch_jax.models import core as models
 from mismatch_jax.planning.mpc import Planner, make_planner, mpc_episode
 from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.train import TrainHParams, make_train
+from mismatch_jax.train import TrainHParams, make_train_fn
 
 
 @struct.dataclass
@@ -133,7 +133,7 @@ def make_pets(config: PetsConfig, env) -> Pets:
     capacity = (num_trials + 1) * trial_length
     tc = config.train
     train_cfg = tc.train_config(model_cfg)
-    train_core = make_train(train_cfg, jit=False).core
+    train_core = make_train_fn(train_cfg)
     planner = make_planner(cem_cfg, model_cfg, env.reward_fn, env.termination_fn)
     obs_dim, action_dim = env.obs_dim, env.action_dim
 

@@ -34,7 +34,7 @@ from mismatch_jax.config_io import to_toml
 from mismatch_jax.sweep.config import SweepConfig
 from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.train import TrainHParams, make_train
+from mismatch_jax.train import TrainHParams, make_train_fn
 
 MODEL_SALT = 0x0DE1  # fold_in salt of the model keys (datasets use another)
 
@@ -104,7 +104,7 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
     """The train / LL / reward stages of a chunk of model type ``kind`` (see ``ChunkParts``)."""
     mcfg = config.population.model_of(kind, env)
     tr = config.training
-    train = make_train(tr.train_config(mcfg, keep_epochs=tuple(tr.eval_epochs)), jit=False)
+    train = make_train_fn(tr.train_config(mcfg, keep_epochs=tuple(tr.eval_epochs)))
     planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
     model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
     trials, length = config.evaluation.trials, config.evaluation.length(env)
@@ -118,8 +118,7 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
             learning_rate=jax.vmap(lambda k: _sample_hparam(k, tr.learning_rate))(lr_keys),
             weight_decay=jax.vmap(lambda k: _sample_hparam(k, tr.weight_decay))(wd_keys),
             nll_weight=jnp.ones(indices.shape), mse_weight=jnp.zeros(indices.shape))
-        result = train.core(train_keys, None, train_data, hparams, dataset_index) \
-            if hasattr(train, "core") else train(train_keys, None, train_data, hparams, dataset_index)
+        result = train(train_keys, None, train_data, hparams, dataset_index)
         epoch_keys = jax.vmap(lambda k: jax.vmap(lambda e: jax.random.fold_in(k, e))(
             jnp.asarray(tr.eval_epochs)))(eval_keys)  # [N, K]
         norms = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], len(tr.eval_epochs)) + a.shape[1:]),

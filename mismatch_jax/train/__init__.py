@@ -7,10 +7,11 @@ from mismatch_jax.train.population import (
     TrainMetrics,
     TrainResult,
     make_train,
+    make_train_fn,
     model_keys,
 )
 
 __all__ = [
     "TrainConfig", "TrainHParams", "TrainMetrics", "TrainResult",
-    "TrainingSection", "make_optimizer", "make_train", "model_keys",
+    "TrainingSection", "make_optimizer", "make_train", "make_train_fn", "model_keys",
 ]

@@ -85,8 +85,28 @@ class _ModelState:
 
 
 def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Optional[PerSampleLoss] = None):
-    """Build ``train(keys, params_or_none, data, hparams, dataset_index, loss_context=None)
-    -> TrainResult``.
+    """The checked, jitted population trainer (see ``make_train_fn`` for the arguments): it
+    validates its inputs in Python (shapes; NaN/inf when the data are concrete) and then calls one
+    jitted computation (``jit=False``: un-jitted, e.g. to compare jit vs no-jit)."""
+    train_fn = make_train_fn(config, per_sample_loss)
+    core = jax.jit(train_fn) if jit else train_fn
+
+    def train(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index=None,
+              loss_context=None, row_bound=None):
+        """See ``make_train_fn``. Returns a ``TrainResult`` with a leading population axis [N]."""
+        _check_inputs(config.model, keys, params_or_none, data, hparams, dataset_index)
+        if dataset_index is None:
+            dataset_index = jnp.zeros(keys.shape[0], jnp.int32)
+        return core(keys, params_or_none, data, hparams, dataset_index, loss_context, row_bound)
+
+    return train
+
+
+def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] = None):
+    """The pure population trainer ``train(keys, params_or_none, data, hparams, dataset_index
+    [N], loss_context=None, row_bound=None) -> TrainResult``: unchecked and un-jitted, to nest in
+    a caller's own jit / vmap / scan (PETS, MBPO, the sweep chunk); ``make_train`` wraps it with
+    input checks and ``jax.jit``.
 
     per_sample_loss: optional pure ``fn(inputs: LossInputs, loss_context) -> [E, B]`` that
         replaces the main loss (PETS NLL for P/PE, MSE for D/DE), e.g. VaGraM, IterVAML or the
@@ -107,11 +127,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
         counter into the keys (MBPO retraining, MnM rounds) when that matters.
     data: ``TransitionData`` with M datasets of capacity T.
     hparams: ``TrainHParams`` with [N] leaves (scalars are broadcast).
-    dataset_index: [N] int in [0, M) — which dataset each model trains on (None: all 0).
-
-    The returned function validates its inputs in Python (shapes; NaN/inf when the data are
-    concrete) and then calls one jitted computation (``jit=False``: the same pure function,
-    un-jitted, e.g. to compare jit vs no-jit or to nest in a caller's own jit/vmap).
+    dataset_index: [N] int in [0, M) — which dataset each model trains on.
     """
     cfg = config
     mcfg = cfg.model
@@ -337,19 +353,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
             best_epoch=state.best_epoch, diverged=state.diverged, epochs_trained=state.epochs_trained,
         )
 
-    core = jax.jit(train_core) if jit else train_core
-
-    def train(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index=None,
-              loss_context=None, row_bound=None):
-        """See ``make_train``. Returns a ``TrainResult`` with a leading population axis [N]."""
-        _check_inputs(mcfg, keys, params_or_none, data, hparams, dataset_index)
-        num_models = keys.shape[0]
-        if dataset_index is None:
-            dataset_index = jnp.zeros(num_models, jnp.int32)
-        return core(keys, params_or_none, data, hparams, dataset_index, loss_context, row_bound)
-
-    train.core = train_core
-    return train
+    return train_core
 
 
 def _check_inputs(mcfg, keys, params, data, hparams, dataset_index):

@@ -19,6 +19,7 @@ from mismatch_jax.train import (
     TrainHParams,
     make_optimizer,
     make_train,
+    make_train_fn,
     model_keys,
 )
 
@@ -210,12 +211,12 @@ def test_chunks_equal_one_call():
 def test_growing_buffer_warm_start_does_not_retrace():
     """PETS-like use: continue from the previous parameters on a grown buffer of the same capacity
     — one trace for both calls."""
-    train = make_train(CFG_B, jit=False)
+    train_fn = make_train_fn(CFG_B)
     traces = []
 
     def core(*args):
         traces.append(1)
-        return train.core(*args)
+        return train_fn(*args)
 
     jitted = jax.jit(core)
     keys = model_keys(jax.random.key(0), 0, 2)
@@ -427,5 +428,6 @@ def test_row_bound_is_only_a_speed_hint():
     bounded = train(keys, None, data, hp, row_bound=jnp.int32(40))
     assert_trees_close(plain.params, bounded.params, rtol=0, atol=0)
     stacked = jax.tree.map(lambda a: jnp.stack([a, a]), data)
-    outer = jax.vmap(lambda d: train.core(keys, None, d, hp, jnp.zeros(2, jnp.int32), None, jnp.int32(40)))(stacked)
+    train_fn = make_train_fn(CFG_B)
+    outer = jax.vmap(lambda d: train_fn(keys, None, d, hp, jnp.zeros(2, jnp.int32), None, jnp.int32(40)))(stacked)
     assert_trees_close(jax.tree.map(lambda a: a[1], outer.params), plain.params, rtol=1e-6, atol=1e-6)
