@@ -167,7 +167,13 @@ def _run_sweep(config, out: str, options: argparse.Namespace) -> None:
     from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
 
     enable_compilation_cache()
-    table = run_sweep(config, out, resume=options.resume, progress=not options.no_progress)
+    if options.claim_lease <= 0:
+        from mismatch_jax.errors import InputError
+
+        raise InputError(f"--claim-lease must be > 0 seconds, got {options.claim_lease}")
+    table = run_sweep(config, out, resume=options.resume, progress=not options.no_progress,
+                      distributed=options.distributed, process_id=options.process_id,
+                      claim_lease_s=options.claim_lease)
     if len(table):
         content = ll_reward_scatter(table, out)
         if table["epoch"].nunique() > 1:
@@ -222,6 +228,11 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
         raise InputError(f"{path} is not a readable Parquet table ({type(exc).__name__}: {exc}); "
                          "re-create it with `mismatch-jax sweep --resume`") from None
+    from mismatch_jax.analysis.plots import check_table
+    from mismatch_jax.sweep.results import check_table_rows
+
+    check_table(table)
+    check_table_rows(table)  # one row per (model, epoch): a damaged merge is refused, not drawn
     out = args.out or str(path.parent)
     epoch = args.epoch if args.epoch == "last" else int(args.epoch)
     content = ll_reward_scatter(table, out, epoch=epoch, num_bootstrap=args.bootstrap)
@@ -272,7 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--devices", type=int, default=0,
                            help="CPU only: split the host into this many XLA devices (shards the population)")
             p.add_argument("--distributed", action="store_true",
-                           help="multi-host: call jax.distributed.initialize() (env-configured) first")
+                           help="several processes / hosts share OUT: each claims chunks (claims/), a dead "
+                                "process's claims are taken over, the last to finish merges (README)")
+            p.add_argument("--process-id", default=None,
+                           help="this process's name in a distributed run (default: $SLURM_PROCID / $RANK, "
+                                "else host-pid)")
+            p.add_argument("--claim-lease", type=float, default=120.0,
+                           help="seconds after which an unrenewed claim counts as a dead process's "
+                                "(default: %(default)s; claims are renewed every lease/4)")
             p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     plot = sub.add_parser("plot", help="re-create the scatter/curve figures from a results table",
@@ -294,10 +312,6 @@ def output_dir(args: argparse.Namespace, config) -> str:
 def _run_command(args: argparse.Namespace) -> None:
     command = COMMANDS[args.command]
     config = load_command_config(args.command, args.config, args.overrides)
-    if args.command == "sweep" and args.distributed:
-        import jax
-
-        jax.distributed.initialize()
     out = output_dir(args, config)
     run = _resolve(command.run)
     if command.takes_options:

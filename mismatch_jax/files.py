@@ -112,15 +112,19 @@ def check_writable(out_dir: str | os.PathLike) -> None:
     (out_dir / ".write_test").unlink()
 
 
-def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(directory: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:
     """Deletes the ``.*.tmp`` files an interrupted ``atomic_write_bytes`` left in ``directory``
-    and its subdirectories; returns them. Call it only when no other writer is active there."""
+    and its subdirectories (only those not modified for ``older_than_s`` seconds, so a live
+    writer's file survives); returns them."""
+    import time
+
+    now = time.time()
     directory = Path(directory)
     if not directory.is_dir():
         return []
     removed = []
     for path in directory.rglob(f".*{TEMP_SUFFIX}"):
-        if path.is_file():
+        if path.is_file() and now - path.stat().st_mtime >= older_than_s:
             try:
                 path.unlink()
                 removed.append(path)

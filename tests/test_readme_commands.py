@@ -83,7 +83,7 @@ TINY: dict[str, tuple[str, list[str]]] = {
 }
 
 
-SLOW_FLAGS = {"--devices"}  # README commands with these flags run in the slow tier (extra compiles)
+SLOW_FLAGS = {"--devices", "--distributed"}  # README commands with these flags run in the slow tier (extra compiles)
 
 
 def readme_commands() -> list[list[str]]:

@@ -85,12 +85,15 @@ class PopulationConfig(Schema):
 class TrainingConfig(TrainingSection):
     """[training]: the shared ``TrainingSection`` (learning_rate / weight_decay: one value, or
     [low, high] drawn log-uniformly per model from its own key — a population of
-    hyper-parameters) plus the epochs that become rows of the results table and the fraction of
-    every dataset held out for validation (the LL axis)."""
+    hyper-parameters) plus the epochs that become rows of the results table, the fraction of
+    every dataset held out for validation (the LL axis), and ``divergence_factor``: a model whose
+    validation MSE on its own dataset rises above this many times its untrained value (or whose
+    metrics are not finite) is flagged diverged on all its rows and left out of correlations."""
 
     eval_epochs: tuple[int, ...] = (50,)
     validation_fraction: float = setting(0.1, gt=0.0, lt=1.0)
     keep_best: bool = False  # the rows are the kept eval epochs, not a best epoch
+    divergence_factor: float = setting(1e3, gt=1.0)
 
     def check(self):
         super().check()

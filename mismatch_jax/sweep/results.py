@@ -1,33 +1,46 @@
-"""Results storage of a sweep: atomic per-chunk Parquet files, resume bookkeeping, the merged
-``results.parquet`` table and the manifest.
+"""Results storage of a sweep: verified per-chunk Parquet files, chunk claims for several
+processes, the merged ``results.parquet`` table and the manifests.
 
 Layout of an output directory::
 
     out/
-      config.resolved.toml   the validated config, all defaults filled in
-      manifest.json          config hash, versions, devices, chunk list, timings
+      config.resolved.toml   the validated config, all defaults filled in (its hash names the run)
+      manifest.json          the merged view: config hash, versions, every chunk with its checksum
+      manifest.<process>.json  what one process of a distributed run did (timings, chunks)
       chunks/chunk_<first>_<last>.parquet   one file per finished chunk (atomic rename)
+      claims/chunk_<first>_<last>.claim      a process is computing that chunk (distributed runs)
+      quarantine/            chunks that failed verification, kept for inspection
       results.parquet        all chunks merged, sorted by (model_id, epoch)
 
-A chunk file exists only once its chunk is complete (written to a temporary name in the same
-directory, then ``os.replace``d), so a kill at any moment leaves either the whole chunk or none.
+A chunk file exists only once its chunk is complete (written to a temporary name, then
+``os.replace``d), so a kill leaves either the whole chunk or none. Each chunk carries in its Parquet
+metadata the config hash, its model range and a checksum of its rows; ``verify_chunk`` checks all
+three (and that every model has one row per evaluated epoch), so a truncated, random or misnamed
+file, or one from another config, is found before it is merged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import socket
+import time
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
 from mismatch_jax.files import OutputDirError, atomic_write_bytes, check_writable, write_json
 
 __all__ = ["OutputDirError", "check_writable", "config_hash", "chunk_path", "finished_chunks",
-           "finished_models", "write_chunk", "merge_chunks", "read_manifest", "write_manifest"]
+           "verify_chunk", "quarantine", "write_chunk", "merge_chunks", "check_table_rows",
+           "read_manifest", "write_manifest", "claim_chunk", "release_claim", "claim_alive",
+           "default_process_id"]
 
 _CHUNK_RE = re.compile(r"chunk_(\d{8})_(\d{8})\.parquet$")
+_META_KEY = b"mismatch_jax"
 
 
 def config_hash(resolved_text: str) -> str:
@@ -41,7 +54,7 @@ def chunk_path(out_dir: Path, first: int, last: int) -> Path:
 
 
 def finished_chunks(out_dir: Path) -> list[tuple[int, int]]:
-    """(first, last) model ranges of the chunks already written, sorted."""
+    """(first, last) model ranges of the chunk files present (not yet verified), sorted."""
     chunk_dir = Path(out_dir) / "chunks"
     if not chunk_dir.is_dir():
         return []
@@ -53,41 +66,181 @@ def finished_chunks(out_dir: Path) -> list[tuple[int, int]]:
     return sorted(ranges)
 
 
-def finished_models(out_dir: Path) -> set[int]:
-    """Global model indices already covered by finished chunks."""
-    done: set[int] = set()
-    for first, last in finished_chunks(out_dir):
-        done.update(range(first, last + 1))
-    return done
+def _rows_checksum(frame: pd.DataFrame) -> str:
+    """A checksum of a table's values (row order included; independent of the file encoding:
+    list cells such as the per-trial rewards hash by their values, lists or arrays alike)."""
+    import numpy as np
+
+    canonical = frame.copy()
+    for column in canonical.columns:
+        if canonical[column].dtype == object:
+            canonical[column] = [json.dumps(np.asarray(v).tolist()) if not isinstance(v, str) else v
+                                 for v in canonical[column]]
+    hashes = pd.util.hash_pandas_object(canonical, index=False)
+    return hashlib.sha256(hashes.to_numpy().tobytes()).hexdigest()[:16]
 
 
-def write_chunk(out_dir: Path, first: int, last: int, frame: pd.DataFrame) -> Path:
-    """Atomically writes one finished chunk's rows."""
+def write_chunk(out_dir: Path, first: int, last: int, frame: pd.DataFrame, digest: str) -> dict:
+    """Atomically writes one finished chunk's rows with its config hash, model range and rows
+    checksum in the Parquet metadata; returns the manifest entry (with the file's sha256)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = {"config_hash": digest, "first": first, "last": last, "rows": len(frame),
+            "rows_checksum": _rows_checksum(frame)}
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
     path = chunk_path(out_dir, first, last)
-    atomic_write_bytes(path, frame.to_parquet(index=False))
-    return path
+    atomic_write_bytes(path, data)
+    return {**meta, "file": path.name, "sha256": hashlib.sha256(data).hexdigest()[:16]}
 
 
-def merge_chunks(out_dir: Path) -> pd.DataFrame:
-    """Concatenates every finished chunk into ``results.parquet`` (atomic) and returns it."""
+def verify_chunk(path: Path, first: int, last: int, digest: str, rows_per_model: int) -> Optional[str]:
+    """None if the chunk at ``path`` is whole and belongs here, else the reason: unreadable, no
+    metadata, another config, another model range (a misnamed file), rows that do not match their
+    checksum, or models without exactly ``rows_per_model`` rows."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {})[_META_KEY])
+        frame = table.to_pandas()
+    except KeyError:
+        return "no mismatch_jax metadata (not written by this sweep)"
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        return f"unreadable ({type(exc).__name__})"
+    if meta.get("config_hash") != digest:
+        return f"written by another config (hash {meta.get('config_hash')} vs {digest})"
+    if (meta.get("first"), meta.get("last")) != (first, last):
+        return f"holds models {meta.get('first')}..{meta.get('last')}, not {first}..{last} (misnamed)"
+    if meta.get("rows_checksum") != _rows_checksum(frame):
+        return "rows do not match their checksum"
+    counts = frame["model_id"].value_counts()
+    if sorted(counts.index) != list(range(first, last + 1)) or (counts != rows_per_model).any():
+        return f"model rows do not cover {first}..{last} with {rows_per_model} row(s) each"
+    return None
+
+
+def quarantine(out_dir: Path, path: Path) -> Path:
+    """Moves a rejected file into ``out/quarantine/`` (kept for inspection); returns its new path."""
+    target_dir = Path(out_dir) / "quarantine"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / f"{path.name}.{int(time.time() * 1000)}"
+    os.replace(path, target)
+    return target
+
+
+def check_table_rows(table: pd.DataFrame, num_models: Optional[int] = None,
+                     rows_per_model: Optional[int] = None) -> None:
+    """Raises ``OutputDirError`` unless the table has exactly one row per (model_id, epoch) and,
+    when given, models 0..num_models-1 with ``rows_per_model`` rows each."""
+    duplicated = table.duplicated(["model_id", "epoch"])
+    if duplicated.any():
+        ids = sorted(set(table.loc[duplicated, "model_id"].astype(int)))[:5]
+        raise OutputDirError(f"results hold {int(duplicated.sum())} duplicate (model, epoch) rows "
+                             f"(models {ids}); re-run the sweep with --resume to rebuild them")
+    if num_models is not None:
+        counts = table["model_id"].value_counts()
+        missing = sorted(set(range(num_models)) - set(counts.index.astype(int)))
+        if missing or (rows_per_model is not None and (counts != rows_per_model).any()):
+            raise OutputDirError(f"results miss models {missing[:5]} (or some of their rows); "
+                                 "re-run the sweep with --resume")
+
+
+def merge_chunks(out_dir: Path, ranges: list[tuple[int, int]], num_models: int,
+                 rows_per_model: int) -> pd.DataFrame:
+    """Concatenates the (verified) chunks ``ranges`` into ``results.parquet`` (atomic) after
+    checking one row per (model, epoch) for every model; returns the table."""
     out_dir = Path(out_dir)
-    frames = [pd.read_parquet(chunk_path(out_dir, a, b)) for a, b in finished_chunks(out_dir)]
-    if not frames:
+    if not ranges:
         raise OutputDirError(f"{out_dir} holds no finished chunks to merge")
-    table = pd.concat(frames, ignore_index=True)
+    table = pd.concat([pd.read_parquet(chunk_path(out_dir, a, b)) for a, b in ranges], ignore_index=True)
     table = table.sort_values(["model_id", "epoch"], kind="stable").reset_index(drop=True)
+    check_table_rows(table, num_models, rows_per_model)
     atomic_write_bytes(out_dir / "results.parquet", table.to_parquet(index=False))
     return table
 
 
-def read_manifest(out_dir: Path) -> dict | None:
-    """The manifest of ``out_dir`` or None."""
-    path = Path(out_dir) / "manifest.json"
+def read_manifest(out_dir: Path, name: str = "manifest.json") -> dict | None:
+    """A manifest of ``out_dir`` (the merged view by default) or None; an unreadable one is
+    treated as missing (it is rewritten from the verified chunks)."""
+    path = Path(out_dir) / name
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
-def write_manifest(out_dir: Path, manifest: dict) -> None:
-    """Atomically (re)writes manifest.json."""
-    write_json(Path(out_dir) / "manifest.json", manifest, sort_keys=True)
+def write_manifest(out_dir: Path, manifest: dict, name: str = "manifest.json") -> None:
+    """Atomically (re)writes a manifest."""
+    write_json(Path(out_dir) / name, manifest, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Claims: several processes share one output directory.
+# ------------------------------------------------------------------------------------------------
+
+
+def default_process_id() -> str:
+    """SLURM's / the launcher's rank when set, else ``<host>-<pid>``."""
+    for variable in ("MISMATCH_JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "RANK"):
+        if os.environ.get(variable):
+            return f"p{os.environ[variable]}"
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _claim_path(out_dir: Path, first: int, last: int) -> Path:
+    return Path(out_dir) / "claims" / f"chunk_{first:08d}_{last:08d}.claim"
+
+
+def claim_alive(out_dir: Path, first: int, last: int, lease_s: float) -> bool:
+    """Whether another process holds a claim on the chunk that was renewed within ``lease_s``."""
+    path = _claim_path(out_dir, first, last)
+    try:
+        return time.time() - path.stat().st_mtime < lease_s
+    except FileNotFoundError:
+        return False
+
+
+def claim_chunk(out_dir: Path, first: int, last: int, process_id: str, lease_s: float) -> bool:
+    """Atomically claims a chunk for ``process_id``: True if this process may compute it. A claim
+    whose holder stopped renewing it for ``lease_s`` seconds (a dead process) is taken over."""
+    path = _claim_path(out_dir, first, last)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if claim_alive(out_dir, first, last, lease_s):
+                return False
+            try:  # a stale claim: only one process wins the rename
+                os.replace(path, path.with_suffix(f".stale.{process_id}"))
+                path.with_suffix(f".stale.{process_id}").unlink()
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps({"process": process_id, "claimed": time.time()}))
+        return True
+    return False
+
+
+def renew_claim(out_dir: Path, first: int, last: int) -> None:
+    """The holder's heartbeat: refreshes the claim's time so other processes leave it alone."""
+    try:
+        os.utime(_claim_path(out_dir, first, last))
+    except FileNotFoundError:
+        pass
+
+
+def release_claim(out_dir: Path, first: int, last: int) -> None:
+    """Drops a claim (after its chunk is written)."""
+    try:
+        _claim_path(out_dir, first, last).unlink()
+    except FileNotFoundError:
+        pass

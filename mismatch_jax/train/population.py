@@ -351,6 +351,7 @@ def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
                 active=per_model(active),
             ),
             best_epoch=state.best_epoch, diverged=state.diverged, epochs_trained=state.epochs_trained,
+            initial_val_mse=mse0,
         )
 
     return train_core

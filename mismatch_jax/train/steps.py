@@ -50,7 +50,9 @@ class TrainResult:
     kept_params: ModelParams with leaves [N, K, ...] for ``TrainConfig.keep_epochs``
     (None when keep_epochs is empty); metrics: TrainMetrics [N, num_epochs];
     best_epoch [N] int (last improving epoch, 1-based; 0 = never improved);
-    diverged [N] bool; epochs_trained [N] int."""
+    diverged [N] bool (a non-finite loss or update); epochs_trained [N] int;
+    initial_val_mse [N]: the untrained model's ``val_mse`` (the reference a caller can bound a
+    model's later errors by to flag runaway training, ``sweep`` does)."""
 
     params: models.ModelParams
     normalizer: models.Normalizer
@@ -59,6 +61,7 @@ class TrainResult:
     best_epoch: jax.Array
     diverged: jax.Array
     epochs_trained: jax.Array
+    initial_val_mse: jax.Array
 
 
 # --------------------------------------------------------------------------------------------
