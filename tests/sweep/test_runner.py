@@ -336,9 +336,10 @@ def test_a_deleted_manifest_cannot_mix_two_configs(reference, tmp_path):
 
 
 def test_runaway_models_are_flagged_on_all_their_rows_and_left_out(reference, tmp_path):
+    # The reference's datasets and compiled programs (the rates are traced) serve this run too.
     from mismatch_jax.analysis.plots import ll_reward_scatter
 
-    text = _config(tmp_path, 4).read_text().replace("learning_rate = [1e-3, 1e-2]", "learning_rate = [1e-3, 100.0]")
+    text = _config(reference[0], 4).read_text().replace("learning_rate = [1e-3, 1e-2]", "learning_rate = [1e-3, 100.0]")
     path = tmp_path / "runaway.toml"
     path.write_text(text)
     table = run_sweep(load(path), tmp_path / "out", progress=False, log=lambda s: None)
