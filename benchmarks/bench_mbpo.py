@@ -41,6 +41,7 @@ SAC_REFERENCE = {
 
 
 def timed(fn, *args):
+    """(result of ``fn(*args)`` after block_until_ready, seconds it took)."""
     t = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     return out, time.perf_counter() - t
@@ -55,33 +56,44 @@ def acceptance(config: mbpo_compare.CompareConfig, num_seeds):
     return result
 
 
-def vmap_vs_sequential(config: mbpo_compare.CompareConfig, num_seeds):
+def seed_programs(config: mbpo_compare.CompareConfig, num_seeds):
+    """The quick-config MBPO agent as (a) one ``jit(vmap(train))`` program over ``num_seeds`` seeds
+    and (b) the single-seed ``jit(train)`` program, both AOT-compiled (seconds apart): a dict with
+    ``batched``, ``single``, ``keys`` [num_seeds], ``config``, ``vmapped_compile_s``,
+    ``single_compile_s``. Shared with compare_peer.py's ``seeds`` question."""
     cfg = mbpo_config.agent_config("mbpo", config.mbpo)
     cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, num_seeds=num_seeds))
     env = mbpo_config.make_env(cfg)
     keys = mbpo.seed_keys(cfg)
     train = mbpo.make_train(cfg, env)
-
     t = time.perf_counter()
     batched = jax.jit(jax.vmap(train)).lower(keys).compile()
-    vmap_compile_s = time.perf_counter() - t
-    (_, vm_metrics), vmap_s = timed(batched, keys)
-
+    vmapped_compile_s = time.perf_counter() - t
     t = time.perf_counter()
     single = jax.jit(train).lower(keys[0]).compile()
     single_compile_s = time.perf_counter() - t
+    return {"batched": batched, "single": single, "keys": keys, "config": cfg,
+            "vmapped_compile_s": vmapped_compile_s, "single_compile_s": single_compile_s}
+
+
+def vmap_vs_sequential(config: mbpo_compare.CompareConfig, num_seeds):
+    """One timed run of the vmapped program vs ``num_seeds`` sequential single-seed runs
+    (compare_peer.py's ``seeds`` question repeats this interleaved, with min/median/max)."""
+    progs = seed_programs(config, num_seeds)
+    keys = progs["keys"]
+    (_, vm_metrics), vmap_s = timed(progs["batched"], keys)
     t = time.perf_counter()
     finals = []
     for k in keys:
-        _, m = jax.block_until_ready(single(k))
+        _, m = jax.block_until_ready(progs["single"](k))
         finals.append(float(m.eval_return[-1]))
     sequential_s = time.perf_counter() - t
     vm_final = np.asarray(vm_metrics.eval_return[:, -1])
     return {
         "num_seeds": num_seeds,
-        "env_steps_per_seed": cfg.sac.total_env_steps,
-        "vmapped_compile_s": round(vmap_compile_s, 2),
-        "single_compile_s": round(single_compile_s, 2),
+        "env_steps_per_seed": progs["config"].sac.total_env_steps,
+        "vmapped_compile_s": round(progs["vmapped_compile_s"], 2),
+        "single_compile_s": round(progs["single_compile_s"], 2),
         "vmapped_run_s": round(vmap_s, 2),
         "sequential_run_s": round(sequential_s, 2),
         "speedup_sequential_over_vmapped": round(sequential_s / vmap_s, 2),

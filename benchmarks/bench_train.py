@@ -1,8 +1,7 @@
-"""Population-training benchmark: throughput, layout, FLOP/s fraction, sharding, PyTorch peer.
+"""Population-training benchmark: throughput, layout, FLOP/s fraction, sharding.
 
     python benchmarks/bench_train.py                        # default grid (a few minutes on 2 cores)
     python benchmarks/bench_train.py --full                 # N 1..1024 × hidden 32, 64, 200
-    python benchmarks/bench_train.py --hidden 200 --num-models 64 --peer
     python benchmarks/bench_train.py --host-devices 2 --num-models 64   # population sharded on 2 devices
 
 Prints one JSON object:
@@ -14,10 +13,10 @@ Prints one JSON object:
 * ``layout``: the isolated training step (forward, backward, Adam; fixed batch, S steps in a
   ``fori_loop``) with the population vmapped over models vs stacked into one ensemble axis
   (E' = N·E, one einsum per layer); time ratio and the step's GEMM fraction.
-* ``peer``: mbrl-lib (PyTorch) GaussianMLP + ModelTrainer via benchmarks/peer_mbrl_train.py run
-  under the peer venv (benchmarks/setup_peer_venv.sh; $PEER_PYTHON), same data, widths, depth, batch, epochs; speedup = ours / peer.
 * ``sharding`` (``--host-devices 2``): the trainer with the population axis sharded by a
   ``NamedSharding`` over the host devices vs all on device 0.
+
+The comparison with the PyTorch peer (mbrl-lib) is benchmarks/compare_peer.py.
 """
 
 from __future__ import annotations
@@ -26,12 +25,12 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 
 
 def parse_args():
+    """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", default="32,200", help="comma-separated hidden sizes")
     p.add_argument("--num-models", default="1,8,64,256", help="comma-separated population sizes N")
@@ -45,9 +44,6 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=2, help="timed runs after the discarded one (min)")
     p.add_argument("--layout-steps", type=int, default=10)
     p.add_argument("--no-layout", action="store_true", help="skip the vmap vs batched-matmul study")
-    p.add_argument("--peer", action="store_true", help="also run the mbrl-lib PyTorch peer")
-    p.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".peer-venv", "bin", "python")))
-    p.add_argument("--peer-models", type=int, default=3, help="peer models timed (sequential)")
     p.add_argument("--host-devices", type=int, default=1,
                    help=">1: XLA host devices; also time the population sharded over them")
     p.add_argument("--gemm-size", type=int, default=2048)
@@ -66,14 +62,14 @@ import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import ACT_DIM, OBS_DIM, linear_system  # noqa: E402
 from mismatch_jax.data import TransitionData  # noqa: E402
 from mismatch_jax.models import core as models  # noqa: E402
 from mismatch_jax.train import population as pop  # noqa: E402
 
-OBS_DIM, ACT_DIM = 4, 1
-
-
 def block(tree):
+    """Wait for every array of ``tree``."""
     return jax.block_until_ready(tree)
 
 
@@ -89,6 +85,7 @@ def time_call(fn, repeats):
 
 
 def gemm_flops(size):
+    """FLOP/s of a ``size``² float32 ``jnp.dot`` (min time of 3 calls after a discarded one)."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
     dot = jax.jit(jnp.dot)
@@ -96,18 +93,8 @@ def gemm_flops(size):
     return {"size": size, "seconds": seconds, "flops_per_s": 2 * size**3 / seconds}
 
 
-def linear_system(rows, seed=0):
-    """s' = s + A s + B a (+ small noise): the same generator as peer_mbrl_train.py."""
-    rng = np.random.default_rng(seed)
-    a_mat = rng.normal(size=(OBS_DIM, OBS_DIM)).astype(np.float32) * 0.3
-    b_mat = rng.normal(size=(ACT_DIM, OBS_DIM)).astype(np.float32) * 0.3
-    obs = rng.normal(size=(rows, OBS_DIM)).astype(np.float32)
-    act = rng.uniform(-1, 1, size=(rows, ACT_DIM)).astype(np.float32)
-    nxt = obs + obs @ a_mat + act @ b_mat + 0.01 * rng.normal(size=(rows, OBS_DIM)).astype(np.float32)
-    return obs, act, nxt
-
-
 def model_config(hidden):
+    """The benchmarked model: ``--kind``, ``--layers`` × ``hidden``."""
     return models.ModelConfig(ARGS.kind, OBS_DIM, ACT_DIM, hidden_size=hidden,
                               num_hidden_layers=ARGS.layers, ensemble_size=ARGS.ensemble_size)
 
@@ -116,6 +103,7 @@ def model_config(hidden):
 
 
 def bench_trainer(hidden, num_models, data, sharding=None):
+    """Compile and run seconds, throughput and FLOP/s of the full trainer at one size."""
     mcfg = model_config(hidden)
     cfg = pop.TrainConfig(model=mcfg, num_epochs=ARGS.epochs, batch_size=ARGS.batch_size)
     keys = pop.model_keys(jax.random.key(0), 0, num_models)
@@ -226,24 +214,8 @@ def bench_layout(hidden, num_models, gemm):
     return out
 
 
-# ----------------------------------------------------------------------------- peer --------
-
-
-def run_peer(hidden):
-    cmd = [ARGS.peer_python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_mbrl_train.py"),
-           "--hidden", str(hidden), "--layers", str(ARGS.layers),
-           "--ensemble-size", str(ARGS.ensemble_size), "--num-models", str(ARGS.peer_models),
-           "--epochs", str(ARGS.epochs), "--batch-size", str(ARGS.batch_size), "--rows", str(ARGS.rows),
-           "--obs-dim", str(OBS_DIM), "--act-dim", str(ACT_DIM), "--validation-fraction", "0.1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-2000:], "command": " ".join(cmd)}
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["command"] = " ".join(cmd)
-    return out
-
-
 def main():
+    """Run the selected studies and print one JSON object."""
     hiddens = [32, 64, 200] if ARGS.full else [int(h) for h in ARGS.hidden.split(",")]
     ns = [1, 8, 64, 256, 1024] if ARGS.full else [int(v) for v in ARGS.num_models.split(",")]
     if ARGS.kind in ("P", "D") and ARGS.ensemble_size != 1:
@@ -253,7 +225,7 @@ def main():
         "benchmark": "mismatch_jax.train population training",
         "platform": dev.platform, "device_kind": dev.device_kind, "num_devices": len(jax.devices()),
         "jax": jax.__version__, "cpu_count": os.cpu_count(),
-        "config": {k: v for k, v in vars(ARGS).items() if k not in ("peer_python",)},
+        "config": vars(ARGS),
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
     }
     gemm = gemm_flops(ARGS.gemm_size)
@@ -262,16 +234,10 @@ def main():
     data = TransitionData.from_arrays(jax.random.key(42), obs, act, nxt, validation_fraction=0.1)
 
     report["throughput"] = []
-    report["peer"] = {}
     for hidden in hiddens:
-        if ARGS.peer:
-            report["peer"][str(hidden)] = run_peer(hidden)
         for n in ns:
             row = bench_trainer(hidden, n, data)
             row["gemm_fraction"] = row["flops_per_s"] / gemm["flops_per_s"]
-            peer = report["peer"].get(str(hidden), {})
-            if "model_steps_per_s" in peer:
-                row["speedup_vs_peer"] = row["model_steps_per_s"] / peer["model_steps_per_s"]
             report["throughput"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
 

@@ -1,0 +1,766 @@
+"""Fair benchmarks: ours (JAX) vs the PyTorch peer (mbrl-lib 0.2.0), interleaved in one run.
+
+    python benchmarks/compare_peer.py                                  # everything (tens of minutes on 2 cores)
+    python benchmarks/compare_peer.py --only train --hidden 200 --num-models 64
+    python benchmarks/compare_peer.py --only cem --cem-settings expectation_h30
+    python benchmarks/compare_peer.py --only breakdown --breakdown-sizes 200_64
+    python benchmarks/compare_peer.py --no-peer ...                    # JAX side only (benchmarks/gpu_check.sh)
+
+Protocol. For every question (a training size, a CEM setting) the peer is a persistent worker
+(benchmarks/peer_mbrl.py under ``--peer-python`` / ``$PEER_PYTHON``, default ``.peer-venv``),
+started once: its process start + import, model build and one warm-up call of every variant are
+reported apart (``peer_start_s``, ``peer_warmup_s``), as our compile time and first (discarded)
+call are (``ours_compile_s``, ``ours_warmup_s``). Then the repetitions alternate, ours then the
+peer's variants (A B A B …), ``--reps`` of each, with ``--gap-s`` of idle between calls so the
+other side's threads are asleep. Every timed key is ``{min, median, max, reps, values}``. While
+one side runs, the other waits on a pipe. Both sides use the machine's default thread counts.
+
+Same arithmetic on both sides: the same synthetic data (bench_common.linear_system) and split
+(floor(10 %) validation rows), the same minibatches per epoch (ceil(train rows / batch), the last
+one partial: a model-step is one minibatch update of one model, the partial one included), the
+same widths, depth, SiLU activations, Adam, per-epoch validation (plus one before training) and
+best-weights tracking. ``gemm_fraction`` = our achieved FLOP/s over ``gemm_gflops`` (a 2048²
+float32 ``jnp.dot`` measured at the start of this run), with FLOPs counted analytically from the
+layer sizes on the rows the peer computes: training 3 × forward (forward + backward) per training
+row and epoch, validation 1 × forward per validation row, epochs + 1 times.
+
+Prints one JSON object (also written to ``--out`` after every section):
+
+* ``gemm_gflops`` (and ``gemm_gflops_end``), ``loadavg_start`` / ``loadavg_end`` (os.getloadavg).
+* ``train["<hidden>_<N>"]``: model-steps/s of ``ours`` (N models of kind P in one
+  ``make_train_fn`` program), ``peer_batched`` (ONE ``GaussianMLP(ensemble_size=N)``: N models of
+  one config) and ``peer_sequential`` (N independent models one after another; the rate does not
+  depend on N, so ``--peer-seq-models`` of them are timed per repetition), ``gemm_fraction``.
+* ``cem["<setting>"]``: seconds per planning call of one model, ``ours_s`` and ``peer_s``
+  (mbrl-lib's ``TrajectoryOptimizerAgent.act``), same population, horizon, iterations, elites,
+  particles and propagation (bench_common.CEM_SETTINGS).
+* ``cem_batch["<M>"]``: ours only, seconds per planned step per model: M models in one vmapped
+  call (``batched_per_step_s``) vs one call per model (``sequential_per_step_s``).
+* ``seeds``: MBPO (``--seeds-config``, default the quick Pendulum config), ``--seeds-count``
+  seeds as one vmapped program (``one_program_s``) vs that many sequential runs
+  (``sequential_s``), run time without compile.
+* ``breakdown["<hidden>_<N>"]`` (``--breakdown``, sizes ``--breakdown-sizes``): where our
+  trainer's time goes. Cheap variants of the training step (the matrix products alone; + biases
+  and activations; + loss; + Adam; + row gather; + the trainer's masking / selects), one
+  validation chunk and the whole trainer; the pieces (``gemm``, ``bias_activation``, ``loss``,
+  ``optimizer``, ``gather``, ``masking``, ``validation``, ``rest``) are the differences, scaled
+  by the trainer's step and validation counts (from each variant's minimum over the
+  repetitions); ``gemm_fraction`` is the matrix products' FLOP/s over ``gemm_gflops``.
+
+Without the peer venv the peer keys are null and ``peer.status`` says how to install it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench_common import (ACT_DIM, ACTION_BOUND, CEM_SETTINGS, OBS_DIM, gemm_gflops,  # noqa: E402
+                          linear_system, split_sizes, steps_per_epoch, summarize)
+from mismatch_jax.data import TransitionData  # noqa: E402
+from mismatch_jax.models import core as models  # noqa: E402
+from mismatch_jax.models.nets import gradient_update  # noqa: E402
+from mismatch_jax.planning.cem import CEMConfig  # noqa: E402
+from mismatch_jax.planning.mpc import make_planner  # noqa: E402
+from mismatch_jax.train import TrainConfig, TrainHParams, make_optimizer, make_train_fn, model_keys  # noqa: E402
+from mismatch_jax.train.steps import all_finite, make_model_steps, select  # noqa: E402
+
+SECTIONS = ("gemm", "train", "cem", "cem_batch", "seeds", "breakdown")
+PEER_SCRIPT = os.path.join(HERE, "peer_mbrl.py")
+PEER_MISSING = "peer: not installed (run benchmarks/setup_peer_venv.sh)"
+
+
+def parse_args(argv=None):
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--only", default="gemm,train,cem,cem_batch,seeds",
+                   help=f"comma-separated sections of {','.join(SECTIONS)} (gemm is always measured)")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions of each side")
+    p.add_argument("--hidden", default="32,200", help="train: comma-separated hidden sizes")
+    p.add_argument("--num-models", default="64", help="train: comma-separated population sizes N")
+    p.add_argument("--layers", type=int, default=4, help="train: hidden layers")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--rows", type=int, default=2048, help="train: transitions in the dataset")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--peer-seq-models", type=int, default=2,
+                   help="peer_sequential: models timed per repetition (its rate does not depend on N)")
+    p.add_argument("--cem-settings", default="expectation_h30,tsinf_h15_p20",
+                   help=f"cem: comma-separated settings of {','.join(CEM_SETTINGS)}")
+    p.add_argument("--cem-batch", default="1,8,64", help="cem_batch: comma-separated model counts M")
+    p.add_argument("--cem-batch-setting", default="small_h15", choices=sorted(CEM_SETTINGS),
+                   help="cem_batch: the setting (expectation_h30 at M = 64 takes minutes per call on 2 cores)")
+    p.add_argument("--seeds-config", default=os.path.join(ROOT, "sweeps", "mbpo_pendulum_quick.toml"))
+    p.add_argument("--seeds-count", type=int, default=8)
+    p.add_argument("--seeds-reps", type=int, default=None, help="seeds: repetitions (default --reps)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time variants of our training step at --breakdown-sizes")
+    p.add_argument("--breakdown-sizes", default="200_64", help="breakdown: comma-separated HIDDEN_N")
+    p.add_argument("--breakdown-steps", type=int, default=5, help="breakdown: steps per timed loop")
+    p.add_argument("--gemm-size", type=int, default=2048)
+    p.add_argument("--gap-s", type=float, default=0.2, help="idle seconds between timed calls")
+    p.add_argument("--no-peer", action="store_true", help="JAX side only (peer keys null)")
+    p.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON", os.path.join(ROOT, ".peer-venv", "bin", "python")))
+    p.add_argument("--peer-threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", default=None, help="also write the JSON here (after every section)")
+    args = p.parse_args(argv)
+    args.sections = [s for s in args.only.split(",") if s]
+    if args.breakdown and "breakdown" not in args.sections:
+        args.sections.append("breakdown")
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"--only: unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    bad = set(args.cem_settings.split(",")) - set(CEM_SETTINGS)
+    if "cem" in args.sections and bad:
+        p.error(f"--cem-settings: unknown {sorted(bad)}; choose from {sorted(CEM_SETTINGS)}")
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    args.seeds_reps = args.reps if args.seeds_reps is None else args.seeds_reps
+    try:
+        args.breakdown_at = [tuple(int(v) for v in size.split("_")) for size in args.breakdown_sizes.split(",") if size]
+    except ValueError:
+        p.error(f"--breakdown-sizes: expected HIDDEN_N[,HIDDEN_N…], got {args.breakdown_sizes!r}")
+    return args
+
+
+def ints(text):
+    """'1,2,3' → [1, 2, 3]."""
+    return [int(v) for v in text.split(",") if v]
+
+
+def block(tree):
+    """Wait for every array of ``tree``."""
+    return jax.block_until_ready(tree)
+
+
+def timed(fn):
+    """Seconds of ``fn()`` including block_until_ready of its result."""
+    start = time.perf_counter()
+    block(fn())
+    return time.perf_counter() - start
+
+
+def compile_timed(jitted, *args):
+    """(AOT-compiled ``jitted`` for ``args``, compile seconds)."""
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def log(*parts):
+    """A progress line on stderr (stdout carries only the JSON)."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def ratio(num, den):
+    """median(num) / median(den), or None when either side is missing."""
+    if not num or not den:
+        return None
+    return num["median"] / den["median"]
+
+
+# --------------------------------------------------------------------------- the peer ------
+
+
+class PeerError(RuntimeError):
+    """The peer worker answered with an error or went away."""
+
+
+class PeerWorker:
+    """A persistent peer_mbrl.py process: JSON-line requests on stdin, replies on stdout."""
+
+    def __init__(self, python, threads=0):
+        """Start the worker and wait for its ready line (``start_s``: process start + import)."""
+        start = time.perf_counter()
+        self.threads = threads
+        self.proc = subprocess.Popen([python, "-u", PEER_SCRIPT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.hello = self._read()
+        self.start_s = time.perf_counter() - start
+
+    def _read(self):
+        """The next reply line as a dict."""
+        line = self.proc.stdout.readline()
+        if not line:
+            try:
+                rc = self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                rc = None
+            raise PeerError(f"peer worker exited (rc {rc}); see its stderr above")
+        return json.loads(line)
+
+    def request(self, **req):
+        """Send one request and return its reply; a failed reply raises PeerError."""
+        if req.get("cmd") == "setup" and self.threads:
+            req["threads"] = self.threads
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        except OSError as exc:  # the worker died (e.g. out of memory)
+            raise PeerError(f"peer worker gone: {exc}") from exc
+        out = self._read()
+        if not out.get("ok"):
+            raise PeerError(out.get("error", "peer error"))
+        return out
+
+    def close(self):
+        """Ask the worker to quit; kill it if it does not."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+        except Exception:
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Peer:
+    """Whether and how to reach the peer; ``start()`` returns a PeerWorker or None (noted)."""
+
+    def __init__(self, args, report):
+        """Peer status from the options: skipped, not installed, or available."""
+        self.args = args
+        self.report = report
+        self.info = {"python": args.peer_python, "status": "ok", "script": os.path.relpath(PEER_SCRIPT, ROOT)}
+        if args.no_peer:
+            self.info["status"] = "peer: skipped (--no-peer)"
+        elif not os.path.exists(args.peer_python):
+            self.info["status"] = PEER_MISSING
+        report["peer"] = self.info
+
+    @property
+    def available(self):
+        """True while the peer can be started."""
+        return self.info["status"] == "ok"
+
+    def start(self, question):
+        """A fresh worker for one question, or None (the failure is noted in the report)."""
+        if not self.available:
+            return None
+        try:
+            worker = PeerWorker(self.args.peer_python, self.args.peer_threads)
+            self.info.setdefault("torch", worker.hello.get("torch"))
+            self.info.setdefault("torch_threads", worker.hello.get("torch_threads"))
+            return worker
+        except Exception as exc:  # e.g. a venv without mbrl: peer keys null, not a crash
+            self.note(question, f"peer failed to start: {exc}")
+            if "No module named" in str(exc) or isinstance(exc, PeerError):
+                self.info["status"] = f"{PEER_MISSING}; start failed: {exc}"
+            return None
+
+    def note(self, question, text):
+        """Record a peer problem of one question."""
+        self.report.setdefault("notes", []).append(f"{question}: {text[-1500:]}")
+        log(f"[{question}] {text[-1500:]}")
+
+
+# ------------------------------------------------------------------------ training ---------
+
+
+def train_data(args):
+    """Our TransitionData of the synthetic system and the split sizes both sides use."""
+    obs, act, nxt = linear_system(args.rows)
+    data = TransitionData.from_arrays(jax.random.key(42), obs, act, nxt,
+                                      validation_fraction=args.validation_fraction)
+    num_train, num_val = split_sizes(args.rows, args.validation_fraction)
+    assert int(np.asarray(data.train_mask).sum()) == num_train
+    assert int(np.asarray(data.val_mask).sum()) == num_val
+    return data, num_train, num_val
+
+
+def train_config(args, hidden):
+    """The trainer config of one population member: kind P, SiLU, ``--layers`` × ``hidden``."""
+    mcfg = models.ModelConfig("P", OBS_DIM, ACT_DIM, hidden_size=hidden,
+                              num_hidden_layers=args.layers, activation="silu")
+    return TrainConfig(model=mcfg, num_epochs=args.epochs, batch_size=args.batch_size)
+
+
+def train_flops_per_model(mcfg, epochs, num_train, num_val):
+    """Analytic FLOPs of one model's fit on the rows the peer computes: training 3 × forward per
+    row and epoch, validation 1 × forward per row, before training and after every epoch."""
+    fwd = mcfg.flops_per_example()
+    return epochs * 3 * fwd * num_train + (epochs + 1) * fwd * num_val
+
+
+def train_question(args, peer, hidden, n, gemm):
+    """One ``train["<hidden>_<N>"]`` entry: ours, peer_batched, peer_sequential interleaved."""
+    name = f"{hidden}_{n}"
+    cfg = train_config(args, hidden)
+    data, num_train, num_val = train_data(args)
+    steps = steps_per_epoch(num_train, args.batch_size)
+    keys = model_keys(jax.random.key(0), 0, n)
+    hp = TrainHParams.population(n)
+    ds = jnp.zeros(n, jnp.int32)
+    compiled, compile_s = compile_timed(jax.jit(make_train_fn(cfg)), keys, None, data, hp, ds)
+    warm_s = timed(lambda: compiled(keys, None, data, hp, ds))
+    entry = {
+        "hidden": hidden, "num_models": n, "layers": args.layers, "epochs": args.epochs,
+        "batch_size": args.batch_size, "rows": args.rows, "train_rows": num_train, "val_rows": num_val,
+        "steps_per_epoch": steps, "ours_slots_per_epoch": -(-args.rows // args.batch_size),
+        "flops_per_model": train_flops_per_model(cfg.model, args.epochs, num_train, num_val),
+        "ours_compile_s": compile_s, "ours_warmup_s": warm_s,
+    }
+    entry = {"ours": None, "peer_batched": None, "peer_sequential": None, "gemm_fraction": None, **entry}
+    worker = peer.start(name)
+    if worker is not None:
+        try:
+            setup = worker.request(cmd="setup", question="train", hidden=hidden, layers=args.layers,
+                                   num_models=n, epochs=args.epochs, batch_size=args.batch_size,
+                                   rows=args.rows, obs_dim=OBS_DIM, act_dim=ACT_DIM,
+                                   validation_fraction=args.validation_fraction,
+                                   seq_models=args.peer_seq_models)
+            entry.update(peer_start_s=worker.start_s, peer_import_s=worker.hello.get("import_s"),
+                         peer_build_s=setup["build_s"], peer_warmup_s=setup["warmup_s"],
+                         peer_torch_threads=setup["torch_threads"],
+                         peer_sequential_models_timed=args.peer_seq_models)
+        except PeerError as exc:
+            peer.note(name, str(exc))
+            worker.close()
+            worker = None
+    ours_s, batched, sequential, peer_val = [], [], [], None
+    for rep in range(args.reps):
+        ours_s.append(timed(lambda: compiled(keys, None, data, hp, ds)))
+        time.sleep(args.gap_s)
+        if worker is not None:
+            try:
+                b = worker.request(cmd="run", variant="batched", rep=rep)
+                time.sleep(args.gap_s)
+                s = worker.request(cmd="run", variant="sequential", rep=rep)
+                time.sleep(args.gap_s)
+                batched.append(b["model_steps_per_s"])
+                sequential.append(s["model_steps_per_s"])
+                peer_val = b["final_val_score"]
+            except PeerError as exc:
+                peer.note(name, str(exc))
+                worker.close()
+                worker = None
+        log(f"[train {name}] rep {rep}: ours {ours_s[-1]:.3f} s"
+            + (f", peer batched {batched[-1]:.1f} / sequential {sequential[-1]:.1f} model-steps/s"
+               if len(batched) == rep + 1 else ""))
+    if worker is not None:
+        worker.close()
+    model_steps = n * args.epochs * steps
+    result = compiled(keys, None, data, hp, ds)
+    flops = n * entry["flops_per_model"]
+    entry.update(
+        ours=summarize([model_steps / t for t in ours_s]),
+        ours_seconds=summarize(ours_s),
+        gemm_fraction=summarize([flops / t / (gemm["median"] * 1e9) for t in ours_s]),
+        ours_final_val_mse=float(np.mean(np.asarray(result.metrics.val_mse)[:, -1])),
+    )
+    if batched:
+        entry.update(peer_batched=summarize(batched), peer_sequential=summarize(sequential),
+                     peer_final_val_score_normalised=peer_val)
+    entry["speedup_vs_peer_batched"] = ratio(entry["ours"], entry["peer_batched"])
+    entry["speedup_vs_peer_sequential"] = ratio(entry["ours"], entry["peer_sequential"])
+    return name, entry
+
+
+# ----------------------------------------------------------------------------- CEM ---------
+
+
+def swingup_reward(obs, action, next_obs):
+    """Cart-pole swing-up reward on the pole tip (peer_mbrl.swingup_reward's arithmetic)."""
+    x, theta = next_obs[0], next_obs[1]
+    tip_x, tip_y = x - 0.6 * jnp.sin(theta), -0.6 * jnp.cos(theta)
+    return jnp.exp(-(tip_x**2 + (tip_y - 0.6) ** 2) / 0.36) - 0.01 * jnp.sum(action**2)
+
+
+def cem_planner(setting):
+    """(planner, model config) of one CEM_SETTINGS entry: a PE ensemble, CEM with α 0.1."""
+    s = CEM_SETTINGS[setting]
+    mc = models.ModelConfig(kind="PE", obs_dim=OBS_DIM, action_dim=ACT_DIM, hidden_size=s["hidden"],
+                            num_hidden_layers=s["layers"], ensemble_size=s["ensemble"], activation="silu")
+    cem = CEMConfig(horizon=s["horizon"], population_size=s["population"], num_elites=s["elites"],
+                    num_iterations=s["iterations"], alpha=0.1, propagation=s["propagation"],
+                    num_particles=s["particles"]).with_bounds([-ACTION_BOUND] * ACT_DIM, [ACTION_BOUND] * ACT_DIM)
+    return make_planner(cem, mc, swingup_reward), mc
+
+
+def cem_inputs(setting, num_models):
+    """(planner, params [M], normalizers [M], obs [M, d], plans [M, H, A]) for M models."""
+    planner, mc = cem_planner(setting)
+    params = jax.vmap(lambda k: models.init(k, mc))(jax.random.split(jax.random.key(0), num_models))
+    norms = jax.vmap(lambda _: models.identity_normalizer(mc))(jnp.arange(num_models))
+    obs = jnp.zeros((num_models, OBS_DIM))
+    plans = jnp.broadcast_to(planner.initial_plan, (num_models,) + planner.initial_plan.shape)
+    return planner, params, norms, obs, plans
+
+
+def first(tree):
+    """Model 0 of an [M]-stacked pytree."""
+    return jax.tree.map(lambda a: a[0], tree)
+
+
+def cem_question(args, peer, setting):
+    """One ``cem["<setting>"]`` entry: one planning call of one model, ours vs the peer's agent."""
+    planner, params, norms, obs, plans = cem_inputs(setting, 1)
+    p0, n0, o0, pl0 = first(params), first(norms), obs[0], plans[0]
+    compiled, compile_s = compile_timed(jax.jit(planner), jax.random.key(0), p0, n0, o0, pl0)
+    warm_s = timed(lambda: compiled(jax.random.key(0), p0, n0, o0, pl0))
+    entry = {"ours_s": None, "peer_s": None, "setting": {"name": setting, **CEM_SETTINGS[setting]},
+             "ours_compile_s": compile_s, "ours_warmup_s": warm_s}
+    worker = peer.start(setting)
+    if worker is not None:
+        try:
+            setup = worker.request(cmd="setup", question="cem", obs_dim=OBS_DIM, act_dim=ACT_DIM,
+                                   **CEM_SETTINGS[setting])
+            entry.update(peer_start_s=worker.start_s, peer_import_s=worker.hello.get("import_s"),
+                         peer_build_s=setup["build_s"], peer_warmup_s=setup["warmup_s"]["cem"],
+                         peer_torch_threads=setup["torch_threads"])
+        except PeerError as exc:
+            peer.note(setting, str(exc))
+            worker.close()
+            worker = None
+    ours, theirs = [], []
+    for rep in range(args.reps):
+        key = jax.random.key(1 + rep)
+        ours.append(timed(lambda: compiled(key, p0, n0, o0, pl0)))
+        time.sleep(args.gap_s)
+        if worker is not None:
+            try:
+                theirs.append(worker.request(cmd="run", variant="cem", rep=rep)["seconds"])
+                time.sleep(args.gap_s)
+            except PeerError as exc:
+                peer.note(setting, str(exc))
+                worker.close()
+                worker = None
+        log(f"[cem {setting}] rep {rep}: ours {ours[-1]:.3f} s"
+            + (f", peer {theirs[-1]:.3f} s" if len(theirs) == rep + 1 else ""))
+    if worker is not None:
+        worker.close()
+    entry["ours_s"] = summarize(ours)
+    if theirs:
+        entry["peer_s"] = summarize(theirs)
+    entry["speedup_vs_peer"] = ratio(entry["peer_s"], entry["ours_s"])
+    return entry
+
+
+def cem_batch_question(args, num_models):
+    """One ``cem_batch["<M>"]`` entry (ours only): M models in one vmapped planning call vs one
+    call per model; seconds per planned step per model."""
+    setting = args.cem_batch_setting
+    planner, params, norms, obs, plans = cem_inputs(setting, num_models)
+    keys = jax.random.split(jax.random.key(1), num_models)
+    batched, batched_compile_s = compile_timed(jax.jit(jax.vmap(planner)), keys, params, norms, obs, plans)
+    single, single_compile_s = compile_timed(jax.jit(planner), keys[0], first(params), first(norms),
+                                             obs[0], plans[0])
+    per_model = [jax.tree.map(lambda a, i=i: a[i], (keys, params, norms, obs, plans)) for i in range(num_models)]
+
+    def sequential():
+        """One call per model, in order."""
+        return [single(*m) for m in per_model]
+
+    warm = {"batched": timed(lambda: batched(keys, params, norms, obs, plans)), "sequential": timed(sequential)}
+    b, s = [], []
+    for rep in range(args.reps):
+        b.append(timed(lambda: batched(keys, params, norms, obs, plans)) / num_models)
+        time.sleep(args.gap_s)
+        s.append(timed(sequential) / num_models)
+        time.sleep(args.gap_s)
+        log(f"[cem_batch {num_models}] rep {rep}: batched {b[-1]:.4f}, sequential {s[-1]:.4f} s/step/model")
+    return {"setting": setting, "num_models": num_models, "batched_compile_s": batched_compile_s,
+            "single_compile_s": single_compile_s, "warmup_s": warm,
+            "batched_per_step_s": summarize(b), "sequential_per_step_s": summarize(s),
+            "speedup_batched_over_sequential": ratio(summarize(s), summarize(b))}
+
+
+# --------------------------------------------------------------------------- seeds ---------
+
+
+def seeds_question(args):
+    """``seeds``: MBPO, ``--seeds-count`` seeds as one vmapped program vs sequential runs."""
+    from bench_mbpo import seed_programs
+    from mismatch_jax.experiments import mbpo_compare
+
+    progs = seed_programs(mbpo_compare.load_compare_config(args.seeds_config), args.seeds_count)
+    keys, batched, single = progs["keys"], progs["batched"], progs["single"]
+
+    def sequential():
+        """The single-seed program once per seed."""
+        return [block(single(k)) for k in keys]
+
+    warm = {"one_program": timed(lambda: batched(keys)), "sequential": timed(sequential)}
+    one, seq = [], []
+    for rep in range(args.seeds_reps):
+        one.append(timed(lambda: batched(keys)))
+        time.sleep(args.gap_s)
+        seq.append(timed(sequential))
+        time.sleep(args.gap_s)
+        log(f"[seeds] rep {rep}: one program {one[-1]:.2f} s, sequential {seq[-1]:.2f} s")
+    return {"config": os.path.relpath(args.seeds_config, ROOT), "num_seeds": args.seeds_count,
+            "env_steps_per_seed": progs["config"].sac.total_env_steps,
+            "one_program_compile_s": progs["vmapped_compile_s"], "single_compile_s": progs["single_compile_s"],
+            "warmup_s": warm, "one_program_s": summarize(one), "sequential_s": summarize(seq),
+            "speedup_one_program_over_sequential": ratio(summarize(seq), summarize(one))}
+
+
+# ----------------------------------------------------------------------- breakdown ---------
+
+
+def breakdown_question(args, hidden, n, gemm):
+    """``breakdown["<hidden>_<N>"]``: where our trainer's time goes at one size.
+
+    Variants of one population training step (vmapped over the N models, ``--breakdown-steps``
+    steps in a ``fori_loop``), each adding one piece of the trainer's ``model_step``:
+    ``gemm`` (forward + backward of the MLP's matrix products alone; a trivial update),
+    ``mlp`` (+ biases and activations),
+    ``loss`` (+ input/target normalisation, the PETS NLL, weights, log-variance bounds),
+    ``optimizer`` (+ Adam with L2 decay instead of the trivial update), ``gather`` (+ the
+    per-step gather of the minibatch rows from the dataset), ``masking`` (+ the trainer's valid
+    mask, finiteness checks, per-leaf selects, divergence flags and the population ``lax.cond``:
+    the trainer's model_step as population.py writes it). ``validation`` is one vmapped
+    validation chunk. Pieces = differences × (epochs × steps per epoch) or × (epochs + 1)
+    evaluations × chunks; ``rest`` = the whole trainer − the pieces (scans, epoch bookkeeping,
+    permutations, early-stopping state, dispatch)."""
+    name = f"{hidden}_{n}"
+    cfg = train_config(args, hidden)
+    mcfg = cfg.model
+    members = mcfg.ensemble_size
+    data, num_train, num_val = train_data(args)
+    steps = steps_per_epoch(num_train, args.batch_size)
+    batch, loop_steps = args.batch_size, args.breakdown_steps
+    loss_fn, gather_xy, eval_chunk, _ = make_model_steps(cfg)
+    keys = model_keys(jax.random.key(0), 0, n)
+    hp = TrainHParams.population(n)
+    ds = jnp.zeros(n, jnp.int32)
+    params0 = jax.vmap(lambda k: models.init(k, mcfg))(keys)
+    opt_state0 = jax.vmap(lambda p, h: make_optimizer(cfg, h.learning_rate, h.weight_decay).init(p))(params0, hp)
+    x_all, y_all = models.make_targets(mcfg, data.obs[0], data.action[0], data.next_obs[0])
+    norm = models.fit_normalizer(mcfg, x_all, y_all, data.train_mask[0])
+    norms = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), norm)
+    # As the trainer: per-dataset row lists (valid rows first) and per-model epoch orders.
+    train_rows = jnp.argsort(~data.train_mask, axis=1, stable=True).astype(jnp.int32)  # [M, T]
+    val_rows = jnp.argsort(~data.val_mask, axis=1, stable=True).astype(jnp.int32)
+    val_rows = jnp.pad(val_rows, ((0, 0), (0, batch)))
+    orders = jax.vmap(lambda k: jnp.pad(jax.random.permutation(k, num_train).astype(jnp.int32),
+                                        (0, steps * batch - num_train)))(keys)  # [N, steps·B]
+    # The fixed minibatch of the variants without a gather: each model's own first slot.
+    x_fix, y_fix = jax.vmap(lambda o: gather_xy(data, 0, train_rows[0, o[:batch]])[0])(orders)
+    w_fix = jnp.ones((members, batch))
+    act = models._ACTIVATIONS[mcfg.activation]
+
+    def mlp_out(p, nm, x, linear=False):
+        """Sum of the MLP's raw outputs: its forward + backward without the loss arithmetic
+        (``linear``: the matrix products alone, no biases or activations)."""
+        h = jnp.broadcast_to(models.normalize_inputs(nm, x), (members,) + x.shape)
+        for i, (w, b) in enumerate(p.layers):
+            h = jnp.einsum("ebi,eio->ebo", h, w)
+            if not linear:
+                h = h + b[:, None, :]
+                if i < len(p.layers) - 1:
+                    h = act(h)
+        return h.sum()
+
+    def sgd(p, g):
+        """A trivial update so the loop carries a dependency (no optimizer)."""
+        return jax.tree.map(lambda a, b: a - 1e-9 * b, p, g)
+
+    def adam_step(p, s, nm, h, x, y, w):
+        """The trainer's gradient_update: value_and_grad of the loss, Adam with L2 decay."""
+        upd = gradient_update(loss_fn, make_optimizer(cfg, h.learning_rate, h.weight_decay))
+        return upd(p, s, nm, x, y, w, h, None, None)
+
+    def minibatch(order, d, i):
+        """Rows, valid mask and slot start of step i (slot i % steps) of this model's order."""
+        start = (i % steps) * batch
+        slots = jax.lax.dynamic_slice(order, (start,), (batch,))
+        rows = train_rows[d, slots]
+        return rows, start + jnp.arange(batch) < num_train, start
+
+    def v_gemm(p, s, nm, h, x, y, order, d, i):
+        """Variant gemm."""
+        return sgd(p, jax.grad(mlp_out)(p, nm, x, True)), s
+
+    def v_mlp(p, s, nm, h, x, y, order, d, i):
+        """Variant mlp."""
+        return sgd(p, jax.grad(mlp_out)(p, nm, x)), s
+
+    def v_loss(p, s, nm, h, x, y, order, d, i):
+        """Variant loss."""
+        return sgd(p, jax.grad(loss_fn)(p, nm, x, y, w_fix, h, None, None)), s
+
+    def v_optimizer(p, s, nm, h, x, y, order, d, i):
+        """Variant optimizer."""
+        p, s, _ = adam_step(p, s, nm, h, x, y, w_fix)
+        return p, s
+
+    def v_gather(p, s, nm, h, x, y, order, d, i):
+        """Variant gather."""
+        rows, _, _ = minibatch(order, d, i)
+        (x, y), _ = gather_xy(data, d, rows)
+        w = jnp.broadcast_to(data.weight[d, rows], (members, batch))
+        p, s, _ = adam_step(p, s, nm, h, x, y, w)
+        return p, s
+
+    def v_masking(p, s, nm, h, x, y, order, d, i):
+        """Variant masking: population.model_step's valid mask, finiteness checks and selects."""
+        rows, valid, start = minibatch(order, d, i)
+        (x, y), _ = gather_xy(data, d, rows)
+        w = jnp.broadcast_to(valid * data.weight[d, rows], (members, batch))
+        new_p, new_s, loss = adam_step(p, s, nm, h, x, y, w)
+        ok = (start < num_train) & jnp.isfinite(loss) & all_finite(new_p)
+        return select(ok, new_p, p), select(ok, new_s, s)
+
+    def loop(variant, cond=False):
+        """jit: ``loop_steps`` population steps of ``variant`` in a fori_loop (vmapped over N)."""
+        step_n = jax.vmap(variant, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None))
+
+        def run(p, s):
+            def body(i, carry):
+                step = lambda c: step_n(*c, norms, hp, x_fix, y_fix, orders, ds, i)
+                if cond:  # the trainer's population-level skip of empty slots
+                    return jax.lax.cond((i % steps) * batch < num_train, step, lambda c: c, carry)
+                return step(carry)
+            return jax.lax.fori_loop(0, loop_steps, body, (p, s))
+        return jax.jit(run)
+
+    def eval_loop(p):
+        """jit: ``loop_steps`` vmapped validation chunks (the start depends on the carry, so XLA
+        cannot hoist the chunk out of the loop)."""
+        def one(pm, nm, d, start):
+            rows = jax.lax.dynamic_slice(val_rows[d], (start,), (batch,))
+            return eval_chunk(pm, nm, data, d, rows, start + jnp.arange(batch) < num_val)
+
+        def body(i, acc):
+            start = jnp.where(acc == 12345.678, 1, 0)
+            sums = jax.vmap(one, in_axes=(0, 0, 0, None))(p, norms, ds, start)
+            return acc + sums.ll.sum() + sums.nll_member.sum()
+        return jax.lax.fori_loop(0, loop_steps, body, jnp.zeros(()))
+
+    variants = {"gemm": loop(v_gemm), "mlp": loop(v_mlp), "loss": loop(v_loss), "optimizer": loop(v_optimizer),
+                "gather": loop(v_gather), "masking": loop(v_masking, cond=True)}
+    compiled, compile_s = {}, {}
+    for key, fn in variants.items():
+        compiled[key], compile_s[key] = compile_timed(fn, params0, opt_state0)
+    compiled["validation"], compile_s["validation"] = compile_timed(jax.jit(eval_loop), params0)
+    compiled["trainer"], compile_s["trainer"] = compile_timed(jax.jit(make_train_fn(cfg)), keys, None, data, hp, ds)
+    calls = {key: (lambda c=compiled[key]: c(params0, opt_state0)) for key in variants}
+    calls["validation"] = lambda: compiled["validation"](params0)
+    calls["trainer"] = lambda: compiled["trainer"](keys, None, data, hp, ds)
+    for call in calls.values():
+        block(call())
+    times = {key: [] for key in calls}
+    for rep in range(args.reps):
+        for key, call in calls.items():  # round robin: every variant sees the same load
+            times[key].append(timed(call) / (1 if key == "trainer" else loop_steps))
+        log(f"[breakdown {name}] rep {rep}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in times.items()))
+    # Differences of small pieces drown in the noise of a shared machine: take each variant's
+    # least-disturbed (minimum) call; the medians are in per_call_s.
+    best = {key: float(np.min(v)) for key, v in times.items()}
+    train_steps = args.epochs * steps
+    eval_chunks = (args.epochs + 1) * -(-num_val // batch)
+    pieces = {
+        "gemm": best["gemm"] * train_steps,
+        "bias_activation": (best["mlp"] - best["gemm"]) * train_steps,
+        "loss": (best["loss"] - best["mlp"]) * train_steps,
+        "optimizer": (best["optimizer"] - best["loss"]) * train_steps,
+        "gather": (best["gather"] - best["optimizer"]) * train_steps,
+        "masking": (best["masking"] - best["gather"]) * train_steps,
+        "validation": best["validation"] * eval_chunks,
+    }
+    pieces["rest"] = best["trainer"] - sum(pieces.values())
+    train_flops = n * train_steps * 3 * mcfg.flops_per_example() * batch  # full batches, as computed
+    return name, {
+        "hidden": hidden, "num_models": n, "steps_per_epoch": steps, "train_steps": train_steps,
+        "validation_chunks": eval_chunks, "loop_steps": loop_steps, "compile_s": compile_s,
+        "per_call_s": {key: summarize(v) for key, v in times.items()},
+        "trainer_s": best["trainer"], "pieces_from": "min over repetitions", "pieces_s": pieces,
+        "pieces_fraction": {k: v / best["trainer"] for k, v in pieces.items()},
+        "gemm_ideal_s": train_flops / (gemm["median"] * 1e9),
+        "gemm_fraction": train_flops / max(pieces["gemm"], 1e-12) / (gemm["median"] * 1e9),
+    }
+
+
+# ---------------------------------------------------------------------------- main ---------
+
+
+def write_out(path, report):
+    """Atomically write the report so far (a timed-out run still leaves what it finished)."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    """Run the selected questions and print one JSON object."""
+    args = parse_args(argv)
+    wall = time.perf_counter()
+    dev = jax.devices()[0]
+    report = {
+        "benchmark": "compare_peer", "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "platform": dev.platform, "device_kind": dev.device_kind, "jax": jax.__version__,
+        "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
+        "config": {k: v for k, v in vars(args).items() if k not in ("peer_python",)},
+        "notes": [],
+    }
+    peer = Peer(args, report)
+    report["gemm_gflops"] = gemm_gflops(args.gemm_size, args.reps)
+    gemm = report["gemm_gflops"]
+    log(f"[gemm] {gemm['median']:.1f} GFLOP/s (median of {gemm['reps']})")
+    write_out(args.out, report)
+    hiddens, ns = ints(args.hidden), ints(args.num_models)
+    if "train" in args.sections:
+        report["train"] = {}
+        for hidden in hiddens:
+            for n in ns:
+                name, entry = train_question(args, peer, hidden, n, gemm)
+                report["train"][name] = entry
+                write_out(args.out, report)
+    if "cem" in args.sections:
+        report["cem"] = {}
+        for setting in args.cem_settings.split(","):
+            report["cem"][setting] = cem_question(args, peer, setting)
+            write_out(args.out, report)
+    if "cem_batch" in args.sections:
+        report["cem_batch"] = {}
+        for m in ints(args.cem_batch):
+            report["cem_batch"][str(m)] = cem_batch_question(args, m)
+            write_out(args.out, report)
+    if "breakdown" in args.sections:
+        report["breakdown"] = {}
+        for hidden, n in args.breakdown_at:
+            name, entry = breakdown_question(args, hidden, n, gemm)
+            report["breakdown"][name] = entry
+            write_out(args.out, report)
+    if "seeds" in args.sections:  # last: the longest compile
+        report["seeds"] = seeds_question(args)
+        write_out(args.out, report)
+    report["gemm_gflops_end"] = gemm_gflops(args.gemm_size, args.reps)
+    report["loadavg_end"] = list(os.getloadavg())
+    report["wall_s"] = time.perf_counter() - wall
+    report["notes"].append(
+        "same arithmetic: our trainer computes a full batch of which the last minibatch's padded rows "
+        "are masked; it is counted as one model-step on both sides and the FLOPs count only the rows "
+        "the peer computes. The peer's N-member ensemble shares its log-variance bounds across "
+        "members (mbrl-lib) and decays every parameter (torch Adam weight_decay); ours decays weights "
+        "only. Peer expectation propagation samples noise around the members' averaged Gaussian; ours "
+        "propagates the mean.")
+    write_out(args.out, report)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
