@@ -167,18 +167,44 @@ def _run_sweep(config, out: str, options: argparse.Namespace) -> None:
     from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
 
     enable_compilation_cache()
-    if options.claim_lease <= 0:
-        from mismatch_jax.errors import InputError
-
-        raise InputError(f"--claim-lease must be > 0 seconds, got {options.claim_lease}")
+    process_id, num_processes, coordinator = _process_settings(options)
     table = run_sweep(config, out, resume=options.resume, progress=not options.no_progress,
-                      distributed=options.distributed, process_id=options.process_id,
-                      claim_lease_s=options.claim_lease)
+                      distributed=options.distributed, process_id=process_id,
+                      claim_lease_s=options.claim_lease, num_processes=num_processes, coordinator=coordinator)
     if len(table):
         content = ll_reward_scatter(table, out)
         if table["epoch"].nunique() > 1:
             per_epoch_curves(table, out)
         _print_summary(out, table, content)
+
+
+def _process_settings(options: argparse.Namespace) -> tuple[str | None, int | None, str | None]:
+    """(process id, process count, coordinator) of a ``--distributed`` sweep from the flags, else
+    from ``JAX_PROCESS_ID`` / ``JAX_NUM_PROCESSES`` / ``JAX_COORDINATOR_ADDRESS``."""
+    import os
+
+    from mismatch_jax.errors import InputError
+
+    if options.claim_lease <= 0:
+        raise InputError(f"--claim-lease must be > 0 seconds, got {options.claim_lease}")
+    process_id = options.process_id or os.environ.get("JAX_PROCESS_ID") or None
+    count = options.num_processes if options.num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
+    coordinator = options.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    if count is not None:
+        try:
+            count = int(count)
+        except ValueError:
+            raise InputError(f"--num-processes / JAX_NUM_PROCESSES must be an integer, got {count!r}") from None
+        if count < 1:
+            raise InputError(f"--num-processes must be >= 1, got {count}")
+        if process_id is not None and (not str(process_id).isdigit() or int(process_id) >= count):
+            raise InputError(f"--process-id must be an integer in [0, {count}) with --num-processes {count}, "
+                             f"got {process_id!r}")
+    if coordinator is not None and (":" not in coordinator or not coordinator.rsplit(":", 1)[1].isdigit()):
+        raise InputError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+    if (count is not None or coordinator is not None or options.process_id) and not options.distributed:
+        raise InputError("--process-id / --num-processes / --coordinator need --distributed")
+    return process_id, count, coordinator
 
 
 def _run_datasets(config, out: str, options: argparse.Namespace) -> None:
@@ -286,8 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="several processes / hosts share OUT: each claims chunks (claims/), a dead "
                                 "process's claims are taken over, the last to finish merges (README)")
             p.add_argument("--process-id", default=None,
-                           help="this process's name in a distributed run (default: $SLURM_PROCID / $RANK, "
-                                "else host-pid)")
+                           help="this process's name or rank in a distributed run (default: $JAX_PROCESS_ID, "
+                                "$SLURM_PROCID, $RANK, else host-pid)")
+            p.add_argument("--num-processes", type=int, default=None,
+                           help="processes sharing the sweep (default: $JAX_NUM_PROCESSES); with an "
+                                "integer --process-id each starts on its own slice of the chunks")
+            p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                           help="accepted for launchers written for jax.distributed (default: "
+                                "$JAX_COORDINATOR_ADDRESS) and recorded; coordination itself goes through "
+                                "OUT/claims on the shared filesystem, so no process waits on a coordinator")
             p.add_argument("--claim-lease", type=float, default=120.0,
                            help="seconds after which an unrenewed claim counts as a dead process's "
                                 "(default: %(default)s; claims are renewed every lease/4)")

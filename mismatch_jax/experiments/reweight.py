@@ -80,13 +80,13 @@ class ExpertSettings(Schema):
     ``[expert.cem]`` table; cached in ``cache_dir``); "pets" — the best planned PETS trial above
     ``min_reward`` of the runs of the ``[expert.pets]`` table (``sweep.study_data``); "file" — an
     npz with ``obs [T, obs_dim]`` and ``action [T, action_dim]`` at ``path``. Only steps before a
-    termination are used. episode_length 0 = the env's.
+    termination are used. episode_length omitted = the env's.
     """
 
     source: Literal["true_cem", "pets", "file"] = "true_cem"
     path: str = ""
     cem: CEMConfig = CEMConfig(horizon=25, population_size=400, num_elites=40)
-    episode_length: int = setting(0, ge=0)
+    episode_length: int | None = setting(None, ge=1)
     pets: PetsConfig = PetsConfig()
     min_reward: float = 179.0
     cache_dir: str = "runs/datasets"
@@ -137,7 +137,7 @@ class GridSettings(Schema):
 @dataclasses.dataclass(frozen=True)
 class ReweightEvaluation(EpisodeSettings):
     """CEM-MPC episodes in the true env per model (paper: 100 PETS trials per cell);
-    models_per_call bounds memory (0 = all models in one call). episode_length 0 = env's."""
+    models_per_call bounds memory (0 = all models in one call). episode_length omitted = env's."""
 
     models_per_call: int = setting(0, ge=0)
 
@@ -198,7 +198,7 @@ def expert_reference(settings: ExpertSettings, env, env_name: str, seed: int, lo
                 {"source": "pets", "notes": notes, "reward": float(np.asarray(expert.reward).sum())})
     from mismatch_jax.planning.mpc import make_true_dynamics_planner, mpc_episode
 
-    length = settings.episode_length or env.episode_length
+    length = env.episode_length if settings.episode_length is None else settings.episode_length
     spec = {"env": env_name, "kind": "expert_true_cem", "seed": seed, "length": length,
             "cem": dataclasses.asdict(settings.cem)}
     path = Path(settings.cache_dir) / f"{env_name}_expert_true_cem_{datasets.spec_hash(spec)}.npz"

@@ -279,14 +279,15 @@ def true_env_step(env, env_params: Any = None) -> Callable:
 @dataclasses.dataclass(frozen=True)
 class EpisodeSettings(Schema):
     """The ``[evaluation]`` schema of every config that scores a model by CEM-MPC episodes in
-    the true env: ``trials`` episodes of ``episode_length`` steps (0 = the env's own length)."""
+    the true env: ``trials`` episodes of ``episode_length`` steps (omitted = the env's own length;
+    0 is refused like any other impossible length)."""
 
     trials: int = setting(5, ge=1)
-    episode_length: int = setting(0, ge=0)
+    episode_length: int | None = setting(None, ge=1)
 
     def length(self, env) -> int:
         """Steps per episode in ``env``."""
-        return self.episode_length or int(env.episode_length)
+        return int(env.episode_length) if self.episode_length is None else self.episode_length
 
 
 @struct.dataclass

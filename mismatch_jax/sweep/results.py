@@ -187,10 +187,11 @@ def write_manifest(out_dir: Path, manifest: dict, name: str = "manifest.json") -
 
 
 def default_process_id() -> str:
-    """SLURM's / the launcher's rank when set, else ``<host>-<pid>``."""
-    for variable in ("MISMATCH_JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "RANK"):
+    """The launcher's rank when set (``JAX_PROCESS_ID``, SLURM, Open MPI, torchrun), else
+    ``<host>-<pid>``."""
+    for variable in ("MISMATCH_JAX_PROCESS_ID", "JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "RANK"):
         if os.environ.get(variable):
-            return f"p{os.environ[variable]}"
+            return os.environ[variable]
     return f"{socket.gethostname()}-{os.getpid()}"
 
 

@@ -322,14 +322,18 @@ class _Heartbeat:
 def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bool = False,
               progress: bool = True, log: Callable[[str], None] | None = None, distributed: bool = False,
               process_id: str | None = None, claim_lease_s: float = 120.0,
-              poll_s: float = 2.0) -> pd.DataFrame:
+              poll_s: float = 2.0, num_processes: int | None = None,
+              coordinator: str | None = None) -> pd.DataFrame:
     """Runs (or resumes) a sweep; returns the merged results table (empty when this process is
     not the one that completed it). See the module docstring.
 
     distributed: several processes (on one or many hosts sharing the output directory) run the
     same command; each claims chunks atomically (``claims/``), renews its claims every
     ``claim_lease_s / 4`` seconds, takes over claims not renewed for ``claim_lease_s`` (a dead
-    process's), and the process that finds every chunk done merges ``results.parquet``."""
+    process's), and the process that finds every chunk done merges ``results.parquet``. With
+    ``num_processes`` and an integer ``process_id`` (rank), rank r starts at the r-th of
+    ``num_processes`` equal slices of the chunk list, so processes begin on different chunks; it
+    needs no coordinator (``coordinator`` is only recorded in the manifest)."""
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -337,7 +341,10 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     console = Console()
     log = log or console.print
     out_dir = Path(out_dir or config.out_dir)
-    process_id = process_id or results.default_process_id()
+    process_id = str(process_id or results.default_process_id())
+    if not all(c.isalnum() or c in "-_." for c in process_id):
+        raise results.OutputDirError(f"--process-id {process_id!r}: use letters, digits, '-', '_' or '.' "
+                                     "(it names manifest.<process-id>.json)")
     results.check_writable(out_dir)
     # Temporary files of writers killed mid-write; in a distributed run only old ones (a live
     # writer's are seconds old).
@@ -363,7 +370,8 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     manifest_name = f"manifest.{process_id}.json" if distributed else "manifest.json"
     manifest = {
         "name": config.name, "config_hash": digest, "status": "running", "started": started,
-        "process": process_id, "jax": jax.__version__, "python": platform.python_version(),
+        "process": process_id, "num_processes": num_processes, "coordinator": coordinator,
+        "jax": jax.__version__, "python": platform.python_version(),
         "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
         "num_models": config.num_models, "chunks": [],
     }
@@ -457,6 +465,9 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
                 bar.update(task, advance=indices.size)
 
             pending = list(todo)
+            if distributed and num_processes and str(process_id).isdigit():
+                start = int(process_id) * len(pending) // num_processes
+                pending = pending[start:] + pending[:start]
             while pending:
                 waiting = []
                 for kind, first, last, size in pending:

@@ -49,13 +49,16 @@ def test_cem_table_is_the_pets_planner_table_with_paper_defaults():
         from_dict(SweepConfig, {"env": "cartpole_balance", "cem": {"propagation": "mean"}})
 
 
-def test_episode_length_zero_means_the_env_default():
-    from mismatch_jax.config_io import ConfigError
+def test_episode_length_omitted_means_the_env_default_and_zero_is_refused():
+    from mismatch_jax.config_io import ConfigError, to_toml
     from mismatch_jax.envs import make
+    from mismatch_jax.planning.mpc import EpisodeSettings
 
     env = make("cartpole_balance")
-    config = from_dict(SweepConfig, {"env": "cartpole_balance", "evaluation": {"episode_length": 0}})
-    assert config.evaluation.length(env) == env.episode_length
+    assert EpisodeSettings().length(env) == env.episode_length
+    assert EpisodeSettings(episode_length=7).length(env) == 7
     assert from_dict(SweepConfig, {"env": "cartpole_balance"}).evaluation.length(env) == 200
-    with pytest.raises(ConfigError, match="episode_length"):
-        from_dict(SweepConfig, {"env": "cartpole_balance", "evaluation": {"episode_length": -1}})
+    assert "episode_length" not in to_toml(EpisodeSettings())
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="episode_length"):
+            from_dict(SweepConfig, {"env": "cartpole_balance", "evaluation": {"episode_length": bad}})

@@ -384,6 +384,7 @@ def test_neighbours_of_a_diverging_model_are_bit_identical():
     (["training.weight_decay=inf"], "weight_decay must be a finite number"),
     (["datasets.expert_min_reward=nan"], "expert_min_reward must be a finite number"),
     (["evaluation.trials=0"], "trials must be >= 1"),
+    (["evaluation.episode_length=0"], "episode_length must be >= 1"),
     (["training.num_epochs=0"], "num_epochs must be >= 1"),
     (["run.memory_gb=0.0001", "run.chunk_size=8"], "run.chunk_size = 8"),  # ~16-31 kB per model, 105 kB
 ])
@@ -399,9 +400,27 @@ def test_absurd_configs_are_refused_within_seconds_naming_the_key(overrides, fra
     assert not list((tmp_path / "out").glob("chunks/*.parquet"))
 
 
-def _distributed(cfg, out, name, lease):
+def _distributed(cfg, out, name, lease, *extra):
     return _cli(["sweep", str(cfg), "--out", str(out), "--no-progress", "--distributed", "--process-id", name,
-                 "--claim-lease", str(lease)])
+                 "--claim-lease", str(lease), *extra])
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--distributed", "--num-processes", "2", "--process-id", "2"], "--process-id must be an integer in [0, 2)"),
+    (["--distributed", "--num-processes", "0"], "--num-processes must be >= 1"),
+    (["--distributed", "--coordinator", "localhost"], "--coordinator must be HOST:PORT"),
+    (["--num-processes", "2", "--process-id", "0"], "need --distributed"),
+    (["--distributed", "--process-id", "a/b"], "--process-id 'a/b'"),
+    (["--distributed", "--claim-lease", "0"], "--claim-lease must be > 0"),
+])
+def test_bad_process_flags_are_refused_naming_the_flag(flags, fragment, tmp_path, capsys):
+    from mismatch_jax import cli
+
+    args = ["sweep", str(_config(tmp_path, 4)), "--out", str(tmp_path / "out"), "--no-progress", *flags]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err, err
+    assert not list((tmp_path / "out").glob("chunks/*.parquet"))
 
 
 @pytest.mark.slow  # two processes twice (~45 s on 2 cores); the single-process kill test runs by default
@@ -410,13 +429,16 @@ def test_two_processes_share_a_sweep_and_the_survivor_of_a_kill_finishes_it(chun
     cfg = _config(source, 2)
     # Both alive: the table equals one process's, written by the run itself.
     out = tmp_path / "both"
-    procs = [_distributed(cfg, out, name, 30) for name in ("a", "b")]
+    procs = [_distributed(cfg, out, rank, 30, "--num-processes", "2", "--coordinator", "127.0.0.1:12345")
+             for rank in ("0", "1")]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     both = pd.read_parquet(out / "results.parquet")
     pd.testing.assert_frame_equal(_numbers(both)[0], _numbers(table)[0], check_dtype=False)
-    made = [results.read_manifest(out, f"manifest.{n}.json")["chunks"] for n in ("a", "b")]
-    assert sum(len(m) for m in made) == 4
+    made = [results.read_manifest(out, f"manifest.{n}.json")["chunks"] for n in ("0", "1")]
+    assert sum(len(m) for m in made) == 4, made
+    if made[1] and len(made[0]) <= 2:  # rank 1 started before rank 0 reached the second half: it began there
+        assert made[1][0]["first"] == 4, made
     # One killed mid-run: the other takes over its claim once the lease lapses and finishes.
     out = tmp_path / "killed"
     victim, survivor = _distributed(cfg, out, "victim", 3), _distributed(cfg, out, "survivor", 3)
