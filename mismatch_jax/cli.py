@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key by its dotted path, e.g. --set training.num_epochs=5 "
                             "(repeatable; the value is TOML, bare words are strings)")
+        p.add_argument("--layout", default=None, metavar="vmap|map[:G]|auto",
+                       help="how populations of models / seeds are laid out: one vmap, lax.map over "
+                            "groups of G, or the backend's default (auto); every 'auto' layout of the "
+                            "run resolves to this (README, mismatch_jax/population.py)")
         if name == "sweep":
             p.add_argument("--resume", action="store_true",
                            help="continue an interrupted sweep in OUT (finished chunks are kept)")
@@ -344,6 +348,10 @@ def output_dir(args: argparse.Namespace, config) -> str:
 
 def _run_command(args: argparse.Namespace) -> None:
     command = COMMANDS[args.command]
+    if args.layout is not None:
+        from mismatch_jax.population import parse_layout, use_layout
+
+        use_layout(parse_layout(args.layout))
     config = load_command_config(args.command, args.config, args.overrides)
     out = output_dir(args, config)
     run = _resolve(command.run)

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mismatch_jax"
 
 FLOORS = {
     # shared utilities: no room above them
-    "errors": 0, "files": 0, "config_io": 0, "compilation": 0,
+    "errors": 0, "files": 0, "config_io": 0, "compilation": 0, "population": 0,
     "envs": 1,
     "models": 2, "data": 2,
     "train": 3, "planning": 3,

@@ -58,6 +58,7 @@ from mismatch_jax.models.checkpoint import load_model, save_model
 from mismatch_jax.models.core import ModelConfig
 from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import EpisodeSettings, make_planner
+from mismatch_jax.population import over_population
 from mismatch_jax.train.config import TrainingSection
 
 TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
@@ -151,14 +152,15 @@ def zero_delta(params: models.ModelParams) -> LastLayer:
 
 def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
                              base_params: models.ModelParams, normalizer: models.Normalizer,
-                             validation, episode_length: int, env_params=None):
-    """Scores last-layer perturbations of ``base_params``.
+                             validation, episode_length: int, env_params=None, layout=None):
+    """Scores last-layer perturbations of ``base_params``; ``layout`` lays out the candidates
+    (``mismatch_jax.population``; None = "auto").
 
     validation: (obs [V, d], action [V, a], next_obs [V, d]) — the LL constraint's data.
     Returns ``(evaluate_one, evaluate)``:
     ``evaluate_one(delta, trial_keys [K]) -> (rewards [K], ll [])`` for one candidate, and
     ``evaluate(deltas [C]-stacked LastLayer, trial_keys [K]) -> (rewards [C, K], ll [C])``,
-    the same vmapped over candidates (one call runs C × K episodes). Pure; jit them.
+    the same over candidates (one call runs C × K episodes). Pure; jit them.
     """
     val_obs, val_action, val_next = (jnp.asarray(a) for a in validation)
     episodes = make_episode_evaluator(env, planner, episode_length, env_params)
@@ -168,8 +170,8 @@ def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
         ll = models.one_step_log_likelihood(model_config, params, normalizer, val_obs, val_action, val_next)
         return episodes(params, normalizer, trial_keys), ll
 
-    def evaluate(deltas: LastLayer, trial_keys: jax.Array):
-        return jax.vmap(evaluate_one, in_axes=(0, None))(deltas, trial_keys)
+    evaluate = over_population(jax.vmap(evaluate_one, in_axes=(0, None)), layout, shared=(1,),
+                               width=model_config.hidden_size)
 
     return evaluate_one, evaluate
 

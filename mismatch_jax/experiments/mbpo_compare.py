@@ -27,6 +27,7 @@ from mismatch_jax.files import write_json
 from mismatch_jax.agents import mbpo
 from mismatch_jax.agents import mbpo_config
 from mismatch_jax.config_io import Schema, from_dict, load_toml, to_dict
+from mismatch_jax.population import over_population
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,10 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
         config = dataclasses.replace(config, sac=dataclasses.replace(config.sac, num_seeds=num_seeds))
     env = mbpo_config.make_env(config) if env is None else env
     keys = mbpo.seed_keys(config)
-    program = jax.jit(jax.vmap(mbpo.make_train(config, env)))
+    # Seeds laid out like any population (--layout; "auto": the backend's default for the
+    # networks' width).
+    program = jax.jit(over_population(jax.vmap(mbpo.make_train(config, env)), None,
+                                      width=config.sac.hidden_size))
     t = time.perf_counter()
     compiled = program.lower(keys).compile()
     compile_s = time.perf_counter() - t

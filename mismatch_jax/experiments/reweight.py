@@ -327,7 +327,8 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
 
     t = time.perf_counter()
     planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
-    evaluate = jax.jit(make_population_evaluator(env, planner, config.evaluation.length(env)))
+    evaluate = jax.jit(make_population_evaluator(env, planner, config.evaluation.length(env),
+                                                 width=mcfg.hidden_size))
     trial_keys = jax.random.split(jax.random.fold_in(root, EVAL_SALT), config.evaluation.trials)
     per_call = config.evaluation.models_per_call or num_models
     episode_rewards = []

@@ -75,7 +75,12 @@ def make_episode_evaluator(env, planner, episode_length: int, env_params=None):
     return rewards
 
 
-def make_population_evaluator(env, planner, episode_length: int, env_params=None):
+def make_population_evaluator(env, planner, episode_length: int, env_params=None, layout=None,
+                              width: int | None = None):
     """``evaluate(params [N], normalizer [N], trial_keys [K]) -> rewards [N, K]``: one call runs
-    N × K episodes (every model sees the same trial keys: common random numbers). Pure."""
-    return jax.vmap(make_episode_evaluator(env, planner, episode_length, env_params), in_axes=(0, 0, None))
+    N × K episodes (every model sees the same trial keys: common random numbers), the models laid
+    out by ``layout`` (``mismatch_jax.population``; None = "auto" for models ``width`` wide). Pure."""
+    from mismatch_jax.population import over_population
+
+    evaluate = jax.vmap(make_episode_evaluator(env, planner, episode_length, env_params), in_axes=(0, 0, None))
+    return over_population(evaluate, layout, shared=(2,), width=width)

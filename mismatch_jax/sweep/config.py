@@ -37,6 +37,9 @@ Example (``sweeps/quickstart.toml``)::
     chunk_size = 64           # models per compiled call (0 = as large as memory_gb allows)
     memory_gb = 4.0
 
+    [run.layout]              # vmap / map over groups of models / auto (the backend's default)
+    strategy = "auto"
+
 Every key is checked before anything is compiled: unknown keys, wrong types and impossible values
 raise ``ConfigError`` naming the key (see ``mismatch_jax.config_io``).
 """
@@ -52,6 +55,7 @@ from mismatch_jax.envs.registry import check_env
 from mismatch_jax.models.core import ModelConfig
 from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import EpisodeSettings
+from mismatch_jax.population import PopulationLayout
 from mismatch_jax.train.config import TrainingSection
 
 DATASET_KINDS = ("expert", "on_policy", "grid", "sampled")
@@ -147,10 +151,13 @@ class DatasetsConfig(DatasetBuild):
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig(Schema):
-    """Execution: models per compiled chunk (0 = derive from memory_gb) and the memory cap."""
+    """Execution: models per compiled chunk (0 = derive from memory_gb), the memory cap, and how
+    a chunk's models are laid out on the hardware (``[run.layout]``: ``mismatch_jax.population``;
+    the numbers do not depend on it beyond float reassociation)."""
 
     chunk_size: int = setting(0, ge=0)
     memory_gb: float = setting(4.0, gt=0.0)
+    layout: PopulationLayout = PopulationLayout()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from mismatch_jax import models
 from mismatch_jax.compilation import BackgroundCompiler
 from mismatch_jax.envs import make
 from mismatch_jax.planning.mpc import make_planner, mpc_episode
+from mismatch_jax.population import PopulationLayout, over_population
 from mismatch_jax.files import atomic_write_text, remove_stale_temporaries
 from mismatch_jax.sweep import results
 from mismatch_jax.config_io import to_toml
@@ -157,12 +158,22 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
                       reward=reward_stage)
 
 
+def laid_out(parts: ChunkParts, layout: PopulationLayout, num_shards: int = 1, width: int | None = None) -> ChunkParts:
+    """The chunk's stages under a population layout (``mismatch_jax.population``): each stage
+    runs its models all at once (vmap) or in groups (lax.map), inside each device's block of a
+    population axis sharded over ``num_shards`` devices."""
+    lay = lambda fn, shared: over_population(fn, layout, shared, num_shards, width)
+    return ChunkParts(train=lay(parts.train, (2,)), likelihood=lay(parts.likelihood, (2,)),
+                      reward=lay(parts.reward, ()))
+
+
 def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
     """jit-compiled ``chunk(indices [N], dataset_index [N], train_data, eval_sets) -> dict of
     arrays`` for model type ``kind``; N must be a multiple of the mesh size (the population axis
     is sharded, the data replicated). Data are arguments, not closure constants, so they are not
     baked into the compiled program and the persistent compilation cache can reuse it."""
-    parts = make_chunk_parts(config, env, kind)
+    parts = laid_out(make_chunk_parts(config, env, kind), config.run.layout, mesh.devices.size,
+                     config.population.model_of(kind, env).hidden_size)
 
     def chunk(indices, dataset_index, train_data, eval_sets):
         trained = parts.train(indices, dataset_index, train_data)
@@ -374,6 +385,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
         "jax": jax.__version__, "python": platform.python_version(),
         "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
         "num_models": config.num_models, "chunks": [],
+        "layout": vars(config.run.layout.resolve(width=config.population.model.hidden_size)),
     }
     results.write_manifest(out_dir, manifest, manifest_name)
 

@@ -49,6 +49,7 @@ from mismatch_jax.data.transitions import TransitionData, is_traced
 from mismatch_jax.models import core as models
 from mismatch_jax.models.nets import gradient_update
 from mismatch_jax.models.trainer_losses import PerSampleLoss
+from mismatch_jax.population import PopulationLayout, over_population
 from mismatch_jax.train.config import TrainConfig, TrainHParams, make_optimizer
 from mismatch_jax.train.steps import (EpochMetrics, EvalSums, TrainMetrics, TrainResult, all_finite,
                                      make_model_steps, select)
@@ -84,11 +85,14 @@ class _ModelState:
 # --------------------------------------------------------------------------------------------
 
 
-def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Optional[PerSampleLoss] = None):
+def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Optional[PerSampleLoss] = None,
+               layout: Optional[PopulationLayout] = None):
     """The checked, jitted population trainer (see ``make_train_fn`` for the arguments): it
     validates its inputs in Python (shapes; NaN/inf when the data are concrete) and then calls one
-    jitted computation (``jit=False``: un-jitted, e.g. to compare jit vs no-jit)."""
-    train_fn = make_train_fn(config, per_sample_loss)
+    jitted computation (``jit=False``: un-jitted, e.g. to compare jit vs no-jit). ``layout``: how
+    the models are laid out (``mismatch_jax.population``; None = "auto" for the model's width)."""
+    train_fn = over_population(make_train_fn(config, per_sample_loss), layout, shared=(2, 5, 6),
+                               width=config.model.hidden_size)
     core = jax.jit(train_fn) if jit else train_fn
 
     def train(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index=None,
@@ -97,6 +101,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
         _check_inputs(config.model, keys, params_or_none, data, hparams, dataset_index)
         if dataset_index is None:
             dataset_index = jnp.zeros(keys.shape[0], jnp.int32)
+        hparams = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), keys.shape), hparams)
         return core(keys, params_or_none, data, hparams, dataset_index, loss_context, row_bound)
 
     return train

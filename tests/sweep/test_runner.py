@@ -225,11 +225,13 @@ def _cli(args, env=None, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_sigkill_then_resume_and_two_devices_match(reference, tmp_path):
+def test_sigkill_then_resume_and_two_devices_mapped_match(reference, tmp_path):
     _, table = reference
     cfg = _config(tmp_path, 2)
     out = tmp_path / "out"
-    proc = _cli(["sweep", str(cfg), "--out", str(out), "--no-progress", "--devices", "2"])
+    # Two devices with the models mapped one at a time inside each device's block: sharding and
+    # the map layout compose, and the resume (default layout, one device) gives the same numbers.
+    proc = _cli(["sweep", str(cfg), "--out", str(out), "--no-progress", "--devices", "2", "--layout", "map:1"])
     deadline = time.time() + 240
     while time.time() < deadline and len(results.finished_chunks(out)) < 2 and proc.poll() is None:
         time.sleep(0.2)

@@ -1,0 +1,97 @@
+"""Population layouts: vmap, lax.map over groups (with padding), and groups inside shards give the
+same per-model results; the documented defaults and the config table."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mismatch_jax.config_io import ConfigError, from_dict
+from mismatch_jax.population import CPU_MAP_MIN_WIDTH, PopulationLayout, default_layout, over_population
+
+
+def _population_fn(keys, weights, shared_matrix, maybe_none):
+    """A population function: model n's output depends on keys[n], weights[n] and the shared
+    matrix only (and counts how many models it was called with, to see the grouping)."""
+    assert maybe_none is None
+    noise = jax.vmap(lambda k: jax.random.normal(k, (3,)))(keys)  # [N, 3]
+    out = jnp.tanh(weights @ shared_matrix) + noise  # [N, 3]
+    return {"out": out, "group": jnp.full(keys.shape, keys.shape[0])}
+
+
+@pytest.mark.parametrize("strategy, group, shards", [
+    ("map", 1, 1), ("map", 3, 1), ("map", 7, 1), ("map", 100, 1), ("map", 2, 2), ("map", 3, 2), ("vmap", 0, 2)])
+def test_every_layout_gives_each_model_its_own_result(strategy, group, shards):
+    n = 10
+    keys = jax.random.split(jax.random.key(0), n)
+    weights = jax.random.normal(jax.random.key(1), (n, 4))
+    shared = jax.random.normal(jax.random.key(2), (4, 3))
+    reference = _population_fn(keys, weights, shared, None)
+    fn = jax.jit(over_population(_population_fn, PopulationLayout(strategy, group), shared=(2, 3),
+                                 num_shards=shards))
+    got = fn(keys, weights, shared, None)
+    np.testing.assert_allclose(got["out"], reference["out"], rtol=1e-6, atol=1e-6)
+    block = n // shards
+    expected_group = n if strategy == "vmap" else shards * min(group, block)
+    assert set(np.asarray(got["group"]).tolist()) == {expected_group}
+
+
+def test_a_population_not_divisible_by_the_shards_is_refused():
+    fn = over_population(_population_fn, PopulationLayout("map", 1), shared=(2, 3), num_shards=3)
+    with pytest.raises(ValueError, match="multiple of num_shards"):
+        fn(jax.random.split(jax.random.key(0), 4), jnp.ones((4, 4)), jnp.ones((4, 3)), None)
+
+
+def test_defaults_and_resolution():
+    assert default_layout("gpu", 1024) == PopulationLayout("vmap", 0)
+    assert default_layout("tpu", 1024) == PopulationLayout("vmap", 0)
+    assert default_layout("cpu", CPU_MAP_MIN_WIDTH - 1).strategy == "vmap"
+    assert default_layout("cpu", None).strategy == "vmap"
+    wide = default_layout("cpu", CPU_MAP_MIN_WIDTH)
+    assert wide.strategy == "map" and wide.group_size >= 1
+    assert PopulationLayout("map", 0).resolve("gpu", 8) == PopulationLayout("map", 1)
+    assert PopulationLayout("map", 5).resolve("cpu", 8) == PopulationLayout("map", 5)
+    assert PopulationLayout("vmap", 5).resolve("cpu", 4096) == PopulationLayout("vmap", 0)
+    assert PopulationLayout("auto", 0).resolve("gpu", 4096) == PopulationLayout("vmap", 0)
+    assert PopulationLayout("auto", 0).resolve("cpu", 4096) == wide
+    assert PopulationLayout("auto", 8).resolve("cpu", 4096) == PopulationLayout("map", 8)
+
+
+def test_config_table_is_checked():
+    from mismatch_jax.sweep.config import SweepConfig
+
+    config = from_dict(SweepConfig, {"env": "cartpole_balance", "run": {"layout": {"strategy": "map", "group_size": 4}}})
+    assert config.run.layout == PopulationLayout("map", 4)
+    with pytest.raises(ConfigError, match="run.layout.strategy"):
+        from_dict(SweepConfig, {"env": "cartpole_balance", "run": {"layout": {"strategy": "pmap"}}})
+    with pytest.raises(ConfigError, match="group_size"):
+        from_dict(SweepConfig, {"env": "cartpole_balance", "run": {"layout": {"group_size": -1}}})
+
+
+def test_population_trainer_is_the_same_under_each_layout():
+    from mismatch_jax.data.transitions import TransitionData
+    from mismatch_jax.models import core as models
+    from mismatch_jax.train import TrainHParams, make_train_fn
+    from mismatch_jax.train.config import TrainConfig
+    from mismatch_jax.train.population import model_keys
+
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(300, 3)).astype(np.float32)
+    act = rng.uniform(-1, 1, size=(300, 1)).astype(np.float32)
+    data = TransitionData.from_arrays(jax.random.key(0), obs, act, obs * 0.9 + act, validation_fraction=0.2)
+    cfg = TrainConfig(model=models.ModelConfig("PE", 3, 1, hidden_size=16, num_hidden_layers=2, ensemble_size=2),
+                      num_epochs=3, batch_size=64, patience=1)
+    n = 5
+    keys = model_keys(jax.random.key(3), 0, n)
+    hp = TrainHParams.population(n, learning_rate=jnp.array([1e-3, 3e-3, 1e-2, 3e-2, 1e-1]))
+    train = make_train_fn(cfg)
+
+    def population(keys, hparams, data):
+        result = train(keys, None, data, hparams, jnp.zeros(keys.shape[0], jnp.int32))
+        return result.params, result.metrics, result.best_epoch
+
+    reference = jax.jit(population)(keys, hp, data)
+    for layout in (PopulationLayout("map", 1), PopulationLayout("map", 2)):
+        got = jax.jit(over_population(population, layout, shared=(2,)))(keys, hp, data)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
+            np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-5)
