@@ -32,6 +32,7 @@ import numpy as np
 from mismatch_jax.agents import mbpo
 from mismatch_jax.agents import mbpo_config
 from mismatch_jax.experiments import mbpo_compare
+from mismatch_jax.population import PopulationLayout, over_population
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAC_REFERENCE = {
@@ -56,23 +57,25 @@ def acceptance(config: mbpo_compare.CompareConfig, num_seeds):
     return result
 
 
-def seed_programs(config: mbpo_compare.CompareConfig, num_seeds):
+def seed_programs(config: mbpo_compare.CompareConfig, num_seeds, layout=None):
     """The quick-config MBPO agent as (a) one ``jit(vmap(train))`` program over ``num_seeds`` seeds
     and (b) the single-seed ``jit(train)`` program, both AOT-compiled (seconds apart): a dict with
     ``batched``, ``single``, ``keys`` [num_seeds], ``config``, ``vmapped_compile_s``,
-    ``single_compile_s``. Shared with compare_peer.py's ``seeds`` question."""
+    ``single_compile_s``, ``layout`` (the seeds' population layout, resolved; None = "auto").
+    Shared with compare_peer.py's ``seeds`` question."""
     cfg = mbpo_config.agent_config("mbpo", config.mbpo)
     cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, num_seeds=num_seeds))
     env = mbpo_config.make_env(cfg)
     keys = mbpo.seed_keys(cfg)
     train = mbpo.make_train(cfg, env)
     t = time.perf_counter()
-    batched = jax.jit(jax.vmap(train)).lower(keys).compile()
+    layout = (layout or PopulationLayout()).resolve(width=cfg.sac.hidden_size)
+    batched = jax.jit(over_population(jax.vmap(train), layout)).lower(keys).compile()
     vmapped_compile_s = time.perf_counter() - t
     t = time.perf_counter()
     single = jax.jit(train).lower(keys[0]).compile()
     single_compile_s = time.perf_counter() - t
-    return {"batched": batched, "single": single, "keys": keys, "config": cfg,
+    return {"batched": batched, "single": single, "keys": keys, "config": cfg, "layout": layout,
             "vmapped_compile_s": vmapped_compile_s, "single_compile_s": single_compile_s}
 
 

@@ -75,6 +75,7 @@ from mismatch_jax.models import core as models  # noqa: E402
 from mismatch_jax.models.nets import gradient_update  # noqa: E402
 from mismatch_jax.planning.cem import CEMConfig  # noqa: E402
 from mismatch_jax.planning.mpc import make_planner  # noqa: E402
+from mismatch_jax.population import over_population, parse_layout  # noqa: E402
 from mismatch_jax.train import TrainConfig, TrainHParams, make_optimizer, make_train_fn, model_keys  # noqa: E402
 from mismatch_jax.train.steps import all_finite, make_model_steps, select  # noqa: E402
 
@@ -111,6 +112,9 @@ def parse_args(argv=None):
                    help="also time variants of our training step at --breakdown-sizes")
     p.add_argument("--breakdown-sizes", default="200_64", help="breakdown: comma-separated HIDDEN_N")
     p.add_argument("--breakdown-steps", type=int, default=5, help="breakdown: steps per timed loop")
+    p.add_argument("--layout", default="auto",
+                   help="ours: population layout of train / cem_batch / seeds (vmap, map[:G], auto = the "
+                        "backend's default, as the product runs it)")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--gap-s", type=float, default=0.2, help="idle seconds between timed calls")
     p.add_argument("--no-peer", action="store_true", help="JAX side only (peer keys null)")
@@ -309,14 +313,16 @@ def train_question(args, peer, hidden, n, gemm):
     keys = model_keys(jax.random.key(0), 0, n)
     hp = TrainHParams.population(n)
     ds = jnp.zeros(n, jnp.int32)
-    compiled, compile_s = compile_timed(jax.jit(make_train_fn(cfg)), keys, None, data, hp, ds)
+    layout = parse_layout(args.layout).resolve(width=hidden)
+    ours_fn = over_population(make_train_fn(cfg), layout, shared=(1, 2), width=hidden)
+    compiled, compile_s = compile_timed(jax.jit(ours_fn), keys, None, data, hp, ds)
     warm_s = timed(lambda: compiled(keys, None, data, hp, ds))
     entry = {
         "hidden": hidden, "num_models": n, "layers": args.layers, "epochs": args.epochs,
         "batch_size": args.batch_size, "rows": args.rows, "train_rows": num_train, "val_rows": num_val,
         "steps_per_epoch": steps, "ours_slots_per_epoch": -(-args.rows // args.batch_size),
         "flops_per_model": train_flops_per_model(cfg.model, args.epochs, num_train, num_val),
-        "ours_compile_s": compile_s, "ours_warmup_s": warm_s,
+        "ours_compile_s": compile_s, "ours_warmup_s": warm_s, "ours_layout": vars(layout),
     }
     entry = {"ours": None, "peer_batched": None, "peer_sequential": None, "gemm_fraction": None, **entry}
     worker = peer.start(name)
@@ -460,7 +466,10 @@ def cem_batch_question(args, num_models):
     setting = args.cem_batch_setting
     planner, params, norms, obs, plans = cem_inputs(setting, num_models)
     keys = jax.random.split(jax.random.key(1), num_models)
-    batched, batched_compile_s = compile_timed(jax.jit(jax.vmap(planner)), keys, params, norms, obs, plans)
+    layout = parse_layout(args.layout).resolve(width=CEM_SETTINGS[setting]["hidden"])
+    batched, batched_compile_s = compile_timed(
+        jax.jit(over_population(jax.vmap(planner), layout, width=CEM_SETTINGS[setting]["hidden"])),
+        keys, params, norms, obs, plans)
     single, single_compile_s = compile_timed(jax.jit(planner), keys[0], first(params), first(norms),
                                              obs[0], plans[0])
     per_model = [jax.tree.map(lambda a, i=i: a[i], (keys, params, norms, obs, plans)) for i in range(num_models)]
@@ -477,7 +486,8 @@ def cem_batch_question(args, num_models):
         s.append(timed(sequential) / num_models)
         time.sleep(args.gap_s)
         log(f"[cem_batch {num_models}] rep {rep}: batched {b[-1]:.4f}, sequential {s[-1]:.4f} s/step/model")
-    return {"setting": setting, "num_models": num_models, "batched_compile_s": batched_compile_s,
+    return {"setting": setting, "num_models": num_models, "layout": vars(layout),
+            "batched_compile_s": batched_compile_s,
             "single_compile_s": single_compile_s, "warmup_s": warm,
             "batched_per_step_s": summarize(b), "sequential_per_step_s": summarize(s),
             "speedup_batched_over_sequential": ratio(summarize(s), summarize(b))}
@@ -491,7 +501,8 @@ def seeds_question(args):
     from bench_mbpo import seed_programs
     from mismatch_jax.experiments import mbpo_compare
 
-    progs = seed_programs(mbpo_compare.load_compare_config(args.seeds_config), args.seeds_count)
+    progs = seed_programs(mbpo_compare.load_compare_config(args.seeds_config), args.seeds_count,
+                          parse_layout(args.layout))
     keys, batched, single = progs["keys"], progs["batched"], progs["single"]
 
     def sequential():
@@ -507,7 +518,7 @@ def seeds_question(args):
         time.sleep(args.gap_s)
         log(f"[seeds] rep {rep}: one program {one[-1]:.2f} s, sequential {seq[-1]:.2f} s")
     return {"config": os.path.relpath(args.seeds_config, ROOT), "num_seeds": args.seeds_count,
-            "env_steps_per_seed": progs["config"].sac.total_env_steps,
+            "env_steps_per_seed": progs["config"].sac.total_env_steps, "layout": vars(progs["layout"]),
             "one_program_compile_s": progs["vmapped_compile_s"], "single_compile_s": progs["single_compile_s"],
             "warmup_s": warm, "one_program_s": summarize(one), "sequential_s": summarize(seq),
             "speedup_one_program_over_sequential": ratio(summarize(seq), summarize(one))}

@@ -11,10 +11,11 @@ runs such a function under a ``PopulationLayout``:
   becomes one batched GEMM over N. Best on GPUs / TPUs, and on CPUs when the per-model GEMMs are
   small (a batched GEMM of N tiny matrices beats N tiny calls).
 * ``"map"`` — ``lax.map`` over groups of ``group_size`` models: the function runs on [group_size]
-  models at a time, one group after another. On XLA:CPU a batched GEMM of N medium matrices runs at
-  about half the speed of a plain GEMM, so with ``group_size = 1`` (every matmul a plain GEMM) a
-  population of wide models trains faster; the population-level ``lax.cond`` skips (rows past every
-  model's count, epochs after every model stopped) then act per group.
+  models at a time, one group after another. On XLA:CPU a batched GEMM of N medium matrices runs
+  well below the speed of a plain GEMM, so with ``group_size = 1`` (every matmul a plain GEMM) a
+  population of models ≥ 64 wide trains 1.2–1.4× faster on one CPU device; the population-level
+  ``lax.cond`` skips (rows past every model's count, epochs after every model stopped) then act
+  per group.
 * sharding — when the caller's population axis is sharded over D devices (a ``NamedSharding`` on a
   mesh), pass ``num_shards = D``: the groups are formed inside each device's block of models (step
   s of the map runs group s of every device at once), so sharding and mapping compose without any
@@ -52,18 +53,20 @@ class PopulationLayout(Schema):
     strategy: Strategy = "auto"
     group_size: int = setting(0, ge=0)
 
-    def resolve(self, backend: str | None = None, width: int | None = None) -> "PopulationLayout":
+    def resolve(self, backend: str | None = None, width: int | None = None,
+                num_shards: int = 1) -> "PopulationLayout":
         """The concrete layout on ``backend`` (default: JAX's) for models whose widest layer has
-        ``width`` units (``None``: unknown): strategy "vmap" or "map" with ``group_size ≥ 1``."""
+        ``width`` units (``None``: unknown), the population sharded over ``num_shards`` devices:
+        strategy "vmap" or "map" with ``group_size ≥ 1``."""
         if self.strategy == "auto" and _OVERRIDE is not None:
-            return _OVERRIDE.resolve_default(backend, width)
-        return self.resolve_default(backend, width)
+            return _OVERRIDE.resolve_default(backend, width, num_shards)
+        return self.resolve_default(backend, width, num_shards)
 
-    def resolve_default(self, backend: str | None, width: int | None) -> "PopulationLayout":
+    def resolve_default(self, backend: str | None, width: int | None, num_shards: int = 1) -> "PopulationLayout":
         """``resolve`` without the process-wide override (``use_layout``)."""
         if self.strategy == "vmap":
             return PopulationLayout("vmap", 0)
-        default = default_layout(backend or jax.default_backend(), width)
+        default = default_layout(backend or jax.default_backend(), width, num_shards)
         if self.strategy == "auto":
             return default if self.group_size == 0 or default.strategy == "vmap" else \
                 PopulationLayout("map", self.group_size)
@@ -93,13 +96,15 @@ def parse_layout(text: str) -> PopulationLayout:
 
 # Below this width a per-model GEMM is too small for a plain GEMM call to beat the batched one
 # on XLA:CPU (measured: benchmarks/bench_layout.py, RESULTS.md "Population layout").
-CPU_MAP_MIN_WIDTH = 128
+CPU_MAP_MIN_WIDTH = 64
 
 
-def default_layout(backend: str, width: int | None = None) -> PopulationLayout:
-    """The documented default: one ``vmap`` on GPUs / TPUs and for narrow models on CPUs;
-    ``lax.map`` one model at a time for wide models (≥ ``CPU_MAP_MIN_WIDTH`` units) on CPUs."""
-    if backend == "cpu" and width is not None and width >= CPU_MAP_MIN_WIDTH:
+def default_layout(backend: str, width: int | None = None, num_shards: int = 1) -> PopulationLayout:
+    """The documented default: ``lax.map`` one model at a time for models ≥ ``CPU_MAP_MIN_WIDTH``
+    units wide on an unsharded CPU population; one ``vmap`` otherwise — on GPUs / TPUs, for narrow
+    models, and when the CPU is split into several devices (there a map of plain GEMMs per device
+    measured slower than vmap: RESULTS.md)."""
+    if backend == "cpu" and num_shards == 1 and width is not None and width >= CPU_MAP_MIN_WIDTH:
         return PopulationLayout("map", 1)
     return PopulationLayout("vmap", 0)
 
@@ -115,7 +120,7 @@ def over_population(fn: Callable, layout: PopulationLayout | None, shared: Seque
     under ``layout``. ``shared``: positions of arguments every model uses whole (data, contexts);
     ``num_shards``: devices the population axis is sharded over (groups stay inside a device's
     block); ``width``: the models' widest layer, for ``"auto"``. Same signature as ``fn``."""
-    concrete = (layout or PopulationLayout()).resolve(width=width)
+    concrete = (layout or PopulationLayout()).resolve(width=width, num_shards=num_shards)
     if concrete.strategy == "vmap":
         return fn
     group = concrete.group_size

@@ -55,6 +55,7 @@ def test_defaults_and_resolution():
     assert PopulationLayout("auto", 0).resolve("gpu", 4096) == PopulationLayout("vmap", 0)
     assert PopulationLayout("auto", 0).resolve("cpu", 4096) == wide
     assert PopulationLayout("auto", 8).resolve("cpu", 4096) == PopulationLayout("map", 8)
+    assert PopulationLayout("auto", 0).resolve("cpu", 4096, num_shards=2) == PopulationLayout("vmap", 0)
 
 
 def test_config_table_is_checked():
