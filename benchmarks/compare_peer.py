@@ -64,9 +64,15 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+if "--devices" in sys.argv[:-1]:  # XLA reads the host device count when JAX starts
+    _count = sys.argv[sys.argv.index("--devices") + 1]
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={int(_count)}").strip()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from bench_common import (ACT_DIM, ACTION_BOUND, CEM_SETTINGS, OBS_DIM, gemm_gflops,  # noqa: E402
                           linear_system, split_sizes, steps_per_epoch, summarize)
@@ -115,6 +121,9 @@ def parse_args(argv=None):
     p.add_argument("--layout", default="auto",
                    help="ours: population layout of train / cem_batch / seeds (vmap, map[:G], auto = the "
                         "backend's default, as the product runs it)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="train: split the CPU into this many XLA devices and shard our population over "
+                        "them (read before JAX starts; the peer keeps torch's default threads)")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--gap-s", type=float, default=0.2, help="idle seconds between timed calls")
     p.add_argument("--no-peer", action="store_true", help="JAX side only (peer keys null)")
@@ -313,16 +322,24 @@ def train_question(args, peer, hidden, n, gemm):
     keys = model_keys(jax.random.key(0), 0, n)
     hp = TrainHParams.population(n)
     ds = jnp.zeros(n, jnp.int32)
-    layout = parse_layout(args.layout).resolve(width=hidden)
-    ours_fn = over_population(make_train_fn(cfg), layout, shared=(1, 2), width=hidden)
-    compiled, compile_s = compile_timed(jax.jit(ours_fn), keys, None, data, hp, ds)
+    shards = len(jax.devices())  # --devices D: the population sharded over D host devices
+    layout = parse_layout(args.layout).resolve(width=hidden, num_shards=shards)
+    ours_fn = over_population(make_train_fn(cfg), layout, shared=(1, 2), width=hidden, num_shards=shards)
+    if shards > 1:
+        mesh = Mesh(np.asarray(jax.devices()), ("pop",))
+        pop, rep = NamedSharding(mesh, PartitionSpec("pop")), NamedSharding(mesh, PartitionSpec())
+        hp = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,)), hp)
+        jitted = jax.jit(ours_fn, in_shardings=(pop, None, rep, pop, pop))
+    else:
+        jitted = jax.jit(ours_fn)
+    compiled, compile_s = compile_timed(jitted, keys, None, data, hp, ds)
     warm_s = timed(lambda: compiled(keys, None, data, hp, ds))
     entry = {
         "hidden": hidden, "num_models": n, "layers": args.layers, "epochs": args.epochs,
         "batch_size": args.batch_size, "rows": args.rows, "train_rows": num_train, "val_rows": num_val,
         "steps_per_epoch": steps, "ours_slots_per_epoch": -(-args.rows // args.batch_size),
         "flops_per_model": train_flops_per_model(cfg.model, args.epochs, num_train, num_val),
-        "ours_compile_s": compile_s, "ours_warmup_s": warm_s, "ours_layout": vars(layout),
+        "ours_compile_s": compile_s, "ours_warmup_s": warm_s, "ours_layout": vars(layout), "ours_devices": shards,
     }
     entry = {"ours": None, "peer_batched": None, "peer_sequential": None, "gemm_fraction": None, **entry}
     worker = peer.start(name)

@@ -3,7 +3,7 @@
 import sys, os, time, json
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax, jax.numpy as jnp, numpy as np, optax
-from bench_common import linear_system, gemm_gflops, summarize
+from bench_common import linear_system, summarize
 from mismatch_jax.data import TransitionData
 from mismatch_jax.models import core as models
 from mismatch_jax.train import TrainConfig, TrainHParams, make_train_fn, model_keys

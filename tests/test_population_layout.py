@@ -92,7 +92,7 @@ def test_population_trainer_is_the_same_under_each_layout():
         return result.params, result.metrics, result.best_epoch
 
     reference = jax.jit(population)(keys, hp, data)
-    for layout in (PopulationLayout("map", 1), PopulationLayout("map", 2)):
+    for layout in (PopulationLayout("map", 2),):  # groups of 2 of 5 models: a padded last group
         got = jax.jit(over_population(population, layout, shared=(2,)))(keys, hp, data)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
             np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-5)
