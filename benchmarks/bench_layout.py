@@ -74,12 +74,12 @@ def log(*parts):
     print(*parts, file=sys.stderr, flush=True)
 
 
-def laid_out(fn, name, shared, per_model_args):
-    """(jitted fn under layout ``name``, in_shardings note)."""
+def laid_out(fn, name, shared, per_model_args, per_model=None):
+    """``fn`` jitted under layout ``name`` (``map:1`` calls ``per_model`` when given)."""
     sharded = name.startswith("shard:")
     layout = parse_layout(name.removeprefix("shard:"))
     shards = len(jax.devices()) if sharded else 1
-    f = over_population(fn, layout, shared=shared, num_shards=shards)
+    f = over_population(fn, layout, shared=shared, num_shards=shards, per_model=per_model)
     if not sharded:
         return jax.jit(f)
     mesh = Mesh(np.asarray(jax.devices()), ("pop",))
@@ -88,11 +88,11 @@ def laid_out(fn, name, shared, per_model_args):
     return jax.jit(f, in_shardings=tuple(spec))
 
 
-def race(question, fn, args, shared, layouts, reps):
+def race(question, fn, args, shared, layouts, reps, per_model=None):
     """Compile every layout, then time them interleaved; returns the question's JSON entry."""
     entry, programs, reference = {}, {}, None
     for name in layouts:
-        jitted = laid_out(fn, name, shared, len(args))
+        jitted = laid_out(fn, name, shared, len(args), per_model)
         t = time.perf_counter()
         compiled = jitted.lower(*args).compile()
         compile_s = time.perf_counter() - t
@@ -149,7 +149,7 @@ def cem_question(args):
     planner, params, norms, obs, plans = cem_inputs(args.cem_setting, args.cem_models)
     keys = jax.random.split(jax.random.key(1), args.cem_models)
     entry = race(f"cem {args.cem_setting} x{args.cem_models}", jax.vmap(planner), (keys, params, norms, obs, plans),
-                 (), args.layout_names, args.reps)
+                 (), args.layout_names, args.reps, per_model=planner)
     entry.update(setting=args.cem_setting, num_models=args.cem_models)
     return entry
 
@@ -164,8 +164,9 @@ def seeds_question(args):
     cfg = mbpo_config.agent_config("mbpo", config.mbpo)
     cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, num_seeds=args.seeds))
     env = mbpo_config.make_env(cfg)
-    entry = race(f"seeds x{args.seeds}", jax.vmap(mbpo.make_train(cfg, env)), (mbpo.seed_keys(cfg),), (),
-                 args.layout_names, max(1, min(args.reps, 3)))
+    train = mbpo.make_train(cfg, env)
+    entry = race(f"seeds x{args.seeds}", jax.vmap(train), (mbpo.seed_keys(cfg),), (),
+                 args.layout_names, max(1, min(args.reps, 3)), per_model=train)
     entry.update(num_seeds=args.seeds, sac_hidden=cfg.sac.hidden_size)
     return entry
 

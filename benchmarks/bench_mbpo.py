@@ -69,13 +69,23 @@ def seed_programs(config: mbpo_compare.CompareConfig, num_seeds, layout=None):
     keys = mbpo.seed_keys(cfg)
     train = mbpo.make_train(cfg, env)
     t = time.perf_counter()
-    layout = (layout or PopulationLayout()).resolve(width=cfg.sac.hidden_size)
-    batched = jax.jit(over_population(jax.vmap(train), layout)).lower(keys).compile()
+    # With several (host) devices the seeds are sharded over them, laid out inside each block.
+    shards = len(jax.devices()) if num_seeds % len(jax.devices()) == 0 else 1
+    layout = (layout or PopulationLayout()).resolve(width=cfg.sac.hidden_size, num_shards=shards)
+    program = over_population(jax.vmap(train), layout, num_shards=shards, per_model=train)
+    if shards > 1:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(np.asarray(jax.devices()), ("seeds",))
+        jitted = jax.jit(program, in_shardings=(NamedSharding(mesh, PartitionSpec("seeds")),))
+    else:
+        jitted = jax.jit(program)
+    batched = jitted.lower(keys).compile()
     vmapped_compile_s = time.perf_counter() - t
     t = time.perf_counter()
     single = jax.jit(train).lower(keys[0]).compile()
     single_compile_s = time.perf_counter() - t
-    return {"batched": batched, "single": single, "keys": keys, "config": cfg, "layout": layout,
+    return {"batched": batched, "single": single, "keys": keys, "config": cfg, "layout": layout, "shards": shards,
             "vmapped_compile_s": vmapped_compile_s, "single_compile_s": single_compile_s}
 
 

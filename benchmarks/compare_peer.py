@@ -122,8 +122,9 @@ def parse_args(argv=None):
                    help="ours: population layout of train / cem_batch / seeds (vmap, map[:G], auto = the "
                         "backend's default, as the product runs it)")
     p.add_argument("--devices", type=int, default=1,
-                   help="train: split the CPU into this many XLA devices and shard our population over "
-                        "them (read before JAX starts; the peer keeps torch's default threads)")
+                   help="train / seeds: split the CPU into this many XLA devices and shard our population "
+                        "(seeds) over them (read before JAX starts; the peer keeps torch's default threads; "
+                        "sequential seeds run on one device)")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--gap-s", type=float, default=0.2, help="idle seconds between timed calls")
     p.add_argument("--no-peer", action="store_true", help="JAX side only (peer keys null)")
@@ -485,7 +486,7 @@ def cem_batch_question(args, num_models):
     keys = jax.random.split(jax.random.key(1), num_models)
     layout = parse_layout(args.layout).resolve(width=CEM_SETTINGS[setting]["hidden"])
     batched, batched_compile_s = compile_timed(
-        jax.jit(over_population(jax.vmap(planner), layout, width=CEM_SETTINGS[setting]["hidden"])),
+        jax.jit(over_population(jax.vmap(planner), layout, width=CEM_SETTINGS[setting]["hidden"], per_model=planner)),
         keys, params, norms, obs, plans)
     single, single_compile_s = compile_timed(jax.jit(planner), keys[0], first(params), first(norms),
                                              obs[0], plans[0])
@@ -536,6 +537,7 @@ def seeds_question(args):
         log(f"[seeds] rep {rep}: one program {one[-1]:.2f} s, sequential {seq[-1]:.2f} s")
     return {"config": os.path.relpath(args.seeds_config, ROOT), "num_seeds": args.seeds_count,
             "env_steps_per_seed": progs["config"].sac.total_env_steps, "layout": vars(progs["layout"]),
+            "one_program_devices": progs["shards"],
             "one_program_compile_s": progs["vmapped_compile_s"], "single_compile_s": progs["single_compile_s"],
             "warmup_s": warm, "one_program_s": summarize(one), "sequential_s": summarize(seq),
             "speedup_one_program_over_sequential": ratio(summarize(seq), summarize(one))}

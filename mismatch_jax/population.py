@@ -115,15 +115,30 @@ def _leading(tree) -> int | None:
 
 
 def over_population(fn: Callable, layout: PopulationLayout | None, shared: Sequence[int] = (),
-                    num_shards: int = 1, width: int | None = None) -> Callable:
+                    num_shards: int = 1, width: int | None = None,
+                    per_model: Callable | None = None) -> Callable:
     """``fn`` (a population function: per-model arguments and outputs with leading axis [N]) run
     under ``layout``. ``shared``: positions of arguments every model uses whole (data, contexts);
     ``num_shards``: devices the population axis is sharded over (groups stay inside a device's
-    block); ``width``: the models' widest layer, for ``"auto"``. Same signature as ``fn``."""
+    block); ``width``: the models' widest layer, for ``"auto"``. Same signature as ``fn``.
+
+    per_model: optional unbatched form of ``fn`` (one model's arguments and outputs, no [N]),
+    e.g. ``f`` when ``fn = jax.vmap(f)``. A map of one model at a time then calls it directly
+    instead of ``fn`` on a group of one: under a vmap (even of size 1) every ``lax.cond`` whose
+    predicate depends on the model becomes a ``select`` that runs both branches, and ``per_model``
+    keeps those skips real."""
     concrete = (layout or PopulationLayout()).resolve(width=width, num_shards=num_shards)
     if concrete.strategy == "vmap":
         return fn
     group = concrete.group_size
+    if group == 1 and num_shards == 1 and per_model is not None:
+        def one_at_a_time(*args):
+            def run(model_args):
+                return per_model(*[model_args[i] if i in model_args else a for i, a in enumerate(args)])
+
+            return jax.lax.map(run, {i: a for i, a in enumerate(args) if i not in shared})
+
+        return one_at_a_time
 
     def mapped(*args):
         per_model = {i: a for i, a in enumerate(args) if i not in shared}

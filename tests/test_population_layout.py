@@ -36,6 +36,26 @@ def test_every_layout_gives_each_model_its_own_result(strategy, group, shards):
     assert set(np.asarray(got["group"]).tolist()) == {expected_group}
 
 
+def test_one_at_a_time_calls_the_unbatched_function_and_keeps_its_conds():
+    def one(key, weight, shared_matrix):
+        # A model-dependent cond: under any vmap it would become a select of both branches.
+        return jax.lax.cond(weight.sum() > 0, lambda: jnp.tanh(weight @ shared_matrix),
+                            lambda: jax.random.normal(key, (3,)))
+
+    population = jax.vmap(one, in_axes=(0, 0, None))
+    keys = jax.random.split(jax.random.key(0), 6)
+    weights = jax.random.normal(jax.random.key(1), (6, 4))
+    shared = jax.random.normal(jax.random.key(2), (4, 3))
+    mapped = over_population(population, PopulationLayout("map", 1), shared=(2,), per_model=one)
+    np.testing.assert_allclose(jax.jit(mapped)(keys, weights, shared), population(keys, weights, shared),
+                               rtol=1e-6, atol=1e-6)
+    direct = str(jax.make_jaxpr(mapped)(keys, weights, shared))
+    assert " cond[" in direct  # the skip survived as a cond
+    via_vmap = str(jax.make_jaxpr(over_population(population, PopulationLayout("map", 1), shared=(2,)))(
+        keys, weights, shared))
+    assert " cond[" not in via_vmap and "select_n" in via_vmap  # a group of one is still a vmap
+
+
 def test_a_population_not_divisible_by_the_shards_is_refused():
     fn = over_population(_population_fn, PopulationLayout("map", 1), shared=(2, 3), num_shards=3)
     with pytest.raises(ValueError, match="multiple of num_shards"):

@@ -171,7 +171,7 @@ def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
         return episodes(params, normalizer, trial_keys), ll
 
     evaluate = over_population(jax.vmap(evaluate_one, in_axes=(0, None)), layout, shared=(1,),
-                               width=model_config.hidden_size)
+                               width=model_config.hidden_size, per_model=evaluate_one)
 
     return evaluate_one, evaluate
 

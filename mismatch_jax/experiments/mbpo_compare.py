@@ -78,8 +78,8 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
     keys = mbpo.seed_keys(config)
     # Seeds laid out like any population (--layout; "auto": the backend's default for the
     # networks' width).
-    program = jax.jit(over_population(jax.vmap(mbpo.make_train(config, env)), None,
-                                      width=config.sac.hidden_size))
+    train = mbpo.make_train(config, env)
+    program = jax.jit(over_population(jax.vmap(train), None, width=config.sac.hidden_size, per_model=train))
     t = time.perf_counter()
     compiled = program.lower(keys).compile()
     compile_s = time.perf_counter() - t

@@ -82,5 +82,6 @@ def make_population_evaluator(env, planner, episode_length: int, env_params=None
     out by ``layout`` (``mismatch_jax.population``; None = "auto" for models ``width`` wide). Pure."""
     from mismatch_jax.population import over_population
 
-    evaluate = jax.vmap(make_episode_evaluator(env, planner, episode_length, env_params), in_axes=(0, 0, None))
-    return over_population(evaluate, layout, shared=(2,), width=width)
+    one_model = make_episode_evaluator(env, planner, episode_length, env_params)
+    return over_population(jax.vmap(one_model, in_axes=(0, 0, None)), layout, shared=(2,), width=width,
+                           per_model=one_model)
