@@ -277,6 +277,9 @@ def _cmd_configs(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+DEVICE_COMMANDS = ("sweep", "mbpo")  # commands that shard their population over local devices
+
+
 def _force_host_devices(count: int) -> None:
     """Splits the CPU into ``count`` XLA host devices; must run before jax initialises."""
     import os
@@ -307,11 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how populations of models / seeds are laid out: one vmap, lax.map over "
                             "groups of G, or the backend's default (auto); every 'auto' layout of the "
                             "run resolves to this (README, mismatch_jax/population.py)")
+        if name in DEVICE_COMMANDS:
+            p.add_argument("--devices", type=int, default=0,
+                           help="CPU only: split the host into this many XLA devices (shards the "
+                                "population / the seeds over them)")
         if name == "sweep":
             p.add_argument("--resume", action="store_true",
                            help="continue an interrupted sweep in OUT (finished chunks are kept)")
-            p.add_argument("--devices", type=int, default=0,
-                           help="CPU only: split the host into this many XLA devices (shards the population)")
             p.add_argument("--distributed", action="store_true",
                            help="several processes / hosts share OUT: each claims chunks (claims/), a dead "
                                 "process's claims are taken over, the last to finish merges (README)")
@@ -364,7 +369,7 @@ def _run_command(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "sweep" and "--devices" in argv:
+    if argv and argv[0] in DEVICE_COMMANDS and "--devices" in argv:
         # XLA reads the device count when jax initialises: set it before anything imports jax.
         index = argv.index("--devices") + 1
         if index < len(argv) and argv[index].isdigit() and int(argv[index]) > 0:

@@ -304,3 +304,27 @@ def test_main_mbpo_writes_json_and_png(tmp_path):
     assert [a["agent"] for a in summary["agents"]] == ["mbpo", "vagram"]
     assert np.asarray(summary["agents"][1]["eval_return"]).shape == (2, 2)
     assert (tmp_path / "out" / "mbpo_compare.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # two processes, two compiles (~1 min)
+def test_mbpo_seeds_sharded_over_two_host_devices_equal_one_device(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'agents = ["mbpo"]\n[mbpo]\nmodel_train_freq = 50\nepoch_length = 100\nrollout_batch_size = 8\n'
+        '[mbpo.model]\nensemble_size = 2\nhidden_size = 16\n[mbpo.model_training]\nnum_epochs = 1\n'
+        '[mbpo.sac]\ntotal_env_steps = 200\neval_interval = 100\nlearning_starts = 50\nnum_eval_episodes = 1\n'
+        'buffer_capacity = 200\nbatch_size = 16\nhidden_size = 16\nnum_seeds = 2\n')
+    returns = []
+    for devices in ("1", "2"):
+        out = tmp_path / f"out{devices}"
+        done = subprocess.run([sys.executable, "-m", "mismatch_jax.cli", "mbpo", str(config), "--out", str(out),
+                               "--devices", devices], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        agent = json.loads((out / "mbpo_compare.json").read_text())["agents"][0]
+        assert agent["seed_devices"] == int(devices)
+        returns.append(agent["eval_return"])
+    np.testing.assert_allclose(returns[1], returns[0], rtol=1e-3, atol=1e-2)
