@@ -61,12 +61,11 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from bench_common import gemm_gflops, linear_system, summarize  # noqa: E402
 from mismatch_jax.data import TransitionData  # noqa: E402
 from mismatch_jax.models import core as models  # noqa: E402
-from mismatch_jax.population import over_population, parse_layout  # noqa: E402
+from mismatch_jax.population import jit_sharded, over_population, parse_layout  # noqa: E402
 from mismatch_jax.train import TrainConfig, TrainHParams, make_train_fn, model_keys  # noqa: E402
 
 
@@ -80,12 +79,7 @@ def laid_out(fn, name, shared, per_model_args, per_model=None):
     layout = parse_layout(name.removeprefix("shard:"))
     shards = len(jax.devices()) if sharded else 1
     f = over_population(fn, layout, shared=shared, num_shards=shards, per_model=per_model)
-    if not sharded:
-        return jax.jit(f)
-    mesh = Mesh(np.asarray(jax.devices()), ("pop",))
-    spec = [NamedSharding(mesh, PartitionSpec() if i in shared else PartitionSpec("pop"))
-            for i in range(per_model_args)]
-    return jax.jit(f, in_shardings=tuple(spec))
+    return jit_sharded(f, per_model_args, shared, devices=jax.devices()[:shards])
 
 
 def race(question, fn, args, shared, layouts, reps, per_model=None):

@@ -32,7 +32,7 @@ import numpy as np
 from mismatch_jax.agents import mbpo
 from mismatch_jax.agents import mbpo_config
 from mismatch_jax.experiments import mbpo_compare
-from mismatch_jax.population import PopulationLayout, over_population
+from mismatch_jax.population import PopulationLayout, jit_sharded, over_population
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAC_REFERENCE = {
@@ -73,14 +73,7 @@ def seed_programs(config: mbpo_compare.CompareConfig, num_seeds, layout=None):
     shards = len(jax.devices()) if num_seeds % len(jax.devices()) == 0 else 1
     layout = (layout or PopulationLayout()).resolve(width=cfg.sac.hidden_size, num_shards=shards)
     program = over_population(jax.vmap(train), layout, num_shards=shards, per_model=train)
-    if shards > 1:
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-        mesh = Mesh(np.asarray(jax.devices()), ("seeds",))
-        jitted = jax.jit(program, in_shardings=(NamedSharding(mesh, PartitionSpec("seeds")),))
-    else:
-        jitted = jax.jit(program)
-    batched = jitted.lower(keys).compile()
+    batched = jit_sharded(program, 1, devices=jax.devices()[:shards]).lower(keys).compile()
     vmapped_compile_s = time.perf_counter() - t
     t = time.perf_counter()
     single = jax.jit(train).lower(keys[0]).compile()

@@ -1,6 +1,6 @@
 """Throughput of a ≥1000-model population through train → LL → CEM reward, split by stage.
 
-Each stage of a sweep chunk (``mismatch_jax.sweep.runner.make_chunk_parts``: training, one-step
+Each stage of a sweep chunk (``mismatch_jax.sweep.chunk.make_chunk_parts``: training, one-step
 LL/MSE on every evaluation dataset, CEM-MPC reward in the true env) is jitted on its own, on the
 same chunk, with the sweep's sharding over host devices. For each stage it reports compile time
 apart from run time, models/hour and FLOPs, and compares the achieved FLOP/s with a large
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
 
     from mismatch_jax.envs import make
     from mismatch_jax.sweep.config import load
-    from mismatch_jax.sweep.runner import chunk_size_for, make_chunk_parts, stack_study_data
+    from mismatch_jax.sweep.chunk import chunk_size_for, make_chunk_parts, stack_study_data
     from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     config = load(args.config)

@@ -72,7 +72,6 @@ if "--devices" in sys.argv[:-1]:  # XLA reads the host device count when JAX sta
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from bench_common import (ACT_DIM, ACTION_BOUND, CEM_SETTINGS, OBS_DIM, gemm_gflops,  # noqa: E402
                           linear_system, split_sizes, steps_per_epoch, summarize)
@@ -81,7 +80,7 @@ from mismatch_jax.models import core as models  # noqa: E402
 from mismatch_jax.models.nets import gradient_update  # noqa: E402
 from mismatch_jax.planning.cem import CEMConfig  # noqa: E402
 from mismatch_jax.planning.mpc import make_planner  # noqa: E402
-from mismatch_jax.population import over_population, parse_layout  # noqa: E402
+from mismatch_jax.population import jit_sharded, over_population, parse_layout  # noqa: E402
 from mismatch_jax.train import TrainConfig, TrainHParams, make_optimizer, make_train_fn, model_keys  # noqa: E402
 from mismatch_jax.train.steps import all_finite, make_model_steps, select  # noqa: E402
 
@@ -326,14 +325,8 @@ def train_question(args, peer, hidden, n, gemm):
     shards = len(jax.devices())  # --devices D: the population sharded over D host devices
     layout = parse_layout(args.layout).resolve(width=hidden, num_shards=shards)
     ours_fn = over_population(make_train_fn(cfg), layout, shared=(1, 2), width=hidden, num_shards=shards)
-    if shards > 1:
-        mesh = Mesh(np.asarray(jax.devices()), ("pop",))
-        pop, rep = NamedSharding(mesh, PartitionSpec("pop")), NamedSharding(mesh, PartitionSpec())
-        hp = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,)), hp)
-        jitted = jax.jit(ours_fn, in_shardings=(pop, None, rep, pop, pop))
-    else:
-        jitted = jax.jit(ours_fn)
-    compiled, compile_s = compile_timed(jitted, keys, None, data, hp, ds)
+    hp = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,)), hp)
+    compiled, compile_s = compile_timed(jit_sharded(ours_fn, 5, shared=(1, 2)), keys, None, data, hp, ds)
     warm_s = timed(lambda: compiled(keys, None, data, hp, ds))
     entry = {
         "hidden": hidden, "num_models": n, "layers": args.layers, "epochs": args.epochs,

@@ -57,12 +57,12 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "sweep": Command(
         "train a model population, score one-step LL and CEM reward, write results.parquet + scatter",
-        "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.cli:_run_sweep", "quickstart",
+        "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.experiments.sweep_command:run_sweep_command", "quickstart",
         ("results.parquet", "manifest.json", "ll_reward_scatter.png", "ll_reward_correlations.json"),
         takes_options=True),
     "datasets": Command(
         "build (or find in the cache) every dataset a sweep config needs; --out sets the cache",
-        "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.cli:_run_datasets", "quickstart",
+        "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.experiments.sweep_command:build_datasets", "quickstart",
         (), takes_options=True),
     "pets": Command(
         "PETS (CEM-MPC on a learned ensemble): per-trial rewards",
@@ -161,81 +161,6 @@ def promised_outputs(command: str, config) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _run_sweep(config, out: str, options: argparse.Namespace) -> None:
-    """Runs a sweep into ``out`` and draws its scatter / per-epoch figures."""
-    from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
-    from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
-
-    enable_compilation_cache()
-    process_id, num_processes, coordinator = _process_settings(options)
-    table = run_sweep(config, out, resume=options.resume, progress=not options.no_progress,
-                      distributed=options.distributed, process_id=process_id,
-                      claim_lease_s=options.claim_lease, num_processes=num_processes, coordinator=coordinator)
-    if len(table):
-        content = ll_reward_scatter(table, out)
-        if table["epoch"].nunique() > 1:
-            per_epoch_curves(table, out)
-        _print_summary(out, table, content)
-
-
-def _process_settings(options: argparse.Namespace) -> tuple[str | None, int | None, str | None]:
-    """(process id, process count, coordinator) of a ``--distributed`` sweep from the flags, else
-    from ``JAX_PROCESS_ID`` / ``JAX_NUM_PROCESSES`` / ``JAX_COORDINATOR_ADDRESS``."""
-    import os
-
-    from mismatch_jax.errors import InputError
-
-    if options.claim_lease <= 0:
-        raise InputError(f"--claim-lease must be > 0 seconds, got {options.claim_lease}")
-    process_id = options.process_id or os.environ.get("JAX_PROCESS_ID") or None
-    count = options.num_processes if options.num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
-    coordinator = options.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
-    if count is not None:
-        try:
-            count = int(count)
-        except ValueError:
-            raise InputError(f"--num-processes / JAX_NUM_PROCESSES must be an integer, got {count!r}") from None
-        if count < 1:
-            raise InputError(f"--num-processes must be >= 1, got {count}")
-        if process_id is not None and (not str(process_id).isdigit() or int(process_id) >= count):
-            raise InputError(f"--process-id must be an integer in [0, {count}) with --num-processes {count}, "
-                             f"got {process_id!r}")
-    if coordinator is not None and (":" not in coordinator or not coordinator.rsplit(":", 1)[1].isdigit()):
-        raise InputError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
-    if (count is not None or coordinator is not None or options.process_id) and not options.distributed:
-        raise InputError("--process-id / --num-processes / --coordinator need --distributed")
-    return process_id, count, coordinator
-
-
-def _run_datasets(config, out: str, options: argparse.Namespace) -> None:
-    """Builds a sweep's datasets into its cache (``--out`` replaces ``datasets.cache_dir``)."""
-    from mismatch_jax.envs import make
-    from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
-
-    if options.out:
-        config = dataclasses.replace(config, datasets=dataclasses.replace(config.datasets, cache_dir=out))
-    build_study_datasets(StudyData.of_sweep(config), make(config.env))
-
-
-def _print_summary(out: str, table, content: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    summary = Table(title=f"LL vs reward ({out})")
-    for column in ("train", "eval", "n", "Pearson ρ [95% CI]", "Spearman ρ [95% CI]"):
-        summary.add_column(column)
-    fmt = lambda v: "n/a" if v is None else f"{v:+.2f}"
-    for rec in content["correlations"]:
-        summary.add_row(rec["train_dataset"], rec["eval_dataset"], str(rec["n"]),
-                        f"{fmt(rec['pearson'])} [{fmt(rec['pearson_ci'][0])}, {fmt(rec['pearson_ci'][1])}]",
-                        f"{fmt(rec['spearman'])} [{fmt(rec['spearman_ci'][0])}, {fmt(rec['spearman_ci'][1])}]")
-    console.print(summary)
-    console.print(f"{table['model_id'].nunique()} models, {len(table)} rows, "
-                  f"{content['n_diverged_excluded']} diverged excluded; wrote {out}/results.parquet, "
-                  f"{out}/ll_reward_scatter.png, {out}/ll_reward_correlations.json")
-
-
 def _cmd_plot(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -264,7 +189,9 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     content = ll_reward_scatter(table, out, epoch=epoch, num_bootstrap=args.bootstrap)
     if table["epoch"].nunique() > 1:
         per_epoch_curves(table, out)
-    _print_summary(out, table, content)
+    from mismatch_jax.experiments.sweep_command import print_summary
+
+    print_summary(out, table, content)
 
 
 def _cmd_configs(args: argparse.Namespace) -> None:

@@ -35,6 +35,7 @@ from typing import Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mismatch_jax.config_io import Schema, setting
 
@@ -173,3 +174,17 @@ def over_population(fn: Callable, layout: PopulationLayout | None, shared: Seque
         return jax.tree.map(scatter, outputs)
 
     return mapped
+
+
+def jit_sharded(fn: Callable, num_args: int, shared: Sequence[int] = (), devices=None) -> Callable:
+    """``jax.jit(fn)`` with its per-model arguments (every position not in ``shared``) sharded
+    along their leading [N] axis over ``devices`` (default: the local devices) and the shared
+    ones replicated; with one device, plain ``jax.jit``. N must be a multiple of the device count."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = list(devices or jax.local_devices())
+    if len(devices) == 1:
+        return jax.jit(fn)
+    mesh = Mesh(np.asarray(devices), ("pop",))
+    per_model, whole = NamedSharding(mesh, PartitionSpec("pop")), NamedSharding(mesh, PartitionSpec())
+    return jax.jit(fn, in_shardings=tuple(whole if i in shared else per_model for i in range(num_args)))

@@ -22,13 +22,12 @@ from typing import Optional
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mismatch_jax.files import write_json
 from mismatch_jax.agents import mbpo
 from mismatch_jax.agents import mbpo_config
 from mismatch_jax.config_io import Schema, from_dict, load_toml, to_dict
-from mismatch_jax.population import over_population
+from mismatch_jax.population import jit_sharded, over_population
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,13 +82,8 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
     train = mbpo.make_train(config, env)
     devices = jax.local_devices()
     shards = len(devices) if config.sac.num_seeds % len(devices) == 0 else 1
-    program = over_population(jax.vmap(train), None, width=config.sac.hidden_size, num_shards=shards,
-                              per_model=train)
-    if shards > 1:
-        mesh = Mesh(np.asarray(devices), ("seeds",))
-        program = jax.jit(program, in_shardings=(NamedSharding(mesh, PartitionSpec("seeds")),))
-    else:
-        program = jax.jit(program)
+    program = jit_sharded(over_population(jax.vmap(train), None, width=config.sac.hidden_size,
+                                          num_shards=shards, per_model=train), 1, devices=devices[:shards])
     t = time.perf_counter()
     compiled = program.lower(keys).compile()
     compile_s = time.perf_counter() - t

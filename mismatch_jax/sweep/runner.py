@@ -15,222 +15,26 @@ process's claims expire and are taken over, and whichever process finds every ch
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mismatch_jax import models
 from mismatch_jax.compilation import BackgroundCompiler
 from mismatch_jax.envs import make
-from mismatch_jax.planning.mpc import make_planner, mpc_episode
-from mismatch_jax.population import PopulationLayout, over_population
 from mismatch_jax.files import atomic_write_text, remove_stale_temporaries
 from mismatch_jax.sweep import results
 from mismatch_jax.config_io import to_toml
+from mismatch_jax.sweep.chunk import (chunk_rows, chunk_size_for, estimate_bytes_per_model, make_chunk_fn,
+                                      stack_study_data)
 from mismatch_jax.sweep.config import SweepConfig
 from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
-from mismatch_jax.data.transitions import TransitionData
-from mismatch_jax.train import TrainHParams, make_train_fn
-
-MODEL_SALT = 0x0DE1  # fold_in salt of the model keys (datasets use another)
-
-
-def estimate_bytes_per_model(config: SweepConfig, env, kind: str, train_rows: int) -> int:
-    """Rough peak memory of one model in a chunk (bytes): its CEM evaluation dominates —
-    trials × eval epochs episodes in flight, each with population × particles rollouts whose
-    activations are E × hidden wide — plus parameters, optimiser state and its dataset slice."""
-    mcfg = config.population.model_of(kind, env)
-    cem = config.cem.for_env(env)
-    episodes = config.evaluation.trials * len(config.training.eval_epochs)
-    rollouts = cem.population_size * cem.particles
-    activations = episodes * rollouts * mcfg.ensemble_size * mcfg.hidden_size * 4 * 6
-    num_params = sum(a * b + b for a, b in zip(mcfg.layer_sizes[:-1], mcfg.layer_sizes[1:])) * mcfg.ensemble_size
-    params = num_params * 4 * (4 + len(config.training.eval_epochs))
-    batch = config.training.batch_size * mcfg.ensemble_size * mcfg.hidden_size * 4 * 4 * mcfg.num_hidden_layers
-    return int(activations + params + batch + train_rows * 4)
-
-
-def chunk_size_for(config: SweepConfig, env, kind: str, train_rows: int, num_devices: int) -> int:
-    """Models per compiled call: the user's chunk_size, or what memory_gb allows; always a
-    multiple of the device count."""
-    if config.run.chunk_size:
-        size = config.run.chunk_size
-    else:
-        size = int(config.run.memory_gb * 2**30 // estimate_bytes_per_model(config, env, kind, train_rows))
-        size = max(1, min(size, 1024))
-    return max(num_devices, (size // num_devices) * num_devices)
-
-
-def _sample_hparam(key, value):
-    if isinstance(value, tuple):
-        low, high = math.log(value[0]), math.log(value[1])
-        return jnp.exp(jax.random.uniform(key, (), minval=low, maxval=high))
-    return jnp.asarray(value, jnp.float32)
-
-
-class ChunkParts(NamedTuple):
-    """The three stages of a chunk, pure and unjitted (``make_chunk_parts``); the sweep fuses them
-    into one jitted call, ``benchmarks/bench_population.py`` times each on its own.
-
-    train(indices [N], dataset_index [N], train_data) -> TrainedChunk
-    likelihood(kept_params [N, K], normalizers [N, K], eval_sets) -> (ll [N, K, D], mse [N, K, D])
-    reward(kept_params [N, K], normalizers [N, K], epoch_keys [N, K]) -> rewards [N, K, trials]
-    (K = eval epochs, D = evaluation datasets)."""
-
-    train: Callable
-    likelihood: Callable
-    reward: Callable
-
-
-class TrainedChunk(NamedTuple):
-    """What training hands to the evaluation stages: parameters kept at every eval epoch
-    (leaves [N, K, ...]), each model's normaliser broadcast to [N, K, ...], the per-(model, epoch)
-    evaluation keys [N, K], and per-model bookkeeping [N]."""
-
-    kept_params: models.ModelParams
-    normalizers: models.Normalizer
-    epoch_keys: jax.Array
-    learning_rate: jax.Array
-    weight_decay: jax.Array
-    diverged: jax.Array
-    epochs_trained: jax.Array
-    val_mse_ratio: jax.Array
-
-
-def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
-    """The train / LL / reward stages of a chunk of model type ``kind`` (see ``ChunkParts``)."""
-    mcfg = config.population.model_of(kind, env)
-    tr = config.training
-    train = make_train_fn(tr.train_config(mcfg, keep_epochs=tuple(tr.eval_epochs)))
-    planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
-    model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
-    trials, length = config.evaluation.trials, config.evaluation.length(env)
-    per_model_and_epoch = lambda f, in_axes: jax.vmap(jax.vmap(f, in_axes=in_axes), in_axes=in_axes)
-
-    def train_stage(indices, dataset_index, train_data) -> TrainedChunk:
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
-        split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
-        train_keys, lr_keys, wd_keys, eval_keys = (split[:, i] for i in range(4))
-        hparams = TrainHParams(
-            learning_rate=jax.vmap(lambda k: _sample_hparam(k, tr.learning_rate))(lr_keys),
-            weight_decay=jax.vmap(lambda k: _sample_hparam(k, tr.weight_decay))(wd_keys),
-            nll_weight=jnp.ones(indices.shape), mse_weight=jnp.zeros(indices.shape))
-        result = train(train_keys, None, train_data, hparams, dataset_index)
-        epoch_keys = jax.vmap(lambda k: jax.vmap(lambda e: jax.random.fold_in(k, e))(
-            jnp.asarray(tr.eval_epochs)))(eval_keys)  # [N, K]
-        norms = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], len(tr.eval_epochs)) + a.shape[1:]),
-                             result.normalizer)
-        return TrainedChunk(kept_params=result.kept_params, normalizers=norms, epoch_keys=epoch_keys,
-                            learning_rate=hparams.learning_rate, weight_decay=hparams.weight_decay,
-                            diverged=result.diverged, epochs_trained=result.epochs_trained,
-                            val_mse_ratio=result.metrics.val_mse.max(axis=1)
-                            / jnp.maximum(result.initial_val_mse, 1e-12))
-
-    def likelihood_one(params, norm, eval_sets):
-        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, *arrays) for arrays in eval_sets])
-        mses = jnp.stack([models.one_step_mse(mcfg, params, norm, *arrays) for arrays in eval_sets])
-        return lls, mses
-
-    def reward_stage(kept_params, normalizers, epoch_keys):
-        # Every (model, epoch, trial) episode under ONE vmap: nested vmaps over the MJX physics
-        # cost ~2x the tracing and ~1.5x the compile time of a single flat one.
-        num_models, num_epochs = epoch_keys.shape
-        episodes = num_models * num_epochs * trials
-        trial_keys = jax.vmap(jax.vmap(lambda k: jax.random.split(k, trials)))(epoch_keys)
-        per_trial = lambda a: jnp.broadcast_to(a[:, :, None], (num_models, num_epochs, trials) + a.shape[2:])
-        flat = lambda a: a.reshape((episodes,) + a.shape[3:])
-        params, norms = jax.tree.map(lambda a: flat(per_trial(a)), (kept_params, normalizers))
-        rewards = jax.vmap(lambda k, p, n: mpc_episode(k, env, planner, p, n, length)[1])(
-            flat(trial_keys), params, norms)
-        return rewards.reshape(num_models, num_epochs, trials)
-
-    return ChunkParts(train=train_stage,
-                      likelihood=per_model_and_epoch(likelihood_one, (0, 0, None)),
-                      reward=reward_stage)
-
-
-def laid_out(parts: ChunkParts, layout: PopulationLayout, num_shards: int = 1, width: int | None = None) -> ChunkParts:
-    """The chunk's stages under a population layout (``mismatch_jax.population``): each stage
-    runs its models all at once (vmap) or in groups (lax.map), inside each device's block of a
-    population axis sharded over ``num_shards`` devices."""
-    lay = lambda fn, shared: over_population(fn, layout, shared, num_shards, width)
-    return ChunkParts(train=lay(parts.train, (2,)), likelihood=lay(parts.likelihood, (2,)),
-                      reward=lay(parts.reward, ()))
-
-
-def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
-    """jit-compiled ``chunk(indices [N], dataset_index [N], train_data, eval_sets) -> dict of
-    arrays`` for model type ``kind``; N must be a multiple of the mesh size (the population axis
-    is sharded, the data replicated). Data are arguments, not closure constants, so they are not
-    baked into the compiled program and the persistent compilation cache can reuse it."""
-    parts = laid_out(make_chunk_parts(config, env, kind), config.run.layout, mesh.devices.size,
-                     config.population.model_of(kind, env).hidden_size)
-
-    def chunk(indices, dataset_index, train_data, eval_sets):
-        trained = parts.train(indices, dataset_index, train_data)
-        lls, mses = parts.likelihood(trained.kept_params, trained.normalizers, eval_sets)
-        rewards = parts.reward(trained.kept_params, trained.normalizers, trained.epoch_keys)
-        return {"ll": lls, "mse": mses, "reward": rewards, "diverged": trained.diverged,
-                "learning_rate": trained.learning_rate, "weight_decay": trained.weight_decay,
-                "epochs_trained": trained.epochs_trained, "val_mse_ratio": trained.val_mse_ratio}
-
-    sharded = NamedSharding(mesh, PartitionSpec("pop"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(chunk, in_shardings=(sharded, sharded, replicated, replicated))
-
-
-def model_diverged(config: SweepConfig, out: dict, n: int) -> bool:
-    """Whether model ``n`` of a chunk's outputs diverged — one flag for all its rows: its training
-    hit a non-finite loss or update, any evaluated metric (LL, MSE, reward at any eval epoch) is
-    not finite, or its validation MSE on its own dataset rose above
-    ``training.divergence_factor`` times the untrained model's (runaway training)."""
-    finite = all(np.isfinite(out[name][n]).all() for name in ("ll", "mse", "reward"))
-    runaway = not out["val_mse_ratio"][n] <= config.training.divergence_factor  # NaN counts too
-    return bool(out["diverged"][n]) or not finite or runaway
-
-
-def _rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: list[str]) -> pd.DataFrame:
-    """One row per model × eval epoch."""
-    rows = []
-    for n, index in enumerate(indices):
-        kind, train_name, replicate = config.model_spec(int(index))
-        diverged = model_diverged(config, out, n)
-        for k, epoch in enumerate(config.training.eval_epochs):
-            rewards = out["reward"][n, k].astype(np.float64)
-            lls, mses = out["ll"][n, k], out["mse"][n, k]
-            row = {"model_id": int(index), "seed": config.seed, "replicate": replicate,
-                   "model_type": kind, "train_dataset": train_name, "epoch": int(epoch),
-                   "learning_rate": float(out["learning_rate"][n]),
-                   "weight_decay": float(out["weight_decay"][n])}
-            for j, name in enumerate(eval_names):
-                row[f"ll_{name}"] = float(lls[j])
-                row[f"mse_{name}"] = float(mses[j])
-            row.update({"reward": rewards.tolist(), "reward_mean": float(rewards.mean()),
-                        "reward_std": float(rewards.std()), "diverged": diverged})
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def stack_study_data(config: SweepConfig, sets: dict) -> tuple[TransitionData, tuple]:
-    """The arguments a chunk takes from the study datasets ``sets`` ({name: Transitions}):
-    train_data (TransitionData, one dataset [M = len(train), capacity] per train dataset, in
-    config order) and eval_sets (one (obs, action, next_obs) validation triple per eval dataset)."""
-    train_data = TransitionData.stack([TransitionData.from_dataset(sets[n]) for n in config.datasets.train])
-    eval_sets = []
-    for name in config.datasets.eval:
-        val = sets[name].validation()
-        eval_sets.append((val.obs, val.action, val.next_obs))
-    return jax.tree.map(jnp.asarray, train_data), tuple(eval_sets)
-
 
 def enable_compilation_cache(path: str | Path | None = None) -> None:
     """Persists compiled programs on disk (default ~/.cache/mismatch_jax/xla, or
@@ -471,7 +275,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
                 out = jax.device_get(program(padded, dataset_index, train_data, eval_sets))
                 elapsed = time.perf_counter() - t
                 out = {k: np.asarray(v)[: indices.size] for k, v in out.items()}
-                entry = results.write_chunk(out_dir, first, last, _rows(config, indices, out, eval_names), digest)
+                entry = results.write_chunk(out_dir, first, last, chunk_rows(config, indices, out, eval_names), digest)
                 verified.add((first, last))
                 manifest["chunks"].append({**entry, "kind": kind, "seconds": elapsed, "compile_wait_s": compile_wait})
                 results.write_manifest(out_dir, manifest, manifest_name)

@@ -36,7 +36,6 @@ Choices (see also ``TrainConfig``):
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import jax
@@ -45,12 +44,13 @@ import numpy as np
 import optax
 from flax import struct
 
-from mismatch_jax.data.transitions import TransitionData, is_traced
+from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.models import core as models
 from mismatch_jax.models.nets import gradient_update
 from mismatch_jax.models.trainer_losses import PerSampleLoss
 from mismatch_jax.population import PopulationLayout, over_population
 from mismatch_jax.train.config import TrainConfig, TrainHParams, make_optimizer
+from mismatch_jax.train.inputs import check_inputs
 from mismatch_jax.train.steps import (EpochMetrics, EvalSums, TrainMetrics, TrainResult, all_finite,
                                      make_model_steps, select)
 
@@ -98,7 +98,7 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
     def train(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index=None,
               loss_context=None, row_bound=None):
         """See ``make_train_fn``. Returns a ``TrainResult`` with a leading population axis [N]."""
-        _check_inputs(config.model, keys, params_or_none, data, hparams, dataset_index)
+        check_inputs(config.model, keys, params_or_none, data, hparams, dataset_index)
         if dataset_index is None:
             dataset_index = jnp.zeros(keys.shape[0], jnp.int32)
         hparams = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), keys.shape), hparams)
@@ -360,44 +360,3 @@ def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
         )
 
     return train_core
-
-
-def _check_inputs(mcfg, keys, params, data, hparams, dataset_index):
-    if not (hasattr(keys, "dtype") and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)):
-        raise ValueError("train: keys must be typed keys [N] (jax.random.key / model_keys), "
-                         f"got {getattr(keys, 'dtype', type(keys))}")
-    if keys.ndim != 1:
-        raise ValueError(f"train: keys must be [N], got shape {keys.shape}")
-    num_models = keys.shape[0]
-    if not isinstance(data, TransitionData):
-        raise ValueError(f"train: data must be a TransitionData, got {type(data).__name__}")
-    data.validate()
-    m, _, obs_dim = np.shape(data.obs)
-    if obs_dim != mcfg.obs_dim or np.shape(data.action)[-1] != mcfg.action_dim:
-        raise ValueError(
-            f"train: data dims (obs {obs_dim}, action {np.shape(data.action)[-1]}) do not match the "
-            f"model (obs_dim {mcfg.obs_dim}, action_dim {mcfg.action_dim})"
-        )
-    if not isinstance(hparams, TrainHParams):
-        raise ValueError(f"train: hparams must be TrainHParams, got {type(hparams).__name__}")
-    for f in dataclasses.fields(hparams):
-        shape = np.shape(getattr(hparams, f.name))
-        if shape not in ((), (num_models,)):
-            raise ValueError(f"train: hparams.{f.name} must be a scalar or [{num_models}], got {shape}")
-    if dataset_index is not None:
-        if np.shape(dataset_index) != (num_models,):
-            raise ValueError(f"train: dataset_index must be [{num_models}], got {np.shape(dataset_index)}")
-        if not jnp.issubdtype(jnp.asarray(dataset_index).dtype, jnp.integer):
-            raise ValueError("train: dataset_index must be integers")
-        if not is_traced(dataset_index):
-            idx = np.asarray(dataset_index)
-            if idx.size and (idx.min() < 0 or idx.max() >= m):
-                raise ValueError(f"train: dataset_index must be in [0, {m}), got range "
-                                 f"[{idx.min()}, {idx.max()}]")
-    if params is not None:
-        expected = jax.eval_shape(lambda k: jax.vmap(lambda kk: models.init(kk, mcfg))(k), keys)
-        got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
-        want = jax.tree.map(lambda a: tuple(a.shape), expected)
-        if jax.tree.structure(params) != jax.tree.structure(expected) or got != want:
-            raise ValueError(f"train: params_or_none must be [N={num_models}]-stacked ModelParams of "
-                             f"the configured model; shapes {got} != expected {want}")

@@ -126,7 +126,7 @@ def test_stages_one_by_one_equal_the_fused_chunk(reference):
     import jax
 
     from mismatch_jax.envs import make
-    from mismatch_jax.sweep.runner import make_chunk_parts, stack_study_data
+    from mismatch_jax.sweep.chunk import make_chunk_parts, stack_study_data
     from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     tmp, table = reference
@@ -156,7 +156,7 @@ def test_chunk_program_does_not_retrace_for_the_next_chunk(chunked):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from mismatch_jax.envs import make
-    from mismatch_jax.sweep.runner import make_chunk_fn, stack_study_data
+    from mismatch_jax.sweep.chunk import make_chunk_fn, stack_study_data
     from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     tmp, table = chunked
