@@ -58,7 +58,8 @@ COMMANDS: dict[str, Command] = {
     "sweep": Command(
         "train a model population, score one-step LL and CEM reward, write results.parquet + scatter",
         "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.experiments.sweep_command:run_sweep_command", "quickstart",
-        ("results.parquet", "manifest.json", "ll_reward_scatter.png", "ll_reward_correlations.json"),
+        ("results.parquet", "manifest.json", "ll_reward_scatter.png", "ll_reward_correlations.json",
+         "fig3_ll_reward.png", "fig3_correlations.json"),
         takes_options=True),
     "datasets": Command(
         "build (or find in the cache) every dataset a sweep config needs; --out sets the cache",
@@ -164,7 +165,8 @@ def promised_outputs(command: str, config) -> list[str]:
 def _cmd_plot(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
+    from mismatch_jax.analysis.epochs import fig4_best_epochs, fig5_dataset_nll
+    from mismatch_jax.analysis.plots import fig3_panels, ll_reward_scatter, per_epoch_curves
     from mismatch_jax.errors import InputError
 
     path = Path(args.results)
@@ -187,11 +189,14 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     out = args.out or str(path.parent)
     epoch = args.epoch if args.epoch == "last" else int(args.epoch)
     content = ll_reward_scatter(table, out, epoch=epoch, num_bootstrap=args.bootstrap)
+    fig3 = fig3_panels(table, out, epoch=epoch, num_bootstrap=args.bootstrap)
     if table["epoch"].nunique() > 1:
         per_epoch_curves(table, out)
+        fig4_best_epochs(table, out)
+        fig5_dataset_nll(table, out)
     from mismatch_jax.experiments.sweep_command import print_summary
 
-    print_summary(out, table, content)
+    print_summary(out, table, content, fig3)
 
 
 def _cmd_configs(args: argparse.Namespace) -> None:

@@ -8,7 +8,8 @@ import dataclasses
 
 def run_sweep_command(config, out: str, options: argparse.Namespace) -> None:
     """Runs a sweep into ``out`` and draws its scatter / per-epoch figures."""
-    from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
+    from mismatch_jax.analysis.epochs import fig4_best_epochs, fig5_dataset_nll
+    from mismatch_jax.analysis.plots import fig3_panels, ll_reward_scatter, per_epoch_curves
     from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
 
     enable_compilation_cache()
@@ -18,9 +19,12 @@ def run_sweep_command(config, out: str, options: argparse.Namespace) -> None:
                       claim_lease_s=options.claim_lease, num_processes=num_processes, coordinator=coordinator)
     if len(table):
         content = ll_reward_scatter(table, out)
+        fig3 = fig3_panels(table, out)
         if table["epoch"].nunique() > 1:
             per_epoch_curves(table, out)
-        print_summary(out, table, content)
+        fig4_best_epochs(table, out)
+        fig5_dataset_nll(table, out)
+        print_summary(out, table, content, fig3)
 
 
 def process_settings(options: argparse.Namespace) -> tuple[str | None, int | None, str | None]:
@@ -62,8 +66,10 @@ def build_datasets(config, out: str, options: argparse.Namespace) -> None:
     build_study_datasets(StudyData.of_sweep(config), make(config.env))
 
 
-def print_summary(out: str, table, content: dict) -> None:
-    """Prints the correlation table of a sweep (``content``: the scatter's correlations JSON)."""
+def print_summary(out: str, table, content: dict, fig3: dict | None = None) -> None:
+    """Prints the correlation table of a sweep (``content``: the scatter's correlations JSON) and,
+    with ``fig3`` (``analysis.plots.fig3_panels``' JSON), the reward distribution per model type
+    and training dataset."""
     from rich.console import Console
     from rich.table import Table
 
@@ -77,6 +83,16 @@ def print_summary(out: str, table, content: dict) -> None:
                         f"{fmt(rec['pearson'])} [{fmt(rec['pearson_ci'][0])}, {fmt(rec['pearson_ci'][1])}]",
                         f"{fmt(rec['spearman'])} [{fmt(rec['spearman_ci'][0])}, {fmt(rec['spearman_ci'][1])}]")
     console.print(summary)
+    if fig3 is not None and fig3["reward_distribution"]:
+        rewards = Table(title="mean episode reward per model (models < 50 / >= 150)")
+        for column in ("type", "trained on", "n", "min", "q25", "median", "q75", "max", "< 50", ">= 150"):
+            rewards.add_column(column)
+        for rec in fig3["reward_distribution"]:
+            rewards.add_row(rec["model_type"], rec["train_dataset"], str(rec["n"]),
+                            *(f"{rec[k]:.1f}" for k in ("min", "q25", "median", "q75", "max")),
+                            f"{rec['below_50']:.0%}", f"{rec['at_least_150']:.0%}")
+        console.print(rewards)
     console.print(f"{table['model_id'].nunique()} models, {len(table)} rows, "
                   f"{content['n_diverged_excluded']} diverged excluded; wrote {out}/results.parquet, "
-                  f"{out}/ll_reward_scatter.png, {out}/ll_reward_correlations.json")
+                  f"{out}/ll_reward_scatter.png, {out}/ll_reward_correlations.json"
+                  + (f", {out}/fig3_ll_reward.png, {out}/fig3_correlations.json" if fig3 is not None else ""))

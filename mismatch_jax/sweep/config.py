@@ -56,6 +56,7 @@ from mismatch_jax.models.core import ModelConfig
 from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import EpisodeSettings
 from mismatch_jax.population import PopulationLayout
+from mismatch_jax.sweep.competence import CompetenceTarget
 from mismatch_jax.train.config import TrainingSection
 
 DATASET_KINDS = ("expert", "on_policy", "grid", "sampled")
@@ -173,6 +174,7 @@ class SweepConfig(Schema):
     datasets: DatasetsConfig = DatasetsConfig()
     cem: CEMConfig = CEMConfig(horizon=25, population_size=400, num_elites=40)  # Lambert et al.
     evaluation: EpisodeSettings = EpisodeSettings(trials=10, episode_length=200)
+    competence: CompetenceTarget = CompetenceTarget()
     run: RunConfig = RunConfig()
 
     def check(self):

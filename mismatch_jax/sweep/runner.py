@@ -34,6 +34,7 @@ from mismatch_jax.config_io import to_toml
 from mismatch_jax.sweep.chunk import (chunk_rows, chunk_size_for, estimate_bytes_per_model, make_chunk_fn,
                                       stack_study_data)
 from mismatch_jax.sweep.config import SweepConfig
+from mismatch_jax.sweep.competence import sweep_competence
 from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
 def enable_compilation_cache(path: str | Path | None = None) -> None:
@@ -201,6 +202,9 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     sets, notes = build_study_datasets(StudyData.of_sweep(config), env, log=log)
     manifest.update(datasets={name: ds.size for name, ds in sets.items()}, dataset_notes=notes,
                     dataset_s=time.perf_counter() - t0)
+    competence = sweep_competence(config, env, out_dir, log)
+    if competence is not None:
+        manifest["competence"] = {k: competence[k] for k in ("passed", "expert", "untrained")}
     train_names, eval_names = list(config.datasets.train), list(config.datasets.eval)
     train_data, eval_sets = stack_study_data(config, sets)
 

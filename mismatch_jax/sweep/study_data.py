@@ -23,6 +23,7 @@ from mismatch_jax.sweep.config import DatasetBuild, SweepConfig
 from mismatch_jax.files import write_npz
 
 DATA_SALT = 0x5EED_DA7A  # fold_in salt separating dataset keys from model keys
+MODEL_PREFIX = "pets_model_leaf_"  # npz keys of the final PETS models' leaves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +61,11 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
     path = Path(cache_dir) / f"{request.env_name}_pets_runs_{datasets.spec_hash(spec)}.npz"
     if path.is_file():
         with np.load(path) as f:
+            cached_runs = {k: f[k] for k in f.files if k != "spec"}
+        if any(k.startswith(MODEL_PREFIX) for k in cached_runs):
             log(f"datasets: PETS runs from cache {path}")
-            return {k: f[k] for k in f.files if k != "spec"}
+            return cached_runs
+        log(f"datasets: {path} predates the saved PETS models; running PETS again")
     pets = make_pets(pets_config, env)
     log(f"datasets: running PETS ({pets_config.num_seeds} seed(s) × {pets_config.num_trials} trials) "
         "for on-policy/expert data")
@@ -82,8 +86,25 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
         "alive": shape(np.asarray(buffer.train_mask) | np.asarray(buffer.val_mask)),
         "trial_rewards": np.stack(trial_rewards, axis=1),
     }
+    leaves = jax.tree.leaves((state.params, state.normalizer))
+    out.update({f"{MODEL_PREFIX}{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
     write_npz(path, out, spec=json.dumps(spec, sort_keys=True, default=str))
     return out
+
+
+def pets_models(request: StudyData, env: Env, runs: dict):
+    """The final PETS models of ``runs`` (as ``pets_runs`` returns them) → (params, normalizer),
+    each leaf with a leading seed axis [S]: the model that earned the expert trials."""
+    from mismatch_jax import models
+
+    model_config = _pets_config(request).model_config(env)
+    template = (models.init(jax.random.key(0), model_config), models.identity_normalizer(model_config))
+    leaves, treedef = jax.tree.flatten(template)
+    saved = [runs[f"{MODEL_PREFIX}{i}"] for i in range(len(leaves))]
+    for want, got in zip(leaves, saved):
+        if got.shape[1:] != want.shape:
+            raise ValueError(f"cached PETS model leaf has shape {got.shape[1:]}, the config needs {want.shape}")
+    return jax.tree.unflatten(treedef, [jax.numpy.asarray(a) for a in saved])
 
 
 def _true_dynamics_dataset(request: StudyData, env: Env, name: str, key: jax.Array) -> datasets.Transitions:

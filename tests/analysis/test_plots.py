@@ -62,3 +62,66 @@ def test_per_epoch_curves_mark_best_epochs(tmp_path):
     assert curve["reward_best_epoch"] == 2 and curve["nll_best_epoch"] == 4
     assert curve["num_models"] == 8
     assert (tmp_path / "per_epoch_curves.png").is_file()
+
+
+def test_fig3_panels_use_each_training_set_own_ll_and_match_scipy(tmp_path):
+    from mismatch_jax.analysis.plots import fig3_panels
+
+    table = _table()
+    content = fig3_panels(table, tmp_path, num_bootstrap=100)
+    assert (tmp_path / "fig3_ll_reward.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "fig3_correlations.json").read_text()) == json.loads(json.dumps(content))
+    last = table[(table.epoch == 10) & ~table.diverged]
+    assert [p["train_dataset"] for p in content["panels"]] == ["expert", "grid"]
+    for panel in content["panels"]:
+        part = last[last.train_dataset == panel["train_dataset"]]
+        x, y = part[f"ll_{panel['train_dataset']}"], part["reward_mean"]
+        assert panel["pooled"]["pearson"] == pytest.approx(scipy.stats.pearsonr(x, y).statistic, abs=1e-12)
+        assert panel["pooled"]["n"] == len(part)
+        lo, hi = panel["pooled"]["pearson_ci"]
+        assert lo <= panel["pooled"]["pearson"] <= hi
+        for kind, stats in panel["per_type"].items():
+            sub = part[part.model_type == kind]
+            assert stats["spearman"] == pytest.approx(scipy.stats.spearmanr(sub[f"ll_{panel['train_dataset']}"],
+                                                                            sub["reward_mean"]).statistic, abs=1e-12)
+    dist = {(r["model_type"], r["train_dataset"]): r for r in content["reward_distribution"]}
+    sub = last[(last.model_type == "P") & (last.train_dataset == "grid")]["reward_mean"]
+    assert dist[("P", "grid")]["median"] == pytest.approx(np.median(sub))
+    assert dist[("P", "grid")]["n"] == len(sub)
+    assert dist[("P", "grid")]["at_least_150"] == pytest.approx((sub >= 150).mean())
+
+
+def _epoch_table():
+    """Two P models per dataset whose reward peaks at epoch 2 and whose own NLL is lowest at 4."""
+    rows = []
+    for m, train in enumerate(["grid", "grid", "on_policy", "on_policy"]):
+        for epoch in (1, 2, 3, 4):
+            rows.append({"model_id": m, "model_type": "P", "train_dataset": train, "epoch": epoch,
+                         "ll_grid": float(epoch) if train == "grid" else -float(epoch),
+                         "ll_on_policy": float(epoch) if train == "on_policy" else 0.5,
+                         "reward_mean": float(-(epoch - 2) ** 2 + m), "diverged": False})
+    return pd.DataFrame(rows)
+
+
+def test_fig4_best_epochs_per_model(tmp_path):
+    from mismatch_jax.analysis.epochs import best_epochs, fig4_best_epochs
+
+    best = best_epochs(_epoch_table())
+    assert best["reward_best_epoch"].tolist() == [2] * 4 and best["nll_best_epoch"].tolist() == [4] * 4
+    assert best["difference"].tolist() == [-2] * 4
+    assert best["reward_at_nll_best"].tolist() == [-4.0, -3.0, -2.0, -1.0]
+    content = fig4_best_epochs(_epoch_table(), tmp_path)
+    assert {s["train_dataset"] for s in content["summary"]} == {"grid", "on_policy"}
+    assert all(s["share_reward_best_earlier"] == 1.0 and s["mean_reward_lost_by_nll_stopping"] == 4.0
+               for s in content["summary"])
+    assert (tmp_path / "fig4_best_epochs.png").is_file()
+
+
+def test_fig5_nll_on_every_dataset(tmp_path):
+    from mismatch_jax.analysis.epochs import fig5_dataset_nll
+
+    content = fig5_dataset_nll(_epoch_table(), tmp_path)
+    grid = next(p for p in content["panels"] if p["train_dataset"] == "grid")
+    assert grid["nll"]["grid"]["mean"] == [-1.0, -2.0, -3.0, -4.0]
+    assert grid["nll"]["on_policy"]["mean"] == [-0.5] * 4
+    assert grid["num_models"] == 2 and (tmp_path / "fig5_dataset_nll.png").is_file()

@@ -10,7 +10,7 @@ from mismatch_jax.config_io import from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = ["quickstart.toml", "cartpole_ll_reward.toml", "cartpole_per_epoch.toml", "cpu_population_1000.toml",
-          "cartpole_ll_reward_cpu.toml"]
+          "cartpole_ll_reward_cpu.toml", "cartpole_study_cpu.toml"]
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -62,3 +62,4 @@ def test_episode_length_omitted_means_the_env_default_and_zero_is_refused():
     for bad in (0, -1):
         with pytest.raises(ConfigError, match="episode_length"):
             from_dict(SweepConfig, {"env": "cartpole_balance", "evaluation": {"episode_length": bad}})
+
