@@ -50,7 +50,7 @@ from mismatch_jax import models
 from mismatch_jax.analysis.attack import plot_convergence
 from mismatch_jax.errors import InputError
 from mismatch_jax.experiments.study_models import (STUDY_MODEL, DataSettings, build_dataset,
-                                                   make_episode_evaluator, train_model)
+                                                   make_episode_evaluator, pets_runs_of, train_model)
 from mismatch_jax.config_io import Schema, load_toml, setting, to_dict
 from mismatch_jax.envs.registry import check_env
 from mismatch_jax.files import check_writable, write_json
@@ -363,13 +363,24 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     save_model(out / "attacked_model", mcfg, attacked, norm,
                {"source": source, "attack": "best CMA-ES candidate (last layer only)"})
     before, after, mean_after = (_summary(final[i]) for i in range(3))
+    paths = None
+    if config.data.kind in ("on_policy", "expert"):  # Fig. 6 along the best PETS trial
+        from mismatch_jax.experiments.attack_paths import write_planned_paths
+        paths = write_planned_paths(root, planner, {"original": (params, norm), "attacked": (attacked, norm)},
+                                    pets_runs_of(config.data, config.env, config.seed, env, log), out)
     timings["total_s"] = time.perf_counter() - started
+    tolerance = config.cmaes.tolerance
     report = {
         "name": config.name, "env": config.env, "config": to_dict(config), "model": dataclasses.asdict(mcfg),
         "model_source": source, "dataset": {"kind": config.data.kind, "size": dataset.size,
                                             "validation_rows": int(val.size), "notes": notes},
         "fitness": "reward_mean + penalty * max(0, ll_original - tolerance - ll)",
         "num_attacked_parameters": num_dims,
+        "base_reward": before["mean"], "attacked_reward": after["mean"], "base_ll": ll_original,
+        "attacked_ll": float(lls[1]), "fresh_trials": int(final.shape[1]), "ll_tolerance": tolerance,
+        "reward_ratio": after["mean"] / before["mean"] if before["mean"] else None,
+        "target_met": bool(after["mean"] <= 0.7 * before["mean"] and lls[1] >= ll_original - tolerance),
+        "planned_paths": None if paths is None else {k: paths[k] for k in ("largest_gap_step", "mean_abs_gap")},
         "ll_original": ll_original, "ll_attacked": float(lls[1]), "ll_final_mean": float(lls[2]),
         "reward_original": before, "reward_attacked": after, "reward_final_mean": mean_after,
         "search_best": {"fitness": float(state.best_fitness), "reward_mean": float(state.best_reward),

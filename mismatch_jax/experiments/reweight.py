@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mismatch_jax.analysis.reweight import plot_heatmaps
+from mismatch_jax.analysis.reweight import model_mean_interval, plot_heatmaps, plot_size_curves
 from mismatch_jax.data import collect_buckets, distance_weights
 from mismatch_jax.errors import InputError
 from mismatch_jax.experiments.study_models import (STUDY_MODEL, DataSettings, build_dataset,
@@ -318,7 +318,9 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     log(f"reweight: training {num_models} models ({len(cells) // 2} feasible cells × 2 weightings × "
         f"{reps} replicates) as one population")
     t = time.perf_counter()
-    train = make_train(config.training.train_config(mcfg, data.capacity))
+    # Selected by the loss it was trained on: the ω-weighted validation NLL (ω ≡ 1 for uniform models).
+    train = make_train(dataclasses.replace(config.training.train_config(mcfg, data.capacity),
+                                           weighted_validation=True))
     keys = model_keys(jax.random.fold_in(root, MODEL_SALT), 0, num_models)
     hp = TrainHParams.population(num_models, config.training.learning_rate, config.training.weight_decay)
     result = train(keys, None, data, hp, jnp.asarray(dataset_index))
@@ -342,7 +344,7 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
 
     diverged = np.asarray(result.diverged)
     shape = (2, len(grid.sizes), len(grid.epsilons))
-    reward_mean, reward_std = np.full(shape, np.nan), np.full(shape, np.nan)
+    reward_mean, reward_std, ci_low, ci_high = (np.full(shape, np.nan) for _ in range(4))
     per_cell = [[[None] * shape[2] for _ in range(shape[1])] for _ in range(2)]
     for m, (w, i, j) in enumerate(cells):
         rows = slice(m * reps, (m + 1) * reps)
@@ -351,6 +353,7 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
         per_cell[w][i][j] = values.tolist()
         if values.size:
             reward_mean[w, i, j], reward_std[w, i, j] = values.mean(), values.std()
+            _, ci_low[w, i, j], ci_high[w, i, j] = model_mean_interval(values)
     c_grid = np.full(shape[1:], np.nan)
     for m, (w, i, j) in enumerate(cells):
         if w == 0:
@@ -365,6 +368,10 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
         "panels": ["reweighted", "uniform"],
         "reward_mean": {"reweighted": nan_to_none(reward_mean[0]), "uniform": nan_to_none(reward_mean[1])},
         "reward_std": {"reweighted": nan_to_none(reward_std[0]), "uniform": nan_to_none(reward_std[1])},
+        "reward_ci95_over_models": {name: [nan_to_none(ci_low[w]), nan_to_none(ci_high[w])]
+                                    for w, name in enumerate(("reweighted", "uniform"))},
+        "model_selection": "keep_best by the omega-weighted validation NLL (uniform models: plain NLL)",
+        "distance": "d* = min over expert points j of the Euclidean norm of ([s, a] - [s_j, a_j]) / scale",
         "episode_rewards": {"reweighted": per_cell[0], "uniform": per_cell[1]},
         "weight_constant_c": nan_to_none(c_grid),
         "pool": {"size": pool.size, "in_ball": in_ball.tolist(), "kept": found.tolist()},
@@ -377,6 +384,8 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     write_json(out / "reweight.json", report)
     plot_heatmaps(reward_mean, grid.sizes, grid.epsilons, out / "reweight_heatmap.png",
                   title=f"{config.env}: mean CEM-MPC reward ({config.evaluation.trials} trials × {reps} models per cell)")
+    plot_size_curves(reward_mean, ci_low, ci_high, grid.sizes, grid.epsilons, out / "reweight_sizes.png",
+                     title=f"{config.env}: {reps} models × {config.evaluation.trials} trials per cell")
     log(f"reweight: mean reward over feasible cells: re-weighted {report['mean_over_feasible']['reweighted']:.1f}, "
         f"uniform {report['mean_over_feasible']['uniform']:.1f}; wrote {out}/reweight.json")
     return report

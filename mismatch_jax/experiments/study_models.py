@@ -48,6 +48,16 @@ def build_dataset(data: DataSettings, env_name: str, seed: int, env, log=print):
     return built[data.kind], notes
 
 
+def pets_runs_of(data: DataSettings, env_name: str, seed: int, env, log=print) -> dict:
+    """The (cached) PETS runs behind ``data``'s on_policy / expert kinds (``sweep.study_data.pets_runs``)."""
+    from pathlib import Path
+
+    from mismatch_jax.sweep.study_data import StudyData, pets_runs
+
+    request = StudyData(data, (data.kind,), env_name, seed, data.validation_fraction)
+    return pets_runs(request, env, Path(data.cache_dir), log)
+
+
 def train_model(key, model_config: models.ModelConfig, settings: TrainingSection, dataset):
     """Trains one model on ``dataset`` (Transitions) → (params, normalizer, TrainResult)."""
     from mismatch_jax.data.transitions import TransitionData

@@ -50,6 +50,10 @@ class TrainConfig(Schema):
     logvar_bound_coef: weight of Σ max_logvar − Σ min_logvar in the loss (PETS: 0.01).
     eval_batch_size: validation rows per vectorised chunk (None: batch_size). Chunks past every
         model's validation-row count are skipped, so small validation sets cost little.
+    weighted_validation: the stop score (keep_best, patience) and ``val_nll`` are the
+        weight-averaged Σ ω l / Σ ω over the validation rows (their ``TransitionData.weight``, e.g.
+        the distance re-weighting's ω), so a re-weighted model is selected by the loss it was
+        trained on; ``val_ll`` / ``val_mse`` stay unweighted. False: every row counts once.
     """
 
     model: models.ModelConfig
@@ -67,6 +71,7 @@ class TrainConfig(Schema):
     adam_eps: float = 1e-8
     logvar_bound_coef: float = 0.01
     eval_batch_size: int | None = setting(None, ge=1)
+    weighted_validation: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "keep_epochs", tuple(self.keep_epochs))

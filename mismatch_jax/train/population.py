@@ -208,6 +208,7 @@ def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
                 nll_member=jnp.zeros((num_models, num_members)),
                 mse_norm_member=jnp.zeros((num_models, num_members)),
                 ll=jnp.zeros(num_models), mse=jnp.zeros(num_models), count=jnp.zeros(num_models),
+                score_weight=jnp.zeros(num_models) if cfg.weighted_validation else None,
             )
             sums, _ = jax.lax.scan(body, zeros, jnp.arange(num_eval_chunks))
             return jax.vmap(finish_eval)(sums)

@@ -88,6 +88,7 @@ class EvalSums:
     ll: jax.Array  # []
     mse: jax.Array  # []
     count: jax.Array  # []
+    score_weight: Optional[jax.Array] = None  # [] Σ ω of the rows (weighted_validation only)
 
 
 def select(pred, on_true, on_false):
@@ -168,6 +169,7 @@ def make_model_steps(cfg: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
         mean_n, logvar_n = models.apply_normalized(mcfg, params, models.normalize_inputs(norm, x))
         y_nb = jnp.broadcast_to(models.normalize_targets(norm, y), mean_n.shape)  # [E, V, D]
         w = valid.astype(mean_n.dtype)
+        score_w = w * data.weight[ds, rows] if cfg.weighted_validation else w
         nll = models.gaussian_nll_per_sample(mean_n, logvar_n, y_nb)  # [E, V]
         mse_n = models.mse_per_sample(mean_n, y_nb)
         # Original units, exactly as models.predict / one_step_log_likelihood / one_step_mse.
@@ -183,15 +185,17 @@ def make_model_steps(cfg: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
         pred = mean_o.mean(0)[..., : mcfg.obs_dim]
         mse_o = jnp.sum((pred - data.next_obs[ds, rows]) ** 2, axis=-1)  # [V]
         return EvalSums(
-            nll_member=(nll * w[None]).sum(-1), mse_norm_member=(mse_n * w[None]).sum(-1),
+            nll_member=(nll * score_w[None]).sum(-1), mse_norm_member=(mse_n * score_w[None]).sum(-1),
             ll=(ll * w).sum(), mse=(mse_o * w).sum(), count=w.sum(),
+            score_weight=score_w.sum() if cfg.weighted_validation else None,
         )
 
     def finish_eval(sums: EvalSums):
         """Per-model (stop score [E], EpochMetrics without train_loss)."""
         n = jnp.maximum(sums.count, 1.0)
-        nll_member = sums.nll_member / n
-        mse_member = sums.mse_norm_member / n
+        score_n = n if sums.score_weight is None else jnp.maximum(sums.score_weight, 1e-12)
+        nll_member = sums.nll_member / score_n
+        mse_member = sums.mse_norm_member / score_n
         score = mse_member if cfg.stop_metric == "mse" else nll_member
         return score, (nll_member.mean(), sums.ll / n, sums.mse / n)
 

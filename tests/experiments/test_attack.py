@@ -106,7 +106,7 @@ def test_config_errors_name_the_key():
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cem": {"num_elites": 1}})
 
 
-@pytest.mark.parametrize("name", ["attack_quick", "attack_cartpole", "attack_swingup"])
+@pytest.mark.parametrize("name", ["attack_quick", "attack_cartpole", "attack_swingup", "attack_cpu"])
 def test_shipped_configs_load(name):
     config = load_toml(attack.AttackConfig, f"sweeps/{name}.toml")
     assert config.cmaes.generations >= 1
@@ -132,6 +132,10 @@ def test_run_attack_end_to_end(tmp_path):
     cfg, params, norm = load_model(out / "original_model")
     assert cfg.hidden_size == 8
     assert np.isfinite(report["ll_original"]) and len(report["reward_attacked"]["trials"]) == 1
+    assert saved["base_reward"] == saved["reward_original"]["mean"] and saved["fresh_trials"] == 1
+    assert saved["attacked_ll"] == saved["ll_attacked"] and saved["ll_tolerance"] == 0.0
+    assert saved["target_met"] == (saved["attacked_reward"] <= 0.7 * saved["base_reward"]
+                                   and saved["attacked_ll"] >= saved["base_ll"])
 
 
 def test_model_settings_feed_winding_angles_as_sin_cos():
@@ -144,3 +148,32 @@ def test_model_settings_feed_winding_angles_as_sin_cos():
     assert from_dict(attack.AttackConfig, {"env": "cartpole_balance"}).model == common.STUDY_MODEL
     with pytest.raises(ConfigError, match="model: .*ensemble_size must be 1"):
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "model": {"kind": "P", "ensemble_size": 3}})
+
+
+def test_planned_actions_along_a_path_equal_a_loop_and_the_best_trial_is_the_path():
+    from mismatch_jax.experiments.attack_paths import compare_planned_paths, expert_path, planned_actions
+
+    env = make("cartpole_balance")
+    cfg, params, norm = _tiny_model()
+    cem = CEMConfig(horizon=3, population_size=8, num_elites=2, num_iterations=1).for_env(env)
+    planner = make_planner(cem, cfg, env.reward_fn, env.termination_fn)
+    path_obs = jax.random.normal(jax.random.key(4), (6, 4)) * 0.05
+    key = jax.random.key(9)
+    scanned = planned_actions(key, planner, params, norm, path_obs)
+    plan, looped = planner.initial_plan, []
+    for k, obs in zip(jax.random.split(key, 6), path_obs):
+        action, plan = planner(k, params, norm, obs, plan)
+        looped.append(action)
+    np.testing.assert_allclose(scanned, np.stack(looped), rtol=1e-5, atol=1e-6)
+
+    rng = np.random.default_rng(0)
+    runs = {"trial_rewards": np.array([[1.0, 5.0, 3.0]]), "obs": rng.normal(size=(1, 3, 6, 4)),
+            "action": rng.normal(size=(1, 3, 6, 1)), "reward": rng.normal(size=(1, 3, 6)),
+            "alive": np.array([[[True] * 6, [True] * 4 + [False] * 2, [True] * 6]])}
+    path = expert_path(runs)
+    assert path["seed_trial"] == [0, 1] and path["obs"].shape == (4, 4) and path["return"] == 5.0
+    _, other, _ = _tiny_model(key=1)
+    content = compare_planned_paths(key, planner, {"a": (params, norm), "b": (other, norm)}, path)
+    assert np.asarray(content["planned"]["a"]).shape == (4, 1)
+    gap = np.abs(np.asarray(content["planned"]["a"]) - np.asarray(content["planned"]["b"])).sum(-1)
+    assert content["largest_gap_step"] == int(np.argmax(gap))

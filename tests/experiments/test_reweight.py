@@ -94,7 +94,7 @@ def test_config_errors_name_the_key():
         from_dict(reweight.ReweightConfig, {"env": "cartpole_balance", "expert": {"source": "oracle"}})
 
 
-@pytest.mark.parametrize("name", ["reweight_quick", "reweight_cartpole"])
+@pytest.mark.parametrize("name", ["reweight_quick", "reweight_cartpole", "reweight_cpu"])
 def test_shipped_configs_load(name):
     config = load_toml(reweight.ReweightConfig, f"sweeps/{name}.toml")
     assert len(config.grid.sizes) >= 2
@@ -115,6 +115,11 @@ def test_run_reweight_grid(tmp_path):
     report = reweight.run_reweight(config, log=lambda s: None)
     saved = json.loads((tmp_path / "out" / "reweight.json").read_text())
     assert (tmp_path / "out" / "reweight_heatmap.png").is_file()
+    assert (tmp_path / "out" / "reweight_sizes.png").is_file()
+    low, high = (np.array(b, dtype=float) for b in saved["reward_ci95_over_models"]["uniform"])
+    mean = np.array(saved["reward_mean"]["uniform"], dtype=float)
+    assert np.all((low[np.isfinite(mean)] <= mean[np.isfinite(mean)] + 1e-9)
+                  & (mean[np.isfinite(mean)] <= high[np.isfinite(mean)] + 1e-9))
     for panel in ("reweighted", "uniform"):
         grid = np.array(saved["reward_mean"][panel], dtype=float)
         assert grid.shape == (3, 3)
@@ -127,3 +132,15 @@ def test_run_reweight_grid(tmp_path):
     assert all(saved["reward_mean"]["uniform"][i][0] is None for i in infeasible)
     assert report["num_models"] == 2 * 2 * sum(
         1 for j in range(3) for s in config.grid.sizes if min(in_ball[j], 16) >= s)
+
+
+def test_cell_interval_is_the_t_interval_of_the_model_means():
+    import scipy.stats
+
+    from mismatch_jax.analysis.reweight import model_mean_interval
+
+    rewards = np.array([[10.0, 12.0], [20.0, 22.0], [30.0, 32.0]])  # model means 11, 21, 31
+    mean, low, high = model_mean_interval(rewards)
+    half = scipy.stats.t.ppf(0.975, 2) * 10.0 / np.sqrt(3)
+    assert mean == pytest.approx(21.0) and low == pytest.approx(21.0 - half) and high == pytest.approx(21.0 + half)
+    assert model_mean_interval(np.array([[5.0, 7.0]])) == (6.0, 6.0, 6.0)

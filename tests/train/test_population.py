@@ -431,3 +431,27 @@ def test_row_bound_is_only_a_speed_hint():
     train_fn = make_train_fn(CFG_B)
     outer = jax.vmap(lambda d: train_fn(keys, None, d, hp, jnp.zeros(2, jnp.int32), None, jnp.int32(40)))(stacked)
     assert_trees_close(jax.tree.map(lambda a: a[1], outer.params), plain.params, rtol=1e-6, atol=1e-6)
+
+
+def test_weighted_validation_scores_only_the_weighted_rows():
+    """ω on validation rows only (training untouched): the weighted val_nll equals the unweighted
+    val_nll of a dataset whose zero-ω rows are not validation rows; all-ones ω is bit-identical."""
+    data = small_data(num=1)
+    val = np.asarray(data.val_mask[0])
+    val_rows = np.flatnonzero(val)
+    dropped = val_rows[: len(val_rows) // 2]
+    weight = np.ones_like(np.asarray(data.weight))
+    weight[0, dropped] = 0.0
+    weighted_data = data.replace(weight=jnp.asarray(weight))
+    masked = val.copy()
+    masked[dropped] = False
+    masked_data = data.replace(val_mask=jnp.asarray(masked[None]))
+    cfg = dataclasses.replace(CFG_B, weighted_validation=True)
+    keys, hp, ds = model_keys(jax.random.key(5), 0, 1), TrainHParams.population(1), jnp.zeros(1, jnp.int32)
+    weighted = trainer(cfg)(keys, None, weighted_data, hp, ds)
+    reference = trainer(CFG_B)(keys, None, masked_data, hp, ds)
+    np.testing.assert_allclose(weighted.metrics.val_nll, reference.metrics.val_nll, rtol=1e-5)
+    assert_trees_close(weighted.params, reference.params, rtol=0, atol=0)  # training rows untouched
+    ones = trainer(cfg)(keys, None, data, hp, ds)
+    plain = trainer(CFG_B)(keys, None, data, hp, ds)
+    np.testing.assert_array_equal(ones.metrics.val_nll, plain.metrics.val_nll)

@@ -1,0 +1,98 @@
+"""Lambert et al. 2020 Fig. 6: what the controller plans with the original and the attacked model
+along the expert trajectory.
+
+At every state of the expert path (the best PETS trial behind the attack's data) the CEM planner
+plans with a model, warm-started from its previous plan as in MPC, but the state then follows the
+expert path rather than the planned action, so both models are asked the same questions. The
+first planned action per state is the control sequence the paper compares ("qualitatively
+similar except for the peak at t = 25"); the per-step gap shows where the attack bites.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from mismatch_jax.files import write_json
+
+PATH_SALT = 0xFA7  # fold_in salt of the planner keys along the path
+
+
+def expert_path(runs: dict) -> dict:
+    """The highest-reward trial of PETS ``runs`` (``sweep.study_data.pets_runs``) → obs [T, d],
+    action [T, a], reward [T] (alive steps only), return, (seed, trial)."""
+    totals = np.asarray(runs["trial_rewards"])
+    seed, trial = np.unravel_index(int(np.argmax(totals)), totals.shape)
+    alive = np.asarray(runs["alive"][seed, trial], bool)
+    return {"obs": np.asarray(runs["obs"][seed, trial])[alive],
+            "action": np.asarray(runs["action"][seed, trial])[alive],
+            "reward": np.asarray(runs["reward"][seed, trial])[alive],
+            "return": float(totals[seed, trial]), "seed_trial": [int(seed), int(trial)]}
+
+
+def planned_actions(key: jax.Array, planner, params, normalizer, path_obs) -> jax.Array:
+    """First planned action at each state of ``path_obs`` [T, d] → [T, a] (one lax.scan, the plan
+    warm-started along the path; the same ``key`` gives every model the same planner noise)."""
+    keys = jax.random.split(key, path_obs.shape[0])
+
+    def body(plan, inputs):
+        step_key, obs = inputs
+        action, plan = planner(step_key, params, normalizer, obs, plan)
+        return plan, action
+
+    _, actions = jax.lax.scan(body, planner.initial_plan, (keys, path_obs))
+    return actions
+
+
+def compare_planned_paths(key: jax.Array, planner, models_by_name: dict, path: dict) -> dict:
+    """Planned actions [T, a] of each (params, normalizer) in ``models_by_name`` along ``path``
+    (``expert_path``), with common planner keys → JSON-ready dict."""
+    run = jax.jit(lambda p, n: planned_actions(key, planner, p, n, path["obs"]))
+    out = {"expert_action": path["action"].tolist(), "expert_return": path["return"],
+           "expert_seed_trial": path["seed_trial"], "planned": {}}
+    for name, (params, normalizer) in models_by_name.items():
+        out["planned"][name] = np.asarray(run(params, normalizer)).tolist()
+    names = list(out["planned"])
+    if len(names) == 2:
+        gap = np.abs(np.asarray(out["planned"][names[0]]) - np.asarray(out["planned"][names[1]])).sum(-1)
+        out["largest_gap_step"] = int(np.argmax(gap))
+        out["mean_abs_gap"] = float(gap.mean())
+    return out
+
+
+def plot_planned_paths(content: dict, path) -> None:
+    """Fig. 6-like PNG: the first planned action along the expert path for each model (and the
+    expert's own action), the largest gap marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    expert = np.asarray(content["expert_action"])
+    fig, axes = plt.subplots(expert.shape[1], 1, figsize=(8, 3.2 * expert.shape[1]), squeeze=False)
+    for d, ax in enumerate(axes[:, 0]):
+        ax.plot(expert[:, d], color="k", lw=1.0, alpha=0.5, label="expert's action")
+        for name, colour in zip(content["planned"], ("tab:blue", "tab:red", "tab:green")):
+            ax.plot(np.asarray(content["planned"][name])[:, d], color=colour, lw=1.2, label=f"planned: {name}")
+        if "largest_gap_step" in content:
+            ax.axvline(content["largest_gap_step"], color="grey", ls=":", lw=1, label="largest gap")
+        ax.set_xlabel("step along the expert trajectory")
+        ax.set_ylabel(f"action[{d}]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_title(f"planned control along the expert trajectory (return {content['expert_return']:.1f}); "
+                         "Lambert et al. 2020 Fig. 6", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_planned_paths(key, planner, models_by_name: dict, runs: dict, out_dir) -> dict:
+    """Fig. 6 for ``models_by_name`` along the expert path of ``runs``: writes
+    attack_planned_paths.json / .png into ``out_dir`` and returns the JSON."""
+    from pathlib import Path
+
+    content = compare_planned_paths(jax.random.fold_in(key, PATH_SALT), planner, models_by_name, expert_path(runs))
+    write_json(Path(out_dir) / "attack_planned_paths.json", content)
+    plot_planned_paths(content, Path(out_dir) / "attack_planned_paths.png")
+    return content
