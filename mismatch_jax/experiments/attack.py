@@ -5,8 +5,13 @@ Starting from a trained model, CMA-ES (evosax 0.3.2) fine-tunes **only the last 
 weights ``w [E, hidden, out]`` and biases ``b [E, out]`` of the output layer, all E members) so
 that the model's controller earns *less* reward in the true environment while its one-step
 validation log-likelihood does not drop. The search variable is the perturbation
-``δ = (δw, δb)`` added to the original last layer; CMA-ES starts at δ = 0 with step size
-``cmaes.sigma`` (parameter units). CMA-ES minimises
+``δ = (δw, δb)`` added to the original last layer (``cmaes.search_space = "full"``, the paper),
+or a point z of a smaller space that ``SearchSpace.expand`` maps to δ: the least-excited
+directions of the layer's input on the data ("low_variance"), all directions scaled to move the
+predictions equally ("whitened"), or the output biases in predicted-σ units ("output_bias").
+CMA-ES starts at zero with step size ``cmaes.sigma`` (that space's units). The base model is
+trained here, loaded (``model_path``) or, as in the paper, one member of the final PETS model
+(``base_model = "pets_member"``). CMA-ES minimises
 
     fitness(δ) = R̄(δ) + penalty · max(0, LL₀ − tolerance − LL(δ))
 
@@ -39,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +70,7 @@ TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
 CMA_SALT = 0xC4A
 FINAL_SALT = 0xF1A1
 INVALID_FITNESS = 1e9
+WHITEN_FLOOR = 1e-6  # smallest eigenvalue a whitened direction is scaled by, relative to the largest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +82,14 @@ class CMAESSettings(Schema):
     generations: number of ask/tell rounds. sigma: initial step size (parameter units).
     penalty: reward units per nat of validation-LL drop below the original (minus tolerance).
     tolerance: LL drop (nats) allowed without penalty (0 = the paper's "LL must not drop").
+    search_space: "full" searches every output-layer parameter (the paper); "low_variance"
+    searches δ = U z on the mean outputs, where the columns of U [hidden + 1, subspace_rank] are
+    the directions of the output layer's input (hidden features and the bias' 1) that the attack
+    dataset excites least (``low_variance_basis``): the parameter directions the likelihood
+    barely sees, so CMA-ES spends its few candidates where the LL constraint leaves room.
+    sigma is then in units of z (U is orthonormal, so ‖δ‖ = ‖z‖). "whitened" uses every
+    direction, each scaled so a unit step moves the predictions on the data equally;
+    "output_bias" shifts only the output biases (``_output_bias_space``).
     """
 
     population_size: int = setting(16, ge=4)
@@ -83,6 +97,8 @@ class CMAESSettings(Schema):
     sigma: float = setting(0.01, gt=0.0)
     penalty: float = setting(1000.0, ge=0.0)
     tolerance: float = setting(0.0, ge=0.0)
+    search_space: Literal["full", "low_variance", "whitened", "output_bias"] = "full"
+    subspace_rank: int = setting(16, ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +114,12 @@ class AttackEvaluation(EpisodeSettings):
 class AttackConfig(Schema):
     """One adversarial attack run (``mismatch-jax attack CONFIG``).
 
-    model_path: "" trains a fresh model (``[model]``, ``[training]`` on ``[data]``); otherwise an
-    model directory written by ``models.checkpoint.save_model`` (its ModelConfig replaces ``[model]``).
+    base_model: "trained" trains a fresh model (``[model]``, ``[training]`` on ``[data]``);
+    "pets_member" takes member ``pets_member`` of the final model of the PETS run behind
+    ``[data.pets]`` (seed 0) as a P (or D) model — the paper's base, "a P dynamics model from
+    the last trial of a PETS run" — and ignores ``[model]`` / ``[training]``.
+    model_path: "" or a model directory written by ``models.checkpoint.save_model`` (its
+    ModelConfig replaces ``[model]``; needs base_model = "trained").
     """
 
     env: str = "cartpole_swingup"
@@ -107,6 +127,8 @@ class AttackConfig(Schema):
     seed: int = setting(0, ge=0)
     out_dir: str = "runs/attack"
     model_path: str = ""
+    base_model: Literal["trained", "pets_member"] = "trained"
+    pets_member: int = setting(0, ge=0)
     model: ModelConfig = STUDY_MODEL
     data: DataSettings = DataSettings()
     training: TrainingSection = TrainingSection()
@@ -118,6 +140,13 @@ class AttackConfig(Schema):
         check_env(self.env)
         self.training.fixed("learning_rate")
         self.training.fixed("weight_decay")
+        if self.base_model == "pets_member":
+            if self.model_path:
+                raise ValueError("model_path and base_model = \"pets_member\" both name the base model; "
+                                  "set one of them")
+            if self.data.kind not in ("on_policy", "expert"):
+                raise ValueError(f"base_model = \"pets_member\" needs the PETS run of data.kind "
+                                  f"\"on_policy\" or \"expert\", got {self.data.kind!r}")
 
 
 def load_attack_config(path) -> AttackConfig:
@@ -148,6 +177,96 @@ def perturb_last_layer(params: models.ModelParams, delta: LastLayer) -> models.M
 def zero_delta(params: models.ModelParams) -> LastLayer:
     """δ = 0 with the shapes of the output layer (CMA-ES's initial mean)."""
     return jax.tree.map(jnp.zeros_like, last_layer(params))
+
+
+def low_variance_basis(config: models.ModelConfig, params: models.ModelParams,
+                       normalizer: models.Normalizer, obs, action, rank: int,
+                       whiten: bool = False) -> jax.Array:
+    """The ``rank`` least-excited directions of the output layer's input on a dataset.
+
+    The output layer reads φ = [hidden features, 1] (``models.hidden_features``, the 1 carries
+    the bias). Over the rows (obs [N, d], action [N, a]) a change δ of the layer moves the
+    normalised prediction by φᵀδ, whose mean square is δᵀ G δ with G = E[φ φᵀ]; the eigenvectors
+    of G with the smallest eigenvalues span the changes the data (and so the likelihood) sees
+    least. Returns U [E, hidden + 1, rank], orthonormal columns, smallest eigenvalue first;
+    with ``whiten`` each column is divided by √λ (λ floored at ``WHITEN_FLOOR`` × the largest), so
+    a unit step along any column moves the predictions on the data by the same mean square.
+    """
+    hidden = config.hidden_size
+    if not 1 <= rank <= hidden + 1:
+        raise InputError(f"cmaes.subspace_rank must be in [1, hidden_size + 1 = {hidden + 1}], got {rank}")
+    x = models.normalize_inputs(normalizer, models.model_inputs(config, jnp.asarray(obs), jnp.asarray(action)))
+    features = models.hidden_features(config, params, x)  # [E, N, H]
+    phi = jnp.concatenate([features, jnp.ones(features.shape[:-1] + (1,), features.dtype)], -1)
+    gram = jnp.einsum("enh,eng->ehg", phi, phi) / phi.shape[1]
+    values, vectors = jnp.linalg.eigh(gram)  # ascending eigenvalues
+    if whiten:
+        floor = WHITEN_FLOOR * values[..., -1:]
+        vectors = vectors / jnp.sqrt(jnp.maximum(values, floor))[..., None, :]
+    return vectors[..., :rank]
+
+
+class SearchSpace(NamedTuple):
+    """What CMA-ES searches: ``template`` is the search variable at zero (a pytree; its shapes
+    fix CMA-ES's dimension) and ``expand(z) -> LastLayer`` maps one point to the last-layer δ."""
+
+    template: object
+    expand: Callable
+
+
+def make_search_space(settings: CMAESSettings, config: models.ModelConfig, params: models.ModelParams,
+                      normalizer: models.Normalizer, obs, action) -> SearchSpace:
+    """The search space ``settings.search_space`` names (see ``CMAESSettings``); obs/action: the
+    rows that define the low-variance directions (the attack dataset)."""
+    template = zero_delta(params)
+    if settings.search_space == "full":
+        return SearchSpace(template, lambda delta: delta)
+    if settings.search_space == "output_bias":
+        return _output_bias_space(config, params, normalizer, obs, action, template)
+    whiten = settings.search_space == "whitened"
+    rank = config.hidden_size + 1 if whiten else settings.subspace_rank
+    basis = low_variance_basis(config, params, normalizer, obs, action, rank, whiten)
+    hidden, outputs = template.w.shape[1], template.w.shape[2]
+    attacked = config.target_dim  # the mean columns come first (logvar follows for P / PE)
+
+    def expand(z: jax.Array) -> LastLayer:
+        change = jnp.einsum("ehk,eko->eho", basis, z)  # [E, H + 1, target_dim]
+        change = jnp.pad(change, ((0, 0), (0, 0), (0, outputs - attacked)))
+        return LastLayer(w=change[:, :hidden], b=change[:, hidden])
+
+    return SearchSpace(jnp.zeros((config.ensemble_size, rank, attacked)), expand)
+
+
+def _output_bias_space(config, params, normalizer, obs, action, template: LastLayer) -> SearchSpace:
+    """z [E, outputs] shifts the output biases: the mean columns in units of the model's median
+    predicted standard deviation on the rows (so z_d = 1 moves that prediction by about one
+    predicted σ, ≈ ½ nat of LL), the log-variance columns (P / PE) in nats."""
+    x = models.normalize_inputs(normalizer, models.model_inputs(config, jnp.asarray(obs), jnp.asarray(action)))
+    _, logvar = models.apply_normalized(config, params, x)  # [E, N, target_dim]
+    mean_scale = jnp.median(jnp.exp(0.5 * logvar), axis=1) if config.probabilistic else jnp.ones_like(logvar[:, 0])
+    scale = mean_scale if not config.probabilistic else jnp.concatenate([mean_scale, jnp.ones_like(mean_scale)], -1)
+
+    def expand(z: jax.Array) -> LastLayer:
+        return LastLayer(w=jnp.zeros_like(template.w), b=z * scale)
+
+    return SearchSpace(jnp.zeros_like(template.b), expand)
+
+
+def pets_member_model(data: DataSettings, env_name: str, seed: int, env, member: int, log=print):
+    """Member ``member`` of the final model of the PETS run behind ``data`` (its first seed) as a
+    one-member model: (ModelConfig P or D, params, normalizer)."""
+    from mismatch_jax.sweep.study_data import StudyData, pets_models
+
+    runs = pets_runs_of(data, env_name, seed, env, log)
+    request = StudyData(data, (data.kind,), env_name, seed, data.validation_fraction)
+    params, normalizer = jax.tree.map(lambda a: a[0], pets_models(request, env, runs))
+    pets_config = dataclasses.replace(data.pets, env=env_name).model_config(env)
+    if member >= pets_config.ensemble_size:
+        raise InputError(f"pets_member = {member}, but the PETS model has {pets_config.ensemble_size} "
+                         f"members; pick one in [0, {pets_config.ensemble_size - 1}]")
+    one = params.replace(layers=tuple((w[member:member + 1], b[member:member + 1]) for w, b in params.layers))
+    kind = "P" if pets_config.probabilistic else "D"
+    return dataclasses.replace(pets_config, kind=kind, ensemble_size=1), one, normalizer
 
 
 def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
@@ -187,10 +306,11 @@ def attack_fitness(reward_mean: jax.Array, ll: jax.Array, ll_reference, penalty,
 
 @struct.dataclass
 class AttackState:
-    """CMA-ES state plus our own best-so-far record (fitness, reward, LL of the best δ)."""
+    """CMA-ES state plus our own best-so-far record: the best search point (a δ, or z of a
+    ``SearchSpace``) and its fitness, reward and LL."""
 
     es_state: object
-    best_delta: LastLayer
+    best_delta: object
     best_fitness: jax.Array
     best_reward: jax.Array
     best_ll: jax.Array
@@ -314,7 +434,13 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     validation = (val.obs, val.action, val.next_obs)
 
     t = time.perf_counter()
-    if config.model_path:
+    if config.base_model == "pets_member":
+        mcfg, params, norm = pets_member_model(config.data, config.env, config.seed, env,
+                                               config.pets_member, log)
+        source = {"pets_member": config.pets_member, "pets_trials": config.data.pets.num_trials}
+        log(f"attack: base model = member {config.pets_member} of the final PETS model ({mcfg.kind}, "
+            f"{mcfg.num_hidden_layers} × {mcfg.hidden_size})")
+    elif config.model_path:
         mcfg, params, norm = load_model(config.model_path)
         if (mcfg.obs_dim, mcfg.action_dim) != (env.obs_dim, env.action_dim):
             raise InputError(f"model_path: the model's dims ({mcfg.obs_dim}, {mcfg.action_dim}) do not "
@@ -331,21 +457,26 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
     _, evaluate = make_candidate_evaluator(env, planner, mcfg, params, norm, validation, length)
     template = zero_delta(params)
+    space = make_search_space(config.cmaes, mcfg, params, norm, dataset.obs, dataset.action)
     ll_original = float(models.one_step_log_likelihood(mcfg, params, norm, *validation))
-    num_dims = sum(int(np.size(a)) for a in jax.tree.leaves(template))
-    log(f"attack: original validation LL {ll_original:.4f}; CMA-ES over {num_dims} last-layer parameters, "
+    num_dims = sum(int(np.size(a)) for a in jax.tree.leaves(space.template))
+    log(f"attack: original validation LL {ll_original:.4f}; CMA-ES over {num_dims} "
+        f"{'last-layer parameters' if config.cmaes.search_space == 'full' else 'low-variance last-layer directions'}, "
         f"{config.cmaes.population_size} candidates × {config.evaluation.trials} trials per generation")
 
     t = time.perf_counter()
-    state, history, mean_delta = run_cmaes(jax.random.fold_in(root, CMA_SALT), evaluate, template,
-                                           config.cmaes, config.evaluation.trials, ll_original, log)
+    evaluate_points = lambda points, keys: evaluate(jax.vmap(space.expand)(points), keys)
+    state, history, mean_point = run_cmaes(jax.random.fold_in(root, CMA_SALT), evaluate_points,
+                                           space.template, config.cmaes, config.evaluation.trials,
+                                           ll_original, log)
+    best_delta, mean_delta = space.expand(state.best_delta), space.expand(mean_point)
     timings["cmaes_s"] = time.perf_counter() - t
 
     # Before/after on fresh episodes: [original, best, final mean] padded to the population size
     # so the compiled population evaluator is reused.
     t = time.perf_counter()
     pop = config.cmaes.population_size
-    trio = [template, state.best_delta, mean_delta]
+    trio = [template, best_delta, mean_delta]
     batch = jax.tree.map(lambda *xs: jnp.stack(list(xs) + [xs[0]] * (pop - 3)), *trio)
     eval_jit = jax.jit(evaluate)
     rounds = []
@@ -358,7 +489,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     timings["final_eval_s"] = time.perf_counter() - t
     lls = np.asarray(lls[:3], np.float64)
 
-    attacked = perturb_last_layer(params, state.best_delta)
+    attacked = perturb_last_layer(params, best_delta)
     save_model(out / "original_model", mcfg, params, norm, {"source": source})
     save_model(out / "attacked_model", mcfg, attacked, norm,
                {"source": source, "attack": "best CMA-ES candidate (last layer only)"})
@@ -375,7 +506,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
         "model_source": source, "dataset": {"kind": config.data.kind, "size": dataset.size,
                                             "validation_rows": int(val.size), "notes": notes},
         "fitness": "reward_mean + penalty * max(0, ll_original - tolerance - ll)",
-        "num_attacked_parameters": num_dims,
+        "num_attacked_parameters": num_dims, "search_space": config.cmaes.search_space,
         "base_reward": before["mean"], "attacked_reward": after["mean"], "base_ll": ll_original,
         "attacked_ll": float(lls[1]), "fresh_trials": int(final.shape[1]), "ll_tolerance": tolerance,
         "reward_ratio": after["mean"] / before["mean"] if before["mean"] else None,

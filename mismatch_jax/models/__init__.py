@@ -9,6 +9,7 @@ from mismatch_jax.models.core import (
     fit_normalizer,
     gaussian_log_likelihood,
     gaussian_nll_per_sample,
+    hidden_features,
     identity_normalizer,
     init,
     make_targets,
@@ -24,7 +25,7 @@ from mismatch_jax.models.core import (
 
 __all__ = [
     "MODEL_KINDS", "ModelConfig", "ModelParams", "Normalizer", "apply_normalized",
-    "fit_normalizer", "gaussian_log_likelihood", "gaussian_nll_per_sample",
+    "fit_normalizer", "gaussian_log_likelihood", "gaussian_nll_per_sample", "hidden_features",
     "identity_normalizer", "init", "make_targets", "model_inputs", "model_loss", "normalize_inputs", "normalize_targets", "mse_per_sample",
     "one_step_log_likelihood", "one_step_mse", "predict",
 ]

@@ -219,13 +219,7 @@ def init(key: jax.Array, config: ModelConfig) -> ModelParams:
     )
 
 
-def apply_normalized(config: ModelConfig, params: ModelParams, x_norm: jax.Array):
-    """Forward pass in normalised units.
-
-    x_norm: [E, B, input_dim] (one batch per member) or [B, input_dim] (shared by all members).
-    Returns (mean [E, B, target_dim], logvar [E, B, target_dim]); logvar is 0 for D/DE.
-    """
-    act = _ACTIVATIONS[config.activation]
+def _member_batches(config: ModelConfig, x_norm: jax.Array) -> jax.Array:
     h = x_norm
     if h.ndim == 2:
         h = jnp.broadcast_to(h, (config.ensemble_size,) + h.shape)
@@ -234,11 +228,28 @@ def apply_normalized(config: ModelConfig, params: ModelParams, x_norm: jax.Array
             f"model input must be [E={config.ensemble_size}, B, {config.input_dim}] or "
             f"[B, {config.input_dim}], got {x_norm.shape}"
         )
-    n_layers = len(params.layers)
-    for i, (w, b) in enumerate(params.layers):
-        h = jnp.einsum("ebi,eio->ebo", h, w) + b[:, None, :]
-        if i < n_layers - 1:
-            h = act(h)
+    return h
+
+
+def hidden_features(config: ModelConfig, params: ModelParams, x_norm: jax.Array) -> jax.Array:
+    """Activations of the last hidden layer (what the output layer reads).
+
+    x_norm: [E, B, input_dim] or [B, input_dim] → [E, B, hidden_size]."""
+    act = _ACTIVATIONS[config.activation]
+    h = _member_batches(config, x_norm)
+    for w, b in params.layers[:-1]:
+        h = act(jnp.einsum("ebi,eio->ebo", h, w) + b[:, None, :])
+    return h
+
+
+def apply_normalized(config: ModelConfig, params: ModelParams, x_norm: jax.Array):
+    """Forward pass in normalised units.
+
+    x_norm: [E, B, input_dim] (one batch per member) or [B, input_dim] (shared by all members).
+    Returns (mean [E, B, target_dim], logvar [E, B, target_dim]); logvar is 0 for D/DE.
+    """
+    w, b = params.layers[-1]
+    h = jnp.einsum("ebi,eio->ebo", hidden_features(config, params, x_norm), w) + b[:, None, :]
     if not config.probabilistic:
         return h, jnp.zeros_like(h)
     mean, logvar = jnp.split(h, 2, axis=-1)

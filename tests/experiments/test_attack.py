@@ -73,6 +73,71 @@ def test_vmapped_evaluation_equals_loop():
     np.testing.assert_allclose(ll0, models.one_step_log_likelihood(cfg, params, norm, *val), rtol=1e-5)
 
 
+def _rows(n=64, key=5):
+    k1, k2 = jax.random.split(jax.random.key(key))
+    return jax.random.normal(k1, (n, 4)) * 0.3, jax.random.uniform(k2, (n, 1), minval=-1, maxval=1)
+
+
+def _prediction_change(cfg, params, norm, delta, obs, action):
+    """Mean-square change of the normalised mean prediction on the rows, per member [E]."""
+    x = models.normalize_inputs(norm, models.model_inputs(cfg, obs, action))
+    before, _ = models.apply_normalized(cfg, params, x)
+    after, _ = models.apply_normalized(cfg, attack.perturb_last_layer(params, delta), x)
+    return ((after - before) ** 2).sum(-1).mean(-1)
+
+
+def test_hidden_features_feed_the_output_layer():
+    cfg, params, norm = _tiny_model(kind="PE")
+    obs, action = _rows()
+    x = models.normalize_inputs(norm, models.model_inputs(cfg, obs, action))
+    h = models.hidden_features(cfg, params, x)
+    assert h.shape == (2, 64, 8)
+    w, b = params.layers[-1]
+    mean, _ = models.apply_normalized(cfg, params, x)
+    np.testing.assert_allclose(mean, (jnp.einsum("ebh,eho->ebo", h, w) + b[:, None])[..., :4], rtol=1e-5, atol=1e-6)
+
+
+def test_low_variance_basis_is_orthonormal_and_moves_predictions_by_its_eigenvalues():
+    cfg, params, norm = _tiny_model(kind="PE")
+    obs, action = _rows()
+    basis = attack.low_variance_basis(cfg, params, norm, obs, action, rank=3)
+    assert basis.shape == (2, 9, 3)
+    np.testing.assert_allclose(jnp.einsum("ehk,ehj->ekj", basis, basis), jnp.broadcast_to(jnp.eye(3), (2, 3, 3)),
+                               atol=1e-5)
+    # The least-excited directions move the predictions on the rows less than any other unit step.
+    settings = attack.CMAESSettings(search_space="low_variance", subspace_rank=3)
+    space = attack.make_search_space(settings, cfg, params, norm, obs, action)
+    assert space.template.shape == (2, 3, 4)
+    unit = jnp.zeros((2, 3, 4)).at[:, 0, 0].set(1.0)
+    delta = space.expand(unit)
+    np.testing.assert_array_equal(delta.w[..., 4:], 0.0)  # the log-variance columns stay put
+    smallest = _prediction_change(cfg, params, norm, delta, obs, action)
+    full = attack.low_variance_basis(cfg, params, norm, obs, action, rank=9)
+    largest = attack.LastLayer(w=jnp.pad(full[:, :8, -1:], ((0, 0), (0, 0), (0, 7))),
+                               b=jnp.pad(full[:, 8, -1:], ((0, 0), (0, 7))))
+    assert np.all(smallest < 1e-2 * _prediction_change(cfg, params, norm, largest, obs, action))
+
+
+def test_whitened_directions_move_predictions_equally():
+    cfg, params, norm = _tiny_model(kind="P")
+    obs, action = _rows(n=256)
+    settings = attack.CMAESSettings(search_space="whitened")
+    space = attack.make_search_space(settings, cfg, params, norm, obs, action)
+    assert space.template.shape == (1, 9, 4)
+    changes = [float(_prediction_change(cfg, params, norm, space.expand(jnp.zeros((1, 9, 4)).at[0, k, 1].set(1.0)),
+                                        obs, action)[0]) for k in range(9)]
+    np.testing.assert_allclose(changes, 1.0, rtol=0.1)  # float32 eigh: the smallest is ~5% off
+
+
+def test_pets_member_config_rules():
+    with pytest.raises(ConfigError, match="model_path"):
+        from_dict(attack.AttackConfig, {"base_model": "pets_member", "model_path": "runs/x"})
+    with pytest.raises(ConfigError, match="data.kind"):
+        from_dict(attack.AttackConfig, {"base_model": "pets_member", "data": {"kind": "grid"}})
+    with pytest.raises(ConfigError, match="search_space"):
+        from_dict(attack.AttackConfig, {"cmaes": {"search_space": "diagonal"}})
+
+
 def test_cmaes_lowers_reward_within_ll_constraint():
     """Toy: reward = 50 + 10·x, LL = −max(0, −x − 0.5)² (x = the first weight). The constrained
     optimum is x = −0.5 (reward 45, LL 0); CMA-ES must lower the reward and stay feasible."""
@@ -177,3 +242,25 @@ def test_planned_actions_along_a_path_equal_a_loop_and_the_best_trial_is_the_pat
     assert np.asarray(content["planned"]["a"]).shape == (4, 1)
     gap = np.abs(np.asarray(content["planned"]["a"]) - np.asarray(content["planned"]["b"])).sum(-1)
     assert content["largest_gap_step"] == int(np.argmax(gap))
+
+
+def test_pets_member_is_one_member_of_the_final_pets_model(monkeypatch):
+    from mismatch_jax.sweep import study_data
+
+    env = make("cartpole_swingup")
+    data = common.DataSettings(kind="on_policy")
+    pets_config = dataclasses.replace(data.pets, env="cartpole_swingup").model_config(env)
+    ensemble = models.init(jax.random.key(4), pets_config)
+    norm = models.identity_normalizer(pets_config)
+    with_seed_axis = jax.tree.map(lambda a: a[None], (ensemble, norm))
+    monkeypatch.setattr(attack, "pets_runs_of", lambda *a, **k: {})
+    monkeypatch.setattr(study_data, "pets_models", lambda request, env, runs: with_seed_axis)
+    cfg, member, member_norm = attack.pets_member_model(data, "cartpole_swingup", 0, env, member=2)
+    assert cfg.kind == "P" and cfg.ensemble_size == 1 and cfg.hidden_size == pets_config.hidden_size
+    obs, action = jnp.ones((3, env.obs_dim)) * 0.1, jnp.ones((3, env.action_dim)) * 0.5
+    mean_all, var_all = models.predict(pets_config, ensemble, norm, obs, action)
+    mean_one, var_one = models.predict(cfg, member, member_norm, obs, action)
+    np.testing.assert_allclose(mean_one[0], mean_all[2], rtol=1e-6)
+    np.testing.assert_allclose(var_one[0], var_all[2], rtol=1e-6)
+    with pytest.raises(ValueError, match="pets_member = 9"):
+        attack.pets_member_model(data, "cartpole_swingup", 0, env, member=9)
