@@ -8,7 +8,9 @@ tells whether an LL-preserving change of the last layer moves reward at all — 
 the CMA-ES attack.
 
     python benchmarks/probe_attack_sensitivity.py sweeps/attack_cpu.toml --trials 2 \
-        > benchmarks/results/attack_sensitivity.json
+        > benchmarks/results/attack_sensitivity_d.json
+    python benchmarks/probe_attack_sensitivity.py sweeps/attack_cpu_pets_member.toml --trials 2 \
+        > benchmarks/results/attack_sensitivity_pets_member.json
 """
 
 from __future__ import annotations

@@ -25,6 +25,16 @@ trained here, loaded (``model_path``) or, as in the paper, one member of the fin
   the validation likelihood drops"); ``tolerance`` (default 0) is an allowed drop in nats.
 * Non-finite fitness (a diverged rollout) is replaced by +1e9 so CMA-ES ranks it last.
 
+``cmaes.constraint`` chooses how the LL constraint is enforced. "penalty" (default, the paper)
+ranks candidates by the fitness above. "repair" pulls every candidate back along its ray to the
+base model before it is evaluated: z → t·z with the largest t ∈ [0, 1] (bisection,
+``REPAIR_STEPS`` halvings on the exact LL) such that LL(t·z) ≥ LL₀ − tolerance (+
+``REPAIR_MARGIN`` so float rounding cannot tip a repaired model over the edge), so every
+evaluated model satisfies the constraint and CMA-ES ranks on reward alone (a Baldwinian repair:
+CMA-ES keeps its own points, the repaired ones are scored, recorded and returned). With a
+penalty most candidates of a full-space search land outside the thin LL-feasible set and the
+search spends its generations walking back to it; repair spends them on reward.
+
 The whole population is evaluated in ONE vmapped call (candidates × trials episodes, and the LL
 vmapped over candidates); one generation (ask → evaluate → tell) is one jitted function. The
 generation loop stays in Python because a generation is seconds of work (hundreds of sequential
@@ -70,6 +80,8 @@ TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
 CMA_SALT = 0xC4A
 FINAL_SALT = 0xF1A1
 INVALID_FITNESS = 1e9
+REPAIR_STEPS = 16  # bisection halvings of the repair scale t (resolution 2⁻¹⁶)
+REPAIR_MARGIN = 1e-5  # nats kept inside the LL constraint: more than float32 rounding of a mean LL
 WHITEN_FLOOR = 1e-6  # smallest eigenvalue a whitened direction is scaled by, relative to the largest
 
 
@@ -90,6 +102,8 @@ class CMAESSettings(Schema):
     sigma is then in units of z (U is orthonormal, so ‖δ‖ = ‖z‖). "whitened" uses every
     direction, each scaled so a unit step moves the predictions on the data equally;
     "output_bias" shifts only the output biases (``_output_bias_space``).
+    constraint: "penalty" scores candidates by the penalised fitness; "repair" scales every
+    candidate back towards the base model until it meets the LL constraint (module docstring).
     """
 
     population_size: int = setting(16, ge=4)
@@ -99,6 +113,7 @@ class CMAESSettings(Schema):
     tolerance: float = setting(0.0, ge=0.0)
     search_space: Literal["full", "low_variance", "whitened", "output_bias"] = "full"
     subspace_rank: int = setting(16, ge=1)
+    constraint: Literal["penalty", "repair"] = "penalty"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +319,30 @@ def attack_fitness(reward_mean: jax.Array, ll: jax.Array, ll_reference, penalty,
     return jnp.where(jnp.isfinite(fitness), fitness, INVALID_FITNESS)
 
 
+def repair_to_constraint(points, ll_of: Callable, threshold, steps: int = REPAIR_STEPS):
+    """Pulls each candidate back along its ray to the base model until it meets the LL constraint.
+
+    points: search points with a leading candidate axis C (a pytree, z = 0 is the base model);
+    ll_of(points) -> LL [C]; threshold: the smallest LL allowed (LL₀ − tolerance, which z = 0
+    meets). Returns (t·z, t [C]) with t = 1 where z already meets it, else the largest t found by
+    ``steps`` bisection halvings of [0, 1] among those that meet it (t = 0 at worst; a NaN LL
+    counts as a violation)."""
+    count = jax.tree.leaves(points)[0].shape[0]
+
+    def scaled(t):
+        return jax.tree.map(lambda z: z * t.reshape((-1,) + (1,) * (z.ndim - 1)).astype(z.dtype), points)
+
+    def halve(_, bounds):
+        feasible_t, infeasible_t = bounds
+        middle = 0.5 * (feasible_t + infeasible_t)
+        ok = ll_of(scaled(middle)) >= threshold
+        return jnp.where(ok, middle, feasible_t), jnp.where(ok, infeasible_t, middle)
+
+    feasible_t, _ = jax.lax.fori_loop(0, steps, halve, (jnp.zeros(count), jnp.ones(count)))
+    t = jnp.where(ll_of(points) >= threshold, 1.0, feasible_t)
+    return scaled(t), t
+
+
 @struct.dataclass
 class AttackState:
     """CMA-ES state plus our own best-so-far record: the best search point (a δ, or z of a
@@ -321,7 +360,8 @@ class GenerationLog:
     """Per-generation numbers of the convergence curve (each [] per generation).
 
     gen_best_*: the generation's lowest-fitness candidate; mean_fitness / feasible_fraction:
-    over the population (feasible = no LL penalty); best_fitness: best so far; step_size: σ."""
+    over the population (feasible = no LL penalty); best_fitness: best so far; step_size: σ;
+    repair_scale: the population's mean repair factor t (1 under ``constraint = "penalty"``)."""
 
     gen_best_fitness: jax.Array
     gen_best_reward: jax.Array
@@ -330,17 +370,23 @@ class GenerationLog:
     feasible_fraction: jax.Array
     best_fitness: jax.Array
     step_size: jax.Array
+    repair_scale: jax.Array
 
 
 def make_cmaes_attack(evaluate: Callable, template: LastLayer, settings: CMAESSettings,
-                      num_trials: int, ll_reference):
+                      num_trials: int, ll_reference, ll_of: Callable | None = None):
     """CMA-ES over last-layer perturbations.
 
     evaluate(deltas [C], trial_keys [K]) -> (rewards [C, K], ll [C]) (``make_candidate_evaluator``);
-    template: a δ with the output layer's shapes. Returns ``(es, init, generation)``:
+    template: a δ with the output layer's shapes; ll_of(deltas [C]) -> LL [C], needed by
+    ``settings.constraint = "repair"``. Returns ``(es, init, generation)``:
     ``init(key) -> AttackState`` and jitted ``generation(state, key) -> (state, GenerationLog)``.
     """
     from evosax.algorithms import CMA_ES
+
+    repair = settings.constraint == "repair"
+    if repair and ll_of is None:
+        raise ValueError('cmaes.constraint = "repair" needs ll_of, the LL of a batch of candidates')
 
     es = CMA_ES(population_size=settings.population_size, solution=template)
     es_params = es.default_params.replace(std_init=jnp.asarray(settings.sigma, jnp.float32))
@@ -358,7 +404,12 @@ def make_cmaes_attack(evaluate: Callable, template: LastLayer, settings: CMAESSe
         ask_key, eval_key, tell_key = jax.random.split(key, 3)
         with jax.numpy_rank_promotion("allow"):  # evosax broadcasts [D] + [C, D] implicitly
             population, es_state = es.ask(ask_key, state.es_state, es_params)
-        rewards, ll = evaluate(population, jax.random.split(eval_key, num_trials))
+        if repair:  # Baldwinian: CMA-ES is told its own points, the repaired ones are scored
+            scored, scale = repair_to_constraint(population, ll_of,
+                                                 ll_reference - settings.tolerance + REPAIR_MARGIN)
+        else:
+            scored, scale = population, jnp.ones(settings.population_size)
+        rewards, ll = evaluate(scored, jax.random.split(eval_key, num_trials))
         reward_mean = rewards.mean(-1)
         fitness = attack_fitness(reward_mean, ll, ll_reference, settings.penalty, settings.tolerance)
         with jax.numpy_rank_promotion("allow"):
@@ -368,7 +419,7 @@ def make_cmaes_attack(evaluate: Callable, template: LastLayer, settings: CMAESSe
         pick = lambda new, old: jnp.where(improved, new, old)
         state = AttackState(
             es_state=es_state,
-            best_delta=jax.tree.map(lambda p, old: pick(p[i], old), population, state.best_delta),
+            best_delta=jax.tree.map(lambda p, old: pick(p[i], old), scored, state.best_delta),
             best_fitness=pick(fitness[i], state.best_fitness),
             best_reward=pick(reward_mean[i], state.best_reward),
             best_ll=pick(ll[i], state.best_ll))
@@ -376,19 +427,20 @@ def make_cmaes_attack(evaluate: Callable, template: LastLayer, settings: CMAESSe
         log = GenerationLog(gen_best_fitness=fitness[i], gen_best_reward=reward_mean[i],
                             gen_best_ll=ll[i], mean_fitness=fitness.mean(),
                             feasible_fraction=feasible.mean(), best_fitness=state.best_fitness,
-                            step_size=es_state.std)
+                            step_size=es_state.std, repair_scale=scale.mean())
         return state, log
 
     return es, init, generation
 
 
 def run_cmaes(key, evaluate: Callable, template: LastLayer, settings: CMAESSettings,
-              num_trials: int, ll_reference, log: Callable[[str], None] = lambda s: None):
-    """Runs ``settings.generations`` CMA-ES generations from δ = 0.
+              num_trials: int, ll_reference, log: Callable[[str], None] = lambda s: None,
+              ll_of: Callable | None = None):
+    """Runs ``settings.generations`` CMA-ES generations from δ = 0 (``make_cmaes_attack``).
 
     Returns (final AttackState, history: dict of [G] numpy arrays (GenerationLog fields),
-    final CMA-ES mean δ)."""
-    es, init, generation = make_cmaes_attack(evaluate, template, settings, num_trials, ll_reference)
+    final CMA-ES mean δ, repaired like a candidate under ``constraint = "repair"``)."""
+    es, init, generation = make_cmaes_attack(evaluate, template, settings, num_trials, ll_reference, ll_of)
     init_key, run_key = jax.random.split(key)
     state = init(init_key)
     logs = []
@@ -400,11 +452,16 @@ def run_cmaes(key, evaluate: Callable, template: LastLayer, settings: CMAESSetti
         log(f"  generation {g + 1}/{settings.generations}: best reward {float(entry.gen_best_reward):.2f} "
             f"LL {float(entry.gen_best_ll):.4f} fitness {float(entry.gen_best_fitness):.2f} "
             f"(best so far {float(entry.best_fitness):.2f}, σ {float(entry.step_size):.4g}, "
-            f"{time.perf_counter() - t:.1f}s)")
+            + (f"repair t {float(entry.repair_scale):.3f}, " if settings.constraint == "repair" else "")
+            + f"{time.perf_counter() - t:.1f}s)")
     history = {f.name: np.asarray([getattr(e, f.name) for e in logs], np.float64)
                for f in dataclasses.fields(GenerationLog)}
     with jax.numpy_rank_promotion("allow"):
         mean = es.get_mean(state.es_state)
+    if settings.constraint == "repair":
+        repaired, _ = repair_to_constraint(jax.tree.map(lambda z: z[None], mean), ll_of,
+                                           ll_reference - settings.tolerance + REPAIR_MARGIN)
+        mean = jax.tree.map(lambda z: z[0], repaired)
     return state, history, mean
 
 
@@ -466,9 +523,12 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
 
     t = time.perf_counter()
     evaluate_points = lambda points, keys: evaluate(jax.vmap(space.expand)(points), keys)
+    val_arrays = tuple(jnp.asarray(a) for a in validation)
+    ll_of_points = jax.vmap(lambda z: models.one_step_log_likelihood(
+        mcfg, perturb_last_layer(params, space.expand(z)), norm, *val_arrays))
     state, history, mean_point = run_cmaes(jax.random.fold_in(root, CMA_SALT), evaluate_points,
                                            space.template, config.cmaes, config.evaluation.trials,
-                                           ll_original, log)
+                                           ll_original, log, ll_of=ll_of_points)
     best_delta, mean_delta = space.expand(state.best_delta), space.expand(mean_point)
     timings["cmaes_s"] = time.perf_counter() - t
 
@@ -505,7 +565,10 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
         "name": config.name, "env": config.env, "config": to_dict(config), "model": dataclasses.asdict(mcfg),
         "model_source": source, "dataset": {"kind": config.data.kind, "size": dataset.size,
                                             "validation_rows": int(val.size), "notes": notes},
-        "fitness": "reward_mean + penalty * max(0, ll_original - tolerance - ll)",
+        "fitness": ("reward_mean of the candidate scaled back to ll >= ll_original - tolerance"
+                    if config.cmaes.constraint == "repair"
+                    else "reward_mean + penalty * max(0, ll_original - tolerance - ll)"),
+        "constraint": config.cmaes.constraint,
         "num_attacked_parameters": num_dims, "search_space": config.cmaes.search_space,
         "base_reward": before["mean"], "attacked_reward": after["mean"], "base_ll": ll_original,
         "attacked_ll": float(lls[1]), "fresh_trials": int(final.shape[1]), "ll_tolerance": tolerance,
@@ -521,7 +584,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     }
     write_json(out / "attack.json", report)
     plot_convergence(history, ll_original, before["mean"], after["mean"], float(lls[1]),
-                     out / "attack_convergence.png")
+                     out / "attack_convergence.png", tolerance)
     log(f"attack: reward {before['mean']:.1f} → {after['mean']:.1f} "
         f"({config.evaluation.final_rounds * config.evaluation.trials} fresh trials), "
         f"LL {ll_original:.4f} → {float(lls[1]):.4f}; wrote {out}/attack.json")

@@ -158,6 +158,41 @@ def test_cmaes_lowers_reward_within_ll_constraint():
     np.testing.assert_allclose(float(state.best_delta.w[0, 0, 0]), -0.5, atol=0.1)
 
 
+def test_repair_scales_each_candidate_to_the_constraint_boundary():
+    """LL = −max(0, |x| − 0.5)², threshold −0.01 → feasible |x| ≤ 0.6: t = 1, 0.6, 0.3, 0."""
+    points = attack.LastLayer(w=jnp.array([0.2, 1.0, -2.0, 5.0]).reshape(4, 1, 1, 1), b=jnp.ones((4, 1, 1)))
+    x_of = lambda p: p.w[:, 0, 0, 0]
+    ll_of = lambda p: jnp.where(jnp.abs(x_of(p)) > 4.0, jnp.nan, -jnp.maximum(0.0, jnp.abs(x_of(p)) - 0.5) ** 2)
+    repaired, t = attack.repair_to_constraint(points, ll_of, -0.01)
+    np.testing.assert_allclose(t, [1.0, 0.6, 0.3, 0.12], atol=2e-4)  # NaN at |x| > 4 is infeasible
+    np.testing.assert_allclose(repaired.w[:, 0, 0, 0], t * points.w[:, 0, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(repaired.b[:, 0, 0], t, rtol=1e-6)  # the whole point is scaled
+    assert np.all(np.asarray(ll_of(repaired)) >= -0.01)
+
+
+def test_cmaes_with_repair_scores_only_feasible_candidates():
+    """The toy of the penalty test under constraint = "repair": every scored candidate meets the
+    constraint, and CMA-ES still finds the constrained optimum x = −0.5 (reward 45)."""
+    template = attack.LastLayer(w=jnp.zeros((1, 2, 1)), b=jnp.zeros((1, 1)))
+    ll_of = lambda deltas: -jnp.maximum(0.0, -deltas.w[:, 0, 0, 0] - 0.5) ** 2
+
+    def evaluate(deltas, trial_keys):
+        reward = 50.0 + 10.0 * deltas.w[:, 0, 0, 0]
+        return jnp.broadcast_to(reward[:, None], (reward.shape[0], trial_keys.shape[0])), ll_of(deltas)
+
+    settings = attack.CMAESSettings(population_size=8, generations=30, sigma=0.3, penalty=0.0,
+                                    constraint="repair", tolerance=0.01)
+    state, history, mean = attack.run_cmaes(jax.random.key(1), evaluate, template, settings, 2, 0.0,
+                                            ll_of=ll_of)
+    assert np.all(history["feasible_fraction"] == 1.0)
+    assert np.all(history["repair_scale"] <= 1.0) and np.any(history["repair_scale"] < 1.0)
+    assert float(state.best_ll) >= -0.01
+    np.testing.assert_allclose(float(state.best_delta.w[0, 0, 0]), -0.6, atol=0.02)  # √0.01 past −0.5
+    assert float(ll_of(jax.tree.map(lambda z: z[None], mean))[0]) >= -0.01
+    with pytest.raises(ValueError, match="ll_of"):
+        attack.make_cmaes_attack(evaluate, template, settings, 2, 0.0)
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="cmaes.sigmaa"):
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cmaes": {"sigmaa": 0.1}})
@@ -171,7 +206,8 @@ def test_config_errors_name_the_key():
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cem": {"num_elites": 1}})
 
 
-@pytest.mark.parametrize("name", ["attack_quick", "attack_cartpole", "attack_swingup", "attack_cpu"])
+@pytest.mark.parametrize("name", ["attack_quick", "attack_cartpole", "attack_swingup", "attack_cpu",
+                                  "attack_cpu_pets_member"])
 def test_shipped_configs_load(name):
     config = load_toml(attack.AttackConfig, f"sweeps/{name}.toml")
     assert config.cmaes.generations >= 1
