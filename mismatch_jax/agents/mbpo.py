@@ -13,8 +13,8 @@ Agents (``AGENTS``; ``make_agent(name, config, env)``) differ only in the model 
 (``models.trainer_losses``) and the reward the policy sees:
 
 * ``mbpo``: MLE (the trainer's PETS NLL / MSE); ``vagram`` / ``itervaml`` / ``value_weighted``:
-  value-aware losses whose per-row side information (the clipped gradients of the 4 SAC critics
-  at the true next states, or 1/|V|) is computed once per model phase (VaGraM Algorithm 1).
+  value-aware losses whose per-row side information (the gradients of the 4 SAC critics at the
+  true next states, or the value weights) is computed once per model phase (VaGraM Algorithm 1).
 * ``mnm``: model trained on Eq. 9 of Mismatched No More (``loss_context = (SAC params,
   classifier params)``), classifier on Eq. 4, policy on the augmented reward
   r̃ = log r⁺ + log C/(1 − C) (Eq. 5, ``value_aware.mnm_augmented_reward``); ``mnm_approx``:
@@ -54,8 +54,14 @@ Choices (and why):
 * The trainer re-initialises Adam each model phase (MBPO keeps the optimiser); with MLE it
   returns the best-validation-epoch parameters, with the decision-aware losses the last ones
   (the validation score is MLE and would undo the loss's preference).
-* VaGraM: value gradients of the 2 online + 2 target critics at V_k(s) = Q_k(s, tanh(μ(s))),
-  clipped at the 95th percentile of their norms over the valid buffer rows (appendix E).
+* VaGraM (``MBPOConfig.vagram``, defaults from the paper, else its released code): value
+  gradients of the 2 online + 2 target critics, ∂Q_k(s, a)/∂s at a = tanh(μ(s)) held fixed
+  (``action_gradient``), computed once per model phase (the critics do not change during it),
+  their norms clipped at the 95th percentile over each minibatch's valid rows (``clip_scope``),
+  summed over critics (``critic_reduce``), plus the normalised MSE during the first MBPO epoch
+  (``mse_warmup_epochs``). The released code also divides the gradients by a running mean of
+  their norms (a loss scale, relative to the reward term) and averages the squared errors over
+  state dimensions where Eq. 7 sums them; we follow Eq. 7 and keep no running scale.
 * MnM: each model phase first trains the classifier ``classifier_steps`` minibatches against
   the current model (real vs model next state of the same real (s, a)), then the model with that
   classifier. V in Eq. 9 is the min of the two online critics at the deterministic action. The
@@ -123,7 +129,11 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     value_apply_online = lambda params, s: sac.value(params, s, critics="online")
     per_sample_loss = trainer_losses.make_model_loss(
         config.model_loss, value_apply=value_apply_online, predict_reward=True,
-        reward_weight=config.reward_loss_weight, itervaml_mse_coef=config.itervaml_mse_coef)
+        reward_weight=config.reward_loss_weight, itervaml_mse_coef=config.itervaml_mse_coef,
+        critic_reduce=config.vagram.critic_reduce,
+        minibatch_clip_percentile=(config.vagram.clip_percentile
+                                   if config.vagram.clip_scope == "minibatch" else None))
+    value_gradient_loss = trainer_losses.needs_value_gradients(config.model_loss)
     model_trainer = population.make_train_fn(tcfg, per_sample_loss)
     default_hparams = MBPOHParams.from_config(config, action_dim)
 
@@ -236,20 +246,28 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         classifier_loss = jnp.asarray(jnp.nan, jnp.float32)
         if config.uses_classifier:
             ts, classifier_loss = train_classifier(cls_key, ts, hp)
-        value_fn = lambda s: sac.value(ts.sac.params, s, critics="all")  # [D] → [4]
+        value_fn = lambda s: sac.value(ts.sac.params, s, critics="all",  # [D] → [4]
+                                       detach_action=config.vagram.action_gradient == "detached")
         aux_fn = None
-        if trainer_losses.needs_value_gradients(config.model_loss):
-            aux_fn = lambda nxt, m: trainer_losses.value_gradient_aux(value_fn, nxt, m, config.vagram_clip_percentile)
+        if value_gradient_loss:
+            # Per-minibatch clipping happens in the loss; the buffer scope clips here, once.
+            buffer_clip = config.vagram.clip_percentile if config.vagram.clip_scope == "buffer" else 100.0
+            aux_fn = lambda nxt, m: trainer_losses.value_gradient_aux(value_fn, nxt, m, buffer_clip)
         elif config.model_loss == "value_weighted":
-            aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt)
+            aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt, m,
+                                                                    config.value_weighted.direction)
         context = (ts.sac.params, ts.classifier) if config.model_loss == "mnm" else None
         params = jax.tree_util.tree_map(lambda p: p[None], ts.model_params)
         # The buffer holds min(env_steps, capacity) rows: a bound shared by every seed, so the
         # trainer's slot skipping survives an outer vmap over seeds.
         rows_bound = jnp.minimum(jnp.asarray(env_steps, jnp.int32), ts.real.capacity)
         # The (possibly traced) model rates enter the trainer as its own vmappable hparams.
+        mse_weight = hp.model_mse_weight
+        if value_gradient_loss and config.vagram.mse_warmup_epochs:
+            warming_up = env_steps < config.vagram.mse_warmup_epochs * config.epoch_length
+            mse_weight = mse_weight + jnp.where(warming_up, 1.0, 0.0).astype(mse_weight.dtype)
         train_hp = population.TrainHParams.population(
-            1, learning_rate=hp.model_lr, weight_decay=hp.model_weight_decay, mse_weight=hp.model_mse_weight)
+            1, learning_rate=hp.model_lr, weight_decay=hp.model_weight_decay, mse_weight=mse_weight)
         result = model_trainer(model_key[None], params, training_data(ts, aux_fn), train_hp,
                                     jnp.zeros((1,), jnp.int32), context, rows_bound)
         take = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)

@@ -59,6 +59,47 @@ class ModelTraining(TrainingSection):
 
 
 @dataclasses.dataclass(frozen=True)
+class VaGraMOptions(Schema):
+    """[mbpo.vagram]: how VaGraM (and first-order IterVAML) build their value gradients and loss.
+    The rule for the defaults: the paper (Voelcker et al. 2022) where it says, else its released
+    code (pairlab/vagram, ``mbrl/models/vaml_mlp.py`` and ``mbrl/algorithms/mbpo.py``).
+
+    clip_percentile: gradient vectors whose L2 norm exceeds this percentile of the norms are
+        rescaled to it (appendix E: 95).
+    clip_scope: "minibatch" takes the percentile over each training minibatch's valid rows, per
+        critic (the code; appendix E does not say over what); "buffer" once over the whole
+        buffer at the start of each model phase.
+    action_gradient: "detached" differentiates Q_k(s, a) in s at a = π(s) held fixed (the code
+        detaches the action; the paper only writes ∂V/∂s); "through_policy" takes the total
+        derivative of Q_k(s, π(s)) through the policy as well.
+    critic_reduce: "sum" over the K = 4 value functions (2 online, 2 target critics: appendix E
+        "summed the losses using each ... value function gradient independently", and the code's
+        per-critic loop); "mean" divides by K.
+    mse_warmup_epochs: MBPO epochs (``epoch_length`` env steps each, counted from the first env
+        step) during which the normalised MSE of every output is added to the model loss with
+        weight 1 (the code adds it for the first epoch; the paper does not mention it).
+    """
+
+    clip_percentile: float = setting(95.0, gt=0.0, le=100.0)
+    clip_scope: Literal["minibatch", "buffer"] = "minibatch"
+    action_gradient: Literal["detached", "through_policy"] = "detached"
+    critic_reduce: Literal["sum", "mean"] = "sum"
+    mse_warmup_epochs: int = setting(1, ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueWeightedOptions(Schema):
+    """[mbpo.value_weighted]: the value-weighted MSE baseline (VaGraM appendix D.1).
+
+    direction: "inverse" weights each row by 1/|V(s′)| (the paper's text: "multiplied by the
+        inverse of the value function of the sample"); "proportional" by |V(s′)| normalised to
+        mean 1 (the released code's weighting). Default: the paper's text.
+    """
+
+    direction: Literal["inverse", "proportional"] = "inverse"
+
+
+@dataclasses.dataclass(frozen=True)
 class MBPOConfig(Schema):
     """Static MBPO hyperparameters (hashable). Load strictly with ``load_mbpo_config(path)``.
 
@@ -69,7 +110,9 @@ class MBPOConfig(Schema):
     model: the dynamics ensemble ([model] table, a ``ModelConfig``; a reward output is always
         added). model_training: its training each phase (``ModelTraining``).
     reward_loss_weight: weight of the reward-output MSE added to decision-aware losses.
-    vagram_clip_percentile, itervaml_mse_coef: see ``value_aware``.
+    vagram: VaGraM's and IterVAML's gradient and loss options (``VaGraMOptions``).
+    value_weighted: the value-weighted baseline's options (``ValueWeightedOptions``).
+    itervaml_mse_coef: see ``value_aware``.
     model_train_freq: env steps between model phases (divides eval_interval, epoch_length and
         learning_starts). epoch_length: env steps per MBPO epoch (schedules are in epochs).
     rollout_batch_size: rollouts started per phase; rollout_schedule: (epoch_a, epoch_b,
@@ -86,7 +129,8 @@ class MBPOConfig(Schema):
     model: ModelConfig = ModelConfig(kind="PE", ensemble_size=7, angle_features=True)
     model_training: ModelTraining = ModelTraining(num_epochs=5)
     reward_loss_weight: float = setting(1.0, ge=0.0)
-    vagram_clip_percentile: float = setting(95.0, gt=0.0, le=100.0)
+    vagram: VaGraMOptions = VaGraMOptions()
+    value_weighted: ValueWeightedOptions = ValueWeightedOptions()
     itervaml_mse_coef: float = setting(0.01, ge=0.0)
     model_train_freq: int = setting(250, ge=1)
     epoch_length: int = setting(1000, ge=1)

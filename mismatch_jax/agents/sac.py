@@ -234,13 +234,15 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
         return jax.vmap(mlp_apply, in_axes=(0, None))(critic, x)[..., 0]
 
     def value(params: SACParams, obs: jax.Array, key: Optional[jax.Array] = None,
-              critics: str = "all", reduce: str = "each") -> jax.Array:
+              critics: str = "all", reduce: str = "each", detach_action: bool = False) -> jax.Array:
         """V_k(s) = Q_k(s, π(s)) for each critic: obs [..., obs_dim] → [K, ...] (reduce="each")
         or their minimum [...] (reduce="min").
 
         π(s) is the deterministic action tanh(mean) when key is None, else a reparameterised
         sample (one per state). critics: "online" (K = 2), "target" (K = 2) or "all" (K = 4,
-        online first). Gradients w.r.t. obs flow through both Q and π(s) (total derivative).
+        online first). Gradients w.r.t. obs flow through both Q and π(s) (total derivative),
+        or through Q's state input only with ``detach_action`` (∂Q/∂s at a = π(s) held fixed,
+        as VaGraM's released code computes its value gradients).
         """
         if critics not in ("online", "target", "all"):
             raise ValueError(f"value: critics must be 'online', 'target' or 'all', got {critics!r}")
@@ -250,6 +252,8 @@ def make_sac(config: SACConfig, env: Env) -> SAC:
             action = deterministic_action(params.actor, obs)
         else:
             action, _ = sample_action(key, params.actor, obs)
+        if detach_action:
+            action = jax.lax.stop_gradient(action)
         values = []
         if critics in ("online", "all"):
             values.append(q_apply(params.critic, obs, action))

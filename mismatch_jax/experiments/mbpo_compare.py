@@ -9,8 +9,9 @@ A config (TOML, loaded strictly into ``CompareConfig``) names the agents (``mbpo
 
 Writes ``mbpo_compare.json`` (per agent: env_steps, eval_return [seeds, evals], their mean and
 standard deviation, final returns, first env-step count whose seed-mean return exceeds
-``threshold``, compile and run seconds, last model-phase metrics) and ``mbpo_compare.png``
-(mean ± std of the evaluation return over seeds against env steps).
+``threshold``, compile and run seconds, last model-phase metrics; ``paired``: every agent's
+seed-by-seed difference to the first agent with a 95 % CI, ``paired_differences``) and
+``mbpo_compare.png`` (mean ± std of the evaluation return over seeds against env steps).
 """
 
 from __future__ import annotations
@@ -115,6 +116,30 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
     }
 
 
+def paired_differences(agent: dict, baseline: dict, level: float = 0.95) -> dict:
+    """Seed-by-seed differences agent − baseline of the final return and of the mean return over
+    all evaluations (the area under the learning curve), for agents run on the same seed keys
+    (paired seeds): per-seed values, mean, Student-t CI at ``level`` over seeds, and how many
+    seeds favour the agent."""
+    from scipy import stats
+
+    ours, theirs = np.asarray(agent["eval_return"]), np.asarray(baseline["eval_return"])
+    if ours.shape != theirs.shape:
+        raise ValueError(f"paired differences need the same seeds and evaluations: {agent['agent']} "
+                         f"has {ours.shape}, {baseline['agent']} {theirs.shape}")
+    out = {"versus": baseline["agent"], "seeds": int(ours.shape[0]), "level": level}
+    for name, diff in (("final", ours[:, -1] - theirs[:, -1]), ("curve_mean", ours.mean(1) - theirs.mean(1))):
+        mean = float(diff.mean())
+        if diff.size > 1 and diff.std() > 0:
+            low, high = stats.t.interval(level, diff.size - 1, loc=mean, scale=stats.sem(diff))
+        else:
+            low = high = mean
+        out[name] = {"differences": [round(float(d), 2) for d in diff], "mean": round(mean, 2),
+                     "ci": [round(float(low), 2), round(float(high), 2)],
+                     "seeds_better": int((diff > 0).sum()), "seeds_worse": int((diff < 0).sum())}
+    return out
+
+
 def plot_curves(results: list[dict], path: Path, title: str = "", threshold: Optional[float] = None) -> None:
     """Mean ± std of the evaluation return against env steps, one line per agent."""
     import matplotlib
@@ -150,6 +175,12 @@ def run_compare(config: CompareConfig, out_dir, num_seeds: Optional[int] = None)
         r = results[-1]
         print(f"{name}: final return {r['final_return_mean']} ± {r['final_return_std']} "
               f"(compile {r['compile_s']} s, run {r['run_s']} s)", flush=True)
+    for r in results[1:]:
+        r["paired"] = paired_differences(r, results[0])
+        final = r["paired"]["final"]
+        print(f"{r['agent']} − {results[0]['agent']} (paired seeds): final {final['mean']} "
+              f"[{final['ci'][0]}, {final['ci'][1]}] 95 % CI; better on {final['seeds_better']} of "
+              f"{r['paired']['seeds']} seeds", flush=True)
     device = jax.devices()[0]
     summary = {
         "experiment": "mbpo_compare",

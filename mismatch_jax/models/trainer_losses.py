@@ -5,9 +5,12 @@ losses as pluggable losses of the population trainer.
 -> [E, B]`` (the ``train.PerSampleLoss`` protocol); this module builds such functions from the pure
 losses of ``value_aware`` and the per-row side information (``TransitionData.aux``) they need:
 
-* ``vagram_loss`` / ``itervaml_loss``: aux rows = the clipped value gradients g_k(s′) of K critics
-  at the true next state, flattened to [K·D] (``value_gradient_aux``), computed once per
-  model-training phase, as in VaGraM's Algorithm 1.
+* ``vagram_loss`` / ``itervaml_loss``: aux rows = the value gradients g_k(s′) of K critics at
+  the true next state, flattened to [K·D] (``value_gradient_aux``), computed once per
+  model-training phase, as in VaGraM's Algorithm 1 (the critics are fixed during the phase).
+  Their norms are clipped at a percentile either once over the buffer (``value_gradient_aux``'s
+  ``clip_percentile``) or over each minibatch's valid rows inside the loss
+  (``minibatch_clip_percentile``, the authors' released code).
 * ``value_weighted_loss``: aux rows = 1 / |V(s′)| (``value_weight_aux``), one column.
 * ``mnm_loss(value_apply)``: no aux; ``loss_context = (value_params, classifier_params)`` so that a
   new critic or classifier does not recompile. The model's next state is its mean prediction
@@ -42,6 +45,8 @@ class LossInputs:
     obs, action, next_obs, reward, aux: the rows in original units, [E, B, ...] (every member
         sees its own bootstrap rows); aux is None when the data carry none.
     target_std: [D] the normaliser's target scale (to move gradients between unit systems).
+    row_weight: [E, B] the trainer's row weights (0 = a padded or unsampled row; bootstrap
+        counts otherwise), for losses with statistics over the minibatch; None = all rows count.
     """
 
     mean: jax.Array
@@ -54,6 +59,7 @@ class LossInputs:
     reward: jax.Array
     aux: jax.Array | None
     target_std: jax.Array
+    row_weight: jax.Array | None = None
 
 
 class PerSampleLoss(Protocol):
@@ -91,12 +97,19 @@ def value_gradient_aux(value_fn: value_aware.ValueFn, next_obs: jax.Array, mask:
     return jax.vmap(one)(next_obs, mask)
 
 
-def value_weight_aux(value_fn: value_aware.ValueFn, next_obs: jax.Array) -> jax.Array:
-    """aux rows for the value-weighted MSE: next_obs [M, T, D] → [M, T, 1] weights 1/|min_k V_k(s′)|."""
-    flat = next_obs.reshape((-1, next_obs.shape[-1]))
-    values = jax.vmap(value_fn)(flat)  # [M·T, K]
-    weights = value_aware.value_weights(values.T)
-    return weights.reshape(next_obs.shape[:2] + (1,))
+def value_weight_aux(value_fn: value_aware.ValueFn, next_obs: jax.Array, mask: Optional[jax.Array] = None,
+                     direction: str = "inverse") -> jax.Array:
+    """aux rows for the value-weighted MSE: next_obs [M, T, D] → [M, T, 1] weights
+    (``value_aware.value_weights``: 1/|min_k V_k(s′)| or ∝ mean_k |V_k(s′)| normalised over the
+    rows that ``mask`` [M, T] marks, per model)."""
+    if mask is None:
+        mask = jnp.ones(next_obs.shape[:2], bool)
+
+    def one(obs, m):
+        values = jax.vmap(value_fn)(obs)  # [T, K]
+        return value_aware.value_weights(values.T, direction=direction, mask=m)
+
+    return jax.vmap(one)(next_obs, mask)[..., None]
 
 
 def _grads_from_aux(aux: jax.Array, obs_dim: int) -> jax.Array:
@@ -105,24 +118,40 @@ def _grads_from_aux(aux: jax.Array, obs_dim: int) -> jax.Array:
     return jnp.transpose(aux.reshape(b, -1, obs_dim), (1, 0, 2))
 
 
-def vagram_loss(regularizer: float = 0.0) -> PerSampleLoss:
-    """per_sample_loss of VaGraM (Eq. 7): Σ_k Σ_d g_{k,d}² e_d² on aux = ``value_gradient_aux``."""
+def _minibatch_gradients(inputs: LossInputs, minibatch_clip_percentile: Optional[float]):
+    """The rows' value gradients [E, K, B, D] from aux, clipped per member over its minibatch's
+    valid rows (row_weight > 0) when ``minibatch_clip_percentile`` is set."""
+    d = inputs.next_obs.shape[-1]
+    grads = jax.vmap(lambda g: _grads_from_aux(g, d))(inputs.aux)
+    if minibatch_clip_percentile is None:
+        return grads
+    weight = jnp.ones(grads.shape[:1] + grads.shape[2:3]) if inputs.row_weight is None else inputs.row_weight
+    clip = lambda g, w: value_aware.clip_gradient_norms(g, minibatch_clip_percentile, mask=w > 0)[0]
+    return jax.lax.stop_gradient(jax.vmap(clip)(grads, weight))
+
+
+def vagram_loss(regularizer: float = 0.0, critic_reduce: str = "sum",
+                minibatch_clip_percentile: Optional[float] = None) -> PerSampleLoss:
+    """per_sample_loss of VaGraM (Eq. 7): Σ_k Σ_d g_{k,d}² e_d² on aux = ``value_gradient_aux``
+    (mean over critics with ``critic_reduce = "mean"``; gradient norms clipped per minibatch at
+    ``minibatch_clip_percentile`` when set)."""
     def loss(inputs, loss_context):
         del loss_context
-        d = inputs.next_obs.shape[-1]
-        return _per_member(lambda p, s, g: value_aware.vagram_per_sample(p, s, _grads_from_aux(g, d), regularizer))(
-            inputs.pred_next_obs, inputs.next_obs, inputs.aux)
+        grads = _minibatch_gradients(inputs, minibatch_clip_percentile)
+        return jax.vmap(lambda p, s, g: value_aware.vagram_per_sample(p, s, g, regularizer, critic_reduce))(
+            inputs.pred_next_obs, inputs.next_obs, grads)
     return loss
 
 
-def itervaml_loss(mse_coef: float = 0.01) -> PerSampleLoss:
+def itervaml_loss(mse_coef: float = 0.01, critic_reduce: str = "sum",
+                  minibatch_clip_percentile: Optional[float] = None) -> PerSampleLoss:
     """per_sample_loss of first-order IterVAML + mse_coef·MSE (appendix D.1) on aux =
-    ``value_gradient_aux``."""
+    ``value_gradient_aux`` (critic_reduce, minibatch_clip_percentile: as ``vagram_loss``)."""
     def loss(inputs, loss_context):
         del loss_context
-        d = inputs.next_obs.shape[-1]
-        return _per_member(lambda p, s, g: value_aware.itervaml_per_sample(p, s, _grads_from_aux(g, d), mse_coef))(
-            inputs.pred_next_obs, inputs.next_obs, inputs.aux)
+        grads = _minibatch_gradients(inputs, minibatch_clip_percentile)
+        return jax.vmap(lambda p, s, g: value_aware.itervaml_per_sample(p, s, g, mse_coef, critic_reduce))(
+            inputs.pred_next_obs, inputs.next_obs, grads)
     return loss
 
 
@@ -162,18 +191,20 @@ LOSSES = ("mle", "vagram", "itervaml", "value_weighted", "mnm")
 
 def make_model_loss(name: str, *, value_apply: Optional[ValueApply] = None, predict_reward: bool = False,
                     reward_weight: float = 1.0, vagram_regularizer: float = 0.0,
-                    itervaml_mse_coef: float = 0.01) -> Optional[PerSampleLoss]:
+                    itervaml_mse_coef: float = 0.01, critic_reduce: str = "sum",
+                    minibatch_clip_percentile: Optional[float] = None) -> Optional[PerSampleLoss]:
     """The trainer's ``per_sample_loss`` for model loss ``name`` (None for "mle": the trainer's
     own NLL/MSE, which already covers the reward output). ``value_apply`` is needed by "mnm";
-    with ``predict_reward`` the reward output is trained by ``with_reward_mse(reward_weight)``."""
+    with ``predict_reward`` the reward output is trained by ``with_reward_mse(reward_weight)``.
+    critic_reduce / minibatch_clip_percentile: VaGraM's and IterVAML's (``vagram_loss``)."""
     if name not in LOSSES:
         raise ValueError(f"model loss must be one of {LOSSES}, got {name!r}")
     if name == "mle":
         return None
     if name == "vagram":
-        loss = vagram_loss(vagram_regularizer)
+        loss = vagram_loss(vagram_regularizer, critic_reduce, minibatch_clip_percentile)
     elif name == "itervaml":
-        loss = itervaml_loss(itervaml_mse_coef)
+        loss = itervaml_loss(itervaml_mse_coef, critic_reduce, minibatch_clip_percentile)
     elif name == "value_weighted":
         loss = value_weighted_loss()
     else:

@@ -26,8 +26,9 @@ e = f̂(s, a) − s′, g_k = ∇_s V_k(s)|_{s′} (the gradient at the true nex
   to *evaluate* models (VaGraM Fig. 2).
 * **Value-weighted MSE** (appendix D.1 ablation, "similar to Nair et al. (2020), where the MSE
   error is multiplied by the inverse of the value function of the sample"): w · mean_d e_d² with
-  w = 1 / |V(s′)| (V = min over critics). The magnitude is our choice: with negative rewards
-  (Pendulum) V < 0 and the literal inverse would turn the loss into a maximisation.
+  w = 1 / |V(s′)| (V = min over critics; ``direction="inverse"``). The magnitude is our choice:
+  with negative rewards (Pendulum) V < 0 and the literal inverse would turn the loss into a
+  maximisation. The authors' released code weights ∝ |V| instead (``direction="proportional"``).
 * **MnM** (Eysenbach et al. 2022): classifier C(s, a, s′) = σ(logit) trained by cross-entropy on
   real vs model next states of the same (s, a) (Eq. 4); model loss −[V(s′_model) + log C/(1−C)]
   (Eq. 9, negated for minimisation; log C/(1−C) is the logit itself); augmented reward
@@ -148,25 +149,36 @@ def to_normalized_units(grads: jax.Array, target_std: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
+CRITIC_REDUCTIONS = ("sum", "mean")
+
+
+def _over_critics(per_critic: jax.Array, critic_reduce: str) -> jax.Array:
+    """Σ_k (the paper's appendix E and its released code) or mean_k over the leading axis."""
+    if critic_reduce not in CRITIC_REDUCTIONS:
+        raise ValueError(f"critic_reduce must be one of {CRITIC_REDUCTIONS}, got {critic_reduce!r}")
+    return per_critic.sum(axis=0) if critic_reduce == "sum" else per_critic.mean(axis=0)
+
+
 def vagram_per_sample(pred: jax.Array, target: jax.Array, grads: jax.Array,
-                      regularizer: float = 0.0) -> jax.Array:
-    """VaGraM (Eq. 7 without the constant dim(S)): Σ_k Σ_d g_{k,d}² e_d² (+ λ Σ_d e_d²).
+                      regularizer: float = 0.0, critic_reduce: str = "sum") -> jax.Array:
+    """VaGraM (Eq. 7 without the constant dim(S)): Σ_k Σ_d g_{k,d}² e_d² (+ λ Σ_d e_d²);
+    ``critic_reduce = "mean"`` averages over the K critics instead of summing.
 
     pred [..., B, D] (e.g. [E, B, D] for an ensemble), target [B, D] true next states,
     grads [K, B, D] (cached, clipped) → [..., B]."""
     err = _prediction_error(pred, target)
-    weight = jnp.sum(grads**2, axis=0) + regularizer  # [B, D]: Σ_k g_k² (+ λ)
+    weight = _over_critics(grads**2, critic_reduce) + regularizer  # [B, D]: Σ_k g_k² (+ λ)
     return jnp.sum(_lift(weight, err.ndim) * err**2, axis=-1)
 
 
 def itervaml_per_sample(pred: jax.Array, target: jax.Array, grads: jax.Array,
-                        mse_coef: float = 0.01) -> jax.Array:
+                        mse_coef: float = 0.01, critic_reduce: str = "sum") -> jax.Array:
     """First-order IterVAML with the appendix-D.1 MSE stabiliser:
-    Σ_k (g_k · e)² + mse_coef · mean_d e_d². pred [..., B, D], target [B, D], grads [K, B, D]
-    → [..., B]."""
+    Σ_k (g_k · e)² + mse_coef · mean_d e_d² (mean_k with ``critic_reduce = "mean"``).
+    pred [..., B, D], target [B, D], grads [K, B, D] → [..., B]."""
     err = _prediction_error(pred, target)
     projections = jnp.einsum("kbd,...bd->k...b", grads, err)  # [K, ..., B]
-    loss = jnp.sum(projections**2, axis=0)
+    loss = _over_critics(projections**2, critic_reduce)
     if mse_coef:
         loss = loss + mse_coef * mse_per_sample(pred, _lift(target, pred.ndim))
     return loss
@@ -184,11 +196,26 @@ def vaml_per_sample(value_fn: ValueFn, pred: jax.Array, target: jax.Array) -> ja
     return jnp.sum((v_pred - _lift(v_true, v_pred.ndim)) ** 2, axis=-1)
 
 
-def value_weights(values: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Value-weighted regression weights 1 / max(|V(s′)|, eps), V = min over critics.
-    values [K, B] (or [B]) → [B] (gradient stopped)."""
-    v = values.min(axis=0) if values.ndim == 2 else values
-    return jax.lax.stop_gradient(1.0 / jnp.maximum(jnp.abs(v), eps))
+VALUE_WEIGHT_DIRECTIONS = ("inverse", "proportional")
+
+
+def value_weights(values: jax.Array, eps: float = 1e-6, direction: str = "inverse",
+                  mask: Optional[jax.Array] = None) -> jax.Array:
+    """Value-weighted regression weights, values [K, B] (or [B]) → [B] (gradient stopped).
+
+    "inverse" (the paper's text, appendix D.1): 1 / max(|V(s′)|, eps) with V = min over critics.
+    "proportional" (the authors' released code): mean_k |V_k(s′)|, divided by its mean over the
+    rows (``mask`` [B]: the rows that count), so the weights average 1 and the loss keeps MSE
+    units (the code divides by the minibatch's Σ instead, which only rescales the loss)."""
+    if direction not in VALUE_WEIGHT_DIRECTIONS:
+        raise ValueError(f"value_weighted direction must be one of {VALUE_WEIGHT_DIRECTIONS}, got {direction!r}")
+    values = values if values.ndim == 2 else values[None]
+    if direction == "inverse":
+        return jax.lax.stop_gradient(1.0 / jnp.maximum(jnp.abs(values.min(axis=0)), eps))
+    magnitude = jnp.abs(values).mean(axis=0)
+    counted = jnp.ones_like(magnitude) if mask is None else mask.astype(magnitude.dtype)
+    scale = (magnitude * counted).sum() / jnp.maximum(counted.sum(), 1.0)
+    return jax.lax.stop_gradient(magnitude / jnp.maximum(scale, eps))
 
 
 def value_weighted_mse_per_sample(pred: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:

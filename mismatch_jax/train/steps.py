@@ -124,7 +124,7 @@ def make_model_steps(cfg: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
         y_n = jnp.broadcast_to(models.normalize_targets(norm, y), mean.shape)
         mse = models.mse_per_sample(mean, y_n)
         if per_sample_loss is not None:
-            main = per_sample_loss(_loss_inputs(mean, logvar, y_n, norm, rows_data), loss_context)
+            main = per_sample_loss(_loss_inputs(mean, logvar, y_n, norm, rows_data, w), loss_context)
         else:
             main = models.gaussian_nll_per_sample(mean, logvar, y_n) if mcfg.probabilistic else mse
         per_sample = hp.nll_weight * main + hp.mse_weight * mse  # [E, B]
@@ -134,8 +134,9 @@ def make_model_steps(cfg: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
             loss = loss + cfg.logvar_bound_coef * (params.max_logvar.sum() - params.min_logvar.sum())
         return loss
 
-    def _loss_inputs(mean, logvar, y_n, norm, rows_data):
-        """LossInputs of one minibatch; rows_data = (obs, action, next_obs, reward, aux) rows."""
+    def _loss_inputs(mean, logvar, y_n, norm, rows_data, row_weight):
+        """LossInputs of one minibatch; rows_data = (obs, action, next_obs, reward, aux) rows,
+        row_weight [E, B]."""
         members = mean.shape[:2]  # (E, B)
 
         obs, action, next_obs, reward, aux = rows_data
@@ -155,7 +156,8 @@ def make_model_steps(cfg: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
         pred = mean * std.reshape((1, 1, -1)) + shift.reshape((1, 1, -1)) + lift(base)
         return LossInputs(mean=mean, logvar=logvar, target=y_n, pred_next_obs=pred[..., : mcfg.obs_dim],
                           obs=lift(obs), action=lift(action), next_obs=lift(next_obs),
-                          reward=lift(reward), aux=lift(aux), target_std=std)
+                          reward=lift(reward), aux=lift(aux), target_std=std,
+                          row_weight=jnp.broadcast_to(row_weight, members))
 
     def gather_xy(data, ds, rows):
         """Inputs/targets of rows ([B] or [E, B]) of dataset ds, original units."""

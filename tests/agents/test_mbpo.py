@@ -328,3 +328,59 @@ def test_mbpo_seeds_sharded_over_two_host_devices_equal_one_device(tmp_path):
         assert agent["seed_devices"] == int(devices)
         returns.append(agent["eval_return"])
     np.testing.assert_allclose(returns[1], returns[0], rtol=1e-3, atol=1e-2)
+
+
+# --------------------------------------------------------------------------- VaGraM options
+
+
+def _filled_state(pieces, env, rows=100):
+    """A fresh MBPO state whose real buffer holds ``rows`` random Pendulum-shaped transitions."""
+    ts = pieces.init(jax.random.key(21), jax.random.key(22))
+    k = jax.random.split(jax.random.key(23), 3)
+    obs = jax.random.normal(k[0], (rows, env.obs_dim))
+    action = jax.random.uniform(k[1], (rows, env.action_dim), minval=-2.0, maxval=2.0)
+    items = replay.Transition(obs=obs, action=action, reward=-jnp.sum(obs**2, -1),
+                              next_obs=obs + 0.1 * jax.random.normal(k[2], obs.shape), done=jnp.zeros(rows))
+    return ts.replace(real=replay.add_batch(ts.real, items))
+
+
+@pytest.mark.slow  # seven compiled model phases (~1 min)
+def test_vagram_options_reach_the_model_phase(env):
+    """One VaGraM model phase from the same state and key: the MSE warm-up changes it inside its
+    epochs only; the clip scope, the action gradient and the critic reduction each change it."""
+    base = dataclasses.replace(SMALLEST, model_loss="vagram",
+                               model_training=dataclasses.replace(SMALLEST.model_training, num_epochs=4))
+
+    def phase(env_steps, **vagram):
+        config = dataclasses.replace(base, vagram=dataclasses.replace(base.vagram, **vagram))
+        pieces = mbpo.make_mbpo(config, env)
+        ts, metrics = jax.jit(pieces.model_phase)(jax.random.key(24), _filled_state(pieces, env),
+                                                 jnp.asarray(env_steps, jnp.int32))
+        flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(ts.model_params)])
+        return flat, float(metrics.model_train_loss)
+
+    default_in, loss_in = phase(50)
+    default_after, _ = phase(100)
+    no_warmup_in, loss_no_warmup = phase(50, mse_warmup_epochs=0)
+    no_warmup_after, _ = phase(100, mse_warmup_epochs=0)
+    assert not np.allclose(default_in, no_warmup_in) and loss_in > loss_no_warmup  # + MSE in epoch 0
+    np.testing.assert_array_equal(default_after, no_warmup_after)  # epoch 1: no warm-up either way
+    for option in ({"clip_scope": "buffer"}, {"action_gradient": "through_policy"}, {"critic_reduce": "mean"}):
+        changed, _ = phase(100, **option)
+        assert np.abs(changed - default_after).max() > 1e-4, option
+
+
+def test_vagram_and_value_weighted_options_are_strict():
+    config = mbpo_config.mbpo_config_from_dict({"vagram": {"clip_scope": "minibatch", "mse_warmup_epochs": 2},
+                                                "value_weighted": {"direction": "proportional"}})
+    assert config.vagram.clip_scope == "minibatch" and config.vagram.mse_warmup_epochs == 2
+    assert config.value_weighted.direction == "proportional"
+    defaults = mbpo_config.MBPOConfig().vagram
+    assert (defaults.clip_scope, defaults.action_gradient, defaults.critic_reduce, defaults.mse_warmup_epochs) == \
+        ("minibatch", "detached", "sum", 1)
+    with pytest.raises(ConfigError, match="vagram.clip_scope"):
+        mbpo_config.mbpo_config_from_dict({"vagram": {"clip_scope": "batch"}})
+    with pytest.raises(ConfigError, match="value_weighted.direction"):
+        mbpo_config.mbpo_config_from_dict({"value_weighted": {"direction": "up"}})
+    with pytest.raises(ConfigError, match="vagram_clip_percentile"):
+        mbpo_config.mbpo_config_from_dict({"vagram_clip_percentile": 95.0})

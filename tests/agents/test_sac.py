@@ -199,6 +199,14 @@ def test_shapes_and_action_box(env):
                                sac.value(state.params, obs).min(0), rtol=1e-6)
     grad = jax.grad(lambda s: sac.value(state.params, s).sum())(obs[0])
     assert grad.shape == (env.obs_dim,) and np.all(np.isfinite(grad))
+    # detached action: ∂Q(s, a)/∂s at a = π(s) fixed, the partial derivative in the state input
+    action0 = sac.deterministic_action(state.params.actor, obs[0])
+    partial = jax.grad(lambda s: sac.q_apply(state.params.critic, s, action0).sum())(obs[0])
+    detached = jax.grad(lambda s: sac.value(state.params, s, critics="online", detach_action=True).sum())(obs[0])
+    total = jax.grad(lambda s: sac.value(state.params, s, critics="online").sum())(obs[0])
+    np.testing.assert_allclose(detached, partial, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(detached, total)  # the policy's path is gone
+    np.testing.assert_array_equal(sac.value(state.params, obs, detach_action=True), sac.value(state.params, obs))
     with pytest.raises(ValueError, match="critics"):
         sac.value(state.params, obs, critics="both")
     with pytest.raises(ValueError, match="reduce"):

@@ -18,7 +18,7 @@ def two_critics(obs):
     return jnp.stack([obs @ jnp.asarray([1.0, -2.0, 0.5]), jnp.sum(obs**2)])
 
 
-def random_inputs(aux):
+def random_inputs(aux, row_weight=None):
     k = jax.random.split(jax.random.key(0), 4)
     pred = jax.random.normal(k[0], (E, B, D))
     nxt = jax.random.normal(k[1], (B, D))
@@ -27,7 +27,8 @@ def random_inputs(aux):
     rep = lambda a: jnp.broadcast_to(a[None], (E,) + a.shape)
     return LossInputs(mean=pred, logvar=jnp.zeros_like(pred), target=pred, pred_next_obs=pred,
                       obs=rep(obs), action=rep(act), next_obs=rep(nxt), reward=jnp.zeros((E, B)),
-                      aux=None if aux is None else rep(aux), target_std=jnp.ones(D)), pred, nxt, obs, act
+                      aux=None if aux is None else rep(aux), target_std=jnp.ones(D),
+                      row_weight=row_weight), pred, nxt, obs, act
 
 
 def test_vagram_and_itervaml_adapters_equal_direct_losses():
@@ -95,3 +96,49 @@ def test_make_model_loss_dispatches_by_name():
         trainer_losses.make_model_loss("mnm")
     with pytest.raises(ValueError, match="model loss must be one of"):
         trainer_losses.make_model_loss("vaml")
+
+
+def test_minibatch_clipping_counts_only_valid_rows_and_equals_clipping_those_rows():
+    """clip_scope = "minibatch": the percentile is taken per member over the rows with weight > 0;
+    on those rows the loss equals VaGraM on gradients clipped over exactly those rows."""
+    _, _, nxt, _, _ = random_inputs(None)
+    raw = trainer_losses.value_gradient_aux(two_critics, nxt[None], clip_percentile=100.0)[0]
+    weight = jnp.asarray([[1.0, 1.0, 0.0, 2.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0]])  # [E, B]
+    inputs, pred, nxt, _, _ = random_inputs(raw, weight)
+    grads = value_aware.value_gradients(two_critics, nxt)  # [2, B, D]
+    got = trainer_losses.vagram_loss(minibatch_clip_percentile=50.0)(inputs, None)
+    for member in range(E):
+        valid = np.asarray(weight[member] > 0)
+        clipped, _ = value_aware.clip_gradient_norms(grads[:, valid], 50.0)
+        want = value_aware.vagram_per_sample(pred[member, valid], nxt[valid], clipped)
+        np.testing.assert_allclose(np.asarray(got[member, valid]), np.asarray(want), rtol=1e-5)
+    unclipped = trainer_losses.vagram_loss()(inputs, None)
+    assert np.all(np.asarray(got) <= np.asarray(unclipped) + 1e-6)
+    assert np.any(np.asarray(got) < np.asarray(unclipped) - 1e-6)
+
+
+def test_critic_mean_is_the_sum_over_the_number_of_critics():
+    _, _, nxt, _, _ = random_inputs(None)
+    aux = trainer_losses.value_gradient_aux(two_critics, nxt[None], clip_percentile=100.0)[0]
+    inputs, _, _, _, _ = random_inputs(aux)
+    for make in (lambda r: trainer_losses.vagram_loss(critic_reduce=r),
+                 lambda r: trainer_losses.itervaml_loss(0.0, critic_reduce=r)):
+        np.testing.assert_allclose(np.asarray(make("mean")(inputs, None)) * 2,
+                                   np.asarray(make("sum")(inputs, None)), rtol=1e-5)
+
+
+def test_value_weights_inverse_and_proportional_known_values():
+    values = jnp.asarray([[-2.0, 4.0, -1.0], [-3.0, 2.0, 1.0]])  # [K = 2, B = 3]
+    np.testing.assert_allclose(value_aware.value_weights(values), [1 / 3, 1 / 2, 1.0], rtol=1e-6)
+    magnitude = np.asarray([2.5, 3.0, 1.0])
+    np.testing.assert_allclose(value_aware.value_weights(values, direction="proportional"),
+                               magnitude / magnitude.mean(), rtol=1e-6)
+    mask = jnp.asarray([True, True, False])  # the normaliser counts only the valid rows
+    np.testing.assert_allclose(value_aware.value_weights(values, direction="proportional", mask=mask),
+                               magnitude / magnitude[:2].mean(), rtol=1e-6)
+    aux = trainer_losses.value_weight_aux(two_critics, nxt_rows := jax.random.normal(jax.random.key(4), (2, 6, D)),
+                                          direction="proportional")
+    assert aux.shape == (2, 6, 1)
+    np.testing.assert_allclose(np.asarray(aux.mean(axis=(1, 2))), [1.0, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(aux[1, :, 0]), np.asarray(value_aware.value_weights(
+        jax.vmap(two_critics)(nxt_rows[1]).T, direction="proportional")), rtol=1e-6)

@@ -1,0 +1,31 @@
+"""The MBPO-family comparison's paired statistics (the runs themselves are tested in
+tests/agents/test_mbpo.py)."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mismatch_jax.experiments import mbpo_compare
+
+
+def _agent(name, returns):
+    return {"agent": name, "eval_return": returns}
+
+
+def test_paired_differences_known_values():
+    baseline = _agent("mbpo", [[-900.0, -300.0], [-800.0, -200.0], [-700.0, -150.0], [-1000.0, -400.0]])
+    vagram = _agent("vagram", [[-850.0, -250.0], [-800.0, -230.0], [-600.0, -100.0], [-1000.0, -380.0]])
+    out = mbpo_compare.paired_differences(vagram, baseline)
+    final = np.asarray([50.0, -30.0, 50.0, 20.0])
+    assert out["final"]["differences"] == final.tolist() and out["final"]["mean"] == 22.5
+    low, high = stats.t.interval(0.95, 3, loc=final.mean(), scale=final.std(ddof=1) / 2)
+    np.testing.assert_allclose(out["final"]["ci"], [low, high], atol=0.01)
+    assert (out["final"]["seeds_better"], out["final"]["seeds_worse"]) == (3, 1)
+    curve = np.asarray([50.0, -15.0, 75.0, 10.0])  # mean over evaluations, per seed
+    assert out["curve_mean"]["differences"] == curve.tolist()
+    assert out["versus"] == "mbpo" and out["seeds"] == 4
+
+
+def test_paired_differences_need_the_same_seeds():
+    with pytest.raises(ValueError, match="same seeds"):
+        mbpo_compare.paired_differences(_agent("a", [[1.0, 2.0]]), _agent("b", [[1.0, 2.0], [3.0, 4.0]]))
