@@ -63,12 +63,18 @@ Choices (and why):
   their norms (a loss scale, relative to the reward term) and averages the squared errors over
   state dimensions where Eq. 7 sums them; we follow Eq. 7 and keep no running scale.
 * MnM: each model phase first trains the classifier ``classifier_steps`` minibatches against
-  the current model (real vs model next state of the same real (s, a)), then the model with that
-  classifier. V in Eq. 9 is the min of the two online critics at the deterministic action. The
-  augmented reward is computed when a batch is sampled (current classifier, for real and model
-  rows alike, so that Q estimates one reward); log r⁺ follows ``value_aware.log_positive_reward``
-  (default r⁺ = exp(r), as Pendulum's rewards are ≤ 0). The reward the policy sees on model rows
-  is the model's predicted reward.
+  the current model (real vs model next state of the same real (s, a)), then trains the model
+  on Eq. 9 while the classifier keeps learning: ``classifier_steps_per_model_step`` Adam steps
+  against the current model before every model minibatch step (the GAN-like alternation of the
+  paper; the trainer's ``context_step``). V in Eq. 9 is the min of the two online critics at the
+  deterministic action. The augmented reward is Eq. 3's r̃ = (1 − γ) log r⁺ + log C/(1 − C) −
+  (1 − γ) log(1 − γ) (``mnm_reward_balance``), computed when a batch is sampled with the current
+  classifier; the log-ratio applies to model rows (Q is trained on model transitions, Eq. 7),
+  real rows of the mixed batch keep (1 − γ) log r⁺ − (1 − γ) log(1 − γ) so Q sees one scale
+  (``mnm_classifier_rows``). log r⁺ follows ``value_aware.log_positive_reward`` (default
+  r⁺ = exp(r / reward_temperature), as Pendulum's rewards are ≤ 0). The reward the policy sees
+  on model rows is the model's predicted reward. Each phase logs the classifier's loss and its
+  mean logit on real and on model next states (the log p/q estimates) after training.
 """
 
 from __future__ import annotations
@@ -116,6 +122,21 @@ class MBPO(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
+def mnm_batch_reward(config: MBPOConfig, reward: jax.Array, logits: jax.Array, from_model: jax.Array,
+                     gamma) -> jax.Array:
+    """The reward MnM's policy sees on a mixed SAC batch: r̃ with ``config.mnm_reward_balance``
+    (Eq. 3's (1 − γ) weighting or the unit one) and the classifier's logit on model rows only
+    unless ``config.mnm_classifier_rows = "all"``. reward, logits, from_model (bool) [B];
+    gamma [] → [B]."""
+    if config.mnm_classifier_rows == "model":
+        logits = jnp.where(from_model, logits, 0.0)
+    return value_aware.mnm_augmented_reward(
+        reward, logits, config.reward_transform,
+        discount=gamma if config.mnm_reward_balance == "eq3" else None,
+        **({"temperature": config.reward_temperature} if config.reward_transform == "exp" else {}),
+        **({"reward_min": config.reward_min} if config.reward_transform == "shift" else {}))
+
+
 def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     """Builds the MBPO pieces and ``train(key, hparams=None) -> (MBPOState, MBPOMetrics
     [num_evals])`` (hparams: ``MBPOHParams`` with [] leaves; None: the config's)."""
@@ -134,6 +155,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         minibatch_clip_percentile=(config.vagram.clip_percentile
                                    if config.vagram.clip_scope == "minibatch" else None))
     value_gradient_loss = trainer_losses.needs_value_gradients(config.model_loss)
+    alternating = config.model_loss == "mnm" and config.classifier_steps_per_model_step > 0
     model_trainer = population.make_train_fn(tcfg, per_sample_loss)
     default_hparams = MBPOHParams.from_config(config, action_dim)
 
@@ -199,18 +221,49 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         return TransitionData.single(d.obs, d.action, d.next_obs, valid & ~ts.val_rows,
                                      valid & ts.val_rows, reward=d.reward, aux=aux)
 
-    def train_classifier(key, ts: MBPOState, hp: MBPOHParams):
-        """``classifier_steps`` Adam steps of Eq. 4 against the current model; → (ts, mean loss)."""
-        def real_and_model_rows(k):
+    def real_and_model_rows(real_buffer, model_params, normalizer):
+        """sample_batch(key) for ``value_aware.fit_classifier``: real rows and the model's next
+        states for the same (s, a)."""
+        def sample(k):
             sample_key, model_key = jax.random.split(k)
-            real = replay.sample(sample_key, ts.real, config.classifier_batch_size)
-            fake, _ = model_step(model_key, ts.model_params, ts.normalizer, real.obs, real.action)
-            return real.obs, real.action, real.next_obs, fake
+            real = replay.sample(sample_key, real_buffer, config.classifier_batch_size)
+            fake, _ = model_step(model_key, model_params, normalizer, real.obs, real.action)
+            return real.obs, real.action, real.next_obs, jax.lax.stop_gradient(fake)
+        return sample
 
-        params, opt_state, losses = value_aware.fit_classifier(
-            key, ts.classifier, ts.classifier_opt_state, optax.adam(hp.classifier_lr), real_and_model_rows,
-            config.classifier_steps)
-        return ts.replace(classifier=params, classifier_opt_state=opt_state), losses.mean()
+    def train_classifier(key, ts: MBPOState, hp: MBPOHParams):
+        """``classifier_steps`` Adam steps of Eq. 4 against the current model; → ts."""
+        params, opt_state, _ = value_aware.fit_classifier(
+            key, ts.classifier, ts.classifier_opt_state, optax.adam(hp.classifier_lr),
+            real_and_model_rows(ts.real, ts.model_params, ts.normalizer), config.classifier_steps)
+        return ts.replace(classifier=params, classifier_opt_state=opt_state)
+
+    def classifier_context_step(real_buffer, hp: MBPOHParams):
+        """The trainer's ``context_step`` for MnM's alternation: context = (SAC params,
+        classifier, its Adam state, key); k Adam steps against the population's current model."""
+        first = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)
+
+        def step(context, model_params, normalizer):
+            value_params, classifier, opt_state, key = context
+            key, fit_key = jax.random.split(key)
+            classifier, opt_state, _ = value_aware.fit_classifier(
+                fit_key, classifier, opt_state, optax.adam(hp.classifier_lr),
+                real_and_model_rows(real_buffer, first(model_params), first(normalizer)),
+                config.classifier_steps_per_model_step)
+            return value_params, classifier, opt_state, key
+        return step
+
+    def classifier_report(key, ts: MBPOState):
+        """(loss, mean logit on real next states, mean logit on model next states) of the
+        classifier on one fresh batch; NaNs without a classifier."""
+        if not config.uses_classifier:
+            nan = jnp.asarray(jnp.nan, jnp.float32)
+            return nan, nan, nan
+        obs, action, real_next, fake_next = real_and_model_rows(ts.real, ts.model_params, ts.normalizer)(key)
+        loss = value_aware.classifier_loss(ts.classifier, obs, action, real_next, fake_next)
+        logit_real = value_aware.classifier_apply(ts.classifier, obs, action, real_next).mean()
+        logit_model = value_aware.classifier_apply(ts.classifier, obs, action, fake_next).mean()
+        return loss, logit_real, logit_model
 
     def rollouts(key, ts: MBPOState, length):
         """``rollout_batch_size`` model rollouts of ``length`` steps from real states into the
@@ -242,10 +295,9 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
                     ) -> tuple[MBPOState, PhaseMetrics]:
         """Classifier (MnM), model retraining and rollouts at ``env_steps``."""
         hp = resolve(hparams)
-        cls_key, model_key, rollout_key = jax.random.split(key, 3)
-        classifier_loss = jnp.asarray(jnp.nan, jnp.float32)
+        cls_key, model_key, rollout_key, alternate_key, report_key = jax.random.split(key, 5)
         if config.uses_classifier:
-            ts, classifier_loss = train_classifier(cls_key, ts, hp)
+            ts = train_classifier(cls_key, ts, hp)
         value_fn = lambda s: sac.value(ts.sac.params, s, critics="all",  # [D] → [4]
                                        detach_action=config.vagram.action_gradient == "detached")
         aux_fn = None
@@ -257,6 +309,11 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt, m,
                                                                     config.value_weighted.direction)
         context = (ts.sac.params, ts.classifier) if config.model_loss == "mnm" else None
+        trainer = model_trainer
+        if alternating:
+            context = (ts.sac.params, ts.classifier, ts.classifier_opt_state, alternate_key)
+            trainer = population.make_train_fn(tcfg, per_sample_loss,
+                                               context_step=classifier_context_step(ts.real, hp))
         params = jax.tree_util.tree_map(lambda p: p[None], ts.model_params)
         # The buffer holds min(env_steps, capacity) rows: a bound shared by every seed, so the
         # trainer's slot skipping survives an outer vmap over seeds.
@@ -268,25 +325,26 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             mse_weight = mse_weight + jnp.where(warming_up, 1.0, 0.0).astype(mse_weight.dtype)
         train_hp = population.TrainHParams.population(
             1, learning_rate=hp.model_lr, weight_decay=hp.model_weight_decay, mse_weight=mse_weight)
-        result = model_trainer(model_key[None], params, training_data(ts, aux_fn), train_hp,
-                                    jnp.zeros((1,), jnp.int32), context, rows_bound)
+        result = trainer(model_key[None], params, training_data(ts, aux_fn), train_hp,
+                         jnp.zeros((1,), jnp.int32), context, rows_bound)
         take = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)
         ts = ts.replace(model_params=take(result.params), normalizer=take(result.normalizer))
+        if alternating:
+            ts = ts.replace(classifier=result.loss_context[1], classifier_opt_state=result.loss_context[2])
+        classifier_loss, logit_real, logit_model = classifier_report(report_key, ts)
         length = rollout_length(config, env_steps)
         ts, rows = rollouts(rollout_key, ts, length)
         return ts, PhaseMetrics(
             model_train_loss=result.metrics.train_loss[0, -1], model_val_mse=result.metrics.val_mse[0, -1],
             model_epochs=result.epochs_trained[0].astype(jnp.int32), classifier_loss=classifier_loss,
+            classifier_logit_real=logit_real, classifier_logit_model=logit_model,
             rollout_length=length, rollout_rows=rows.astype(jnp.int32))
 
-    def augment(batch: Transition, classifier) -> Transition:
-        """MnM's r̃ = log r⁺ + logit C(s, a, s′) on a batch."""
+    def augment(batch: Transition, classifier, from_model, gamma) -> Transition:
+        """MnM's r̃ on a mixed batch (``mnm_batch_reward``)."""
         logits = value_aware.classifier_apply(classifier, batch.obs, batch.action, batch.next_obs)
-        reward = value_aware.mnm_augmented_reward(
-            batch.reward, jax.lax.stop_gradient(logits), config.reward_transform,
-            **({"temperature": config.reward_temperature} if config.reward_transform == "exp" else {}),
-            **({"reward_min": config.reward_min} if config.reward_transform == "shift" else {}))
-        return batch._replace(reward=reward)
+        return batch._replace(reward=mnm_batch_reward(config, batch.reward, jax.lax.stop_gradient(logits),
+                                                      from_model, gamma))
 
     def sac_updates(key, ts: MBPOState, env_steps, hparams: Optional[MBPOHParams] = None):
         """``updates_per_step`` SAC updates on mixed real/model batches; → (SACState, mean
@@ -303,7 +361,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             mixed = jax.tree_util.tree_map(
                 lambda m, r: jnp.where(from_model.reshape((batch,) + (1,) * (m.ndim - 1)), m, r), fake, real)
             if config.augmented_reward:
-                mixed = augment(mixed, ts.classifier)
+                mixed = augment(mixed, ts.classifier, from_model, hp.sac.gamma)
             return mixed, update_key
 
         return sac_loop.run_updates(sac, key, ts.sac, sac_cfg.updates_per_step, mixed_batch, hp.sac)
@@ -329,6 +387,8 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     nan_phase = PhaseMetrics(
         model_train_loss=jnp.asarray(jnp.nan, jnp.float32), model_val_mse=jnp.asarray(jnp.nan, jnp.float32),
         model_epochs=jnp.zeros((), jnp.int32), classifier_loss=jnp.asarray(jnp.nan, jnp.float32),
+        classifier_logit_real=jnp.asarray(jnp.nan, jnp.float32),
+        classifier_logit_model=jnp.asarray(jnp.nan, jnp.float32),
         rollout_length=jnp.zeros((), jnp.int32), rollout_rows=jnp.zeros((), jnp.int32))
 
     def phase(ts: MBPOState, xs, hp: MBPOHParams):

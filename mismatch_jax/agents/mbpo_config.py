@@ -120,6 +120,17 @@ class MBPOConfig(Schema):
     model_share_start / model_share_end / model_share_ramp_epochs: model rows per SAC batch.
     classifier_*: MnM's classifier (MLP sizes, Adam lr, minibatches per phase, batch size).
     reward_transform / reward_temperature / reward_min: log r⁺ of the augmented reward.
+    mnm_reward_balance: "eq3" (default) r̃ = (1−γ)·log r⁺ + log C/(1−C) − (1−γ)·log(1−γ), the
+        balance of paper 001's Eq. 3; "unit": log r⁺ + log C/(1−C) (100× more task reward at
+        γ = 0.99; the earlier behaviour, kept for comparison).
+    mnm_classifier_rows: where r̃'s classifier term applies: "model" (default) rows from the
+        model buffer only — the paper trains Q on model transitions (Eq. 7), so real rows of the
+        mixed SAC batch keep the reward part (1−γ)·log r⁺ (same scale) without a log-ratio;
+        "all": every row (the earlier behaviour).
+    classifier_steps_per_model_step: MnM's GAN-like alternation: k classifier Adam steps against
+        the current model before every model minibatch step of a phase (the trainer's
+        ``context_step``); ``classifier_steps`` still run first, against the model as the phase
+        starts. 0: only those (the earlier behaviour: classifier frozen during the phase).
     num_distractors / distractor_seed: VaGraM distracting dims appended to the env (0: none).
     """
 
@@ -148,6 +159,9 @@ class MBPOConfig(Schema):
     reward_transform: Literal["exp", "shift", "log"] = "exp"
     reward_temperature: float = setting(1.0, gt=0.0)
     reward_min: Optional[float] = None
+    mnm_reward_balance: Literal["eq3", "unit"] = "eq3"
+    mnm_classifier_rows: Literal["model", "all"] = "model"
+    classifier_steps_per_model_step: int = setting(1, ge=0)
     num_distractors: int = setting(0, ge=0)
     distractor_seed: int = 0
 
@@ -287,13 +301,18 @@ class MBPOState:
 class PhaseMetrics:
     """One model phase: model_train_loss / model_val_mse (trainer's last epoch; val MSE of the
     ensemble mean in state units, incl. the reward dim), model_epochs (epochs trained),
-    classifier_loss (mean over the phase's classifier steps; NaN without classifier),
+    classifier_loss (the classifier's loss after the phase on a fresh batch of real rows and the
+    new model's predictions of them; NaN without classifier), classifier_logit_real /
+    classifier_logit_model (its mean logit on those real / model next states: the estimates of
+    log p/q on each; NaN without classifier),
     rollout_length, rollout_rows (model rows written)."""
 
     model_train_loss: jax.Array
     model_val_mse: jax.Array
     model_epochs: jax.Array
     classifier_loss: jax.Array
+    classifier_logit_real: jax.Array
+    classifier_logit_model: jax.Array
     rollout_length: jax.Array
     rollout_rows: jax.Array
 

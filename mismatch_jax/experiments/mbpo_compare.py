@@ -11,7 +11,7 @@ Writes ``mbpo_compare.json`` (per agent: env_steps, eval_return [seeds, evals], 
 standard deviation, final returns, first env-step count whose seed-mean return exceeds
 ``threshold``, compile and run seconds, last model-phase metrics; ``paired``: every agent's
 seed-by-seed difference to the first agent with a 95 % CI, ``paired_differences``) and
-``mbpo_compare.png`` (mean ± std of the evaluation return over seeds against env steps).
+``mbpo_compare.png`` (the seed-mean evaluation return with its 95 % CI against env steps).
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def compare_config_from_dict(data) -> CompareConfig:
     return from_dict(CompareConfig, data)
 
 
+PHASE_LOG = ("model_train_loss", "model_val_mse", "classifier_loss", "classifier_logit_real",
+             "classifier_logit_model")
+
+
 def steps_to_threshold(env_steps: np.ndarray, returns: np.ndarray, threshold: float) -> Optional[int]:
     """First env-step count whose return exceeds ``threshold`` (env_steps, returns [evals]); None
     if never."""
@@ -103,6 +107,7 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
         "eval_return": [[round(float(r), 2) for r in row] for row in returns],
         "eval_return_mean": [round(float(r), 2) for r in mean],
         "eval_return_std": [round(float(r), 2) for r in std],
+        "eval_return_ci95": [[round(float(lo), 2), round(float(hi), 2)] for lo, hi in zip(*mean_ci(returns))],
         "final_return_mean": round(float(mean[-1]), 2),
         "final_return_std": round(float(std[-1]), 2),
         "final_returns": [round(float(r), 2) for r in returns[:, -1]],
@@ -113,6 +118,11 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
         "last_model_val_mse": last("model_val_mse"),
         "last_q_mean": last("q_mean"),
         "last_classifier_loss": last("classifier_loss"),
+        # The last model phase of every evaluation interval, [seeds, evals] (NaN where none ran):
+        # the MnM diagnostics (classifier loss, its log p/q estimates on real and model rows)
+        # next to the model's own loss and held-out MSE.
+        "phase_log": {f: [[round(float(v), 4) for v in row] for row in np.asarray(getattr(metrics, f))]
+                      for f in PHASE_LOG},
     }
 
 
@@ -140,8 +150,22 @@ def paired_differences(agent: dict, baseline: dict, level: float = 0.95) -> dict
     return out
 
 
+def mean_ci(returns: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Student-t interval of the seed mean: returns [S, evals] → (low [evals], high [evals])
+    (the mean itself when S = 1)."""
+    from scipy import stats
+
+    returns = np.asarray(returns, np.float64)
+    mean = returns.mean(0)
+    if returns.shape[0] < 2:
+        return mean, mean
+    half = stats.t.ppf(0.5 + level / 2, returns.shape[0] - 1) * returns.std(0, ddof=1) / np.sqrt(returns.shape[0])
+    return mean - half, mean + half
+
+
 def plot_curves(results: list[dict], path: Path, title: str = "", threshold: Optional[float] = None) -> None:
-    """Mean ± std of the evaluation return against env steps, one line per agent."""
+    """Seed-mean evaluation return against env steps with its 95 % CI (Student t over the
+    seeds), one line per agent."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,13 +174,13 @@ def plot_curves(results: list[dict], path: Path, title: str = "", threshold: Opt
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         x = np.asarray(r["env_steps"])
-        m, s = np.asarray(r["eval_return_mean"]), np.asarray(r["eval_return_std"])
-        ax.plot(x, m, label=f"{r['agent']} ({r['num_seeds']} seeds)")
-        ax.fill_between(x, m - s, m + s, alpha=0.2)
+        low, high = mean_ci(np.asarray(r["eval_return"]))
+        ax.plot(x, np.asarray(r["eval_return"]).mean(0), label=f"{r['agent']} ({r['num_seeds']} seeds)")
+        ax.fill_between(x, low, high, alpha=0.2)
     if threshold is not None:
         ax.axhline(threshold, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("evaluation return (mean ± std over seeds)")
+    ax.set_ylabel("evaluation return (seed mean, 95 % CI)")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()

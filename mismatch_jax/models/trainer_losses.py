@@ -166,9 +166,10 @@ def value_weighted_loss() -> PerSampleLoss:
 
 def mnm_loss(value_apply: ValueApply, reduce: str = "min") -> PerSampleLoss:
     """per_sample_loss of the MnM model objective (Eq. 9, negated) with
-    ``loss_context = (value_params, classifier_params)``."""
+    ``loss_context = (value_params, classifier_params, ...)`` (further items, e.g. the
+    classifier's optimiser state when it trains alongside the model, are not read)."""
     def loss(inputs, loss_context):
-        value_params, classifier_params = loss_context
+        value_params, classifier_params = loss_context[0], loss_context[1]
         value_fn = lambda s: value_apply(value_params, s)
         return _per_member(lambda o, a, p: value_aware.mnm_model_loss_per_sample(
             value_fn, classifier_params, o, a, p, reduce))(inputs.obs, inputs.action, inputs.pred_next_obs)

@@ -32,7 +32,8 @@ e = f̂(s, a) − s′, g_k = ∇_s V_k(s)|_{s′} (the gradient at the true nex
 * **MnM** (Eysenbach et al. 2022): classifier C(s, a, s′) = σ(logit) trained by cross-entropy on
   real vs model next states of the same (s, a) (Eq. 4); model loss −[V(s′_model) + log C/(1−C)]
   (Eq. 9, negated for minimisation; log C/(1−C) is the logit itself); augmented reward
-  r̃ = log r + log C/(1−C) (Eq. 5). The bound assumes r > 0; how we make rewards positive is in
+  r̃ = (1−γ) log r + log C/(1−C) − (1−γ) log(1−γ) (Eq. 3 with Eq. 5's estimate;
+  ``mnm_augmented_reward``). The bound assumes r > 0; how we make rewards positive is in
   ``log_positive_reward``.
 """
 
@@ -341,7 +342,17 @@ def log_positive_reward(reward: jax.Array, transform: Literal["exp", "shift", "l
 
 
 def mnm_augmented_reward(reward: jax.Array, logits: jax.Array,
-                         transform: Literal["exp", "shift", "log"] = "exp", **transform_kwargs) -> jax.Array:
-    """Eq. 5: r̃ = log r⁺ + log C/(1 − C) = ``log_positive_reward(reward)`` + logit.
-    reward [...], logits [...] (``classifier_apply`` on the model transition) → [...]."""
-    return log_positive_reward(reward, transform, **transform_kwargs) + logits
+                         transform: Literal["exp", "shift", "log"] = "exp", discount=None,
+                         **transform_kwargs) -> jax.Array:
+    """MnM's augmented reward with the classifier's logit as the estimate of log p/q (Eq. 5).
+
+    discount γ given: Eq. 3, r̃ = (1 − γ)·log r⁺ + log C/(1 − C) − (1 − γ)·log(1 − γ) — the
+    task reward enters with weight (1 − γ) (0.01 at γ = 0.99) against the log-ratio's 1;
+    discount None: the unit balance r̃ = log r⁺ + log C/(1 − C). ``log_positive_reward`` makes
+    log r⁺ (its ``temperature`` divides the reward under "exp"). reward [...], logits [...]
+    (``classifier_apply`` on the transition; 0 drops the classifier term) → [...]."""
+    log_reward = log_positive_reward(reward, transform, **transform_kwargs)
+    if discount is None:
+        return log_reward + logits
+    weight = 1.0 - discount
+    return weight * log_reward + logits - weight * jnp.log(weight)

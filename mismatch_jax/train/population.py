@@ -36,7 +36,7 @@ Choices (see also ``TrainConfig``):
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -107,7 +107,8 @@ def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Option
     return train
 
 
-def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] = None):
+def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] = None,
+                  context_step: Optional[Callable] = None):
     """The pure population trainer ``train(keys, params_or_none, data, hparams, dataset_index
     [N], loss_context=None, row_bound=None) -> TrainResult``: unchecked and un-jitted, to nest in
     a caller's own jit / vmap / scan (PETS, MBPO, the sweep chunk); ``make_train`` wraps it with
@@ -119,6 +120,13 @@ def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
         normalised MSE (IterVAML's λ-stabiliser). ``loss_context`` is any pytree shared by every
         model of the call (value-function and classifier parameters); it is a traced argument,
         so a new context does not recompile. Early stopping and validation scores stay MLE-based.
+    context_step: optional pure ``fn(loss_context, params [N], normalizer [N]) -> loss_context``
+        run before every minibatch step that trains at least one model, with the population's
+        current parameters: the loss context then learns alongside the models (MnM's classifier,
+        k Adam steps per model step, as its GAN-like objective alternates them); the final
+        context is ``TrainResult.loss_context``. The context is one for the whole population,
+        so use it with N = 1 or a population that is meant to share it (not under a ``map``
+        layout, which would give each group its own copy).
 
     ``train(..., row_bound=b)``: an optional [] int upper bound on every dataset's training and
     validation row counts; work past it is skipped by an unbatched ``lax.cond``. Only a speed
@@ -253,7 +261,7 @@ def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
         )
 
         # ---- one minibatch update of one model ----
-        def model_step(s: _ModelState, order, hp_n, ds, n_train, start):
+        def model_step(s: _ModelState, order, hp_n, ds, n_train, start, context):
             pos = start + jnp.arange(batch)
             valid = pos < n_train
             slots = jax.lax.dynamic_slice(order, (start,), (batch,))
@@ -269,7 +277,7 @@ def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
                              None if data.aux is None else data.aux[ds, rows])
             update = gradient_update(loss_fn, make_optimizer(cfg, hp_n.learning_rate, hp_n.weight_decay))
             new_params, new_opt, loss = update(s.params, s.opt_state, s.normalizer, x, y, w, hp_n, rows_data,
-                                               loss_context)
+                                               context)
             attempted = s.active & (start < n_train)
             finite = jnp.isfinite(loss) & all_finite(new_params)
             ok = attempted & finite
@@ -311,40 +319,52 @@ def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
             )
             return s, metrics
 
-        def run_epoch(s: _ModelState, epoch):
+        def run_epoch(carry, epoch):
+            s, context = carry
             was_active = s.active
             orders = jax.vmap(epoch_order, in_axes=(0, 0, None))(s.order_key, model_num_train, epoch)
             s = s.replace(loss_sum=jnp.zeros_like(s.loss_sum), loss_count=jnp.zeros_like(s.loss_count))
+            step = jax.vmap(model_step, in_axes=(0, 0, 0, 0, 0, None, None))
 
-            def batch_body(s, b):
+            def batch_body(carry, b):
                 start = b * batch
-                needed = work_left(start, model_num_train, s.active)
-                step = jax.vmap(model_step, in_axes=(0, 0, 0, 0, 0, None))
-                s = jax.lax.cond(needed, lambda s: step(s, orders, hp, ds_index, model_num_train, start),
-                                 lambda s: s, s)
-                return s, None
 
-            s, _ = jax.lax.scan(batch_body, s, jnp.arange(num_steps))
+                def train_slot(carry):
+                    s, context = carry
+                    if context_step is not None:
+                        context = context_step(context, s.params, s.normalizer)
+                        return step(s, orders, hp, ds_index, model_num_train, start, context), context
+                    return step(s, orders, hp, ds_index, model_num_train, start, loss_context), context
+
+                needed = work_left(start, model_num_train, carry[0].active)
+                return jax.lax.cond(needed, train_slot, lambda c: c, carry), None
+
+            (s, context), _ = jax.lax.scan(batch_body, (s, context), jnp.arange(num_steps))
             score, (nll, ll, mse) = evaluate(s.params, s.normalizer)
-            return jax.vmap(end_epoch, in_axes=(0, 0, 0, 0, 0, 0, None))(
+            s, metrics = jax.vmap(end_epoch, in_axes=(0, 0, 0, 0, 0, 0, None))(
                 s, was_active, score, nll, ll, mse, epoch)
+            return (s, context), metrics
 
-        def skip_epoch(s: _ModelState, epoch):
+        def skip_epoch(carry, epoch):
             del epoch
-            return s, s.last_metrics
+            return carry, carry[0].last_metrics
 
-        def epoch_body(s: _ModelState, epoch):
+        def epoch_body(carry, epoch):
+            s = carry[0]
             was_active = s.active
-            s, metrics = jax.lax.cond(jnp.any(s.active), run_epoch, skip_epoch, s, epoch)
+            (s, context), metrics = jax.lax.cond(jnp.any(s.active), run_epoch, skip_epoch, carry, epoch)
             if num_keep:
                 hit = jnp.asarray(keep_epochs) == epoch + 1  # [K]
                 s = s.replace(kept_params=jax.tree.map(
                     lambda kept, p: jnp.where(hit.reshape((1, num_keep) + (1,) * (p.ndim - 1)),
                                               p[:, None], kept),
                     s.kept_params, s.params))
-            return s, (metrics, was_active)
+            return (s, context), (metrics, was_active)
 
-        state, (metrics, active) = jax.lax.scan(epoch_body, state, jnp.arange(cfg.num_epochs))
+        # A context nobody updates stays a closure constant rather than a loop carry.
+        carried = loss_context if context_step is not None else None
+        (state, context), (metrics, active) = jax.lax.scan(epoch_body, (state, carried),
+                                                           jnp.arange(cfg.num_epochs))
         params = state.params
         if cfg.keep_best:
             params = jax.vmap(select)(state.best_epoch > 0, state.best_params, state.params)
@@ -357,7 +377,7 @@ def make_train_fn(config: TrainConfig, per_sample_loss: Optional[PerSampleLoss] 
                 active=per_model(active),
             ),
             best_epoch=state.best_epoch, diverged=state.diverged, epochs_trained=state.epochs_trained,
-            initial_val_mse=mse0,
+            initial_val_mse=mse0, loss_context=context,
         )
 
     return train_core

@@ -52,7 +52,9 @@ class TrainResult:
     best_epoch [N] int (last improving epoch, 1-based; 0 = never improved);
     diverged [N] bool (a non-finite loss or update); epochs_trained [N] int;
     initial_val_mse [N]: the untrained model's ``val_mse`` (the reference a caller can bound a
-    model's later errors by to flag runaway training, ``sweep`` does)."""
+    model's later errors by to flag runaway training, ``sweep`` does);
+    loss_context: the final loss context when the trainer updates it between minibatch steps
+    (``make_train_fn(context_step=...)``), else None."""
 
     params: models.ModelParams
     normalizer: models.Normalizer
@@ -62,6 +64,7 @@ class TrainResult:
     diverged: jax.Array
     epochs_trained: jax.Array
     initial_val_mse: jax.Array
+    loss_context: object = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -134,8 +134,8 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_packaged_configs_load():
-    names = ("mbpo_pendulum", "mbpo_pendulum_quick", "vagram_distractors_cpu", "mnm_fig4_halfcheetah",
-             "mnm_fig4_hopper")
+    names = ("mbpo_pendulum", "mbpo_pendulum_quick", "vagram_distractors_cpu", "mnm_pendulum_cpu", "mnm_fig4_halfcheetah",
+             "mnm_fig4_hopper", "vagram_hopper")
     for name in names:
         config = mbpo_compare.load_compare_config(ROOT / "sweeps" / f"{name}.toml")
         for agent in config.agents:
@@ -384,3 +384,70 @@ def test_vagram_and_value_weighted_options_are_strict():
         mbpo_config.mbpo_config_from_dict({"value_weighted": {"direction": "up"}})
     with pytest.raises(ConfigError, match="vagram_clip_percentile"):
         mbpo_config.mbpo_config_from_dict({"vagram_clip_percentile": 95.0})
+
+
+# --------------------------------------------------------------------------- MnM
+
+
+def test_mnm_batch_reward_balance_and_rows():
+    """Eq. 3's balance, the classifier's logit on model rows only (real rows keep the reward part
+    on the same scale), and the earlier unit balance on every row as options."""
+    reward = jnp.asarray([-2.0, -1.0, -4.0])
+    logits = jnp.asarray([0.5, -1.5, 2.0])
+    from_model = jnp.asarray([True, False, True])
+    got = mbpo.mnm_batch_reward(TINY, reward, logits, from_model, 0.99)
+    want = 0.01 * np.asarray(reward) + np.asarray([0.5, 0.0, 2.0]) - 0.01 * np.log(0.01)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    old = dataclasses.replace(TINY, mnm_reward_balance="unit", mnm_classifier_rows="all")
+    np.testing.assert_allclose(mbpo.mnm_batch_reward(old, reward, logits, from_model, 0.99), reward + logits)
+
+
+def test_mnm_phase_alternates_classifier_and_model_and_logs_log_ratios(env):
+    """An MnM model phase with k = 1 classifier step per model step ends with a different
+    classifier than one whose classifier is frozen during the phase (k = 0), from the same state
+    and key; both report a finite classifier loss and mean logits on real and model rows."""
+    base = dataclasses.replace(SMALLEST, model_loss="mnm", classifier_steps=2, classifier_hidden_size=8,
+                               classifier_batch_size=16)
+
+    def phase(k):
+        config = dataclasses.replace(base, classifier_steps_per_model_step=k)
+        pieces = mbpo.make_mbpo(config, env)
+        return jax.jit(pieces.model_phase)(jax.random.key(31), _filled_state(pieces, env), jnp.asarray(60, jnp.int32))
+
+    alternating, alt_metrics = phase(1)
+    frozen, frozen_metrics = phase(0)
+    leaves = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+    assert np.abs(leaves(alternating.classifier) - leaves(frozen.classifier)).max() > 1e-4
+    assert int(alternating.classifier_opt_state[0].count) > int(frozen.classifier_opt_state[0].count) == 2
+    for metrics in (alt_metrics, frozen_metrics):
+        for name in ("classifier_loss", "classifier_logit_real", "classifier_logit_model"):
+            assert np.isfinite(float(getattr(metrics, name))), name
+
+
+# --------------------------------------------------------------------------- GPU-size configs
+
+
+def shrunk(config: mbpo_config.MBPOConfig) -> mbpo_config.MBPOConfig:
+    """A paper-size config at tiny size: same env, agent losses and options, every size cut."""
+    sac = dataclasses.replace(config.sac, total_env_steps=20, eval_interval=10, learning_starts=10,
+                              buffer_capacity=20, batch_size=8, updates_per_step=1, hidden_size=8,
+                              num_eval_episodes=1, num_seeds=1)
+    return dataclasses.replace(
+        config, sac=sac, model=dataclasses.replace(config.model, ensemble_size=2, hidden_size=8, num_hidden_layers=1),
+        model_training=dataclasses.replace(config.model_training, num_epochs=1, batch_size=8),
+        model_train_freq=10, epoch_length=10, rollout_batch_size=4, rollout_schedule=(1, 2, 1, 2),
+        classifier_hidden_size=8, classifier_steps=2, classifier_batch_size=8)
+
+
+@pytest.mark.slow  # brax hopper / halfcheetah programs: ~1 min of compile each
+@pytest.mark.parametrize("name", ["mnm_fig4_halfcheetah", "mnm_fig4_hopper", "vagram_hopper"])
+def test_gpu_configs_compile_at_tiny_size(name):
+    """The paper-size MnM Fig. 4/6 and VaGraM hopper configs stay runnable: every agent's whole
+    run compiles on its brax env with the sizes cut (the GPU run changes only sizes)."""
+    config = mbpo_compare.load_compare_config(ROOT / "sweeps" / f"{name}.toml")
+    for agent in config.agents:
+        tiny = mbpo_config.agent_config(agent, shrunk(config.mbpo))
+        env = mbpo_config.make_env(tiny)
+        train = mbpo.make_train(tiny, env)
+        compiled = jax.jit(jax.vmap(train)).lower(mbpo.seed_keys(tiny)).compile()
+        assert compiled is not None

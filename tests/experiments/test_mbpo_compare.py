@@ -29,3 +29,13 @@ def test_paired_differences_known_values():
 def test_paired_differences_need_the_same_seeds():
     with pytest.raises(ValueError, match="same seeds"):
         mbpo_compare.paired_differences(_agent("a", [[1.0, 2.0]]), _agent("b", [[1.0, 2.0], [3.0, 4.0]]))
+
+
+def test_mean_ci_is_the_student_t_interval_of_the_seed_mean():
+    returns = np.asarray([[-900.0, -300.0], [-800.0, -200.0], [-700.0, -150.0], [-1000.0, -400.0]])
+    low, high = mbpo_compare.mean_ci(returns)
+    for e in range(2):
+        want = stats.t.interval(0.95, 3, loc=returns[:, e].mean(), scale=stats.sem(returns[:, e]))
+        np.testing.assert_allclose([low[e], high[e]], want, rtol=1e-9)
+    one = mbpo_compare.mean_ci(returns[:1])
+    np.testing.assert_array_equal(one[0], returns[0]) and np.testing.assert_array_equal(one[1], returns[0])

@@ -233,6 +233,11 @@ def test_augmented_reward_transforms():
     shifted = va.mnm_augmented_reward(reward, logits, "shift", reward_min=-16.2736, eps=1e-3)
     np.testing.assert_allclose(shifted, np.log(np.array(reward) + 16.2736 + 1e-3) + np.array(logits), rtol=1e-5)
     np.testing.assert_allclose(va.mnm_augmented_reward(jnp.array([np.e]), jnp.array([1.0]), "log"), [2.0])
+    # Eq. 3: (1 − γ)·log r⁺ + logit − (1 − γ)·log(1 − γ); at γ = 0.99 the reward weighs 0.01
+    eq3 = va.mnm_augmented_reward(reward, logits, discount=0.99)
+    np.testing.assert_allclose(eq3, 0.01 * np.asarray(reward) + np.asarray(logits) - 0.01 * np.log(0.01), rtol=1e-5)
+    np.testing.assert_allclose(va.mnm_augmented_reward(reward, logits, discount=0.9, temperature=2.0),
+                               0.1 * np.asarray(reward) / 2 + np.asarray(logits) - 0.1 * np.log(0.1), rtol=1e-5)
     with pytest.raises(ValueError, match="reward_min"):
         va.log_positive_reward(reward, "shift")
     with pytest.raises(ValueError, match="transform"):

@@ -398,6 +398,35 @@ def test_pluggable_loss_equal_to_the_builtin_reproduces_it_and_sees_original_uni
     assert not np.allclose(np.asarray(c.params.layers[0][0]), np.asarray(a.params.layers[0][0]))
 
 
+def test_context_step_runs_before_every_trained_minibatch_and_its_context_reaches_the_loss():
+    """context_step sees the population's current parameters and runs once per minibatch step that
+    trains (45 training rows, batch 16, 2 epochs → 3 × 2 = 6 steps); the context it returns is
+    the one the loss sees next and the trainer returns. An identity step changes nothing."""
+    data = small_data()  # 60 rows, 25 % validation: 45 training rows
+    cfg = TrainConfig(model=dataclasses.replace(TINY, kind="D"), num_epochs=2, batch_size=16, keep_best=False)
+    keys = model_keys(jax.random.key(2), 0, 1)
+    hp = TrainHParams.population(1)
+
+    def weighted_mse(inputs, context):
+        return context[0] * models.mse_per_sample(inputs.mean, inputs.target)
+
+    def count_and_halve(context, params, normalizer):
+        assert jax.tree.leaves(params)[0].shape[0] == 1  # the population's [N] parameters
+        return context[0] * 0.5, context[1] + 1
+
+    start = (jnp.float32(1.0), jnp.int32(0))
+    counted = make_train_fn(cfg, weighted_mse, context_step=count_and_halve)(
+        keys, None, data, hp, jnp.zeros(1, jnp.int32), start)
+    assert int(counted.loss_context[1]) == 6
+    np.testing.assert_allclose(float(counted.loss_context[0]), 0.5 ** 6)
+    same = make_train_fn(cfg, weighted_mse, context_step=lambda c, p, n: c)(
+        keys, None, data, hp, jnp.zeros(1, jnp.int32), start)
+    plain = make_train_fn(cfg, weighted_mse)(keys, None, data, hp, jnp.zeros(1, jnp.int32), start)
+    assert plain.loss_context is None
+    assert_trees_close(same.params, plain.params, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(np.asarray(counted.params.layers[0][0]), np.asarray(plain.params.layers[0][0]))
+
+
 def test_pluggable_loss_pred_next_obs_is_the_model_prediction_in_state_units():
     """An MSE on LossInputs.pred_next_obs − next_obs, divided by the normaliser's target scale,
     is exactly the built-in normalised MSE of a D model, so both train to the same weights."""
