@@ -147,7 +147,15 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     training = config.model_training
     tcfg = training.train_config(mcfg, keep_best=training.keep_best and config.model_loss == "mle",
                                  eval_batch_size=max(training.batch_size, 1024))
-    value_apply_online = lambda params, s: sac.value(params, s, critics="online")
+    def value_apply_online(value_params, obs):
+        """Eq. 9's V: the online critics at the deterministic action; with ``mnm_value_clip =
+        "data_range"`` value_params = (SAC params, (low, high)) and the state is clipped to that
+        box first."""
+        if config.mnm_value_clip == "data_range":
+            (value_params, (low, high)) = value_params
+            obs = jnp.clip(obs, low, high)
+        return sac.value(value_params, obs, critics="online")
+
     per_sample_loss = trainer_losses.make_model_loss(
         config.model_loss, value_apply=value_apply_online, predict_reward=True,
         reward_weight=config.reward_loss_weight, itervaml_mse_coef=config.itervaml_mse_coef,
@@ -308,10 +316,16 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         elif config.model_loss == "value_weighted":
             aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt, m,
                                                                     config.value_weighted.direction)
-        context = (ts.sac.params, ts.classifier) if config.model_loss == "mnm" else None
+        value_params = ts.sac.params
+        if config.mnm_value_clip == "data_range":
+            valid = (jnp.arange(ts.real.capacity) < ts.real.size)[:, None]
+            seen = ts.real.data.next_obs
+            value_params = (value_params, (jnp.min(jnp.where(valid, seen, jnp.inf), 0),
+                                           jnp.max(jnp.where(valid, seen, -jnp.inf), 0)))
+        context = (value_params, ts.classifier) if config.model_loss == "mnm" else None
         trainer = model_trainer
         if alternating:
-            context = (ts.sac.params, ts.classifier, ts.classifier_opt_state, alternate_key)
+            context = (value_params, ts.classifier, ts.classifier_opt_state, alternate_key)
             trainer = population.make_train_fn(tcfg, per_sample_loss,
                                                context_step=classifier_context_step(ts.real, hp))
         params = jax.tree_util.tree_map(lambda p: p[None], ts.model_params)

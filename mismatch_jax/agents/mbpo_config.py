@@ -131,6 +131,12 @@ class MBPOConfig(Schema):
         the current model before every model minibatch step of a phase (the trainer's
         ``context_step``); ``classifier_steps`` still run first, against the model as the phase
         starts. 0: only those (the earlier behaviour: classifier frozen during the phase).
+    mnm_value_clip: "none" (the paper): Eq. 9's V(s′_model) on the model's prediction as is;
+        "data_range": the prediction is clipped to the per-dimension range of the real buffer's
+        next states before V sees it (not the classifier: its logit keeps penalising the
+        excursion). Our stabiliser, not the paper's: an unbounded critic extrapolates off the
+        data and the model can raise V without limit there (sweeps/mnm_pendulum_cpu.toml's
+        "none" run diverged: model loss −1e10).
     num_distractors / distractor_seed: VaGraM distracting dims appended to the env (0: none).
     """
 
@@ -162,6 +168,7 @@ class MBPOConfig(Schema):
     mnm_reward_balance: Literal["eq3", "unit"] = "eq3"
     mnm_classifier_rows: Literal["model", "all"] = "model"
     classifier_steps_per_model_step: int = setting(1, ge=0)
+    mnm_value_clip: Literal["none", "data_range"] = "none"
     num_distractors: int = setting(0, ge=0)
     distractor_seed: int = 0
 

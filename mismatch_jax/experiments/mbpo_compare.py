@@ -130,42 +130,50 @@ def paired_differences(agent: dict, baseline: dict, level: float = 0.95) -> dict
     """Seed-by-seed differences agent − baseline of the final return and of the mean return over
     all evaluations (the area under the learning curve), for agents run on the same seed keys
     (paired seeds): per-seed values, mean, Student-t CI at ``level`` over seeds, and how many
-    seeds favour the agent."""
+    seeds favour the agent. A seed that diverged on either side (NaN, or null in a JSON) is
+    left out of the mean and CI and counted in ``diverged``."""
     from scipy import stats
 
-    ours, theirs = np.asarray(agent["eval_return"]), np.asarray(baseline["eval_return"])
+    ours = np.asarray(agent["eval_return"], np.float64)
+    theirs = np.asarray(baseline["eval_return"], np.float64)
     if ours.shape != theirs.shape:
         raise ValueError(f"paired differences need the same seeds and evaluations: {agent['agent']} "
                          f"has {ours.shape}, {baseline['agent']} {theirs.shape}")
     out = {"versus": baseline["agent"], "seeds": int(ours.shape[0]), "level": level}
-    for name, diff in (("final", ours[:, -1] - theirs[:, -1]), ("curve_mean", ours.mean(1) - theirs.mean(1))):
-        mean = float(diff.mean())
+    for name, all_diff in (("final", ours[:, -1] - theirs[:, -1]), ("curve_mean", ours.mean(1) - theirs.mean(1))):
+        diff = all_diff[np.isfinite(all_diff)]
+        mean = float(diff.mean()) if diff.size else float("nan")
         if diff.size > 1 and diff.std() > 0:
             low, high = stats.t.interval(level, diff.size - 1, loc=mean, scale=stats.sem(diff))
         else:
             low = high = mean
-        out[name] = {"differences": [round(float(d), 2) for d in diff], "mean": round(mean, 2),
-                     "ci": [round(float(low), 2), round(float(high), 2)],
-                     "seeds_better": int((diff > 0).sum()), "seeds_worse": int((diff < 0).sum())}
+        out[name] = {"differences": [round(float(d), 2) if np.isfinite(d) else None for d in all_diff],
+                     "mean": round(mean, 2), "ci": [round(float(low), 2), round(float(high), 2)],
+                     "seeds_better": int((diff > 0).sum()), "seeds_worse": int((diff < 0).sum()),
+                     "diverged": int((~np.isfinite(all_diff)).sum())}
     return out
 
 
 def mean_ci(returns: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Student-t interval of the seed mean: returns [S, evals] → (low [evals], high [evals])
-    (the mean itself when S = 1)."""
+    """Student-t interval of the seed mean: returns [S, evals] → (low [evals], high [evals]),
+    over the seeds whose return is finite at that evaluation (a diverged seed's NaN / null is
+    left out; the mean itself where fewer than 2 remain)."""
     from scipy import stats
 
     returns = np.asarray(returns, np.float64)
-    mean = returns.mean(0)
-    if returns.shape[0] < 2:
-        return mean, mean
-    half = stats.t.ppf(0.5 + level / 2, returns.shape[0] - 1) * returns.std(0, ddof=1) / np.sqrt(returns.shape[0])
+    finite = np.isfinite(returns)
+    count = finite.sum(0)
+    mean = np.nansum(np.where(finite, returns, 0.0), 0) / np.maximum(count, 1)
+    mean = np.where(count > 0, mean, np.nan)
+    spread = np.sqrt(np.nansum(np.where(finite, (returns - mean) ** 2, 0.0), 0) / np.maximum(count - 1, 1))
+    half = np.where(count > 1, stats.t.ppf(0.5 + level / 2, np.maximum(count - 1, 1)) * spread
+                    / np.sqrt(np.maximum(count, 1)), 0.0)
     return mean - half, mean + half
 
 
 def plot_curves(results: list[dict], path: Path, title: str = "", threshold: Optional[float] = None) -> None:
     """Seed-mean evaluation return against env steps with its 95 % CI (Student t over the
-    seeds), one line per agent."""
+    seeds still finite there; the label counts the diverged ones), one line per agent."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,8 +182,11 @@ def plot_curves(results: list[dict], path: Path, title: str = "", threshold: Opt
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         x = np.asarray(r["env_steps"])
-        low, high = mean_ci(np.asarray(r["eval_return"]))
-        ax.plot(x, np.asarray(r["eval_return"]).mean(0), label=f"{r['agent']} ({r['num_seeds']} seeds)")
+        returns = np.asarray(r["eval_return"], np.float64)  # null (a diverged seed) → NaN
+        low, high = mean_ci(returns)
+        diverged = int((~np.isfinite(returns[:, -1])).sum())
+        label = f"{r['agent']} ({r['num_seeds']} seeds" + (f", {diverged} diverged)" if diverged else ")")
+        ax.plot(x, (low + high) / 2, label=label)
         ax.fill_between(x, low, high, alpha=0.2)
     if threshold is not None:
         ax.axhline(threshold, color="gray", linestyle=":", linewidth=1)

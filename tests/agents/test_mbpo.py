@@ -402,6 +402,7 @@ def test_mnm_batch_reward_balance_and_rows():
     np.testing.assert_allclose(mbpo.mnm_batch_reward(old, reward, logits, from_model, 0.99), reward + logits)
 
 
+@pytest.mark.slow  # three compiled MnM model phases (~22 s); the trainer's context_step is tested by default
 def test_mnm_phase_alternates_classifier_and_model_and_logs_log_ratios(env):
     """An MnM model phase with k = 1 classifier step per model step ends with a different
     classifier than one whose classifier is frozen during the phase (k = 0), from the same state
@@ -414,9 +415,13 @@ def test_mnm_phase_alternates_classifier_and_model_and_logs_log_ratios(env):
         pieces = mbpo.make_mbpo(config, env)
         return jax.jit(pieces.model_phase)(jax.random.key(31), _filled_state(pieces, env), jnp.asarray(60, jnp.int32))
 
+    leaves = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
     alternating, alt_metrics = phase(1)
     frozen, frozen_metrics = phase(0)
-    leaves = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+    base = dataclasses.replace(base, mnm_value_clip="data_range")  # V sees the buffer's state box
+    clipped, clipped_metrics = phase(1)
+    assert np.isfinite(float(clipped_metrics.model_train_loss))
+    assert np.abs(leaves(clipped.model_params) - leaves(alternating.model_params)).max() > 0
     assert np.abs(leaves(alternating.classifier) - leaves(frozen.classifier)).max() > 1e-4
     assert int(alternating.classifier_opt_state[0].count) > int(frozen.classifier_opt_state[0].count) == 2
     for metrics in (alt_metrics, frozen_metrics):

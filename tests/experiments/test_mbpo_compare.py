@@ -26,6 +26,14 @@ def test_paired_differences_known_values():
     assert out["versus"] == "mbpo" and out["seeds"] == 4
 
 
+def test_paired_differences_leave_out_diverged_seeds():
+    baseline = _agent("mbpo", [[-900.0, -300.0], [-800.0, -200.0], [-700.0, -150.0]])
+    mnm = _agent("mnm", [[-850.0, None], [-800.0, -230.0], [-600.0, -100.0]])  # null: a diverged seed
+    final = mbpo_compare.paired_differences(mnm, baseline)["final"]
+    assert final["differences"] == [None, -30.0, 50.0] and final["diverged"] == 1
+    assert final["mean"] == 10.0 and (final["seeds_better"], final["seeds_worse"]) == (1, 1)
+
+
 def test_paired_differences_need_the_same_seeds():
     with pytest.raises(ValueError, match="same seeds"):
         mbpo_compare.paired_differences(_agent("a", [[1.0, 2.0]]), _agent("b", [[1.0, 2.0], [3.0, 4.0]]))
@@ -39,3 +47,11 @@ def test_mean_ci_is_the_student_t_interval_of_the_seed_mean():
         np.testing.assert_allclose([low[e], high[e]], want, rtol=1e-9)
     one = mbpo_compare.mean_ci(returns[:1])
     np.testing.assert_array_equal(one[0], returns[0]) and np.testing.assert_array_equal(one[1], returns[0])
+
+
+def test_mean_ci_leaves_out_diverged_seeds():
+    returns = np.asarray([[-900.0, np.nan], [-800.0, -200.0], [-700.0, -150.0]])
+    low, high = mbpo_compare.mean_ci(returns)
+    want = stats.t.interval(0.95, 1, loc=-175.0, scale=stats.sem([-200.0, -150.0]))
+    np.testing.assert_allclose([low[1], high[1]], want, rtol=1e-9)
+    assert np.isfinite(low[0]) and low[0] < -800.0 < high[0]
