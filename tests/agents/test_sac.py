@@ -331,6 +331,7 @@ def test_hparams_defaults_come_from_the_config(env):
         sac.init(jax.random.key(0), {"actor_lr": 1e-3})
 
 
+@pytest.mark.slow  # ~36 s; the default tier keeps MBPO's rate-sweep trace test (same mechanism)
 def test_lr_sweep_of_4_seeds_by_4_rates_compiles_once_and_equals_separate_runs(env):
     train = sac_loop.make_train(SWEEP, env)
     keys = jax.random.split(jax.random.key(20), 4)

@@ -415,13 +415,13 @@ def test_context_step_runs_before_every_trained_minibatch_and_its_context_reache
         return context[0] * 0.5, context[1] + 1
 
     start = (jnp.float32(1.0), jnp.int32(0))
-    counted = make_train_fn(cfg, weighted_mse, context_step=count_and_halve)(
-        keys, None, data, hp, jnp.zeros(1, jnp.int32), start)
+    run = lambda **kw: jax.jit(make_train_fn(cfg, weighted_mse, **kw))(keys, None, data, hp,
+                                                                       jnp.zeros(1, jnp.int32), start)
+    counted = run(context_step=count_and_halve)
     assert int(counted.loss_context[1]) == 6
     np.testing.assert_allclose(float(counted.loss_context[0]), 0.5 ** 6)
-    same = make_train_fn(cfg, weighted_mse, context_step=lambda c, p, n: c)(
-        keys, None, data, hp, jnp.zeros(1, jnp.int32), start)
-    plain = make_train_fn(cfg, weighted_mse)(keys, None, data, hp, jnp.zeros(1, jnp.int32), start)
+    same = run(context_step=lambda c, p, n: c)
+    plain = run()
     assert plain.loss_context is None
     assert_trees_close(same.params, plain.params, rtol=1e-6, atol=1e-7)
     assert not np.allclose(np.asarray(counted.params.layers[0][0]), np.asarray(plain.params.layers[0][0]))
