@@ -179,7 +179,8 @@ def over_population(fn: Callable, layout: PopulationLayout | None, shared: Seque
 def jit_sharded(fn: Callable, num_args: int, shared: Sequence[int] = (), devices=None) -> Callable:
     """``jax.jit(fn)`` with its per-model arguments (every position not in ``shared``) sharded
     along their leading [N] axis over ``devices`` (default: the local devices) and the shared
-    ones replicated; with one device, plain ``jax.jit``. N must be a multiple of the device count."""
+    ones replicated; with one device, plain ``jax.jit``. N must be a multiple of the device count.
+    Arguments committed to another layout are re-laid out (``jax.device_put``) on each call."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     devices = list(devices or jax.local_devices())
@@ -187,4 +188,13 @@ def jit_sharded(fn: Callable, num_args: int, shared: Sequence[int] = (), devices
         return jax.jit(fn)
     mesh = Mesh(np.asarray(devices), ("pop",))
     per_model, whole = NamedSharding(mesh, PartitionSpec("pop")), NamedSharding(mesh, PartitionSpec())
-    return jax.jit(fn, in_shardings=tuple(whole if i in shared else per_model for i in range(num_args)))
+    shardings = tuple(whole if i in shared else per_model for i in range(num_args))
+    compiled = jax.jit(fn, in_shardings=shardings)
+
+    def call(*args):
+        # Arguments already committed elsewhere (e.g. the replicated output of another program
+        # on the same devices) are moved to the expected layout first; jit would refuse them.
+        return compiled(*(jax.device_put(a, sh) for a, sh in zip(args, shardings)))
+
+    call.lower = compiled.lower  # AOT use (``jit_sharded(...).lower(*args).compile()``) keeps working
+    return call

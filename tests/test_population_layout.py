@@ -116,3 +116,30 @@ def test_population_trainer_is_the_same_under_each_layout():
         got = jax.jit(over_population(population, layout, shared=(2,)))(keys, hp, data)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
             np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-5)
+
+
+def test_jit_sharded_accepts_arguments_committed_to_another_layout(tmp_path):
+    """A sharded program called on the replicated output of another program on the same two
+    devices (the attack's generation loop) re-lays the argument out instead of failing, and
+    gives the unsharded numbers (subprocess: XLA_FLAGS must be set before jax starts)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "relayout.py"
+    script.write_text(
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "from mismatch_jax.population import jit_sharded\n"
+        "assert len(jax.devices()) == 2\n"
+        "mesh = Mesh(np.asarray(jax.devices()), ('pop',))\n"
+        "replicated = jax.jit(lambda x: x * 2.0, out_shardings=NamedSharding(mesh, P()))(jnp.arange(8.0))\n"
+        "f = jit_sharded(lambda x, c: jnp.sin(x) + c, 2, shared=(1,))\n"
+        "np.testing.assert_allclose(f(replicated, jnp.float32(1.0)), np.sin(np.arange(8.0) * 2) + 1, rtol=1e-6)\n"
+        "np.testing.assert_allclose(f(replicated, jnp.float32(1.0)), f(np.arange(8.0) * 2, 1.0), rtol=0)\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=os.getcwd())
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -73,7 +73,7 @@ from mismatch_jax.models.checkpoint import load_model, save_model
 from mismatch_jax.models.core import ModelConfig
 from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import EpisodeSettings, make_planner
-from mismatch_jax.population import over_population
+from mismatch_jax.population import jit_sharded, over_population
 from mismatch_jax.train.config import TrainingSection
 
 TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
@@ -286,9 +286,11 @@ def pets_member_model(data: DataSettings, env_name: str, seed: int, env, member:
 
 def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
                              base_params: models.ModelParams, normalizer: models.Normalizer,
-                             validation, episode_length: int, env_params=None, layout=None):
+                             validation, episode_length: int, env_params=None, layout=None,
+                             num_shards: int = 1):
     """Scores last-layer perturbations of ``base_params``; ``layout`` lays out the candidates
-    (``mismatch_jax.population``; None = "auto").
+    (``mismatch_jax.population``; None = "auto"), ``num_shards`` devices they are sharded over
+    (jit the result with ``population.jit_sharded``).
 
     validation: (obs [V, d], action [V, a], next_obs [V, d]) — the LL constraint's data.
     Returns ``(evaluate_one, evaluate)``:
@@ -305,7 +307,7 @@ def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
         return episodes(params, normalizer, trial_keys), ll
 
     evaluate = over_population(jax.vmap(evaluate_one, in_axes=(0, None)), layout, shared=(1,),
-                               width=model_config.hidden_size, per_model=evaluate_one)
+                               num_shards=num_shards, width=model_config.hidden_size, per_model=evaluate_one)
 
     return evaluate_one, evaluate
 
@@ -377,10 +379,12 @@ def make_cmaes_attack(evaluate: Callable, template: LastLayer, settings: CMAESSe
                       num_trials: int, ll_reference, ll_of: Callable | None = None):
     """CMA-ES over last-layer perturbations.
 
-    evaluate(deltas [C], trial_keys [K]) -> (rewards [C, K], ll [C]) (``make_candidate_evaluator``);
-    template: a δ with the output layer's shapes; ll_of(deltas [C]) -> LL [C], needed by
-    ``settings.constraint = "repair"``. Returns ``(es, init, generation)``:
-    ``init(key) -> AttackState`` and jitted ``generation(state, key) -> (state, GenerationLog)``.
+    evaluate(deltas [C], trial_keys [K]) -> (rewards [C, K], ll [C]) (``make_candidate_evaluator``),
+    called between two jitted halves of a generation, so pass it jitted (``jax.jit`` or
+    ``population.jit_sharded`` to spread the candidates over devices); template: a δ with the
+    output layer's shapes; ll_of(deltas [C]) -> LL [C], needed by ``settings.constraint =
+    "repair"``. Returns ``(es, init, generation)``: ``init(key) -> AttackState`` and
+    ``generation(state, key) -> (state, GenerationLog)`` (ask and repair, evaluate, tell).
     """
     from evosax.algorithms import CMA_ES
 
@@ -400,7 +404,7 @@ def make_cmaes_attack(evaluate: Callable, template: LastLayer, settings: CMAESSe
                            best_ll=jnp.asarray(jnp.nan))
 
     @jax.jit
-    def generation(state: AttackState, key) -> tuple[AttackState, GenerationLog]:
+    def propose(state: AttackState, key):
         ask_key, eval_key, tell_key = jax.random.split(key, 3)
         with jax.numpy_rank_promotion("allow"):  # evosax broadcasts [D] + [C, D] implicitly
             population, es_state = es.ask(ask_key, state.es_state, es_params)
@@ -409,7 +413,15 @@ def make_cmaes_attack(evaluate: Callable, template: LastLayer, settings: CMAESSe
                                                  ll_reference - settings.tolerance + REPAIR_MARGIN)
         else:
             scored, scale = population, jnp.ones(settings.population_size)
-        rewards, ll = evaluate(scored, jax.random.split(eval_key, num_trials))
+        return population, es_state, scored, scale, jax.random.split(eval_key, num_trials), tell_key
+
+    def generation(state: AttackState, key) -> tuple[AttackState, GenerationLog]:
+        population, es_state, scored, scale, trial_keys, tell_key = propose(state, key)
+        rewards, ll = evaluate(scored, trial_keys)
+        return record(state, population, es_state, scored, scale, rewards, ll, tell_key)
+
+    @jax.jit
+    def record(state: AttackState, population, es_state, scored, scale, rewards, ll, tell_key):
         reward_mean = rewards.mean(-1)
         fitness = attack_fitness(reward_mean, ll, ll_reference, settings.penalty, settings.tolerance)
         with jax.numpy_rank_promotion("allow"):
@@ -512,7 +524,12 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     timings["model_s"] = time.perf_counter() - t
 
     planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
-    _, evaluate = make_candidate_evaluator(env, planner, mcfg, params, norm, validation, length)
+    # Candidates spread over the local devices (`mismatch-jax attack --devices 2` on a CPU) when
+    # they divide the population; the final before/after batch is padded to the same size.
+    devices = jax.local_devices()
+    shards = len(devices) if config.cmaes.population_size % len(devices) == 0 else 1
+    _, evaluate = make_candidate_evaluator(env, planner, mcfg, params, norm, validation, length,
+                                           num_shards=shards)
     template = zero_delta(params)
     space = make_search_space(config.cmaes, mcfg, params, norm, dataset.obs, dataset.action)
     ll_original = float(models.one_step_log_likelihood(mcfg, params, norm, *validation))
@@ -522,7 +539,8 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
         f"{config.cmaes.population_size} candidates × {config.evaluation.trials} trials per generation")
 
     t = time.perf_counter()
-    evaluate_points = lambda points, keys: evaluate(jax.vmap(space.expand)(points), keys)
+    evaluate_points = jit_sharded(lambda points, keys: evaluate(jax.vmap(space.expand)(points), keys), 2,
+                                  shared=(1,), devices=devices[:shards])
     val_arrays = tuple(jnp.asarray(a) for a in validation)
     ll_of_points = jax.vmap(lambda z: models.one_step_log_likelihood(
         mcfg, perturb_last_layer(params, space.expand(z)), norm, *val_arrays))
@@ -538,7 +556,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     pop = config.cmaes.population_size
     trio = [template, best_delta, mean_delta]
     batch = jax.tree.map(lambda *xs: jnp.stack(list(xs) + [xs[0]] * (pop - 3)), *trio)
-    eval_jit = jax.jit(evaluate)
+    eval_jit = jit_sharded(evaluate, 2, shared=(1,), devices=devices[:shards])
     rounds = []
     for r in range(config.evaluation.final_rounds):
         keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(root, FINAL_SALT), r),
@@ -580,7 +598,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
         "search_best": {"fitness": float(state.best_fitness), "reward_mean": float(state.best_reward),
                         "ll": float(state.best_ll)},
         "convergence": {k: v.tolist() for k, v in history.items()},
-        "timings": timings, "device_kind": jax.devices()[0].device_kind,
+        "timings": timings, "device_kind": jax.devices()[0].device_kind, "candidate_devices": shards,
     }
     write_json(out / "attack.json", report)
     plot_convergence(history, ll_original, before["mean"], after["mean"], float(lls[1]),
