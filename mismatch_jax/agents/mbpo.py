@@ -62,19 +62,8 @@ Choices (and why):
   (``mse_warmup_epochs``). The released code also divides the gradients by a running mean of
   their norms (a loss scale, relative to the reward term) and averages the squared errors over
   state dimensions where Eq. 7 sums them; we follow Eq. 7 and keep no running scale.
-* MnM: each model phase first trains the classifier ``classifier_steps`` minibatches against
-  the current model (real vs model next state of the same real (s, a)), then trains the model
-  on Eq. 9 while the classifier keeps learning: ``classifier_steps_per_model_step`` Adam steps
-  against the current model before every model minibatch step (the GAN-like alternation of the
-  paper; the trainer's ``context_step``). V in Eq. 9 is the min of the two online critics at the
-  deterministic action. The augmented reward is Eq. 3's r̃ = (1 − γ) log r⁺ + log C/(1 − C) −
-  (1 − γ) log(1 − γ) (``mnm_reward_balance``), computed when a batch is sampled with the current
-  classifier; the log-ratio applies to model rows (Q is trained on model transitions, Eq. 7),
-  real rows of the mixed batch keep (1 − γ) log r⁺ − (1 − γ) log(1 − γ) so Q sees one scale
-  (``mnm_classifier_rows``). log r⁺ follows ``value_aware.log_positive_reward`` (default
-  r⁺ = exp(r / reward_temperature), as Pendulum's rewards are ≤ 0). The reward the policy sees
-  on model rows is the model's predicted reward. Each phase logs the classifier's loss and its
-  mean logit on real and on model next states (the log p/q estimates) after training.
+* MnM: the classifier before and in alternation with the model, the augmented reward and the
+  per-phase classifier report are in ``agents.mbpo_mnm`` (its docstring says how and why).
 """
 
 from __future__ import annotations
@@ -89,7 +78,9 @@ import optax
 from mismatch_jax.data import replay
 from mismatch_jax.agents import sac as sac_lib
 from mismatch_jax.agents import sac_config
+from mismatch_jax.agents import mbpo_mnm as mnm
 from mismatch_jax.agents import sac_loop
+from mismatch_jax.agents.mbpo_mnm import mnm_batch_reward
 from mismatch_jax.data.replay import Transition
 from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.agents.mbpo_config import (MBPOConfig, MBPOHParams, MBPOMetrics, MBPOState, PhaseMetrics,
@@ -120,21 +111,6 @@ class MBPO(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # The agent
 # ---------------------------------------------------------------------------------------------
-
-
-def mnm_batch_reward(config: MBPOConfig, reward: jax.Array, logits: jax.Array, from_model: jax.Array,
-                     gamma) -> jax.Array:
-    """The reward MnM's policy sees on a mixed SAC batch: r̃ with ``config.mnm_reward_balance``
-    (Eq. 3's (1 − γ) weighting or the unit one) and the classifier's logit on model rows only
-    unless ``config.mnm_classifier_rows = "all"``. reward, logits, from_model (bool) [B];
-    gamma [] → [B]."""
-    if config.mnm_classifier_rows == "model":
-        logits = jnp.where(from_model, logits, 0.0)
-    return value_aware.mnm_augmented_reward(
-        reward, logits, config.reward_transform,
-        discount=gamma if config.mnm_reward_balance == "eq3" else None,
-        **({"temperature": config.reward_temperature} if config.reward_transform == "exp" else {}),
-        **({"reward_min": config.reward_min} if config.reward_transform == "shift" else {}))
 
 
 def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
@@ -229,50 +205,6 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         return TransitionData.single(d.obs, d.action, d.next_obs, valid & ~ts.val_rows,
                                      valid & ts.val_rows, reward=d.reward, aux=aux)
 
-    def real_and_model_rows(real_buffer, model_params, normalizer):
-        """sample_batch(key) for ``value_aware.fit_classifier``: real rows and the model's next
-        states for the same (s, a)."""
-        def sample(k):
-            sample_key, model_key = jax.random.split(k)
-            real = replay.sample(sample_key, real_buffer, config.classifier_batch_size)
-            fake, _ = model_step(model_key, model_params, normalizer, real.obs, real.action)
-            return real.obs, real.action, real.next_obs, jax.lax.stop_gradient(fake)
-        return sample
-
-    def train_classifier(key, ts: MBPOState, hp: MBPOHParams):
-        """``classifier_steps`` Adam steps of Eq. 4 against the current model; → ts."""
-        params, opt_state, _ = value_aware.fit_classifier(
-            key, ts.classifier, ts.classifier_opt_state, optax.adam(hp.classifier_lr),
-            real_and_model_rows(ts.real, ts.model_params, ts.normalizer), config.classifier_steps)
-        return ts.replace(classifier=params, classifier_opt_state=opt_state)
-
-    def classifier_context_step(real_buffer, hp: MBPOHParams):
-        """The trainer's ``context_step`` for MnM's alternation: context = (SAC params,
-        classifier, its Adam state, key); k Adam steps against the population's current model."""
-        first = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)
-
-        def step(context, model_params, normalizer):
-            value_params, classifier, opt_state, key = context
-            key, fit_key = jax.random.split(key)
-            classifier, opt_state, _ = value_aware.fit_classifier(
-                fit_key, classifier, opt_state, optax.adam(hp.classifier_lr),
-                real_and_model_rows(real_buffer, first(model_params), first(normalizer)),
-                config.classifier_steps_per_model_step)
-            return value_params, classifier, opt_state, key
-        return step
-
-    def classifier_report(key, ts: MBPOState):
-        """(loss, mean logit on real next states, mean logit on model next states) of the
-        classifier on one fresh batch; NaNs without a classifier."""
-        if not config.uses_classifier:
-            nan = jnp.asarray(jnp.nan, jnp.float32)
-            return nan, nan, nan
-        obs, action, real_next, fake_next = real_and_model_rows(ts.real, ts.model_params, ts.normalizer)(key)
-        loss = value_aware.classifier_loss(ts.classifier, obs, action, real_next, fake_next)
-        logit_real = value_aware.classifier_apply(ts.classifier, obs, action, real_next).mean()
-        logit_model = value_aware.classifier_apply(ts.classifier, obs, action, fake_next).mean()
-        return loss, logit_real, logit_model
-
     def rollouts(key, ts: MBPOState, length):
         """``rollout_batch_size`` model rollouts of ``length`` steps from real states into the
         model buffer; → (ts, rows written)."""
@@ -305,7 +237,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         hp = resolve(hparams)
         cls_key, model_key, rollout_key, alternate_key, report_key = jax.random.split(key, 5)
         if config.uses_classifier:
-            ts = train_classifier(cls_key, ts, hp)
+            ts = mnm.train_classifier(model_step, config, cls_key, ts, hp)
         value_fn = lambda s: sac.value(ts.sac.params, s, critics="all",  # [D] → [4]
                                        detach_action=config.vagram.action_gradient == "detached")
         aux_fn = None
@@ -327,7 +259,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         if alternating:
             context = (value_params, ts.classifier, ts.classifier_opt_state, alternate_key)
             trainer = population.make_train_fn(tcfg, per_sample_loss,
-                                               context_step=classifier_context_step(ts.real, hp))
+                                               context_step=mnm.classifier_context_step(model_step, config, ts.real, hp))
         params = jax.tree_util.tree_map(lambda p: p[None], ts.model_params)
         # The buffer holds min(env_steps, capacity) rows: a bound shared by every seed, so the
         # trainer's slot skipping survives an outer vmap over seeds.
@@ -345,7 +277,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
         ts = ts.replace(model_params=take(result.params), normalizer=take(result.normalizer))
         if alternating:
             ts = ts.replace(classifier=result.loss_context[1], classifier_opt_state=result.loss_context[2])
-        classifier_loss, logit_real, logit_model = classifier_report(report_key, ts)
+        classifier_loss, logit_real, logit_model = mnm.classifier_report(model_step, config, report_key, ts)
         length = rollout_length(config, env_steps)
         ts, rows = rollouts(rollout_key, ts, length)
         return ts, PhaseMetrics(

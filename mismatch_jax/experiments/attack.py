@@ -36,8 +36,9 @@ penalty most candidates of a full-space search land outside the thin LL-feasible
 search spends its generations walking back to it; repair spends them on reward.
 
 The whole population is evaluated in ONE vmapped call (candidates × trials episodes, and the LL
-vmapped over candidates); one generation (ask → evaluate → tell) is one jitted function. The
-generation loop stays in Python because a generation is seconds of work (hundreds of sequential
+vmapped over candidates); one generation is ask (+ repair) | evaluate | tell, three jitted calls
+(``attack_cmaes``), the evaluation sharded over the local devices when they divide the
+candidates (``mismatch-jax attack --devices 2``). The generation loop stays in Python because a generation is seconds of work (hundreds of sequential
 MPC steps), so dispatch costs nothing and we can log progress per generation.
 
 Because the best fitness over generations is a minimum over noisy estimates, "before" and
@@ -54,12 +55,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from mismatch_jax import models
 from mismatch_jax.analysis.attack import plot_convergence
@@ -75,45 +75,27 @@ from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import EpisodeSettings, make_planner
 from mismatch_jax.population import jit_sharded, over_population
 from mismatch_jax.train.config import TrainingSection
+# The search variable and the CMA-ES machinery live in their own modules; their public names are
+# part of this module's interface (``attack.make_search_space``, ``attack.run_cmaes``, …).
+from mismatch_jax.experiments.attack_cmaes import (INVALID_FITNESS, REPAIR_MARGIN, REPAIR_STEPS,
+                                                   AttackState, CMAESSettings, GenerationLog, attack_fitness,
+                                                   make_cmaes_attack, repair_threshold, repair_to_constraint,
+                                                   run_cmaes)
+from mismatch_jax.experiments.attack_space import (WHITEN_FLOOR, LastLayer, SearchSpace, last_layer,
+                                                   low_variance_basis, make_candidate_ll, make_search_space,
+                                                   perturb_last_layer, zero_delta)
+
+__all__ = ["AttackConfig", "AttackEvaluation", "load_attack_config", "pets_member_model",
+           "make_candidate_evaluator", "run_attack",
+           # re-exported from attack_cmaes / attack_space
+           "INVALID_FITNESS", "REPAIR_MARGIN", "REPAIR_STEPS", "AttackState", "CMAESSettings", "GenerationLog",
+           "attack_fitness", "make_cmaes_attack", "repair_threshold", "repair_to_constraint", "run_cmaes",
+           "WHITEN_FLOOR", "LastLayer", "SearchSpace", "last_layer", "low_variance_basis", "make_candidate_ll",
+           "make_search_space", "perturb_last_layer", "zero_delta"]
 
 TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
 CMA_SALT = 0xC4A
 FINAL_SALT = 0xF1A1
-INVALID_FITNESS = 1e9
-REPAIR_STEPS = 16  # bisection halvings of the repair scale t (resolution 2⁻¹⁶)
-REPAIR_MARGIN = 1e-5  # nats kept inside the LL constraint: more than float32 rounding of a mean LL
-WHITEN_FLOOR = 1e-6  # smallest eigenvalue a whitened direction is scaled by, relative to the largest
-
-
-@dataclasses.dataclass(frozen=True)
-class CMAESSettings(Schema):
-    """CMA-ES over the last-layer perturbation.
-
-    population_size: candidates per generation (evaluated in one vmapped call; the final
-    before/after evaluation reuses it for three models, so it is at least 4).
-    generations: number of ask/tell rounds. sigma: initial step size (parameter units).
-    penalty: reward units per nat of validation-LL drop below the original (minus tolerance).
-    tolerance: LL drop (nats) allowed without penalty (0 = the paper's "LL must not drop").
-    search_space: "full" searches every output-layer parameter (the paper); "low_variance"
-    searches δ = U z on the mean outputs, where the columns of U [hidden + 1, subspace_rank] are
-    the directions of the output layer's input (hidden features and the bias' 1) that the attack
-    dataset excites least (``low_variance_basis``): the parameter directions the likelihood
-    barely sees, so CMA-ES spends its few candidates where the LL constraint leaves room.
-    sigma is then in units of z (U is orthonormal, so ‖δ‖ = ‖z‖). "whitened" uses every
-    direction, each scaled so a unit step moves the predictions on the data equally;
-    "output_bias" shifts only the output biases (``_output_bias_space``).
-    constraint: "penalty" scores candidates by the penalised fitness; "repair" scales every
-    candidate back towards the base model until it meets the LL constraint (module docstring).
-    """
-
-    population_size: int = setting(16, ge=4)
-    generations: int = setting(50, ge=1)
-    sigma: float = setting(0.01, gt=0.0)
-    penalty: float = setting(1000.0, ge=0.0)
-    tolerance: float = setting(0.0, ge=0.0)
-    search_space: Literal["full", "low_variance", "whitened", "output_bias"] = "full"
-    subspace_rank: int = setting(16, ge=1)
-    constraint: Literal["penalty", "repair"] = "penalty"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,104 +151,6 @@ def load_attack_config(path) -> AttackConfig:
     return load_toml(AttackConfig, path)
 
 
-class LastLayer(NamedTuple):
-    """Output layer of an ensemble model: w [E, hidden, out], b [E, out] (leading candidate
-    axes [C] when stacked)."""
-
-    w: jax.Array
-    b: jax.Array
-
-
-def last_layer(params: models.ModelParams) -> LastLayer:
-    """The output layer of ``params``."""
-    w, b = params.layers[-1]
-    return LastLayer(w=w, b=b)
-
-
-def perturb_last_layer(params: models.ModelParams, delta: LastLayer) -> models.ModelParams:
-    """params with δ added to its output layer (every other parameter unchanged)."""
-    w, b = params.layers[-1]
-    return params.replace(layers=params.layers[:-1] + ((w + delta.w, b + delta.b),))
-
-
-def zero_delta(params: models.ModelParams) -> LastLayer:
-    """δ = 0 with the shapes of the output layer (CMA-ES's initial mean)."""
-    return jax.tree.map(jnp.zeros_like, last_layer(params))
-
-
-def low_variance_basis(config: models.ModelConfig, params: models.ModelParams,
-                       normalizer: models.Normalizer, obs, action, rank: int,
-                       whiten: bool = False) -> jax.Array:
-    """The ``rank`` least-excited directions of the output layer's input on a dataset.
-
-    The output layer reads φ = [hidden features, 1] (``models.hidden_features``, the 1 carries
-    the bias). Over the rows (obs [N, d], action [N, a]) a change δ of the layer moves the
-    normalised prediction by φᵀδ, whose mean square is δᵀ G δ with G = E[φ φᵀ]; the eigenvectors
-    of G with the smallest eigenvalues span the changes the data (and so the likelihood) sees
-    least. Returns U [E, hidden + 1, rank], orthonormal columns, smallest eigenvalue first;
-    with ``whiten`` each column is divided by √λ (λ floored at ``WHITEN_FLOOR`` × the largest), so
-    a unit step along any column moves the predictions on the data by the same mean square.
-    """
-    hidden = config.hidden_size
-    if not 1 <= rank <= hidden + 1:
-        raise InputError(f"cmaes.subspace_rank must be in [1, hidden_size + 1 = {hidden + 1}], got {rank}")
-    x = models.normalize_inputs(normalizer, models.model_inputs(config, jnp.asarray(obs), jnp.asarray(action)))
-    features = models.hidden_features(config, params, x)  # [E, N, H]
-    phi = jnp.concatenate([features, jnp.ones(features.shape[:-1] + (1,), features.dtype)], -1)
-    gram = jnp.einsum("enh,eng->ehg", phi, phi) / phi.shape[1]
-    values, vectors = jnp.linalg.eigh(gram)  # ascending eigenvalues
-    if whiten:
-        floor = WHITEN_FLOOR * values[..., -1:]
-        vectors = vectors / jnp.sqrt(jnp.maximum(values, floor))[..., None, :]
-    return vectors[..., :rank]
-
-
-class SearchSpace(NamedTuple):
-    """What CMA-ES searches: ``template`` is the search variable at zero (a pytree; its shapes
-    fix CMA-ES's dimension) and ``expand(z) -> LastLayer`` maps one point to the last-layer δ."""
-
-    template: object
-    expand: Callable
-
-
-def make_search_space(settings: CMAESSettings, config: models.ModelConfig, params: models.ModelParams,
-                      normalizer: models.Normalizer, obs, action) -> SearchSpace:
-    """The search space ``settings.search_space`` names (see ``CMAESSettings``); obs/action: the
-    rows that define the low-variance directions (the attack dataset)."""
-    template = zero_delta(params)
-    if settings.search_space == "full":
-        return SearchSpace(template, lambda delta: delta)
-    if settings.search_space == "output_bias":
-        return _output_bias_space(config, params, normalizer, obs, action, template)
-    whiten = settings.search_space == "whitened"
-    rank = config.hidden_size + 1 if whiten else settings.subspace_rank
-    basis = low_variance_basis(config, params, normalizer, obs, action, rank, whiten)
-    hidden, outputs = template.w.shape[1], template.w.shape[2]
-    attacked = config.target_dim  # the mean columns come first (logvar follows for P / PE)
-
-    def expand(z: jax.Array) -> LastLayer:
-        change = jnp.einsum("ehk,eko->eho", basis, z)  # [E, H + 1, target_dim]
-        change = jnp.pad(change, ((0, 0), (0, 0), (0, outputs - attacked)))
-        return LastLayer(w=change[:, :hidden], b=change[:, hidden])
-
-    return SearchSpace(jnp.zeros((config.ensemble_size, rank, attacked)), expand)
-
-
-def _output_bias_space(config, params, normalizer, obs, action, template: LastLayer) -> SearchSpace:
-    """z [E, outputs] shifts the output biases: the mean columns in units of the model's median
-    predicted standard deviation on the rows (so z_d = 1 moves that prediction by about one
-    predicted σ, ≈ ½ nat of LL), the log-variance columns (P / PE) in nats."""
-    x = models.normalize_inputs(normalizer, models.model_inputs(config, jnp.asarray(obs), jnp.asarray(action)))
-    _, logvar = models.apply_normalized(config, params, x)  # [E, N, target_dim]
-    mean_scale = jnp.median(jnp.exp(0.5 * logvar), axis=1) if config.probabilistic else jnp.ones_like(logvar[:, 0])
-    scale = mean_scale if not config.probabilistic else jnp.concatenate([mean_scale, jnp.ones_like(mean_scale)], -1)
-
-    def expand(z: jax.Array) -> LastLayer:
-        return LastLayer(w=jnp.zeros_like(template.w), b=z * scale)
-
-    return SearchSpace(jnp.zeros_like(template.b), expand)
-
-
 def pets_member_model(data: DataSettings, env_name: str, seed: int, env, member: int, log=print):
     """Member ``member`` of the final model of the PETS run behind ``data`` (its first seed) as a
     one-member model: (ModelConfig P or D, params, normalizer)."""
@@ -298,183 +182,16 @@ def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
     ``evaluate(deltas [C]-stacked LastLayer, trial_keys [K]) -> (rewards [C, K], ll [C])``,
     the same over candidates (one call runs C × K episodes). Pure; jit them.
     """
-    val_obs, val_action, val_next = (jnp.asarray(a) for a in validation)
     episodes = make_episode_evaluator(env, planner, episode_length, env_params)
+    candidate_ll = make_candidate_ll(model_config, base_params, normalizer, validation)
 
     def evaluate_one(delta: LastLayer, trial_keys: jax.Array):
-        params = perturb_last_layer(base_params, delta)
-        ll = models.one_step_log_likelihood(model_config, params, normalizer, val_obs, val_action, val_next)
-        return episodes(params, normalizer, trial_keys), ll
+        return episodes(perturb_last_layer(base_params, delta), normalizer, trial_keys), candidate_ll(delta)
 
     evaluate = over_population(jax.vmap(evaluate_one, in_axes=(0, None)), layout, shared=(1,),
                                num_shards=num_shards, width=model_config.hidden_size, per_model=evaluate_one)
 
     return evaluate_one, evaluate
-
-
-def attack_fitness(reward_mean: jax.Array, ll: jax.Array, ll_reference, penalty, tolerance=0.0):
-    """CMA-ES fitness (minimised): reward + penalty · max(0, LL_ref − tolerance − LL).
-
-    reward_mean [C], ll [C] → [C]; non-finite values become ``INVALID_FITNESS``."""
-    drop = jnp.maximum(0.0, ll_reference - tolerance - ll)
-    fitness = reward_mean + penalty * drop
-    return jnp.where(jnp.isfinite(fitness), fitness, INVALID_FITNESS)
-
-
-def repair_to_constraint(points, ll_of: Callable, threshold, steps: int = REPAIR_STEPS):
-    """Pulls each candidate back along its ray to the base model until it meets the LL constraint.
-
-    points: search points with a leading candidate axis C (a pytree, z = 0 is the base model);
-    ll_of(points) -> LL [C]; threshold: the smallest LL allowed (LL₀ − tolerance, which z = 0
-    meets). Returns (t·z, t [C]) with t = 1 where z already meets it, else the largest t found by
-    ``steps`` bisection halvings of [0, 1] among those that meet it (t = 0 at worst; a NaN LL
-    counts as a violation)."""
-    count = jax.tree.leaves(points)[0].shape[0]
-
-    def scaled(t):
-        return jax.tree.map(lambda z: z * t.reshape((-1,) + (1,) * (z.ndim - 1)).astype(z.dtype), points)
-
-    def halve(_, bounds):
-        feasible_t, infeasible_t = bounds
-        middle = 0.5 * (feasible_t + infeasible_t)
-        ok = ll_of(scaled(middle)) >= threshold
-        return jnp.where(ok, middle, feasible_t), jnp.where(ok, infeasible_t, middle)
-
-    feasible_t, _ = jax.lax.fori_loop(0, steps, halve, (jnp.zeros(count), jnp.ones(count)))
-    t = jnp.where(ll_of(points) >= threshold, 1.0, feasible_t)
-    return scaled(t), t
-
-
-@struct.dataclass
-class AttackState:
-    """CMA-ES state plus our own best-so-far record: the best search point (a δ, or z of a
-    ``SearchSpace``) and its fitness, reward and LL."""
-
-    es_state: object
-    best_delta: object
-    best_fitness: jax.Array
-    best_reward: jax.Array
-    best_ll: jax.Array
-
-
-@struct.dataclass
-class GenerationLog:
-    """Per-generation numbers of the convergence curve (each [] per generation).
-
-    gen_best_*: the generation's lowest-fitness candidate; mean_fitness / feasible_fraction:
-    over the population (feasible = no LL penalty); best_fitness: best so far; step_size: σ;
-    repair_scale: the population's mean repair factor t (1 under ``constraint = "penalty"``)."""
-
-    gen_best_fitness: jax.Array
-    gen_best_reward: jax.Array
-    gen_best_ll: jax.Array
-    mean_fitness: jax.Array
-    feasible_fraction: jax.Array
-    best_fitness: jax.Array
-    step_size: jax.Array
-    repair_scale: jax.Array
-
-
-def make_cmaes_attack(evaluate: Callable, template: LastLayer, settings: CMAESSettings,
-                      num_trials: int, ll_reference, ll_of: Callable | None = None):
-    """CMA-ES over last-layer perturbations.
-
-    evaluate(deltas [C], trial_keys [K]) -> (rewards [C, K], ll [C]) (``make_candidate_evaluator``),
-    called between two jitted halves of a generation, so pass it jitted (``jax.jit`` or
-    ``population.jit_sharded`` to spread the candidates over devices); template: a δ with the
-    output layer's shapes; ll_of(deltas [C]) -> LL [C], needed by ``settings.constraint =
-    "repair"``. Returns ``(es, init, generation)``: ``init(key) -> AttackState`` and
-    ``generation(state, key) -> (state, GenerationLog)`` (ask and repair, evaluate, tell).
-    """
-    from evosax.algorithms import CMA_ES
-
-    repair = settings.constraint == "repair"
-    if repair and ll_of is None:
-        raise ValueError('cmaes.constraint = "repair" needs ll_of, the LL of a batch of candidates')
-
-    es = CMA_ES(population_size=settings.population_size, solution=template)
-    es_params = es.default_params.replace(std_init=jnp.asarray(settings.sigma, jnp.float32))
-
-    def init(key) -> AttackState:
-        zero = jax.tree.map(jnp.zeros_like, template)
-        with jax.numpy_rank_promotion("allow"):  # evosax broadcasts [D] + [C, D] implicitly
-            es_state = es.init(key, zero, es_params)
-        return AttackState(es_state=es_state, best_delta=zero,
-                           best_fitness=jnp.asarray(jnp.inf), best_reward=jnp.asarray(jnp.nan),
-                           best_ll=jnp.asarray(jnp.nan))
-
-    @jax.jit
-    def propose(state: AttackState, key):
-        ask_key, eval_key, tell_key = jax.random.split(key, 3)
-        with jax.numpy_rank_promotion("allow"):  # evosax broadcasts [D] + [C, D] implicitly
-            population, es_state = es.ask(ask_key, state.es_state, es_params)
-        if repair:  # Baldwinian: CMA-ES is told its own points, the repaired ones are scored
-            scored, scale = repair_to_constraint(population, ll_of,
-                                                 ll_reference - settings.tolerance + REPAIR_MARGIN)
-        else:
-            scored, scale = population, jnp.ones(settings.population_size)
-        return population, es_state, scored, scale, jax.random.split(eval_key, num_trials), tell_key
-
-    def generation(state: AttackState, key) -> tuple[AttackState, GenerationLog]:
-        population, es_state, scored, scale, trial_keys, tell_key = propose(state, key)
-        rewards, ll = evaluate(scored, trial_keys)
-        return record(state, population, es_state, scored, scale, rewards, ll, tell_key)
-
-    @jax.jit
-    def record(state: AttackState, population, es_state, scored, scale, rewards, ll, tell_key):
-        reward_mean = rewards.mean(-1)
-        fitness = attack_fitness(reward_mean, ll, ll_reference, settings.penalty, settings.tolerance)
-        with jax.numpy_rank_promotion("allow"):
-            es_state, _ = es.tell(tell_key, population, fitness, es_state, es_params)
-        i = jnp.argmin(fitness)
-        improved = fitness[i] < state.best_fitness
-        pick = lambda new, old: jnp.where(improved, new, old)
-        state = AttackState(
-            es_state=es_state,
-            best_delta=jax.tree.map(lambda p, old: pick(p[i], old), scored, state.best_delta),
-            best_fitness=pick(fitness[i], state.best_fitness),
-            best_reward=pick(reward_mean[i], state.best_reward),
-            best_ll=pick(ll[i], state.best_ll))
-        feasible = ll >= ll_reference - settings.tolerance
-        log = GenerationLog(gen_best_fitness=fitness[i], gen_best_reward=reward_mean[i],
-                            gen_best_ll=ll[i], mean_fitness=fitness.mean(),
-                            feasible_fraction=feasible.mean(), best_fitness=state.best_fitness,
-                            step_size=es_state.std, repair_scale=scale.mean())
-        return state, log
-
-    return es, init, generation
-
-
-def run_cmaes(key, evaluate: Callable, template: LastLayer, settings: CMAESSettings,
-              num_trials: int, ll_reference, log: Callable[[str], None] = lambda s: None,
-              ll_of: Callable | None = None):
-    """Runs ``settings.generations`` CMA-ES generations from δ = 0 (``make_cmaes_attack``).
-
-    Returns (final AttackState, history: dict of [G] numpy arrays (GenerationLog fields),
-    final CMA-ES mean δ, repaired like a candidate under ``constraint = "repair"``)."""
-    es, init, generation = make_cmaes_attack(evaluate, template, settings, num_trials, ll_reference, ll_of)
-    init_key, run_key = jax.random.split(key)
-    state = init(init_key)
-    logs = []
-    for g in range(settings.generations):
-        t = time.perf_counter()
-        state, entry = generation(state, jax.random.fold_in(run_key, g))
-        entry = jax.device_get(entry)
-        logs.append(entry)
-        log(f"  generation {g + 1}/{settings.generations}: best reward {float(entry.gen_best_reward):.2f} "
-            f"LL {float(entry.gen_best_ll):.4f} fitness {float(entry.gen_best_fitness):.2f} "
-            f"(best so far {float(entry.best_fitness):.2f}, σ {float(entry.step_size):.4g}, "
-            + (f"repair t {float(entry.repair_scale):.3f}, " if settings.constraint == "repair" else "")
-            + f"{time.perf_counter() - t:.1f}s)")
-    history = {f.name: np.asarray([getattr(e, f.name) for e in logs], np.float64)
-               for f in dataclasses.fields(GenerationLog)}
-    with jax.numpy_rank_promotion("allow"):
-        mean = es.get_mean(state.es_state)
-    if settings.constraint == "repair":
-        repaired, _ = repair_to_constraint(jax.tree.map(lambda z: z[None], mean), ll_of,
-                                           ll_reference - settings.tolerance + REPAIR_MARGIN)
-        mean = jax.tree.map(lambda z: z[0], repaired)
-    return state, history, mean
 
 
 def _summary(rewards: np.ndarray) -> dict:
@@ -541,9 +258,8 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     t = time.perf_counter()
     evaluate_points = jit_sharded(lambda points, keys: evaluate(jax.vmap(space.expand)(points), keys), 2,
                                   shared=(1,), devices=devices[:shards])
-    val_arrays = tuple(jnp.asarray(a) for a in validation)
-    ll_of_points = jax.vmap(lambda z: models.one_step_log_likelihood(
-        mcfg, perturb_last_layer(params, space.expand(z)), norm, *val_arrays))
+    candidate_ll = make_candidate_ll(mcfg, params, norm, validation)
+    ll_of_points = jax.vmap(lambda z: candidate_ll(space.expand(z)))
     state, history, mean_point = run_cmaes(jax.random.fold_in(root, CMA_SALT), evaluate_points,
                                            space.template, config.cmaes, config.evaluation.trials,
                                            ll_original, log, ll_of=ll_of_points)
