@@ -41,7 +41,7 @@ class CMAESSettings(Schema):
     direction, each scaled so a unit step moves the predictions on the data equally;
     "output_bias" shifts only the output biases (``_output_bias_space``).
     constraint: "penalty" scores candidates by the penalised fitness; "repair" scales every
-    candidate back towards the base model until it meets the LL constraint (module docstring).
+    candidate back towards the base model until it meets the LL constraint (``experiments.attack``).
     """
 
     population_size: int = setting(16, ge=4)
