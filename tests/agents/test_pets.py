@@ -27,6 +27,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow  # ~30 s; the default tier still runs PETS via the quickstart in tests/test_readme_commands.py
 def test_pets_improves_over_random_and_seed_batching_matches_single_seed():
     config = pets_config_from_dict(TINY)
     env = PointMass()
