@@ -234,7 +234,7 @@ def main(argv=None) -> int:
 
     from mismatch_jax.envs import make
     from mismatch_jax.sweep.config import load
-    from mismatch_jax.sweep.chunk import chunk_size_for, make_chunk_parts, stack_study_data
+    from mismatch_jax.sweep.chunk import chunk_model_arguments, chunk_size_for, make_chunk_parts, stack_study_data
     from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     config = load(args.config)
@@ -247,8 +247,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     sets, _ = build_study_datasets(StudyData.of_sweep(config), env, log=log)
     dataset_s = time.perf_counter() - t
-    train_names = list(config.datasets.train)
-    train_data, eval_sets = stack_study_data(config, sets)
+    train_data, eval_sets, env_settings = stack_study_data(config, sets)
 
     report = {
         "benchmark": "bench_population", "config": args.config, "jax": jax.__version__,
@@ -272,14 +271,14 @@ def main(argv=None) -> int:
         size = args.chunk or chunk_size_for(config, env, kind, int(train_data.capacity), len(devices))
         size = max(len(devices), size // len(devices) * len(devices))
         t_index = config.population.model_types.index(kind)
-        first = t_index * len(train_names) * config.population.replicates
+        first = t_index * config.models_per_type
         indices = np.arange(first, first + size, dtype=np.int32)  # the sweep's first chunk of this type
-        dataset_index = np.asarray([train_names.index(config.model_spec(int(i))[1]) for i in indices], np.int32)
+        dataset_index, setting_index = chunk_model_arguments(config, indices)
         parts = make_chunk_parts(config, env, kind)
         stages = {
             "train": jax.jit(parts.train, in_shardings=(sharded, sharded, replicated)),
-            "likelihood": jax.jit(parts.likelihood, in_shardings=(sharded, sharded, replicated)),
-            "reward": jax.jit(parts.reward, in_shardings=(sharded, sharded, sharded)),
+            "likelihood": jax.jit(parts.likelihood, in_shardings=(sharded, sharded, sharded, replicated)),
+            "reward": jax.jit(parts.reward, in_shardings=(sharded, sharded, sharded, sharded, replicated)),
         }
         entry = {"chunk_models": int(size), "stages": {}}
         log(f"{kind}: chunk of {size} models; compiling + running train")
@@ -287,8 +286,10 @@ def main(argv=None) -> int:
         compiled, compile_s = _compile(stages["train"], *train_args)
         trained, run_s = _timed(compiled, *train_args, repeats=args.repeats)
         entry["stages"]["train"] = {"compile_s": compile_s, "run_s": run_s, **flops_of(compiled, len(devices))}
-        for name, stage_args in (("likelihood", (trained.kept_params, trained.normalizers, eval_sets)),
-                                 ("reward", (trained.kept_params, trained.normalizers, trained.epoch_keys))):
+        setting_index = jnp.asarray(setting_index)
+        for name, stage_args in (("likelihood", (trained.kept_params, trained.normalizers, setting_index, eval_sets)),
+                                 ("reward", (trained.kept_params, trained.normalizers, trained.epoch_keys,
+                                             setting_index, env_settings))):
             log(f"{kind}: compiling + running {name}")
             compiled, compile_s = _compile(stages[name], *stage_args)
             _, run_s = _timed(compiled, *stage_args, repeats=args.repeats)

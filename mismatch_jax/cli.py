@@ -194,9 +194,10 @@ def _cmd_plot(args: argparse.Namespace) -> None:
         per_epoch_curves(table, out)
         fig4_best_epochs(table, out)
         fig5_dataset_nll(table, out)
-    from mismatch_jax.experiments.sweep_command import print_summary
+    from mismatch_jax.experiments.sweep_command import print_env_params_summary, print_summary
 
     print_summary(out, table, content, fig3)
+    print_env_params_summary(out, table, epoch=epoch, num_bootstrap=args.bootstrap)
 
 
 def _cmd_configs(args: argparse.Namespace) -> None:

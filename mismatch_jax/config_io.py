@@ -108,6 +108,16 @@ class Schema:
         """Rules between fields (none by default)."""
 
 
+def is_named_table(tp: Any) -> bool:
+    """Whether ``tp`` is ``tuple[tuple[str, X], ...]``: a TOML table of free names (e.g. the
+    env's physical constants) → values, kept as hashable (name, value) pairs in order."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is not tuple or len(args) != 2 or args[1] is not Ellipsis:
+        return False
+    inner = typing.get_args(args[0])
+    return typing.get_origin(args[0]) is tuple and len(inner) == 2 and inner[0] is str
+
+
 _TYPE_WORDS = {float: "a number", int: "an integer", str: "a string", bool: "true/false"}
 
 
@@ -127,6 +137,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        present = [arg for arg in args if arg is not type(None)]
+        if len(present) == 1:  # an optional field: its own error names the key inside it
+            return _convert(value, present[0], path)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -140,6 +153,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if value not in args:
             raise ConfigError(f"{path}: must be one of {list(args)}, got {value!r}")
         return value
+    if origin is tuple and is_named_table(tp) and isinstance(value, Mapping):
+        value_type = typing.get_args(args[0])[1]
+        return tuple((str(name), _convert(item, value_type, f"{path}.{name}")) for name, item in value.items())
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
@@ -268,7 +284,10 @@ def to_dict(config: Any) -> dict:
     """Dataclass → plain dict (tuples as lists) suitable for JSON/TOML round-trips."""
     def convert(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            hints = _hints(type(v))
+            return {f.name: (({name: convert(item) for name, item in getattr(v, f.name)})
+                             if is_named_table(hints.get(f.name)) else convert(getattr(v, f.name)))
+                    for f in dataclasses.fields(v)}
         if isinstance(v, tuple):
             return [convert(x) for x in v]
         return v

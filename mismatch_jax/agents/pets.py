@@ -49,6 +49,8 @@ class PetsState:
     key [S]: per-seed keys (fold_in(key, trial) gives each trial's keys).
     trial []: number of planned trials done. buffer: TransitionData with M = S datasets of
     capacity (num_trials + 1) · trial_length. params / normalizer: [S]-stacked model.
+    env_params: the true dynamics' constants per seed (leaves [S, ...]), or None for the env's
+    defaults (a sweep over the dynamics runs one PETS per setting in one program).
     """
 
     key: jax.Array
@@ -56,6 +58,7 @@ class PetsState:
     buffer: TransitionData
     params: models.ModelParams
     normalizer: models.Normalizer
+    env_params: Any = None
 
 
 @struct.dataclass
@@ -87,7 +90,7 @@ class Pets:
     """The PETS functions built by ``make_pets`` (all pure; see the module docstring).
 
     run(key) -> PetsResult (one seed); run_seeds(keys [S]) -> PetsResult [S];
-    init(keys [S]) -> PetsState; trial_step(state) -> (state, TrialMetrics [S]).
+    init(keys [S], env_params [S, ...] | None) -> PetsState; trial_step(state) -> (state, TrialMetrics [S]).
     """
 
     config: PetsConfig
@@ -103,17 +106,17 @@ class Pets:
         return self.run(key)
 
 
-def _random_episode(key, env, num_steps):
+def _random_episode(key, env, num_steps, env_params=None):
     """Uniform random actions for num_steps → (obs, action, next_obs, reward, alive), each [T, ...]."""
     low = jnp.asarray(env.action_low, jnp.float32)
     high = jnp.asarray(env.action_high, jnp.float32)
     reset_key, action_key = jax.random.split(key)
-    state = env.reset(reset_key)
+    state = env.reset(reset_key, env_params)
     actions = jax.random.uniform(action_key, (num_steps, env.action_dim), minval=low, maxval=high)
 
     def body(carry, action):
         state, alive = carry
-        next_state = env.step(state, action)
+        next_state = env.step(state, action, env_params)
         out = (state.obs, action, next_state.obs, jnp.where(alive, next_state.reward, 0.0), alive)
         alive = jnp.logical_and(alive, jnp.logical_not(next_state.done))
         return (next_state, alive), out
@@ -156,12 +159,12 @@ def make_pets(config: PetsConfig, env) -> Pets:
             train_mask=put(buffer.train_mask, train), val_mask=put(buffer.val_mask, val),
         )
 
-    def init(keys):
+    def init(keys, env_params=None):
         num_seeds = keys.shape[0]
         split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
         state_keys, random_keys, mask_keys, param_keys = (split[:, i] for i in range(4))
         obs, action, next_obs, reward, alive = jax.vmap(
-            lambda k: _random_episode(k, env, trial_length))(random_keys)
+            lambda k, e: _random_episode(k, env, trial_length, e))(random_keys, env_params)
         zeros = lambda *shape: jnp.zeros((num_seeds, capacity) + shape, jnp.float32)
         buffer = TransitionData(
             obs=zeros(obs_dim), action=zeros(action_dim), next_obs=zeros(obs_dim),
@@ -173,7 +176,7 @@ def make_pets(config: PetsConfig, env) -> Pets:
         params = jax.vmap(lambda k: models.init(k, model_cfg))(param_keys)
         normalizer = jax.vmap(lambda _: models.identity_normalizer(model_cfg))(jnp.arange(num_seeds))
         state = PetsState(key=state_keys, trial=jnp.zeros((), jnp.int32), buffer=buffer,
-                          params=params, normalizer=normalizer)
+                          params=params, normalizer=normalizer, env_params=env_params)
         return state, reward.sum(axis=1)
 
     def trial_step(state: PetsState):
@@ -186,8 +189,8 @@ def make_pets(config: PetsConfig, env) -> Pets:
         result = train_core(train_keys, state.params if tc.continue_training else None,
                             state.buffer, hparams, jnp.arange(num_seeds, dtype=jnp.int32))
         trajectory, rewards = jax.vmap(
-            lambda k, p, n: mpc_episode(k, env, planner, p, n, trial_length)
-        )(episode_keys, result.params, result.normalizer)
+            lambda k, p, n, e: mpc_episode(k, env, planner, p, n, trial_length, e)
+        )(episode_keys, result.params, result.normalizer, state.env_params)
         buffer = write(state.buffer, mask_keys, state.trial + 1, trajectory.obs,
                        trajectory.action, trajectory.next_obs, trajectory.reward, trajectory.alive)
         metrics = TrialMetrics(
@@ -212,17 +215,22 @@ def make_pets(config: PetsConfig, env) -> Pets:
                 trial_step=trial_step, run_seeds=run_seeds, run=run)
 
 
-def compile_trial_loop(pets: Pets, keys: jax.Array, donate_state: bool = False):
-    """Executables of ``pets.init`` and ``pets.trial_step`` for seed keys [S], compiled at the
-    same time (both step the env, so each takes tens of seconds to compile on a CPU) → (init,
-    trial_step) with the signatures of the Pets fields. donate_state: trial_step donates its
-    input state (the caller must not reuse it)."""
+def compile_trial_loop(pets: Pets, keys: jax.Array, donate_state: bool = False, env_params=None):
+    """Executables of ``pets.init`` and ``pets.trial_step`` for seed keys [S] (and per-seed env
+    constants ``env_params`` [S, ...], or None), compiled at the same time (both step the env,
+    so each takes tens of seconds to compile on a CPU) → (init, trial_step) with the signatures
+    of the Pets fields. donate_state: trial_step donates its input state (the caller must not
+    reuse it)."""
     from mismatch_jax.compilation import compile_concurrently
 
-    traced_init = jax.jit(pets.init).trace(keys)
+    traced_init = jax.jit(pets.init).trace(keys, env_params)
     state_spec = traced_init.out_info[0]
     step = jax.jit(pets.trial_step, donate_argnums=0 if donate_state else ()).lower(state_spec)
-    init, trial_step = compile_concurrently([traced_init.lower(), step])
+    compiled_init, trial_step = compile_concurrently([traced_init.lower(), step])
+
+    def init(keys_now, env_params_now=env_params):
+        return compiled_init(keys_now, env_params_now)
+
     return init, trial_step
 
 

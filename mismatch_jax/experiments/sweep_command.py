@@ -25,6 +25,7 @@ def run_sweep_command(config, out: str, options: argparse.Namespace) -> None:
         fig4_best_epochs(table, out)
         fig5_dataset_nll(table, out)
         print_summary(out, table, content, fig3)
+        print_env_params_summary(out, table)
 
 
 def process_settings(options: argparse.Namespace) -> tuple[str | None, int | None, str | None]:
@@ -63,7 +64,10 @@ def build_datasets(config, out: str, options: argparse.Namespace) -> None:
 
     if options.out:
         config = dataclasses.replace(config, datasets=dataclasses.replace(config.datasets, cache_dir=out))
-    build_study_datasets(StudyData.of_sweep(config), make(config.env))
+    from mismatch_jax.sweep.env_params import expand
+
+    env = make(config.env)
+    build_study_datasets(StudyData.of_sweep(config), env, settings=expand(config.dynamics, env, config.seed))
 
 
 def print_summary(out: str, table, content: dict, fig3: dict | None = None) -> None:
@@ -96,3 +100,33 @@ def print_summary(out: str, table, content: dict, fig3: dict | None = None) -> N
                   f"{content['n_diverged_excluded']} diverged excluded; wrote {out}/results.parquet, "
                   f"{out}/ll_reward_scatter.png, {out}/ll_reward_correlations.json"
                   + (f", {out}/fig3_ll_reward.png, {out}/fig3_correlations.json" if fig3 is not None else ""))
+
+
+def print_env_params_summary(out: str, table, epoch="last", num_bootstrap: int = 1000) -> None:
+    """With ``[env_params]`` settings in ``table``: draws ``env_params.png`` / writes
+    ``env_params_correlations.json`` (``analysis.env_params``) and prints Spearman ρ(LL, reward)
+    and the median reward per setting. Does nothing for a sweep without settings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mismatch_jax.analysis.env_params import env_params_figure, swept_axes
+
+    if "env_setting" not in table.columns or not swept_axes(table):
+        return
+    content = env_params_figure(table, out, epoch=epoch, num_bootstrap=num_bootstrap)
+    records = content["settings"]
+    env_columns = [c for c in records[0] if c.startswith("env_") and c != "env_setting"]
+    evals = list(records[0]["correlations"])
+    summary = Table(title="per true-dynamics setting: Spearman ρ(LL, reward) [95% CI]")
+    for column in ["setting", *(c[4:] for c in env_columns), "n", "median reward", *evals]:
+        summary.add_column(column)
+    fmt = lambda v: "n/a" if v is None else f"{v:+.2f}"
+    for rec in records:
+        cells = [str(rec["env_setting"]), *(str(rec[c]) for c in env_columns), str(rec["n_models"]),
+                 "n/a" if rec["reward_median"] is None else f"{rec['reward_median']:.1f}"]
+        for ev in evals:
+            c = rec["correlations"][ev]
+            cells.append(f"{fmt(c['spearman'])} [{fmt(c['spearman_ci'][0])}, {fmt(c['spearman_ci'][1])}]")
+        summary.add_row(*cells)
+    Console().print(summary)
+    Console().print(f"wrote {out}/env_params.png, {out}/env_params_correlations.json")

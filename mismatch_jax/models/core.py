@@ -340,12 +340,19 @@ def gaussian_log_likelihood(mean, var, target):
     return -0.5 * jnp.sum(jnp.log(2.0 * jnp.pi) + jnp.log(var) + (target - mean) ** 2 / var, axis=-1)
 
 
+def _mean(values, weight):
+    """Mean of values [B], or its ``weight`` [B]-weighted mean (padded rows weigh 0)."""
+    if weight is None:
+        return values.mean()
+    return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1e-12)
+
+
 def one_step_log_likelihood(config: ModelConfig, params: ModelParams, norm: Normalizer,
-                            obs, action, next_obs, reward=None):
+                            obs, action, next_obs, reward=None, weight=None):
     """Mean one-step log-likelihood of transitions under the model, in original units.
 
     obs/next_obs [B, obs_dim], action [B, action_dim] → scalar (mean over B of per-transition
-    LL in nats). Ensembles (PE, DE) are scored as the uniform mixture of their members,
+    LL in nats; ``weight`` [B]: a weighted mean, e.g. 0 on padding rows). Ensembles (PE, DE) are scored as the uniform mixture of their members,
     log (1/E) Σ_e N(s′; μ_e, σ²_e), evaluated stably with logsumexp. Deterministic kinds use
     the unit-normalised-variance convention of this module (σ² = target_std²).
     """
@@ -355,12 +362,13 @@ def one_step_log_likelihood(config: ModelConfig, params: ModelParams, norm: Norm
     mean, var = predict(config, params, norm, obs, action)
     ll_members = gaussian_log_likelihood(mean, var, target[None])  # [E, B]
     ll = jax.scipy.special.logsumexp(ll_members, axis=0) - jnp.log(config.ensemble_size)
-    return ll.mean()
+    return _mean(ll, weight)
 
 
-def one_step_mse(config: ModelConfig, params: ModelParams, norm: Normalizer, obs, action, next_obs):
-    """Mean squared error (original units, summed over dims, averaged over B) of the members'
-    mean prediction of next_obs. obs [B, obs_dim] → scalar."""
+def one_step_mse(config: ModelConfig, params: ModelParams, norm: Normalizer, obs, action, next_obs,
+                 weight=None):
+    """Mean squared error (original units, summed over dims, averaged over B, or ``weight`` [B]
+    -weighted) of the members' mean prediction of next_obs. obs [B, obs_dim] → scalar."""
     mean, _ = predict(config, params, norm, obs, action)
     pred = mean.mean(0)[..., : config.obs_dim]
-    return jnp.mean(jnp.sum((pred - next_obs) ** 2, axis=-1))
+    return _mean(jnp.sum((pred - next_obs) ** 2, axis=-1), weight)

@@ -64,9 +64,12 @@ class ChunkParts(NamedTuple):
     into one jitted call, ``benchmarks/bench_population.py`` times each on its own.
 
     train(indices [N], dataset_index [N], train_data) -> TrainedChunk
-    likelihood(kept_params [N, K], normalizers [N, K], eval_sets) -> (ll [N, K, D], mse [N, K, D])
-    reward(kept_params [N, K], normalizers [N, K], epoch_keys [N, K]) -> rewards [N, K, trials]
-    (K = eval epochs, D = evaluation datasets)."""
+    likelihood(kept_params [N, K], normalizers [N, K], setting_index [N], eval_sets)
+        -> (ll [N, K, D], mse [N, K, D])
+    reward(kept_params [N, K], normalizers [N, K], epoch_keys [N, K], setting_index [N],
+           env_settings) -> rewards [N, K, trials]
+    (K = eval epochs, D = evaluation datasets; eval_sets and env_settings as
+    ``stack_study_data`` returns them: P env settings, P = 1 without ``[env_params]``)."""
 
     train: Callable
     likelihood: Callable
@@ -96,7 +99,6 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
     planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
     model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
     trials, length = config.evaluation.trials, config.evaluation.length(env)
-    per_model_and_epoch = lambda f, in_axes: jax.vmap(jax.vmap(f, in_axes=in_axes), in_axes=in_axes)
 
     def train_stage(indices, dataset_index, train_data) -> TrainedChunk:
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
@@ -117,12 +119,20 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
                             val_mse_ratio=result.metrics.val_mse.max(axis=1)
                             / jnp.maximum(result.initial_val_mse, 1e-12))
 
-    def likelihood_one(params, norm, eval_sets):
-        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, *arrays) for arrays in eval_sets])
-        mses = jnp.stack([models.one_step_mse(mcfg, params, norm, *arrays) for arrays in eval_sets])
+    def likelihood_one(params, norm, sets):
+        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, o, a, n, weight=w) for o, a, n, w in sets])
+        mses = jnp.stack([models.one_step_mse(mcfg, params, norm, o, a, n, weight=w) for o, a, n, w in sets])
         return lls, mses
 
-    def reward_stage(kept_params, normalizers, epoch_keys):
+    def likelihood_stage(kept_params, normalizers, setting_index, eval_sets):
+        per_epoch = jax.vmap(likelihood_one, in_axes=(0, 0, None))  # [K] kept models, one model's sets
+        if eval_sets[0][0].shape[0] == 1:  # one env setting: every model scores the same sets
+            shared = jax.tree.map(lambda a: a[0], eval_sets)
+            return jax.vmap(per_epoch, in_axes=(0, 0, None))(kept_params, normalizers, shared)
+        own = jax.tree.map(lambda a: a[setting_index], eval_sets)  # each model's setting's sets
+        return jax.vmap(per_epoch, in_axes=(0, 0, 0))(kept_params, normalizers, own)
+
+    def reward_stage(kept_params, normalizers, epoch_keys, setting_index, env_settings):
         # Every (model, epoch, trial) episode under ONE vmap: nested vmaps over the MJX physics
         # cost ~2x the tracing and ~1.5x the compile time of a single flat one.
         num_models, num_epochs = epoch_keys.shape
@@ -131,13 +141,13 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
         per_trial = lambda a: jnp.broadcast_to(a[:, :, None], (num_models, num_epochs, trials) + a.shape[2:])
         flat = lambda a: a.reshape((episodes,) + a.shape[3:])
         params, norms = jax.tree.map(lambda a: flat(per_trial(a)), (kept_params, normalizers))
-        rewards = jax.vmap(lambda k, p, n: mpc_episode(k, env, planner, p, n, length)[1])(
-            flat(trial_keys), params, norms)
+        dynamics = None if env_settings is None else jax.tree.map(
+            lambda a: jnp.repeat(a[setting_index], num_epochs * trials, axis=0), env_settings)
+        rewards = jax.vmap(lambda k, p, n, e: mpc_episode(k, env, planner, p, n, length, e)[1])(
+            flat(trial_keys), params, norms, dynamics)
         return rewards.reshape(num_models, num_epochs, trials)
 
-    return ChunkParts(train=train_stage,
-                      likelihood=per_model_and_epoch(likelihood_one, (0, 0, None)),
-                      reward=reward_stage)
+    return ChunkParts(train=train_stage, likelihood=likelihood_stage, reward=reward_stage)
 
 
 def laid_out(parts: ChunkParts, layout: PopulationLayout, num_shards: int = 1, width: int | None = None) -> ChunkParts:
@@ -145,27 +155,38 @@ def laid_out(parts: ChunkParts, layout: PopulationLayout, num_shards: int = 1, w
     runs its models all at once (vmap) or in groups (lax.map), inside each device's block of a
     population axis sharded over ``num_shards`` devices."""
     lay = lambda fn, shared: over_population(fn, layout, shared, num_shards, width)
-    return ChunkParts(train=lay(parts.train, (2,)), likelihood=lay(parts.likelihood, (2,)),
-                      reward=lay(parts.reward, ()))
+    return ChunkParts(train=lay(parts.train, (2,)), likelihood=lay(parts.likelihood, (3,)),
+                      reward=lay(parts.reward, (4,)))
 
 
 def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
-    """jit-compiled ``chunk(indices [N], dataset_index [N], train_data, eval_sets) -> dict of
-    arrays`` for model type ``kind``; N must be a multiple of the mesh size (the population axis
-    is sharded, the data replicated). Data are arguments, not closure constants, so they are not
-    baked into the compiled program and the persistent compilation cache can reuse it."""
+    """jit-compiled ``chunk(indices [N], dataset_index [N], setting_index [N], train_data,
+    eval_sets, env_settings) -> dict of arrays`` for model type ``kind`` (the last three as
+    ``stack_study_data`` returns them, ``chunk_model_arguments`` gives the middle two); N must
+    be a multiple of the mesh size (the population axis is sharded, the data replicated). Data
+    are arguments, not closure constants, so they are not baked into the compiled program and
+    the persistent compilation cache can reuse it."""
     parts = laid_out(make_chunk_parts(config, env, kind), config.run.layout, mesh.devices.size,
                      config.population.model_of(kind, env).hidden_size)
 
-    def chunk(indices, dataset_index, train_data, eval_sets):
+    def chunk(indices, dataset_index, setting_index, train_data, eval_sets, env_settings):
         trained = parts.train(indices, dataset_index, train_data)
-        lls, mses = parts.likelihood(trained.kept_params, trained.normalizers, eval_sets)
-        rewards = parts.reward(trained.kept_params, trained.normalizers, trained.epoch_keys)
+        lls, mses = parts.likelihood(trained.kept_params, trained.normalizers, setting_index, eval_sets)
+        rewards = parts.reward(trained.kept_params, trained.normalizers, trained.epoch_keys, setting_index,
+                               env_settings)
         return {"ll": lls, "mse": mses, "reward": rewards, "diverged": trained.diverged,
                 "learning_rate": trained.learning_rate, "weight_decay": trained.weight_decay,
                 "epochs_trained": trained.epochs_trained, "val_mse_ratio": trained.val_mse_ratio}
 
-    return jit_sharded(chunk, 4, shared=(2, 3), devices=mesh.devices.ravel().tolist())
+    return jit_sharded(chunk, 6, shared=(3, 4, 5), devices=mesh.devices.ravel().tolist())
+
+
+def chunk_model_arguments(config: SweepConfig, indices) -> tuple[np.ndarray, np.ndarray]:
+    """(dataset_index [N], setting_index [N]) int32 of global model indices [N]: the row of the
+    stacked train data each model trains on and its env setting."""
+    indices = [int(i) for i in np.asarray(indices)]
+    return (np.asarray([config.model_dataset_index(i) for i in indices], np.int32),
+            np.asarray([config.model_setting(i) for i in indices], np.int32))
 
 
 def model_diverged(config: SweepConfig, out: dict, n: int) -> bool:
@@ -178,19 +199,25 @@ def model_diverged(config: SweepConfig, out: dict, n: int) -> bool:
     return bool(out["diverged"][n]) or not finite or runaway
 
 
-def chunk_rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: list[str]) -> pd.DataFrame:
-    """One row per model × eval epoch."""
+def chunk_rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: list[str],
+               settings=None) -> pd.DataFrame:
+    """One row per model × eval epoch; with env ``settings`` (``sweep.env_params.Settings``)
+    each row also carries ``env_setting`` and one ``env_<constant>`` column per swept constant."""
     rows = []
     for n, index in enumerate(indices):
         kind, train_name, replicate = config.model_spec(int(index))
         diverged = model_diverged(config, out, n)
+        dynamics = {}
+        if settings is not None:
+            setting = config.model_setting(int(index))
+            dynamics = {"env_setting": setting, **settings.columns(setting)}
         for k, epoch in enumerate(config.training.eval_epochs):
             rewards = out["reward"][n, k].astype(np.float64)
             lls, mses = out["ll"][n, k], out["mse"][n, k]
             row = {"model_id": int(index), "seed": config.seed, "replicate": replicate,
                    "model_type": kind, "train_dataset": train_name, "epoch": int(epoch),
                    "learning_rate": float(out["learning_rate"][n]),
-                   "weight_decay": float(out["weight_decay"][n])}
+                   "weight_decay": float(out["weight_decay"][n]), **dynamics}
             for j, name in enumerate(eval_names):
                 row[f"ll_{name}"] = float(lls[j])
                 row[f"mse_{name}"] = float(mses[j])
@@ -200,13 +227,24 @@ def chunk_rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: 
     return pd.DataFrame(rows)
 
 
-def stack_study_data(config: SweepConfig, sets: dict) -> tuple[TransitionData, tuple]:
-    """The arguments a chunk takes from the study datasets ``sets`` ({name: Transitions}):
-    train_data (TransitionData, one dataset [M = len(train), capacity] per train dataset, in
-    config order) and eval_sets (one (obs, action, next_obs) validation triple per eval dataset)."""
-    train_data = TransitionData.stack([TransitionData.from_dataset(sets[n]) for n in config.datasets.train])
+def stack_study_data(config: SweepConfig, sets, settings=None) -> tuple[TransitionData, tuple, object]:
+    """The shared arguments a chunk takes from the study datasets ``sets`` ({name: Transitions},
+    or one such dict per env setting): train_data (TransitionData with one dataset [M = P ×
+    len(train), capacity] per setting × train dataset, setting-major), eval_sets (per eval
+    dataset the validation split as (obs [P, B, d], action [P, B, a], next_obs [P, B, d],
+    weight [P, B] or None); settings of unequal size are padded with weight-0 copies of their
+    first row) and env_settings (``settings.params``, leaves [P, ...], or None)."""
+    per_setting = [sets] if isinstance(sets, dict) else list(sets)
+    train_data = TransitionData.stack([TransitionData.from_dataset(s[n]) for s in per_setting
+                                       for n in config.datasets.train])
     eval_sets = []
     for name in config.datasets.eval:
-        val = sets[name].validation()
-        eval_sets.append((val.obs, val.action, val.next_obs))
-    return jax.tree.map(jnp.asarray, train_data), tuple(eval_sets)
+        splits = [s[name].validation() for s in per_setting]
+        size = max(v.obs.shape[0] for v in splits)
+        pad = lambda a: np.concatenate([np.asarray(a), np.repeat(np.asarray(a)[:1], size - a.shape[0], 0)])
+        arrays = tuple(np.stack([pad(getattr(v, f)) for v in splits]) for f in ("obs", "action", "next_obs"))
+        same = all(v.obs.shape[0] == size for v in splits)
+        weight = None if same else np.stack([np.arange(size) < v.obs.shape[0] for v in splits]).astype(np.float32)
+        eval_sets.append(arrays + (weight,))
+    env_settings = None if settings is None else settings.params
+    return jax.tree.map(jnp.asarray, train_data), tuple(eval_sets), env_settings

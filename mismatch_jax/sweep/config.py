@@ -57,6 +57,7 @@ from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import EpisodeSettings
 from mismatch_jax.population import PopulationLayout
 from mismatch_jax.sweep.competence import CompetenceTarget
+from mismatch_jax.sweep.env_params import EnvParamsConfig, check_for_env
 from mismatch_jax.train.config import TrainingSection
 
 DATASET_KINDS = ("expert", "on_policy", "grid", "sampled")
@@ -175,25 +176,51 @@ class SweepConfig(Schema):
     cem: CEMConfig = CEMConfig(horizon=25, population_size=400, num_elites=40)  # Lambert et al.
     evaluation: EpisodeSettings = EpisodeSettings(trials=10, episode_length=200)
     competence: CompetenceTarget = CompetenceTarget()
+    # None (not an empty section) when absent, so configs without it keep their resolved TOML
+    # and config hash (an output directory written before the section existed still resumes).
+    env_params: EnvParamsConfig | None = None
     run: RunConfig = RunConfig()
 
     def check(self):
         check_env(self.env)
+        if self.dynamics.enabled:
+            from mismatch_jax.envs import make
+
+            check_for_env(self.dynamics, make(self.env))
+
+    @property
+    def dynamics(self) -> EnvParamsConfig:
+        """The ``[env_params]`` section (an empty one when absent)."""
+        return self.env_params or EnvParamsConfig()
 
     @property
     def num_models(self) -> int:
-        """Models in the sweep: model types × train datasets × replicates."""
-        return len(self.population.model_types) * len(self.datasets.train) * self.population.replicates
+        """Models in the sweep: model types × env settings × train datasets × replicates."""
+        return len(self.population.model_types) * self.models_per_type
+
+    @property
+    def models_per_type(self) -> int:
+        """env settings (``[env_params]``, 1 without it) × train datasets × replicates."""
+        return self.dynamics.num_settings * len(self.datasets.train) * self.population.replicates
 
     def model_spec(self, index: int) -> tuple[str, str, int]:
         """(model type, train dataset, replicate) of global model ``index`` — types outermost,
-        so every compiled chunk holds one model type."""
+        so every compiled chunk holds one model type; then env settings (``model_setting``),
+        train datasets, replicates."""
         if not 0 <= index < self.num_models:
             raise IndexError(f"model index {index} outside [0, {self.num_models})")
-        per_type = len(self.datasets.train) * self.population.replicates
-        kind = self.population.model_types[index // per_type]
-        rest = index % per_type
+        kind = self.population.model_types[index // self.models_per_type]
+        rest = index % (len(self.datasets.train) * self.population.replicates)
         return kind, self.datasets.train[rest // self.population.replicates], rest % self.population.replicates
+
+    def model_setting(self, index: int) -> int:
+        """The env setting (index into the ``[env_params]`` settings) of global model ``index``."""
+        return (index % self.models_per_type) // (len(self.datasets.train) * self.population.replicates)
+
+    def model_dataset_index(self, index: int) -> int:
+        """Row of the stacked train data (``chunk.stack_study_data``) model ``index`` trains on:
+        setting × train datasets + train dataset."""
+        return self.model_setting(index) * len(self.datasets.train) + self.datasets.train.index(self.model_spec(index)[1])
 
 
 def load(path) -> SweepConfig:

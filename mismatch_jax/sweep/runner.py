@@ -31,8 +31,9 @@ from mismatch_jax.envs import make
 from mismatch_jax.files import atomic_write_text, remove_stale_temporaries
 from mismatch_jax.sweep import results
 from mismatch_jax.config_io import to_toml
-from mismatch_jax.sweep.chunk import (chunk_rows, chunk_size_for, estimate_bytes_per_model, make_chunk_fn,
-                                      stack_study_data)
+from mismatch_jax.sweep.chunk import (chunk_model_arguments, chunk_rows, chunk_size_for, estimate_bytes_per_model,
+                                      make_chunk_fn, stack_study_data)
+from mismatch_jax.sweep.env_params import expand
 from mismatch_jax.sweep.config import SweepConfig
 from mismatch_jax.sweep.competence import sweep_competence
 from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
@@ -82,7 +83,7 @@ def check_scale(config: SweepConfig, env, train_rows: int, num_devices: int, log
             raise InputError(f"run.chunk_size = {config.run.chunk_size} needs ~{config.run.chunk_size * per_model / 2**30:.1f} "
                              f"GB of {kind} models, more than run.memory_gb = {config.run.memory_gb:g}; "
                              "lower run.chunk_size (0 = derive it from memory_gb)")
-    per_type = len(config.datasets.train) * config.population.replicates
+    per_type = config.models_per_type
     chunks = sum(-(-per_type // chunk_size_for(config, env, kind, train_rows, num_devices))
                  for kind in config.population.model_types)
     if chunks > MAX_CHUNKS:
@@ -199,18 +200,23 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     devices = jax.local_devices()
     check_scale(config, env, 0, len(devices), log)
     t0 = time.perf_counter()
-    sets, notes = build_study_datasets(StudyData.of_sweep(config), env, log=log)
-    manifest.update(datasets={name: ds.size for name, ds in sets.items()}, dataset_notes=notes,
-                    dataset_s=time.perf_counter() - t0)
+    settings = expand(config.dynamics, env, config.seed)
+    if settings is not None:
+        manifest["env_settings"] = {name: values.tolist() for name, values in settings.values.items()}
+        log(f"env_params: {settings.size} true-dynamics setting(s) of {', '.join(settings.values)}")
+    sets, notes = build_study_datasets(StudyData.of_sweep(config), env, log=log, settings=settings)
+    sizes = ({name: ds.size for name, ds in sets.items()} if settings is None else
+             {f"{name}@{p}": ds.size for p, per in enumerate(sets) for name, ds in per.items()})
+    manifest.update(datasets=sizes, dataset_notes=notes, dataset_s=time.perf_counter() - t0)
     competence = sweep_competence(config, env, out_dir, log)
     if competence is not None:
         manifest["competence"] = {k: competence[k] for k in ("passed", "expert", "untrained")}
-    train_names, eval_names = list(config.datasets.train), list(config.datasets.eval)
-    train_data, eval_sets = stack_study_data(config, sets)
+    eval_names = list(config.datasets.eval)
+    train_data, eval_sets, env_settings = stack_study_data(config, sets, settings)
 
     mesh = Mesh(np.asarray(devices), ("pop",))
     plan = []  # (kind, first, last, size)
-    per_type = len(train_names) * config.population.replicates
+    per_type = config.models_per_type
     for t, kind in enumerate(config.population.model_types):
         size = chunk_size_for(config, env, kind, int(train_data.capacity), len(devices))
         for first in range(t * per_type, (t + 1) * per_type, size):
@@ -242,13 +248,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     log(f"sweep {config.name}: {config.num_models} models in {len(plan)} chunks on {len(devices)} "
         f"device(s); {len(plan) - len(todo)} chunk(s) already done")
     sharded = NamedSharding(mesh, PartitionSpec("pop"))
-    train_data, eval_sets = jax.device_put((train_data, eval_sets), NamedSharding(mesh, PartitionSpec()))
+    shared = jax.device_put((train_data, eval_sets, env_settings), NamedSharding(mesh, PartitionSpec()))
 
     def chunk_arguments(first, last, size):
         indices = np.arange(first, last + 1)
         padded = np.concatenate([indices, np.full(size - indices.size, indices[-1])]).astype(np.int32)
-        dataset_index = np.asarray([train_names.index(config.model_spec(int(i))[1]) for i in padded], np.int32)
-        return indices, jax.device_put((padded, dataset_index), sharded)
+        return indices, jax.device_put((padded, *chunk_model_arguments(config, padded)), sharded)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("models"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -266,20 +271,19 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
             for kind in kinds:
                 bar.update(task, description=f"compiling ({kind})")
                 _, first, last, size = next(c for c in todo if c[0] == kind)
-                lowered = make_chunk_fn(config, env, kind, mesh).lower(
-                    *chunk_arguments(first, last, size)[1], train_data, eval_sets)
+                lowered = make_chunk_fn(config, env, kind, mesh).lower(*chunk_arguments(first, last, size)[1], *shared)
                 programs[kind] = compiler.submit(lowered)
 
             def compute(kind, first, last, size):
-                indices, (padded, dataset_index) = chunk_arguments(first, last, size)
+                indices, per_model = chunk_arguments(first, last, size)
                 t = time.perf_counter()
                 program = programs[kind].result()
                 compile_wait = time.perf_counter() - t
                 t = time.perf_counter()
-                out = jax.device_get(program(padded, dataset_index, train_data, eval_sets))
+                out = jax.device_get(program(*per_model, *shared))
                 elapsed = time.perf_counter() - t
                 out = {k: np.asarray(v)[: indices.size] for k, v in out.items()}
-                entry = results.write_chunk(out_dir, first, last, chunk_rows(config, indices, out, eval_names), digest)
+                entry = results.write_chunk(out_dir, first, last, chunk_rows(config, indices, out, eval_names, settings), digest)
                 verified.add((first, last))
                 manifest["chunks"].append({**entry, "kind": kind, "seconds": elapsed, "compile_wait_s": compile_wait})
                 results.write_manifest(out_dir, manifest, manifest_name)

@@ -24,6 +24,7 @@ from mismatch_jax.files import write_npz
 
 DATA_SALT = 0x5EED_DA7A  # fold_in salt separating dataset keys from model keys
 MODEL_PREFIX = "pets_model_leaf_"  # npz keys of the final PETS models' leaves
+SETTINGS_SALT = 0x5E771  # fold_in offset of the env settings' data keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,16 +49,19 @@ def _pets_config(request: StudyData):
     return dataclasses.replace(request.build.pets, env=request.env_name, seed=request.seed)
 
 
-def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str], None]) -> dict:
+def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str], None], settings=None) -> dict:
     """Runs (or loads from cache) the PETS runs behind on_policy/expert data.
 
     Returns numpy arrays obs/action/next_obs [S, R, T, d], reward/alive [S, R, T] (R = random
-    trial + planned trials, T = trial length) and trial_rewards [S, R].
-    """
+    trial + planned trials, T = trial length) and trial_rewards [S, R]. With ``settings``
+    (``sweep.env_params.Settings``, P true dynamics) all P × S runs go in one program (one compile)
+    and the leading axis is [P · S], setting-major (``runs_of_setting`` slices one out)."""
     from mismatch_jax.agents.pets import compile_trial_loop, make_pets, seed_keys
 
     pets_config = _pets_config(request)
     spec = {"env": request.env_name, "kind": "pets_runs", "pets": dataclasses.asdict(pets_config)}
+    if settings is not None:
+        spec["env_settings"] = {name: values.tolist() for name, values in settings.values.items()}
     path = Path(cache_dir) / f"{request.env_name}_pets_runs_{datasets.spec_hash(spec)}.npz"
     if path.is_file():
         with np.load(path) as f:
@@ -67,10 +71,17 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
             return cached_runs
         log(f"datasets: {path} predates the saved PETS models; running PETS again")
     pets = make_pets(pets_config, env)
-    log(f"datasets: running PETS ({pets_config.num_seeds} seed(s) × {pets_config.num_trials} trials) "
-        "for on-policy/expert data")
-    keys = seed_keys(pets_config)
-    init, step = compile_trial_loop(pets, keys)
+    keys, env_params = seed_keys(pets_config), None
+    if settings is not None:
+        # Setting p's seed i: fold_in(fold_in(key(seed), SETTINGS_SALT + p), i) — its own data,
+        # whatever the other settings are.
+        root = jax.random.key(pets_config.seed)
+        keys = jax.vmap(lambda p: jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(root, SETTINGS_SALT + p), i))(
+            jax.numpy.arange(pets_config.num_seeds)))(jax.numpy.arange(settings.size)).reshape(-1)
+        env_params = jax.tree.map(lambda a: jax.numpy.repeat(a, pets_config.num_seeds, axis=0), settings.params)
+    runs_count = keys.shape[0]
+    log(f"datasets: running PETS ({runs_count} run(s) × {pets_config.num_trials} trials) for on-policy/expert data")
+    init, step = compile_trial_loop(pets, keys, env_params=env_params)
     state, random_reward = init(keys)
     trial_rewards = [np.asarray(random_reward)]
     for trial in range(pets_config.num_trials):
@@ -78,8 +89,8 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
         trial_rewards.append(np.asarray(metrics.reward))
         log(f"  PETS trial {trial + 1}/{pets_config.num_trials}: reward {np.round(trial_rewards[-1], 1).tolist()}")
     buffer = state.buffer
-    seeds, length = pets_config.num_seeds, pets.trial_length
-    shape = lambda a: np.asarray(a).reshape((seeds, pets_config.num_trials + 1, length) + np.shape(a)[2:])
+    length = pets.trial_length
+    shape = lambda a: np.asarray(a).reshape((runs_count, pets_config.num_trials + 1, length) + np.shape(a)[2:])
     out = {
         "obs": shape(buffer.obs), "action": shape(buffer.action), "next_obs": shape(buffer.next_obs),
         "reward": shape(buffer.reward),
@@ -90,6 +101,11 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
     out.update({f"{MODEL_PREFIX}{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
     write_npz(path, out, spec=json.dumps(spec, sort_keys=True, default=str))
     return out
+
+
+def runs_of_setting(runs: dict, setting: int, num_seeds: int) -> dict:
+    """The runs of env setting ``setting`` out of ``pets_runs(..., settings)`` (leading [S])."""
+    return {k: v[setting * num_seeds:(setting + 1) * num_seeds] for k, v in runs.items()}
 
 
 def pets_models(request: StudyData, env: Env, runs: dict):
@@ -107,20 +123,25 @@ def pets_models(request: StudyData, env: Env, runs: dict):
     return jax.tree.unflatten(treedef, [jax.numpy.asarray(a) for a in saved])
 
 
-def _true_dynamics_dataset(request: StudyData, env: Env, name: str, key: jax.Array) -> datasets.Transitions:
-    """The grid or sampled dataset (cached on disk)."""
+def _true_dynamics_dataset(request: StudyData, env: Env, name: str, key: jax.Array,
+                           params=None, setting: dict | None = None) -> datasets.Transitions:
+    """The grid or sampled dataset (cached on disk) of the env's default dynamics, or of the
+    constants ``params`` of env setting ``setting`` ({"index", "values"}, part of the cache key)."""
     cfg, vf = request.build, request.validation_fraction
+    extra = {} if setting is None else {"env_setting": setting}
     if name == "grid":
-        spec = {"env": request.env_name, "kind": "grid", "points": cfg.grid_points, "vf": vf, "seed": request.seed}
+        spec = {"env": request.env_name, "kind": "grid", "points": cfg.grid_points, "vf": vf, "seed": request.seed, **extra}
         return datasets.cached(cfg.cache_dir, spec, lambda: datasets.grid_dataset(
-            key, env, cfg.grid_points, validation_fraction=vf))
-    spec = {"env": request.env_name, "kind": "sampled", "n": cfg.sampled_size, "vf": vf, "seed": request.seed}
+            key, env, cfg.grid_points, validation_fraction=vf, params=params))
+    spec = {"env": request.env_name, "kind": "sampled", "n": cfg.sampled_size, "vf": vf, "seed": request.seed, **extra}
     return datasets.cached(cfg.cache_dir, spec, lambda: datasets.sampled_dataset(
-        key, env, cfg.sampled_size, validation_fraction=vf))
+        key, env, cfg.sampled_size, validation_fraction=vf, params=params))
 
 
-def build_study_datasets(request: StudyData, env: Env, log: Callable[[str], None] = print):
-    """Every dataset of ``request`` → ({name: Transitions}, notes dict).
+def build_study_datasets(request: StudyData, env: Env, log: Callable[[str], None] = print, settings=None):
+    """Every dataset of ``request`` → ({name: Transitions}, notes dict); with ``settings``
+    (``sweep.env_params.Settings``, P true dynamics) → ([{name: Transitions}] per setting, notes),
+    each setting's data built in its own dynamics from its own keys (notes keys end ``@p``).
 
     grid / sampled data are built in a background thread while the PETS runs compile and run:
     PETS's small per-step programs leave a core idle, and the true-dynamics program takes ~15 s
@@ -129,28 +150,40 @@ def build_study_datasets(request: StudyData, env: Env, log: Callable[[str], None
     cache_dir = Path(cfg.cache_dir)
     needed = list(request.names)
     root = jax.random.fold_in(jax.random.key(request.seed), DATA_SALT)
-    keys = {name: jax.random.fold_in(root, index) for index, name in enumerate(needed)}
-    built, notes = {}, {}
-    runs = None
+    count = 1 if settings is None else settings.size
+    bases = [root] if settings is None else [jax.random.fold_in(root, SETTINGS_SALT + p) for p in range(count)]
+    keys = [{name: jax.random.fold_in(base, index) for index, name in enumerate(needed)} for base in bases]
+
+    def setting_args(p):
+        if settings is None:
+            return ()
+        return settings.one(p), {"index": p, "values": {k: v[p].tolist() for k, v in settings.values.items()}}
+
+    built, notes = [{} for _ in range(count)], {}
     vf = request.validation_fraction
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        background = {name: pool.submit(_true_dynamics_dataset, request, env, name, keys[name])
-                      for name in needed if name in ("grid", "sampled")}
+        background = {(p, name): pool.submit(_true_dynamics_dataset, request, env, name, keys[p][name], *setting_args(p))
+                      for p in range(count) for name in needed if name in ("grid", "sampled")}
+        all_runs = None
         if "on_policy" in needed or "expert" in needed:
-            runs = pets_runs(request, env, cache_dir, log)
-        for name in needed:
-            key = keys[name]
-            if name in background:
-                built[name] = background[name].result()
-            elif name == "on_policy":
-                built[name] = datasets.on_policy_dataset(key, runs, vf)
-            elif name == "expert":
-                built[name], expert_rewards, note = datasets.expert_dataset(
-                    key, runs, cfg.expert_episodes, cfg.expert_min_reward, vf)
-                if note:
-                    notes["expert"] = note
-                    log("datasets: warning: " + note)
-                notes.setdefault("expert_rewards", expert_rewards)
-            log(f"datasets: {name}: {built[name].size} transitions "
-                f"({int(np.asarray(built[name].is_validation).sum())} validation)")
-    return built, notes
+            all_runs = pets_runs(request, env, cache_dir, log, settings)
+        for p in range(count):
+            tag = "" if settings is None else f"@{p}"
+            runs = all_runs if settings is None or all_runs is None else runs_of_setting(
+                all_runs, p, request.build.pets.num_seeds)
+            for name in needed:
+                key = keys[p][name]
+                if (p, name) in background:
+                    built[p][name] = background[(p, name)].result()
+                elif name == "on_policy":
+                    built[p][name] = datasets.on_policy_dataset(key, runs, vf)
+                elif name == "expert":
+                    built[p][name], expert_rewards, note = datasets.expert_dataset(
+                        key, runs, cfg.expert_episodes, cfg.expert_min_reward, vf)
+                    if note:
+                        notes["expert" + tag] = note
+                        log("datasets: warning: " + (f"setting {p}: " if tag else "") + note)
+                    notes.setdefault("expert_rewards" + tag, expert_rewards)
+                log(f"datasets: {'setting %d: ' % p if tag else ''}{name}: {built[p][name].size} transitions "
+                    f"({int(np.asarray(built[p][name].is_validation).sum())} validation)")
+    return (built[0], notes) if settings is None else (built, notes)

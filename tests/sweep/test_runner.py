@@ -126,21 +126,21 @@ def test_stages_one_by_one_equal_the_fused_chunk(reference):
     import jax
 
     from mismatch_jax.envs import make
-    from mismatch_jax.sweep.chunk import make_chunk_parts, stack_study_data
+    from mismatch_jax.sweep.chunk import chunk_model_arguments, make_chunk_parts, stack_study_data
     from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     tmp, table = reference
     config = load(_config(tmp, 4))
     env = make(config.env)
     sets, _ = build_study_datasets(StudyData.of_sweep(config), env, log=lambda s: None)
-    train_data, eval_sets = stack_study_data(config, sets)
+    train_data, eval_sets, env_settings = stack_study_data(config, sets)
     indices = np.arange(4, dtype=np.int32)  # the first chunk: P models
-    dataset_index = np.asarray([list(config.datasets.train).index(config.model_spec(int(i))[1])
-                                for i in indices], np.int32)
+    dataset_index, setting_index = chunk_model_arguments(config, indices)
     parts = make_chunk_parts(config, env, "P")
     trained = jax.jit(parts.train)(indices, dataset_index, train_data)
-    ll, _ = jax.jit(parts.likelihood)(trained.kept_params, trained.normalizers, eval_sets)
-    rewards = jax.jit(parts.reward)(trained.kept_params, trained.normalizers, trained.epoch_keys)
+    ll, _ = jax.jit(parts.likelihood)(trained.kept_params, trained.normalizers, setting_index, eval_sets)
+    rewards = jax.jit(parts.reward)(trained.kept_params, trained.normalizers, trained.epoch_keys, setting_index,
+                                    env_settings)
     rows = table[table["model_id"] < 4].sort_values(["model_id", "epoch"])
     ll_columns = [f"ll_{name}" for name in config.datasets.eval]
     np.testing.assert_allclose(np.asarray(ll).reshape(-1, len(ll_columns)), rows[ll_columns].to_numpy(),
@@ -156,7 +156,7 @@ def test_chunk_program_does_not_retrace_for_the_next_chunk(chunked):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from mismatch_jax.envs import make
-    from mismatch_jax.sweep.chunk import make_chunk_fn, stack_study_data
+    from mismatch_jax.sweep.chunk import chunk_model_arguments, make_chunk_fn, stack_study_data
     from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
 
     tmp, table = chunked
@@ -165,21 +165,21 @@ def test_chunk_program_does_not_retrace_for_the_next_chunk(chunked):
     sets, _ = build_study_datasets(StudyData.of_sweep(config), env, log=lambda s: None)  # from the fixture's cache
     mesh = Mesh(np.asarray(jax.local_devices()), ("pop",))
     # Placed as run_sweep places them (so the fixture's sweep left this program in the XLA cache).
-    train_data, eval_sets = jax.device_put(stack_study_data(config, sets), NamedSharding(mesh, PartitionSpec()))
+    shared = jax.device_put(stack_study_data(config, sets), NamedSharding(mesh, PartitionSpec()))
     chunk = make_chunk_fn(config, env, "P", mesh)
 
     def arguments(first):
         indices = np.arange(first, first + 2, dtype=np.int32)
-        names = list(config.datasets.train)
-        datasets = np.asarray([names.index(config.model_spec(int(i))[1]) for i in indices], np.int32)
-        return jax.device_put((indices, datasets), NamedSharding(mesh, PartitionSpec("pop")))
+        return jax.device_put((indices, *chunk_model_arguments(config, indices)),
+                              NamedSharding(mesh, PartitionSpec("pop")))
 
-    (first_indices, first_datasets), (next_indices, next_datasets) = arguments(0), arguments(2)
-    assert not np.array_equal(first_datasets, next_datasets)  # P models on "grid", then on "sampled"
+    first_args, next_args = arguments(0), arguments(2)
+    next_indices = next_args[0]
+    assert not np.array_equal(first_args[1], next_args[1])  # P models on "grid", then on "sampled"
     with jit_work() as first:
-        jax.block_until_ready(chunk(first_indices, first_datasets, train_data, eval_sets))
+        jax.block_until_ready(chunk(*first_args, *shared))
     with jit_work() as second:
-        out = jax.block_until_ready(chunk(next_indices, next_datasets, train_data, eval_sets))
+        out = jax.block_until_ready(chunk(*next_args, *shared))
     assert first["trace"] >= 1 and first["lower"] >= 1  # the counter sees this program
     assert sum(second.values()) == 0, dict(second)
     rows = table[table["model_id"].isin(np.asarray(next_indices))].sort_values(["model_id", "epoch"])
