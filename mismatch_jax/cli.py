@@ -210,7 +210,7 @@ def _cmd_configs(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-DEVICE_COMMANDS = ("sweep", "mbpo", "attack")  # commands that shard their population over local devices
+DEVICE_COMMANDS = ("sweep", "mbpo", "attack", "reweight")  # commands that shard their population over local devices
 
 
 def _force_host_devices(count: int) -> None:

@@ -49,6 +49,7 @@ from mismatch_jax.errors import InputError
 from mismatch_jax.experiments.study_models import (STUDY_MODEL, DataSettings, build_dataset,
                                                    make_population_evaluator)
 from mismatch_jax.files import check_writable, write_json, write_npz
+from mismatch_jax.population import jit_sharded
 from mismatch_jax.agents.config import PetsConfig
 from mismatch_jax.config_io import Schema, load_toml, setting, to_dict
 from mismatch_jax.envs.registry import check_env
@@ -329,10 +330,15 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
 
     t = time.perf_counter()
     planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
-    evaluate = jax.jit(make_population_evaluator(env, planner, config.evaluation.length(env),
-                                                 width=mcfg.hidden_size))
-    trial_keys = jax.random.split(jax.random.fold_in(root, EVAL_SALT), config.evaluation.trials)
     per_call = config.evaluation.models_per_call or num_models
+    # Models spread over the local devices (`mismatch-jax reweight --devices 2` on a CPU) when
+    # they divide a call's models; the rewards do not depend on it.
+    devices = jax.local_devices()
+    shards = len(devices) if per_call % len(devices) == 0 else 1
+    evaluate = jit_sharded(make_population_evaluator(env, planner, config.evaluation.length(env),
+                                                     width=mcfg.hidden_size, num_shards=shards),
+                           3, shared=(2,), devices=devices[:shards])
+    trial_keys = jax.random.split(jax.random.fold_in(root, EVAL_SALT), config.evaluation.trials)
     episode_rewards = []
     for start in range(0, num_models, per_call):
         index = np.minimum(np.arange(start, start + per_call), num_models - 1)  # pad: one compile
@@ -379,7 +385,7 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
         "num_models": num_models, "num_diverged": int(diverged.sum()),
         "mean_over_feasible": {"reweighted": float(np.nanmean(reward_mean[0])),
                                "uniform": float(np.nanmean(reward_mean[1]))},
-        "timings": timings, "device_kind": jax.devices()[0].device_kind,
+        "timings": timings, "device_kind": jax.devices()[0].device_kind, "model_devices": shards,
     }
     write_json(out / "reweight.json", report)
     plot_heatmaps(reward_mean, grid.sizes, grid.epsilons, out / "reweight_heatmap.png",

@@ -144,3 +144,46 @@ def test_cell_interval_is_the_t_interval_of_the_model_means():
     half = scipy.stats.t.ppf(0.975, 2) * 10.0 / np.sqrt(3)
     assert mean == pytest.approx(21.0) and low == pytest.approx(21.0 - half) and high == pytest.approx(21.0 + half)
     assert model_mean_interval(np.array([[5.0, 7.0]])) == (6.0, 6.0, 6.0)
+
+
+TWO_DEVICE_RUN = """
+import dataclasses, json, sys
+import jax
+from mismatch_jax.experiments import reweight, study_models as common
+from mismatch_jax.planning.cem import CEMConfig
+from mismatch_jax.train.config import TrainingSection
+out, data = sys.argv[1], sys.argv[2]
+config = reweight.ReweightConfig(
+    env="cartpole_balance", seed=1, out_dir=out,
+    model=dataclasses.replace(common.STUDY_MODEL, hidden_size=8, num_hidden_layers=1),
+    training=TrainingSection(num_epochs=2, batch_size=8),
+    cem=CEMConfig(horizon=3, population_size=8, num_elites=2, num_iterations=1),
+    evaluation=reweight.ReweightEvaluation(trials=2, episode_length=10, models_per_call=4),
+    expert=reweight.ExpertSettings(cem=CEMConfig(horizon=5, population_size=16, num_elites=4, num_iterations=1),
+                                   episode_length=20, cache_dir=data),
+    pool=reweight.PoolSettings(size=4000, chunk_size=4000),
+    grid=reweight.GridSettings(sizes=(4, 8), epsilons=(1.0, 6.0), replicates=2))
+report = reweight.run_reweight(config, log=lambda s: None)
+print(json.dumps({"devices": report["model_devices"], "rewards": report["episode_rewards"]}))
+"""
+
+
+@pytest.mark.slow  # two processes, each compiles the whole study (~1 min)
+def test_models_sharded_over_two_devices_give_the_same_rewards(tmp_path):
+    """`reweight --devices 2`: a call's models split over two host devices, same rewards."""
+    import os
+    import subprocess
+    import sys
+
+    runs = {}
+    for count in (1, 2):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
+        proc = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, str(tmp_path / f"out{count}"),
+                               str(tmp_path / "data")], capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[count] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs[1]["devices"] == 1 and runs[2]["devices"] == 2
+    np.testing.assert_allclose(np.asarray(runs[1]["rewards"]["uniform"], dtype=float),
+                               np.asarray(runs[2]["rewards"]["uniform"], dtype=float), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(runs[1]["rewards"]["reweighted"], dtype=float),
+                               np.asarray(runs[2]["rewards"]["reweighted"], dtype=float), rtol=1e-4, atol=1e-4)
