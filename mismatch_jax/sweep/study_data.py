@@ -3,7 +3,9 @@
 ``on_policy`` and ``expert`` come from one set of PETS runs (the data PETS itself trains on, and
 its best trials, as Lambert et al. 2020 describe their expert data: "high-reward trajectories
 (cartpole r > 179)"); ``grid`` and ``sampled`` step the true dynamics from states on a grid /
-drawn uniformly over the state-action box (``mismatch_jax.data``).
+drawn uniformly over the state-action box (``mismatch_jax.data``). An env without a box
+(half-cheetah) gets ``sampled`` from the PETS runs' visited states with uniform actions
+(``mismatch_jax.data.visited``) and no ``grid``.
 """
 
 from __future__ import annotations
@@ -123,12 +125,28 @@ def pets_models(request: StudyData, env: Env, runs: dict):
     return jax.tree.unflatten(treedef, [jax.numpy.asarray(a) for a in saved])
 
 
+def _has_box(env: Env) -> bool:
+    """Whether grid / sampled data cover a state-action box (else: the visited states)."""
+    return env.name in datasets.DEFAULT_BOXES
+
+
 def _true_dynamics_dataset(request: StudyData, env: Env, name: str, key: jax.Array,
-                           params=None, setting: dict | None = None) -> datasets.Transitions:
+                           params=None, setting: dict | None = None, runs: dict | None = None) -> datasets.Transitions:
     """The grid or sampled dataset (cached on disk) of the env's default dynamics, or of the
-    constants ``params`` of env setting ``setting`` ({"index", "values"}, part of the cache key)."""
+    constants ``params`` of env setting ``setting`` ({"index", "values"}, part of the cache key).
+    An env without a state-action box (half-cheetah) gets sampled data from the states of the
+    PETS ``runs`` (``data.visited``) and no grid."""
     cfg, vf = request.build, request.validation_fraction
     extra = {} if setting is None else {"env_setting": setting}
+    if not _has_box(env):
+        if name == "grid":
+            raise ValueError(f"datasets: {env.name} has no state-action box for grid data; use "
+                             "'sampled' (states from the PETS runs, uniform actions) instead of 'grid'")
+        pets_spec = datasets.spec_hash(dataclasses.asdict(_pets_config(request)))
+        spec = {"env": request.env_name, "kind": "sampled", "states": "visited", "pets": pets_spec,
+                "n": cfg.sampled_size, "vf": vf, "seed": request.seed, **extra}
+        return datasets.cached(cfg.cache_dir, spec, lambda: datasets.visited_sampled_dataset(
+            key, env, datasets.visited_states(runs), cfg.sampled_size, validation_fraction=vf, params=params))
     if name == "grid":
         spec = {"env": request.env_name, "kind": "grid", "points": cfg.grid_points, "vf": vf, "seed": request.seed, **extra}
         return datasets.cached(cfg.cache_dir, spec, lambda: datasets.grid_dataset(
@@ -163,9 +181,9 @@ def build_study_datasets(request: StudyData, env: Env, log: Callable[[str], None
     vf = request.validation_fraction
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         background = {(p, name): pool.submit(_true_dynamics_dataset, request, env, name, keys[p][name], *setting_args(p))
-                      for p in range(count) for name in needed if name in ("grid", "sampled")}
+                      for p in range(count) for name in needed if name in ("grid", "sampled") and _has_box(env)}
         all_runs = None
-        if "on_policy" in needed or "expert" in needed:
+        if "on_policy" in needed or "expert" in needed or not _has_box(env):
             all_runs = pets_runs(request, env, cache_dir, log, settings)
         for p in range(count):
             tag = "" if settings is None else f"@{p}"
@@ -175,6 +193,8 @@ def build_study_datasets(request: StudyData, env: Env, log: Callable[[str], None
                 key = keys[p][name]
                 if (p, name) in background:
                     built[p][name] = background[(p, name)].result()
+                elif name in ("grid", "sampled"):  # no box: from the visited states
+                    built[p][name] = _true_dynamics_dataset(request, env, name, key, *setting_args(p), runs=runs)
                 elif name == "on_policy":
                     built[p][name] = datasets.on_policy_dataset(key, runs, vf)
                 elif name == "expert":

@@ -10,7 +10,8 @@ from mismatch_jax.config_io import from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = ["quickstart.toml", "cartpole_ll_reward.toml", "cartpole_per_epoch.toml", "cpu_population_1000.toml",
-          "cartpole_ll_reward_cpu.toml", "cartpole_study_cpu.toml", "cartpole_per_epoch_cpu.toml"]
+          "cartpole_ll_reward_cpu.toml", "cartpole_study_cpu.toml", "cartpole_per_epoch_cpu.toml",
+          "halfcheetah_ll_reward.toml", "halfcheetah_ll_reward_cpu.toml"]
 
 
 @pytest.mark.parametrize("name", SWEEPS)
