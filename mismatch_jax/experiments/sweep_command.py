@@ -117,16 +117,17 @@ def print_env_params_summary(out: str, table, epoch="last", num_bootstrap: int =
     records = content["settings"]
     env_columns = [c for c in records[0] if c.startswith("env_") and c != "env_setting"]
     evals = list(records[0]["correlations"])
-    summary = Table(title="per true-dynamics setting: Spearman ρ(LL, reward) [95% CI]")
-    for column in ["setting", *(c[4:] for c in env_columns), "n", "median reward", *evals]:
+    summary = Table(title="per true-dynamics setting and model type: Spearman ρ(LL, reward) [95% CI]")
+    for column in ["setting", *(c[4:] for c in env_columns), "median reward", "type", "n", *evals]:
         summary.add_column(column)
     fmt = lambda v: "n/a" if v is None else f"{v:+.2f}"
     for rec in records:
-        cells = [str(rec["env_setting"]), *(str(rec[c]) for c in env_columns), str(rec["n_models"]),
-                 "n/a" if rec["reward_median"] is None else f"{rec['reward_median']:.1f}"]
-        for ev in evals:
-            c = rec["correlations"][ev]
-            cells.append(f"{fmt(c['spearman'])} [{fmt(c['spearman_ci'][0])}, {fmt(c['spearman_ci'][1])}]")
-        summary.add_row(*cells)
+        for kind, stats in rec["correlations_by_type"].items():
+            cells = [str(rec["env_setting"]), *(str(rec[c]) for c in env_columns),
+                     "n/a" if rec["reward_median"] is None else f"{rec['reward_median']:.1f}", kind,
+                     str(next(iter(stats.values()))["n"])]
+            cells += [f"{fmt(stats[ev]['spearman'])} [{fmt(stats[ev]['spearman_ci'][0])}, "
+                      f"{fmt(stats[ev]['spearman_ci'][1])}]" for ev in evals]
+            summary.add_row(*cells)
     Console().print(summary)
     Console().print(f"wrote {out}/env_params.png, {out}/env_params_correlations.json")

@@ -198,4 +198,6 @@ def test_drawn_values_given_as_a_list_give_identical_rows(tmp_path):
     content = env_params_figure(drawn, tmp_path / "figure", num_bootstrap=50)
     assert (tmp_path / "figure" / "env_params.png").stat().st_size > 10_000
     assert [r["env_setting"] for r in content["settings"]] == [0, 1]
+    assert set(content["settings"][0]["correlations_by_type"]) == {"P"}
+    assert content["settings"][0]["correlations_by_type"]["P"]["grid"]["n"] == 2  # 2 train datasets × 1
     assert content["settings"][1]["env_gravity"] == pytest.approx(float(values["gravity"][1]))
