@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from mismatch_jax import data as datasets
+from mismatch_jax.config_io import ConfigError
 from mismatch_jax.envs.base import Env
 from mismatch_jax.sweep.config import DatasetBuild, SweepConfig
 from mismatch_jax.files import write_npz
@@ -139,9 +140,6 @@ def _true_dynamics_dataset(request: StudyData, env: Env, name: str, key: jax.Arr
     cfg, vf = request.build, request.validation_fraction
     extra = {} if setting is None else {"env_setting": setting}
     if not _has_box(env):
-        if name == "grid":
-            raise ValueError(f"datasets: {env.name} has no state-action box for grid data; use "
-                             "'sampled' (states from the PETS runs, uniform actions) instead of 'grid'")
         pets_spec = datasets.spec_hash(dataclasses.asdict(_pets_config(request)))
         spec = {"env": request.env_name, "kind": "sampled", "states": "visited", "pets": pets_spec,
                 "n": cfg.sampled_size, "vf": vf, "seed": request.seed, **extra}
@@ -167,6 +165,9 @@ def build_study_datasets(request: StudyData, env: Env, log: Callable[[str], None
     cfg = request.build
     cache_dir = Path(cfg.cache_dir)
     needed = list(request.names)
+    if "grid" in needed and not _has_box(env):
+        raise ConfigError(f"datasets.train / datasets.eval: {env.name} has no state-action box for "
+                          "grid data; use 'sampled' (states from the PETS runs, uniform actions)")
     root = jax.random.fold_in(jax.random.key(request.seed), DATA_SALT)
     count = 1 if settings is None else settings.size
     bases = [root] if settings is None else [jax.random.fold_in(root, SETTINGS_SALT + p) for p in range(count)]

@@ -88,6 +88,7 @@ def test_halfcheetah_rebuilt_states_step_like_the_trajectory():
     """On the study's half-cheetah (generalized coordinates) the next states of visited-state data
     are the trajectory's own next states: state_from_obs loses nothing the dynamics need."""
     cheetah = envs.make("halfcheetah_generalized")
+    assert (cheetah.name, cheetah.backend, cheetah.obs_dim, cheetah.action_dim) == ("halfcheetah", "generalized", 17, 6)
 
     @jax.jit
     def roll(key):

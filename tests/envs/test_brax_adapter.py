@@ -154,10 +154,3 @@ def test_bad_configuration():
         walker.termination_fn(jnp.zeros(walker.obs_dim))
     with pytest.raises(ValueError, match="state_from_obs is only defined"):
         walker.state_from_obs(jnp.zeros(walker.obs_dim))
-
-
-def test_study_halfcheetah_is_generalized():
-    """The mismatch study's half-cheetah steps in generalized coordinates, so state_from_obs
-    rebuilds a state exactly (tests/data/test_visited.py checks the stepping, slow)."""
-    env = make("halfcheetah_generalized")
-    assert (env.name, env.backend, env.obs_dim, env.action_dim) == ("halfcheetah", "generalized", 17, 6)

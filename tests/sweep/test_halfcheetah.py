@@ -63,3 +63,16 @@ def test_paper_config_runs_end_to_end_at_tiny_size(tmp_path):
     visited = data.visited_states(pets_runs(request, env, tmp_path / "cache", lambda s: None))
     obs = np.asarray(built["sampled"].obs)
     assert (obs[:, None, :] == visited[None]).all(-1).any(1).all()
+
+
+def test_grid_data_for_an_env_without_a_box_fails_before_pets(tmp_path):
+    from types import SimpleNamespace
+
+    from mismatch_jax.config_io import ConfigError
+    from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
+
+    config = load_toml(SweepConfig, PAPER, tiny_overrides(tmp_path) + ['datasets.eval=["sampled", "grid"]'])
+    cheetah = SimpleNamespace(name="halfcheetah")  # what the check reads; a brax env takes ~20 s to build
+    with pytest.raises(ConfigError, match="datasets.train / datasets.eval: halfcheetah has no state-action box"):
+        build_study_datasets(StudyData.of_sweep(config), cheetah, log=lambda s: None)
+    assert not any(tmp_path.iterdir())  # nothing was run or cached
