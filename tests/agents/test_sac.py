@@ -108,6 +108,7 @@ def test_polyak_update_known_values():
     np.testing.assert_allclose(out["b"], 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow  # ~14 s; the update itself is checked jit vs no-jit in the default tier
 def test_update_moves_targets_by_tau(env):
     sac = sac_lib.make_sac(TINY, env)
     state = sac.init(jax.random.key(1))

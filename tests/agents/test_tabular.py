@@ -47,6 +47,7 @@ def test_bounds_every_iteration_exact(grid, kl_coef):
         float(M.expected_return(grid, optimal)), rel=1e-4)
 
 
+@pytest.mark.slow  # ~18 s; the exact-model bounds run in the default tier
 def test_bounds_every_iteration_sampled_all_methods(grid):
     keys = jax.random.split(jax.random.key(1), 3)
     for method in A.METHODS:

@@ -15,6 +15,11 @@ from mismatch_jax.envs.brax_adapter import DEFAULT_BACKEND, BraxEnv
 
 NUM_STEPS = 5
 
+# Brax serves only the GPU configs (hopper / halfcheetah); building its envs and compiling the
+# probe costs 45-60 s of the default tier's 10-minute budget on 2 cores, so the module runs in the
+# slow tier (`python -m pytest -m slow tests/envs/test_brax_adapter.py`).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def halfcheetah():

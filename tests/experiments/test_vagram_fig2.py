@@ -143,6 +143,7 @@ def mlp_run_seeds(env, tiny_config):
     return jax.jit(jax.vmap(fig2.make_model_learning(tiny_config, env, "mlp"), in_axes=(None, 0, None, None)))
 
 
+@pytest.mark.slow  # ~17 s; the vmapped-seeds equivalence test runs the same program in the default tier
 def test_curves_shapes_and_finite(tiny_config, fake_snapshots, mlp_run_seeds):
     keys = fig2.model_seed_keys(tiny_config.models)
     for loss in fig2.LOSSES:

@@ -356,6 +356,7 @@ def test_runaway_models_are_flagged_on_all_their_rows_and_left_out(reference, tm
     assert content["n_diverged_excluded"] == int(diverged.sum())
 
 
+@pytest.mark.slow  # ~15 s; a diverged model is flagged and isolated in tests/train/test_population.py (default tier)
 def test_neighbours_of_a_diverging_model_are_bit_identical():
     """A model blowing up (learning rate 100) does not touch the others of its population."""
     from mismatch_jax.data import TransitionData

@@ -185,6 +185,7 @@ def test_rows_outside_the_training_mask_are_never_used():
 # ------------------------------------------------------------------ keys and chunks --------
 
 
+@pytest.mark.slow  # ~25 s; chunk-size invariance of the same trainer is checked in the default tier by tests/sweep/test_runner.py
 def test_chunks_equal_one_call():
     data = small_data(rows=40, capacity=48, num=2)
     cfg = TrainConfig(model=TINY, num_epochs=3, batch_size=16, patience=1, keep_epochs=(1, 2, 3))
