@@ -234,9 +234,10 @@ def compile_trial_loop(pets: Pets, keys: jax.Array, donate_state: bool = False, 
     return init, trial_step
 
 
-def seed_keys(config: PetsConfig, seed: Optional[int] = None) -> jax.Array:
-    """Keys [num_seeds]: fold_in(key(seed), i) for i < num_seeds."""
-    root = jax.random.key(config.seed if seed is None else seed)
+def seed_keys(config: PetsConfig, seed: Optional[int] = None, root: Optional[jax.Array] = None) -> jax.Array:
+    """Keys [num_seeds]: fold_in(root, i) for i < num_seeds; root defaults to key(seed)."""
+    if root is None:
+        root = jax.random.key(config.seed if seed is None else seed)
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, jnp.arange(config.num_seeds))
 
 

@@ -79,8 +79,8 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
         # Setting p's seed i: fold_in(fold_in(key(seed), SETTINGS_SALT + p), i) — its own data,
         # whatever the other settings are.
         root = jax.random.key(pets_config.seed)
-        keys = jax.vmap(lambda p: jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(root, SETTINGS_SALT + p), i))(
-            jax.numpy.arange(pets_config.num_seeds)))(jax.numpy.arange(settings.size)).reshape(-1)
+        keys = jax.numpy.concatenate([seed_keys(pets_config, root=jax.random.fold_in(root, SETTINGS_SALT + p))
+                                      for p in range(settings.size)])
         env_params = jax.tree.map(lambda a: jax.numpy.repeat(a, pets_config.num_seeds, axis=0), settings.params)
     runs_count = keys.shape[0]
     log(f"datasets: running PETS ({runs_count} run(s) × {pets_config.num_trials} trials) for on-policy/expert data")
