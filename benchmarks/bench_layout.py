@@ -78,7 +78,7 @@ def laid_out(fn, name, shared, per_model_args, per_model=None):
     sharded = name.startswith("shard:")
     layout = parse_layout(name.removeprefix("shard:"))
     shards = len(jax.devices()) if sharded else 1
-    f = over_population(fn, layout, shared=shared, num_shards=shards, per_model=per_model)
+    f = over_population(fn, layout, shared=shared, per_model=per_model)
     return jit_sharded(f, per_model_args, shared, devices=jax.devices()[:shards])
 
 

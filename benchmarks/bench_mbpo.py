@@ -71,8 +71,8 @@ def seed_programs(config: mbpo_compare.CompareConfig, num_seeds, layout=None):
     t = time.perf_counter()
     # With several (host) devices the seeds are sharded over them, laid out inside each block.
     shards = len(jax.devices()) if num_seeds % len(jax.devices()) == 0 else 1
-    layout = (layout or PopulationLayout()).resolve(width=cfg.sac.hidden_size, num_shards=shards)
-    program = over_population(jax.vmap(train), layout, num_shards=shards, per_model=train)
+    layout = (layout or PopulationLayout()).resolve(width=cfg.sac.hidden_size)
+    program = over_population(jax.vmap(train), layout, per_model=train)
     batched = jit_sharded(program, 1, devices=jax.devices()[:shards]).lower(keys).compile()
     vmapped_compile_s = time.perf_counter() - t
     t = time.perf_counter()

@@ -323,8 +323,8 @@ def train_question(args, peer, hidden, n, gemm):
     hp = TrainHParams.population(n)
     ds = jnp.zeros(n, jnp.int32)
     shards = len(jax.devices())  # --devices D: the population sharded over D host devices
-    layout = parse_layout(args.layout).resolve(width=hidden, num_shards=shards)
-    ours_fn = over_population(make_train_fn(cfg), layout, shared=(1, 2), width=hidden, num_shards=shards)
+    layout = parse_layout(args.layout).resolve(width=hidden)
+    ours_fn = over_population(make_train_fn(cfg), layout, shared=(1, 2), width=hidden)
     hp = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,)), hp)
     compiled, compile_s = compile_timed(jit_sharded(ours_fn, 5, shared=(1, 2)), keys, None, data, hp, ds)
     warm_s = timed(lambda: compiled(keys, None, data, hp, ds))

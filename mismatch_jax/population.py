@@ -16,10 +16,12 @@ runs such a function under a ``PopulationLayout``:
   population of models ≥ 64 wide trains 1.2–1.4× faster on one CPU device; the population-level
   ``lax.cond`` skips (rows past every model's count, epochs after every model stopped) then act
   per group.
-* sharding — when the caller's population axis is sharded over D devices (a ``NamedSharding`` on a
-  mesh), pass ``num_shards = D``: the groups are formed inside each device's block of models (step
-  s of the map runs group s of every device at once), so sharding and mapping compose without any
-  data crossing devices.
+* sharding — ``jit_sharded`` splits the population axis into D contiguous blocks, one per
+  device, and runs the (laid out) population function on each block as its own program
+  (``shard_map``): no data crosses devices and no device waits for another inside the call (a
+  population-level ``lax.cond`` skip is decided per block). On a 2-core CPU split into 2 host
+  devices this is how both cores stay busy with plain GEMMs: one model per core at a time,
+  rather than Eigen splitting each small GEMM over two threads (RESULTS.md, "sharded").
 
 The numbers do not depend on the layout beyond float reassociation inside XLA's kernels (a
 batched and a plain GEMM may sum in different orders): models are independent, keys are per
@@ -54,20 +56,19 @@ class PopulationLayout(Schema):
     strategy: Strategy = "auto"
     group_size: int = setting(0, ge=0)
 
-    def resolve(self, backend: str | None = None, width: int | None = None,
-                num_shards: int = 1) -> "PopulationLayout":
+    def resolve(self, backend: str | None = None, width: int | None = None) -> "PopulationLayout":
         """The concrete layout on ``backend`` (default: JAX's) for models whose widest layer has
-        ``width`` units (``None``: unknown), the population sharded over ``num_shards`` devices:
-        strategy "vmap" or "map" with ``group_size ≥ 1``."""
+        ``width`` units (``None``: unknown): strategy "vmap" or "map" with ``group_size ≥ 1``.
+        Under ``jit_sharded`` it applies inside each device's block."""
         if self.strategy == "auto" and _OVERRIDE is not None:
-            return _OVERRIDE.resolve_default(backend, width, num_shards)
-        return self.resolve_default(backend, width, num_shards)
+            return _OVERRIDE.resolve_default(backend, width)
+        return self.resolve_default(backend, width)
 
-    def resolve_default(self, backend: str | None, width: int | None, num_shards: int = 1) -> "PopulationLayout":
+    def resolve_default(self, backend: str | None, width: int | None) -> "PopulationLayout":
         """``resolve`` without the process-wide override (``use_layout``)."""
         if self.strategy == "vmap":
             return PopulationLayout("vmap", 0)
-        default = default_layout(backend or jax.default_backend(), width, num_shards)
+        default = default_layout(backend or jax.default_backend(), width)
         if self.strategy == "auto":
             return default if self.group_size == 0 or default.strategy == "vmap" else \
                 PopulationLayout("map", self.group_size)
@@ -100,12 +101,11 @@ def parse_layout(text: str) -> PopulationLayout:
 CPU_MAP_MIN_WIDTH = 64
 
 
-def default_layout(backend: str, width: int | None = None, num_shards: int = 1) -> PopulationLayout:
+def default_layout(backend: str, width: int | None = None) -> PopulationLayout:
     """The documented default: ``lax.map`` one model at a time for models ≥ ``CPU_MAP_MIN_WIDTH``
-    units wide on an unsharded CPU population; one ``vmap`` otherwise — on GPUs / TPUs, for narrow
-    models, and when the CPU is split into several devices (there a map of plain GEMMs per device
-    measured slower than vmap: RESULTS.md)."""
-    if backend == "cpu" and num_shards == 1 and width is not None and width >= CPU_MAP_MIN_WIDTH:
+    units wide on a CPU (inside each device's block when the population is sharded); one ``vmap``
+    otherwise — on GPUs / TPUs and for narrow models."""
+    if backend == "cpu" and width is not None and width >= CPU_MAP_MIN_WIDTH:
         return PopulationLayout("map", 1)
     return PopulationLayout("vmap", 0)
 
@@ -116,23 +116,21 @@ def _leading(tree) -> int | None:
 
 
 def over_population(fn: Callable, layout: PopulationLayout | None, shared: Sequence[int] = (),
-                    num_shards: int = 1, width: int | None = None,
-                    per_model: Callable | None = None) -> Callable:
+                    width: int | None = None, per_model: Callable | None = None) -> Callable:
     """``fn`` (a population function: per-model arguments and outputs with leading axis [N]) run
     under ``layout``. ``shared``: positions of arguments every model uses whole (data, contexts);
-    ``num_shards``: devices the population axis is sharded over (groups stay inside a device's
-    block); ``width``: the models' widest layer, for ``"auto"``. Same signature as ``fn``.
+    ``width``: the models' widest layer, for ``"auto"``. Same signature as ``fn``.
 
     per_model: optional unbatched form of ``fn`` (one model's arguments and outputs, no [N]),
     e.g. ``f`` when ``fn = jax.vmap(f)``. A map of one model at a time then calls it directly
     instead of ``fn`` on a group of one: under a vmap (even of size 1) every ``lax.cond`` whose
     predicate depends on the model becomes a ``select`` that runs both branches, and ``per_model``
     keeps those skips real."""
-    concrete = (layout or PopulationLayout()).resolve(width=width, num_shards=num_shards)
+    concrete = (layout or PopulationLayout()).resolve(width=width)
     if concrete.strategy == "vmap":
         return fn
     group = concrete.group_size
-    if group == 1 and num_shards == 1 and per_model is not None:
+    if group == 1 and per_model is not None:
         def one_at_a_time(*args):
             def run(model_args):
                 return per_model(*[model_args[i] if i in model_args else a for i, a in enumerate(args)])
@@ -142,59 +140,63 @@ def over_population(fn: Callable, layout: PopulationLayout | None, shared: Seque
         return one_at_a_time
 
     def mapped(*args):
-        per_model = {i: a for i, a in enumerate(args) if i not in shared}
-        num_models = _leading(list(per_model.values()))
+        per_model_args = {i: a for i, a in enumerate(args) if i not in shared}
+        num_models = _leading(list(per_model_args.values()))
         if num_models is None:
             raise ValueError("over_population: no per-model argument with a leading [N] axis")
-        if num_models % num_shards:
-            raise ValueError(f"over_population: N = {num_models} is not a multiple of num_shards = {num_shards}")
-        block = num_models // num_shards
-        size = min(group, block)
-        steps = -(-block // size)
-        # Model order [shard, step, member] -> [step, shard * member]: step s holds member slots of
-        # every shard, so a sharded population axis stays sharded in each step.
-        slot = jnp.arange(num_shards)[:, None, None] * block + jnp.minimum(
-            jnp.arange(steps)[None, :, None] * size + jnp.arange(size)[None, None, :], block - 1)
-        order = jnp.swapaxes(slot, 0, 1).reshape(steps, num_shards * size)
-
-        def gather(a):
-            return a[order]
+        size = min(group, num_models)
+        steps = -(-num_models // size)
+        # [steps, size] model indices; the last group is padded by repeating the last model, whose
+        # extra outputs are dropped.
+        order = jnp.minimum(jnp.arange(steps * size), num_models - 1).reshape(steps, size)
 
         def run(step_args):
-            full = [step_args[i] if i in step_args else a for i, a in enumerate(args)]
-            return fn(*full)
+            return fn(*[step_args[i] if i in step_args else a for i, a in enumerate(args)])
 
-        outputs = jax.lax.map(run, jax.tree.map(gather, per_model))
-        # [step, shard * member, ...] -> [shard, step * member, ...], padding (repeats) dropped.
-        def scatter(a):
-            a = a.reshape((steps, num_shards, size) + a.shape[2:])
-            a = jnp.moveaxis(a, 1, 0).reshape((num_shards, steps * size) + a.shape[3:])
-            return a[:, :block].reshape((num_models,) + a.shape[2:])
-
-        return jax.tree.map(scatter, outputs)
+        outputs = jax.lax.map(run, jax.tree.map(lambda a: a[order], per_model_args))
+        return jax.tree.map(lambda a: a.reshape((steps * size,) + a.shape[2:])[:num_models], outputs)
 
     return mapped
 
 
 def jit_sharded(fn: Callable, num_args: int, shared: Sequence[int] = (), devices=None) -> Callable:
-    """``jax.jit(fn)`` with its per-model arguments (every position not in ``shared``) sharded
-    along their leading [N] axis over ``devices`` (default: the local devices) and the shared
-    ones replicated; with one device, plain ``jax.jit``. N must be a multiple of the device count.
-    Arguments committed to another layout are re-laid out (``jax.device_put``) on each call."""
+    """``jax.jit`` of the population function ``fn`` with its population split over ``devices``
+    (default: the local devices): the per-model arguments (every position not in ``shared``) are
+    cut along their leading [N] axis into one contiguous block per device, the shared ones are
+    replicated, and each device runs ``fn`` on its own block as an independent program
+    (``shard_map``; no collectives). Every output of ``fn`` must carry the leading [N] axis
+    (outputs are concatenated back in model order). With one device, plain ``jax.jit``. N must
+    be a multiple of the device count (ValueError otherwise). Arguments committed to another
+    layout are re-laid out (``jax.device_put``) on each call."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     devices = list(devices or jax.local_devices())
     if len(devices) == 1:
         return jax.jit(fn)
     mesh = Mesh(np.asarray(devices), ("pop",))
-    per_model, whole = NamedSharding(mesh, PartitionSpec("pop")), NamedSharding(mesh, PartitionSpec())
-    shardings = tuple(whole if i in shared else per_model for i in range(num_args))
-    compiled = jax.jit(fn, in_shardings=shardings)
+    specs = tuple(PartitionSpec() if i in shared else PartitionSpec("pop") for i in range(num_args))
+    shardings = tuple(NamedSharding(mesh, spec) for spec in specs)
+    # check_vma=False: the blocks never communicate, and a population-level cond whose predicate
+    # differs between blocks is exactly what each block should decide for itself.
+    compiled = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("pop"),
+                                     check_vma=False), in_shardings=shardings)
+
+    def check(args):
+        for i, a in enumerate(args):
+            leaves = [] if i in shared else jax.tree.leaves(a)
+            if leaves and leaves[0].shape[0] % len(devices):
+                raise ValueError(f"jit_sharded: argument {i} has N = {leaves[0].shape[0]} models, not a "
+                                 f"multiple of the {len(devices)} devices; pad the population or use fewer devices")
 
     def call(*args):
+        check(args)
         # Arguments already committed elsewhere (e.g. the replicated output of another program
         # on the same devices) are moved to the expected layout first; jit would refuse them.
         return compiled(*(jax.device_put(a, sh) for a, sh in zip(args, shardings)))
 
-    call.lower = compiled.lower  # AOT use (``jit_sharded(...).lower(*args).compile()``) keeps working
+    def lower(*args):
+        check(args)
+        return compiled.lower(*args)
+
+    call.lower = lower  # AOT use (``jit_sharded(...).lower(*args).compile()``) keeps working
     return call

@@ -19,21 +19,68 @@ def _population_fn(keys, weights, shared_matrix, maybe_none):
     return {"out": out, "group": jnp.full(keys.shape, keys.shape[0])}
 
 
-@pytest.mark.parametrize("strategy, group, shards", [
-    ("map", 1, 1), ("map", 3, 1), ("map", 7, 1), ("map", 100, 1), ("map", 2, 2), ("map", 3, 2), ("vmap", 0, 2)])
-def test_every_layout_gives_each_model_its_own_result(strategy, group, shards):
+@pytest.mark.parametrize("strategy, group", [("map", 1), ("map", 3), ("map", 7), ("map", 100), ("vmap", 0)])
+def test_every_layout_gives_each_model_its_own_result(strategy, group):
     n = 10
     keys = jax.random.split(jax.random.key(0), n)
     weights = jax.random.normal(jax.random.key(1), (n, 4))
     shared = jax.random.normal(jax.random.key(2), (4, 3))
     reference = _population_fn(keys, weights, shared, None)
-    fn = jax.jit(over_population(_population_fn, PopulationLayout(strategy, group), shared=(2, 3),
-                                 num_shards=shards))
+    fn = jax.jit(over_population(_population_fn, PopulationLayout(strategy, group), shared=(2, 3)))
     got = fn(keys, weights, shared, None)
     np.testing.assert_allclose(got["out"], reference["out"], rtol=1e-6, atol=1e-6)
-    block = n // shards
-    expected_group = n if strategy == "vmap" else shards * min(group, block)
+    expected_group = n if strategy == "vmap" else min(group, n)
     assert set(np.asarray(got["group"]).tolist()) == {expected_group}
+
+
+_SHARDED_SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, {root!r})
+from tests.test_population_layout import _population_fn
+from mismatch_jax.population import PopulationLayout, jit_sharded, over_population
+assert len(jax.devices()) == 2
+n = 10
+keys = jax.random.split(jax.random.key(0), n)
+weights = jax.random.normal(jax.random.key(1), (n, 4))
+shared = jax.random.normal(jax.random.key(2), (4, 3))
+reference = _population_fn(keys, weights, shared, None)
+out = {{}}
+for name, layout in (("vmap", PopulationLayout("vmap", 0)), ("map2", PopulationLayout("map", 2))):
+    got = jit_sharded(over_population(_population_fn, layout, shared=(2, 3)), 4, shared=(2, 3))(
+        keys, weights, shared, None)
+    np.testing.assert_allclose(got["out"], reference["out"], rtol=1e-6, atol=1e-6)
+    out[name] = sorted(set(np.asarray(got["group"]).tolist()))
+    out[name + "_devices"] = len(got["out"].sharding.device_set)
+try:
+    jit_sharded(_population_fn, 4, shared=(2, 3))(keys[:3], weights[:3], shared, None)
+except ValueError as exc:
+    out["error"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_jit_sharded_runs_each_device_block_as_its_own_population(tmp_path):
+    """Two host devices (a subprocess: XLA_FLAGS is read at start-up): every model gets its own
+    result, each device's program sees only its block of N / 2 models (vmap: groups of 5; map:2
+    inside each block: groups of 2), the output stays split over both devices, and a population
+    that does not divide over the devices is refused with the fix named."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "sharded.py"
+    script.write_text(_SHARDED_SCRIPT.format(root=root))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["vmap"] == [5] and out["map2"] == [2]
+    assert out["vmap_devices"] == 2 and out["map2_devices"] == 2
+    assert "not a multiple of the 2 devices" in out["error"]
 
 
 def test_one_at_a_time_calls_the_unbatched_function_and_keeps_its_conds():
@@ -56,12 +103,6 @@ def test_one_at_a_time_calls_the_unbatched_function_and_keeps_its_conds():
     assert " cond[" not in via_vmap and "select_n" in via_vmap  # a group of one is still a vmap
 
 
-def test_a_population_not_divisible_by_the_shards_is_refused():
-    fn = over_population(_population_fn, PopulationLayout("map", 1), shared=(2, 3), num_shards=3)
-    with pytest.raises(ValueError, match="multiple of num_shards"):
-        fn(jax.random.split(jax.random.key(0), 4), jnp.ones((4, 4)), jnp.ones((4, 3)), None)
-
-
 def test_defaults_and_resolution():
     assert default_layout("gpu", 1024) == PopulationLayout("vmap", 0)
     assert default_layout("tpu", 1024) == PopulationLayout("vmap", 0)
@@ -75,7 +116,6 @@ def test_defaults_and_resolution():
     assert PopulationLayout("auto", 0).resolve("gpu", 4096) == PopulationLayout("vmap", 0)
     assert PopulationLayout("auto", 0).resolve("cpu", 4096) == wide
     assert PopulationLayout("auto", 8).resolve("cpu", 4096) == PopulationLayout("map", 8)
-    assert PopulationLayout("auto", 0).resolve("cpu", 4096, num_shards=2) == PopulationLayout("vmap", 0)
 
 
 def test_config_table_is_checked():

@@ -170,11 +170,10 @@ def pets_member_model(data: DataSettings, env_name: str, seed: int, env, member:
 
 def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
                              base_params: models.ModelParams, normalizer: models.Normalizer,
-                             validation, episode_length: int, env_params=None, layout=None,
-                             num_shards: int = 1):
+                             validation, episode_length: int, env_params=None, layout=None):
     """Scores last-layer perturbations of ``base_params``; ``layout`` lays out the candidates
-    (``mismatch_jax.population``; None = "auto"), ``num_shards`` devices they are sharded over
-    (jit the result with ``population.jit_sharded``).
+    (``mismatch_jax.population``; None = "auto"); jit ``evaluate`` with ``population.jit_sharded``
+    to split the candidates over devices.
 
     validation: (obs [V, d], action [V, a], next_obs [V, d]) — the LL constraint's data.
     Returns ``(evaluate_one, evaluate)``:
@@ -189,7 +188,7 @@ def make_candidate_evaluator(env, planner, model_config: models.ModelConfig,
         return episodes(perturb_last_layer(base_params, delta), normalizer, trial_keys), candidate_ll(delta)
 
     evaluate = over_population(jax.vmap(evaluate_one, in_axes=(0, None)), layout, shared=(1,),
-                               num_shards=num_shards, width=model_config.hidden_size, per_model=evaluate_one)
+                               width=model_config.hidden_size, per_model=evaluate_one)
 
     return evaluate_one, evaluate
 
@@ -245,8 +244,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     # they divide the population; the final before/after batch is padded to the same size.
     devices = jax.local_devices()
     shards = len(devices) if config.cmaes.population_size % len(devices) == 0 else 1
-    _, evaluate = make_candidate_evaluator(env, planner, mcfg, params, norm, validation, length,
-                                           num_shards=shards)
+    _, evaluate = make_candidate_evaluator(env, planner, mcfg, params, norm, validation, length)
     template = zero_delta(params)
     space = make_search_space(config.cmaes, mcfg, params, norm, dataset.obs, dataset.action)
     ll_original = float(models.one_step_log_likelihood(mcfg, params, norm, *validation))

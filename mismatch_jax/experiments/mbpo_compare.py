@@ -88,7 +88,7 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
     devices = jax.local_devices()
     shards = len(devices) if config.sac.num_seeds % len(devices) == 0 else 1
     program = jit_sharded(over_population(jax.vmap(train), None, width=config.sac.hidden_size,
-                                          num_shards=shards, per_model=train), 1, devices=devices[:shards])
+                                          per_model=train), 1, devices=devices[:shards])
     t = time.perf_counter()
     compiled = program.lower(keys).compile()
     compile_s = time.perf_counter() - t

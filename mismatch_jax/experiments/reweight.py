@@ -336,7 +336,7 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     devices = jax.local_devices()
     shards = len(devices) if per_call % len(devices) == 0 else 1
     evaluate = jit_sharded(make_population_evaluator(env, planner, config.evaluation.length(env),
-                                                     width=mcfg.hidden_size, num_shards=shards),
+                                                     width=mcfg.hidden_size),
                            3, shared=(2,), devices=devices[:shards])
     trial_keys = jax.random.split(jax.random.fold_in(root, EVAL_SALT), config.evaluation.trials)
     episode_rewards = []

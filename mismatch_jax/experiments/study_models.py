@@ -86,13 +86,13 @@ def make_episode_evaluator(env, planner, episode_length: int, env_params=None):
 
 
 def make_population_evaluator(env, planner, episode_length: int, env_params=None, layout=None,
-                              width: int | None = None, num_shards: int = 1):
+                              width: int | None = None):
     """``evaluate(params [N], normalizer [N], trial_keys [K]) -> rewards [N, K]``: one call runs
     N × K episodes (every model sees the same trial keys: common random numbers), the models laid
-    out by ``layout`` (``mismatch_jax.population``; None = "auto" for models ``width`` wide) in
-    each of ``num_shards`` device blocks (jit it with ``population.jit_sharded``). Pure."""
+    out by ``layout`` (``mismatch_jax.population``; None = "auto" for models ``width`` wide) —
+    inside each device's block when jitted with ``population.jit_sharded``. Pure."""
     from mismatch_jax.population import over_population
 
     one_model = make_episode_evaluator(env, planner, episode_length, env_params)
     return over_population(jax.vmap(one_model, in_axes=(0, 0, None)), layout, shared=(2,), width=width,
-                           per_model=one_model, num_shards=num_shards)
+                           per_model=one_model)

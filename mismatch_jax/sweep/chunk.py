@@ -150,11 +150,11 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
     return ChunkParts(train=train_stage, likelihood=likelihood_stage, reward=reward_stage)
 
 
-def laid_out(parts: ChunkParts, layout: PopulationLayout, num_shards: int = 1, width: int | None = None) -> ChunkParts:
+def laid_out(parts: ChunkParts, layout: PopulationLayout, width: int | None = None) -> ChunkParts:
     """The chunk's stages under a population layout (``mismatch_jax.population``): each stage
-    runs its models all at once (vmap) or in groups (lax.map), inside each device's block of a
-    population axis sharded over ``num_shards`` devices."""
-    lay = lambda fn, shared: over_population(fn, layout, shared, num_shards, width)
+    runs its models all at once (vmap) or in groups (lax.map) — inside each device's block when
+    the chunk is sharded (``jit_sharded``)."""
+    lay = lambda fn, shared: over_population(fn, layout, shared, width)
     return ChunkParts(train=lay(parts.train, (2,)), likelihood=lay(parts.likelihood, (3,)),
                       reward=lay(parts.reward, (4,)))
 
@@ -166,7 +166,7 @@ def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
     be a multiple of the mesh size (the population axis is sharded, the data replicated). Data
     are arguments, not closure constants, so they are not baked into the compiled program and
     the persistent compilation cache can reuse it."""
-    parts = laid_out(make_chunk_parts(config, env, kind), config.run.layout, mesh.devices.size,
+    parts = laid_out(make_chunk_parts(config, env, kind), config.run.layout,
                      config.population.model_of(kind, env).hidden_size)
 
     def chunk(indices, dataset_index, setting_index, train_data, eval_sets, env_settings):

@@ -191,8 +191,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
         "jax": jax.__version__, "python": platform.python_version(),
         "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
         "num_models": config.num_models, "chunks": [],
-        "layout": vars(config.run.layout.resolve(width=config.population.model.hidden_size,
-                                                 num_shards=len(jax.local_devices()))),
+        "layout": vars(config.run.layout.resolve(width=config.population.model.hidden_size)),
     }
     results.write_manifest(out_dir, manifest, manifest_name)
 
