@@ -57,8 +57,9 @@ def summarize(values, scale: float = 1.0) -> dict:
     return {"min": min(v), "median": float(np.median(v)), "max": max(v), "reps": len(v), "values": v}
 
 
-def gemm_gflops(size: int = 2048, reps: int = 5) -> dict:
-    """GFLOP/s of a ``size``² float32 ``jnp.dot`` (first call discarded), ``reps`` timed calls."""
+def gemm_timer(size: int = 2048):
+    """``rates(reps) -> [GFLOP/s]`` of ``reps`` timed calls of a ``size``² float32 ``jnp.dot``
+    (compiled and warmed up once here), to interleave the physical reference with other work."""
     import jax
     import jax.numpy as jnp
 
@@ -66,11 +67,20 @@ def gemm_gflops(size: int = 2048, reps: int = 5) -> dict:
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
     dot = jax.jit(jnp.dot)
     jax.block_until_ready(dot(a, b))
-    rates = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(dot(a, b))
-        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
-    out = summarize(rates)
+
+    def rates(reps: int) -> list[float]:
+        out = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            jax.block_until_ready(dot(a, b))
+            out.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+        return out
+
+    return rates
+
+
+def gemm_gflops(size: int = 2048, reps: int = 5) -> dict:
+    """GFLOP/s of a ``size``² float32 ``jnp.dot`` (first call discarded), ``reps`` timed calls."""
+    out = summarize(gemm_timer(size)(reps))
     out["size"] = size
     return out
