@@ -284,6 +284,23 @@ def output_dir(args: argparse.Namespace, config) -> str:
     return args.out or getattr(config, "out_dir", None) or f"runs/{args.command}"
 
 
+def _host_split_hint(args: argparse.Namespace) -> str | None:
+    """A one-line hint when a population command runs on one CPU device of a multi-core host
+    (``--devices`` not given): splitting the host is not the default but is what keeps every
+    core busy with small GEMMs (RESULTS.md, session 9)."""
+    import os
+
+    if args.command not in DEVICE_COMMANDS or getattr(args, "devices", 0):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    import jax
+
+    if cores < 2 or jax.default_backend() != "cpu" or len(jax.local_devices()) > 1:
+        return None
+    return (f"note: {cores} CPU cores, one XLA device; `--devices {cores}` runs the population as one "
+            f"program per core (1.5-2x faster on 2 cores, benchmarks/RESULTS.md)")
+
+
 def _run_command(args: argparse.Namespace) -> None:
     command = COMMANDS[args.command]
     if args.layout is not None:
@@ -292,6 +309,9 @@ def _run_command(args: argparse.Namespace) -> None:
         use_layout(parse_layout(args.layout))
     config = load_command_config(args.command, args.config, args.overrides)
     out = output_dir(args, config)
+    hint = _host_split_hint(args)  # after the config is checked: bad input fails before jax starts
+    if hint:
+        print(hint, file=sys.stderr)
     run = _resolve(command.run)
     if command.takes_options:
         run(config, out, options=args)

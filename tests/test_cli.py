@@ -133,3 +133,16 @@ def test_an_internal_error_exits_1_with_its_traceback(monkeypatch, tmp_path, cap
     err = capsys.readouterr().err
     assert "Traceback" in err and "internal error" in err
 
+
+
+def test_a_population_command_on_one_cpu_device_of_a_multicore_host_hints_at_devices(monkeypatch):
+    import argparse
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    hint = cli._host_split_hint(argparse.Namespace(command="sweep", devices=0))
+    assert hint is not None and "--devices 3" in hint  # the test process runs on one CPU device
+    assert cli._host_split_hint(argparse.Namespace(command="sweep", devices=3)) is None  # already split
+    assert cli._host_split_hint(argparse.Namespace(command="pets")) is None  # no population to split
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert cli._host_split_hint(argparse.Namespace(command="mbpo", devices=0)) is None  # one core
