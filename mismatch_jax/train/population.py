@@ -48,7 +48,7 @@ from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.models import core as models
 from mismatch_jax.models.nets import gradient_update
 from mismatch_jax.models.trainer_losses import PerSampleLoss
-from mismatch_jax.population import PopulationLayout, over_population
+from mismatch_jax.population import PopulationLayout, jit_sharded, over_population
 from mismatch_jax.train.config import TrainConfig, TrainHParams, make_optimizer
 from mismatch_jax.train.inputs import check_inputs
 from mismatch_jax.train.steps import (EpochMetrics, EvalSums, TrainMetrics, TrainResult, all_finite,
@@ -86,14 +86,20 @@ class _ModelState:
 
 
 def make_train(config: TrainConfig, *, jit: bool = True, per_sample_loss: Optional[PerSampleLoss] = None,
-               layout: Optional[PopulationLayout] = None):
+               layout: Optional[PopulationLayout] = None, devices=None):
     """The checked, jitted population trainer (see ``make_train_fn`` for the arguments): it
     validates its inputs in Python (shapes; NaN/inf when the data are concrete) and then calls one
     jitted computation (``jit=False``: un-jitted, e.g. to compare jit vs no-jit). ``layout``: how
-    the models are laid out (``mismatch_jax.population``; None = "auto" for the model's width)."""
+    the models are laid out (``mismatch_jax.population``; None = "auto" for the model's width).
+    ``devices``: split the population over these devices, one program per device block
+    (``population.jit_sharded``; N must be a multiple of their count) — e.g. ``jax.devices()``
+    of a CPU split into host devices; None: one jitted program."""
     train_fn = over_population(make_train_fn(config, per_sample_loss), layout, shared=(2, 5, 6),
                                width=config.model.hidden_size)
-    core = jax.jit(train_fn) if jit else train_fn
+    if jit and devices is not None and len(devices) > 1:
+        core = jit_sharded(train_fn, 7, shared=(2, 5, 6), devices=devices)
+    else:
+        core = jax.jit(train_fn) if jit else train_fn
 
     def train(keys, params_or_none, data: TransitionData, hparams: TrainHParams, dataset_index=None,
               loss_context=None, row_bound=None):

@@ -343,8 +343,9 @@ def test_bad_shapes_raise():
 
 @pytest.mark.slow
 def test_two_host_devices_sharded_equals_single(tmp_path):
-    """The population sharded over 2 host devices gives the same numbers (subprocess: XLA_FLAGS
-    must be set before jax starts)."""
+    """The population over 2 host devices gives the same numbers, both with sharded inputs to the
+    one-program trainer (GSPMD) and with ``make_train(devices=...)`` (one program per device block)
+    (subprocess: XLA_FLAGS must be set before jax starts)."""
     import os
     import subprocess
     import sys
@@ -365,6 +366,9 @@ def test_two_host_devices_sharded_equals_single(tmp_path):
         "two = train(*jax.device_put((keys,), sh), None, data, jax.device_put(hp, sh), jax.device_put(ds, sh))\n"
         "assert len(jax.devices()) == 2\n"
         "jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), one, two)\n"
+        "blocks = make_train(cfg, devices=jax.devices())(keys, None, data, hp, ds)\n"
+        "assert len(blocks.params.layers[0][0].sharding.device_set) == 2\n"
+        "jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one, blocks)\n"
         "print('ok')\n" % os.getcwd()
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
