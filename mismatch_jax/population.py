@@ -21,7 +21,7 @@ runs such a function under a ``PopulationLayout``:
   (``shard_map``): no data crosses devices and no device waits for another inside the call (a
   population-level ``lax.cond`` skip is decided per block). On a 2-core CPU split into 2 host
   devices this is how both cores stay busy with plain GEMMs: one model per core at a time,
-  rather than Eigen splitting each small GEMM over two threads (RESULTS.md, "sharded").
+  rather than Eigen splitting each small GEMM over two threads (benchmarks/RESULTS.md, session 9).
 
 The numbers do not depend on the layout beyond float reassociation inside XLA's kernels (a
 batched and a plain GEMM may sum in different orders): models are independent, keys are per
