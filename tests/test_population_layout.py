@@ -129,6 +129,8 @@ def test_config_table_is_checked():
         from_dict(SweepConfig, {"env": "cartpole_balance", "run": {"layout": {"group_size": -1}}})
 
 
+@pytest.mark.slow  # ~19 s of compile; the default tier checks the sweep's trainer under map:1 over 2 devices
+# against the default layout (tests/sweep/test_runner.py) and every layout on a toy population (above)
 def test_population_trainer_is_the_same_under_each_layout():
     from mismatch_jax.data.transitions import TransitionData
     from mismatch_jax.models import core as models
