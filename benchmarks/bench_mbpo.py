@@ -32,7 +32,7 @@ import numpy as np
 from mismatch_jax.agents import mbpo
 from mismatch_jax.agents import mbpo_config
 from mismatch_jax.experiments import mbpo_compare
-from mismatch_jax.population import PopulationLayout, jit_sharded, over_population
+from mismatch_jax.population import PopulationLayout, devices_dividing, jit_sharded, over_population
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAC_REFERENCE = {
@@ -70,15 +70,15 @@ def seed_programs(config: mbpo_compare.CompareConfig, num_seeds, layout=None):
     train = mbpo.make_train(cfg, env)
     t = time.perf_counter()
     # With several (host) devices the seeds are sharded over them, laid out inside each block.
-    shards = len(jax.devices()) if num_seeds % len(jax.devices()) == 0 else 1
+    devices = devices_dividing(num_seeds, jax.devices())
     layout = (layout or PopulationLayout()).resolve(width=cfg.sac.hidden_size)
     program = over_population(jax.vmap(train), layout, per_model=train)
-    batched = jit_sharded(program, 1, devices=jax.devices()[:shards]).lower(keys).compile()
+    batched = jit_sharded(program, 1, devices=devices).lower(keys).compile()
     vmapped_compile_s = time.perf_counter() - t
     t = time.perf_counter()
     single = jax.jit(train).lower(keys[0]).compile()
     single_compile_s = time.perf_counter() - t
-    return {"batched": batched, "single": single, "keys": keys, "config": cfg, "layout": layout, "shards": shards,
+    return {"batched": batched, "single": single, "keys": keys, "config": cfg, "layout": layout, "shards": len(devices),
             "vmapped_compile_s": vmapped_compile_s, "single_compile_s": single_compile_s}
 
 

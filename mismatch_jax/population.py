@@ -159,6 +159,14 @@ def over_population(fn: Callable, layout: PopulationLayout | None, shared: Seque
     return mapped
 
 
+def devices_dividing(num_models: int, devices=None) -> list:
+    """The devices to split a population of ``num_models`` over: all of ``devices`` (default: the
+    local devices) when their count divides it, else the first one alone (the call then runs
+    unsplit rather than padding the population)."""
+    devices = list(devices or jax.local_devices())
+    return devices if num_models % len(devices) == 0 else devices[:1]
+
+
 def jit_sharded(fn: Callable, num_args: int, shared: Sequence[int] = (), devices=None) -> Callable:
     """``jax.jit`` of the population function ``fn`` with its population split over ``devices``
     (default: the local devices): the per-model arguments (every position not in ``shared``) are

@@ -185,3 +185,11 @@ def test_jit_sharded_accepts_arguments_committed_to_another_layout(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300,
                          cwd=os.getcwd())
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_devices_dividing_keeps_every_device_only_when_they_divide_the_population():
+    from mismatch_jax.population import devices_dividing
+
+    devices = ["d0", "d1"]  # stand-ins: the helper only counts and slices
+    assert devices_dividing(8, devices) == ["d0", "d1"]
+    assert devices_dividing(7, devices) == ["d0"]

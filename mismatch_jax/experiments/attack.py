@@ -73,7 +73,7 @@ from mismatch_jax.models.checkpoint import load_model, save_model
 from mismatch_jax.models.core import ModelConfig
 from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import EpisodeSettings, make_planner
-from mismatch_jax.population import jit_sharded, over_population
+from mismatch_jax.population import devices_dividing, jit_sharded, over_population
 from mismatch_jax.train.config import TrainingSection
 # The search variable and the CMA-ES machinery live in their own modules; their public names are
 # part of this module's interface (``attack.make_search_space``, ``attack.run_cmaes``, …).
@@ -242,8 +242,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
     # Candidates spread over the local devices (`mismatch-jax attack --devices 2` on a CPU) when
     # they divide the population; the final before/after batch is padded to the same size.
-    devices = jax.local_devices()
-    shards = len(devices) if config.cmaes.population_size % len(devices) == 0 else 1
+    devices = devices_dividing(config.cmaes.population_size)
     _, evaluate = make_candidate_evaluator(env, planner, mcfg, params, norm, validation, length)
     template = zero_delta(params)
     space = make_search_space(config.cmaes, mcfg, params, norm, dataset.obs, dataset.action)
@@ -255,7 +254,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
 
     t = time.perf_counter()
     evaluate_points = jit_sharded(lambda points, keys: evaluate(jax.vmap(space.expand)(points), keys), 2,
-                                  shared=(1,), devices=devices[:shards])
+                                  shared=(1,), devices=devices)
     candidate_ll = make_candidate_ll(mcfg, params, norm, validation)
     ll_of_points = jax.vmap(lambda z: candidate_ll(space.expand(z)))
     state, history, mean_point = run_cmaes(jax.random.fold_in(root, CMA_SALT), evaluate_points,
@@ -270,7 +269,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     pop = config.cmaes.population_size
     trio = [template, best_delta, mean_delta]
     batch = jax.tree.map(lambda *xs: jnp.stack(list(xs) + [xs[0]] * (pop - 3)), *trio)
-    eval_jit = jit_sharded(evaluate, 2, shared=(1,), devices=devices[:shards])
+    eval_jit = jit_sharded(evaluate, 2, shared=(1,), devices=devices)
     rounds = []
     for r in range(config.evaluation.final_rounds):
         keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(root, FINAL_SALT), r),
@@ -312,7 +311,7 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
         "search_best": {"fitness": float(state.best_fitness), "reward_mean": float(state.best_reward),
                         "ll": float(state.best_ll)},
         "convergence": {k: v.tolist() for k, v in history.items()},
-        "timings": timings, "device_kind": jax.devices()[0].device_kind, "candidate_devices": shards,
+        "timings": timings, "device_kind": jax.devices()[0].device_kind, "candidate_devices": len(devices),
     }
     write_json(out / "attack.json", report)
     plot_convergence(history, ll_original, before["mean"], after["mean"], float(lls[1]),

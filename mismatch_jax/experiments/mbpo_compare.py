@@ -28,7 +28,7 @@ from mismatch_jax.files import write_json
 from mismatch_jax.agents import mbpo
 from mismatch_jax.agents import mbpo_config
 from mismatch_jax.config_io import Schema, from_dict, load_toml, to_dict
-from mismatch_jax.population import jit_sharded, over_population
+from mismatch_jax.population import devices_dividing, jit_sharded, over_population
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +85,9 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
     # networks' width), sharded over the local devices when they divide the seed count (e.g.
     # `mismatch-jax mbpo --devices 2` on a CPU: 8 seeds took 0.47x the sequential runs).
     train = mbpo.make_train(config, env)
-    devices = jax.local_devices()
-    shards = len(devices) if config.sac.num_seeds % len(devices) == 0 else 1
+    devices = devices_dividing(config.sac.num_seeds)
     program = jit_sharded(over_population(jax.vmap(train), None, width=config.sac.hidden_size,
-                                          per_model=train), 1, devices=devices[:shards])
+                                          per_model=train), 1, devices=devices)
     t = time.perf_counter()
     compiled = program.lower(keys).compile()
     compile_s = time.perf_counter() - t
@@ -102,7 +101,7 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
     return {
         "agent": name,
         "num_seeds": int(returns.shape[0]),
-        "seed_devices": shards,
+        "seed_devices": len(devices),
         "env_steps": [int(s) for s in steps],
         "eval_return": [[round(float(r), 2) for r in row] for row in returns],
         "eval_return_mean": [round(float(r), 2) for r in mean],

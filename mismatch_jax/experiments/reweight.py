@@ -49,7 +49,7 @@ from mismatch_jax.errors import InputError
 from mismatch_jax.experiments.study_models import (STUDY_MODEL, DataSettings, build_dataset,
                                                    make_population_evaluator)
 from mismatch_jax.files import check_writable, write_json, write_npz
-from mismatch_jax.population import jit_sharded
+from mismatch_jax.population import devices_dividing, jit_sharded
 from mismatch_jax.agents.config import PetsConfig
 from mismatch_jax.config_io import Schema, load_toml, setting, to_dict
 from mismatch_jax.envs.registry import check_env
@@ -333,11 +333,10 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     per_call = config.evaluation.models_per_call or num_models
     # Models spread over the local devices (`mismatch-jax reweight --devices 2` on a CPU) when
     # they divide a call's models; the rewards do not depend on it.
-    devices = jax.local_devices()
-    shards = len(devices) if per_call % len(devices) == 0 else 1
+    devices = devices_dividing(per_call)
     evaluate = jit_sharded(make_population_evaluator(env, planner, config.evaluation.length(env),
                                                      width=mcfg.hidden_size),
-                           3, shared=(2,), devices=devices[:shards])
+                           3, shared=(2,), devices=devices)
     trial_keys = jax.random.split(jax.random.fold_in(root, EVAL_SALT), config.evaluation.trials)
     episode_rewards = []
     for start in range(0, num_models, per_call):
@@ -385,7 +384,7 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
         "num_models": num_models, "num_diverged": int(diverged.sum()),
         "mean_over_feasible": {"reweighted": float(np.nanmean(reward_mean[0])),
                                "uniform": float(np.nanmean(reward_mean[1]))},
-        "timings": timings, "device_kind": jax.devices()[0].device_kind, "model_devices": shards,
+        "timings": timings, "device_kind": jax.devices()[0].device_kind, "model_devices": len(devices),
     }
     write_json(out / "reweight.json", report)
     plot_heatmaps(reward_mean, grid.sizes, grid.epsilons, out / "reweight_heatmap.png",
