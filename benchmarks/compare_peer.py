@@ -67,10 +67,22 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-if "--devices" in sys.argv[:-1]:  # XLA reads the host device count when JAX starts
-    _count = sys.argv[sys.argv.index("--devices") + 1]
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={int(_count)}").strip()
+
+def host_device_count(argv) -> int:
+    """``--devices D`` if given, else the CPU core count: what the README tells a user to pass on
+    a multi-core CPU (the peer, too, uses every core: torch's default threads)."""
+    if "--devices" in argv[:-1]:
+        try:
+            return max(1, int(argv[argv.index("--devices") + 1]))
+        except ValueError:
+            return 1  # argparse reports the bad value
+    return os.cpu_count() or 1
+
+
+# XLA reads the host device count when JAX starts; a count already in XLA_FLAGS wins.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+                               f"{host_device_count(sys.argv)}").strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -83,7 +95,7 @@ from mismatch_jax.models import core as models  # noqa: E402
 from mismatch_jax.models.nets import gradient_update  # noqa: E402
 from mismatch_jax.planning.cem import CEMConfig  # noqa: E402
 from mismatch_jax.planning.mpc import make_planner  # noqa: E402
-from mismatch_jax.population import jit_sharded, over_population, parse_layout  # noqa: E402
+from mismatch_jax.population import devices_dividing, jit_sharded, over_population, parse_layout  # noqa: E402
 from mismatch_jax.train import TrainConfig, TrainHParams, make_optimizer, make_train_fn, model_keys  # noqa: E402
 from mismatch_jax.train.steps import all_finite, make_model_steps, select  # noqa: E402
 
@@ -123,10 +135,11 @@ def parse_args(argv=None):
     p.add_argument("--layout", default="auto",
                    help="ours: population layout of train / cem_batch / seeds (vmap, map[:G], auto = the "
                         "backend's default, as the product runs it)")
-    p.add_argument("--devices", type=int, default=1,
-                   help="train / seeds: split the CPU into this many XLA devices and shard our population "
-                        "(seeds) over them (read before JAX starts; the peer keeps torch's default threads; "
-                        "sequential seeds run on one device)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="train / seeds / cem: split the CPU into this many XLA devices and shard our population "
+                        "(seeds; an expectation CEM call's candidates) over them when it divides (read before "
+                        "JAX starts; default: the CPU core count, as the README recommends; 1 = one device; "
+                        "the peer keeps torch's default threads; sequential seeds run on one device)")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--gap-s", type=float, default=0.2, help="idle seconds between timed calls")
     p.add_argument("--no-peer", action="store_true", help="JAX side only (peer keys null)")
@@ -325,11 +338,13 @@ def train_question(args, peer, hidden, n, gemm):
     keys = model_keys(jax.random.key(0), 0, n)
     hp = TrainHParams.population(n)
     ds = jnp.zeros(n, jnp.int32)
-    shards = len(jax.devices())  # --devices D: the population sharded over D host devices
+    devices = devices_dividing(n)  # --devices D: the population sharded over D host devices
+    shards = len(devices)
     layout = parse_layout(args.layout).resolve(width=hidden)
     ours_fn = over_population(make_train_fn(cfg), layout, shared=(1, 2), width=hidden)
     hp = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,)), hp)
-    compiled, compile_s = compile_timed(jit_sharded(ours_fn, 5, shared=(1, 2)), keys, None, data, hp, ds)
+    compiled, compile_s = compile_timed(jit_sharded(ours_fn, 5, shared=(1, 2), devices=devices),
+                                        keys, None, data, hp, ds)
     warm_s = timed(lambda: compiled(keys, None, data, hp, ds))
     entry = {
         "hidden": hidden, "num_models": n, "layers": args.layers, "epochs": args.epochs,
@@ -408,20 +423,21 @@ def swingup_reward(obs, action, next_obs):
     return jnp.exp(-(tip_x**2 + (tip_y - 0.6) ** 2) / 0.36) - 0.01 * jnp.sum(action**2)
 
 
-def cem_planner(setting):
-    """(planner, model config) of one CEM_SETTINGS entry: a PE ensemble, CEM with α 0.1."""
+def cem_planner(setting, candidate_devices=None):
+    """(planner, model config) of one CEM_SETTINGS entry: a PE ensemble, CEM with α 0.1;
+    candidate_devices: each CEM iteration's candidates split over these (make_planner)."""
     s = CEM_SETTINGS[setting]
     mc = models.ModelConfig(kind="PE", obs_dim=OBS_DIM, action_dim=ACT_DIM, hidden_size=s["hidden"],
                             num_hidden_layers=s["layers"], ensemble_size=s["ensemble"], activation="silu")
     cem = CEMConfig(horizon=s["horizon"], population_size=s["population"], num_elites=s["elites"],
                     num_iterations=s["iterations"], alpha=0.1, propagation=s["propagation"],
                     num_particles=s["particles"]).with_bounds([-ACTION_BOUND] * ACT_DIM, [ACTION_BOUND] * ACT_DIM)
-    return make_planner(cem, mc, swingup_reward), mc
+    return make_planner(cem, mc, swingup_reward, candidate_devices=candidate_devices), mc
 
 
-def cem_inputs(setting, num_models):
+def cem_inputs(setting, num_models, candidate_devices=None):
     """(planner, params [M], normalizers [M], obs [M, d], plans [M, H, A]) for M models."""
-    planner, mc = cem_planner(setting)
+    planner, mc = cem_planner(setting, candidate_devices)
     params = jax.vmap(lambda k: models.init(k, mc))(jax.random.split(jax.random.key(0), num_models))
     norms = jax.vmap(lambda _: models.identity_normalizer(mc))(jnp.arange(num_models))
     obs = jnp.zeros((num_models, OBS_DIM))
@@ -435,13 +451,19 @@ def first(tree):
 
 
 def cem_question(args, peer, setting):
-    """One ``cem["<setting>"]`` entry: one planning call of one model, ours vs the peer's agent."""
-    planner, params, norms, obs, plans = cem_inputs(setting, 1)
+    """One ``cem["<setting>"]`` entry: one planning call of one model, ours vs the peer's agent.
+    With ``--devices D`` an expectation setting splits its candidates over the D host devices
+    (``ours_candidate_devices``); TS settings run on one device (their particles' member
+    assignment spans all candidates)."""
+    devices = devices_dividing(CEM_SETTINGS[setting]["population"])
+    split = len(devices) > 1 and CEM_SETTINGS[setting]["propagation"] == "expectation"
+    planner, params, norms, obs, plans = cem_inputs(setting, 1, devices if split else None)
     p0, n0, o0, pl0 = first(params), first(norms), obs[0], plans[0]
     compiled, compile_s = compile_timed(jax.jit(planner), jax.random.key(0), p0, n0, o0, pl0)
     warm_s = timed(lambda: compiled(jax.random.key(0), p0, n0, o0, pl0))
     entry = {"ours_s": None, "peer_s": None, "setting": {"name": setting, **CEM_SETTINGS[setting]},
-             "ours_compile_s": compile_s, "ours_warmup_s": warm_s}
+             "ours_compile_s": compile_s, "ours_warmup_s": warm_s,
+             "ours_candidate_devices": len(devices) if split else 1}
     worker = peer.start(setting)
     if worker is not None:
         try:
@@ -742,7 +764,8 @@ def main(argv=None):
     report = {
         "benchmark": "compare_peer", "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "platform": dev.platform, "device_kind": dev.device_kind, "jax": jax.__version__,
-        "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(), "num_devices": len(jax.devices()),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "loadavg_start": list(os.getloadavg()),
         "config": {k: v for k, v in vars(args).items() if k not in ("peer_python",)},
         "notes": [],
     }

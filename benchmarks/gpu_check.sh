@@ -25,7 +25,7 @@ limit="${GPU_CHECK_LIMIT_S:-450}"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c "import jax; print('gpu_check: jax', jax.__version__, jax.devices(), flush=True)" >&2 || exit 1
 timeout --signal=TERM --kill-after=15 "$limit" "$PYTHON" benchmarks/compare_peer.py --no-peer \
-  --only gemm,train,cem,cem_batch,breakdown,seeds --reps 5 \
+  --only gemm,train,cem,cem_batch,breakdown,seeds --reps 5 --devices 1 \
   --hidden 32,200 --num-models 64,256,1024 \
   --cem-settings expectation_h30,tsinf_h15_p20 --cem-batch 8,64,256 --cem-batch-setting expectation_h30 \
   --breakdown-sizes 200_256 --seeds-count 8 --seeds-reps 3 --gap-s 0.05 \

@@ -17,11 +17,12 @@ is ``planner_from_returns(cem_config, returns_fn)`` for one way of scoring actio
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from mismatch_jax.config_io import Schema, setting
@@ -169,13 +170,22 @@ def model_returns(cem: CEMConfig, model: ModelConfig, reward_fn: Optional[Callab
 
 
 def make_planner(cem_config: CEMConfig, model_config: ModelConfig,
-                 reward_fn: Optional[Callable], termination_fn: Optional[Callable] = None) -> Planner:
+                 reward_fn: Optional[Callable], termination_fn: Optional[Callable] = None,
+                 candidate_devices: Optional[Sequence[Any]] = None) -> Planner:
     """CEM-MPC on a learned model.
 
     reward_fn(obs [d], action [a], next_obs [d]) -> [] and termination_fn(next_obs [d]) -> [] bool
     are unbatched (env.reward_fn / env.termination_fn). Returns a ``Planner``:
     ``planner(key, model_params, normalizer, obs [d], prev_plan [H, A]) -> (action [A], next_plan)``.
     Pure: vmap it over models (params, normalizer) and/or start states (obs, prev_plan).
+
+    candidate_devices: with two or more devices, every CEM iteration's candidates are cut into one
+    contiguous block per device and each device rolls out its own block (``shard_map``, no
+    collectives; the model and the start state are replicated). Only for ``expectation``
+    propagation, where a candidate's return depends on nothing but its own actions, so the plan is
+    the same as on one device; ``population_size`` must be a multiple of the device count. On a
+    multi-core CPU split into host devices this is what lets one planning call use every core
+    (RESULTS.md, CEM rows with ``--devices``).
     """
     cem_config._require_bounds()
     if cem_config.action_dim != model_config.action_dim:
@@ -188,7 +198,32 @@ def make_planner(cem_config: CEMConfig, model_config: ModelConfig,
         return model_returns(cem_config, model_config, reward_fn, termination_fn, key, model_params,
                              normalizer, obs, actions)
 
+    devices = list(candidate_devices or [])
+    if len(devices) > 1:
+        returns_fn = _split_candidates(cem_config, returns_fn, devices)
     return planner_from_returns(cem_config, returns_fn)
+
+
+def _split_candidates(cem: CEMConfig, returns_fn: ReturnsFn, devices: list) -> ReturnsFn:
+    """``returns_fn`` with its candidates [P, H, A] evaluated in one block per device."""
+    from jax.sharding import Mesh, PartitionSpec
+
+    if cem.propagation != "expectation":
+        raise ValueError(
+            f"candidate_devices splits candidates only under 'expectation' propagation (got "
+            f"{cem.propagation!r}: its particles share one member assignment over all candidates); "
+            "split the models or seeds over devices instead, or pass candidate_devices=None"
+        )
+    if cem.population_size % len(devices):
+        raise ValueError(
+            f"CEMConfig.population_size ({cem.population_size}) must be a multiple of the "
+            f"{len(devices)} candidate devices; change population_size or the device count"
+        )
+    mesh = Mesh(np.asarray(devices), ("candidates",))
+    # check_vma=False: the blocks never communicate; key, model and start state are replicated.
+    return jax.shard_map(returns_fn, mesh=mesh,
+                         in_specs=(PartitionSpec(),) * 4 + (PartitionSpec("candidates"),),
+                         out_specs=PartitionSpec("candidates"), check_vma=False)
 
 
 def true_dynamics_returns(cem: CEMConfig, env, env_params: Any, obs: jax.Array,

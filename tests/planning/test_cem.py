@@ -247,3 +247,62 @@ def test_config_validation():
     mc, _, _ = identity_model()
     with pytest.raises(ValueError, match="bounds"):
         make_planner(CEMConfig(), mc, quadratic_reward)
+
+
+_CANDIDATE_SPLIT_SCRIPT = """
+import json
+import jax, jax.numpy as jnp
+from mismatch_jax.models import core as models
+from mismatch_jax.planning import CEMConfig, make_planner
+assert len(jax.devices()) == 2
+mc = models.ModelConfig(kind="PE", obs_dim=3, action_dim=2, hidden_size=16, num_hidden_layers=2,
+                        ensemble_size=3)
+params = models.init(jax.random.key(0), mc)
+norm = models.identity_normalizer(mc)
+cem = CEMConfig(horizon=4, population_size=40, num_elites=6, num_iterations=3,
+                propagation="expectation").with_bounds([-1.0, -1.0], [1.0, 1.0])
+reward = lambda obs, action, next_obs: -jnp.sum((action - 0.3) ** 2) - jnp.sum(next_obs ** 2)
+done = lambda next_obs: next_obs[0] > 0.5
+one = make_planner(cem, mc, reward, done)
+split = make_planner(cem, mc, reward, done, candidate_devices=jax.devices())
+keys = jax.random.split(jax.random.key(1), 2)
+obs = jax.random.normal(jax.random.key(2), (2, 3))
+plans = jnp.stack([one.initial_plan] * 2)
+batched = lambda p: jax.jit(jax.vmap(p.plan_with_info, in_axes=(0, None, None, 0, 0)))(keys, params, norm, obs, plans)
+a, b = batched(one), batched(split)
+single = jax.jit(split.plan_with_info)(keys[0], params, norm, obs[0], plans[0])
+diff = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+diff_single = max(float(jnp.max(jnp.abs(x[0] - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(single)))
+hlo = jax.jit(split.plan_with_info).lower(keys[0], params, norm, obs[0], plans[0]).as_text()
+print(json.dumps(dict(diff=diff, diff_single=diff_single, shard_map="shard_map" in hlo or "sdy.manual" in hlo)))
+"""
+
+
+def test_candidates_split_over_two_devices_plan_the_same(tmp_path):
+    """Expectation CEM with its candidates split over 2 host devices (a subprocess: XLA_FLAGS is read
+    at start-up) gives the one-device plan, returns and std, alone and vmapped over start states."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "split.py"
+    script.write_text(_CANDIDATE_SPLIT_SCRIPT)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shard_map"]
+    assert out["diff"] < 1e-5 and out["diff_single"] < 1e-5
+
+
+def test_candidate_split_refuses_particles_and_indivisible_populations():
+    mc, _, _ = identity_model(kind="PE", ensemble_size=5)
+    two = [jax.devices()[0]] * 2  # the checks run before any device is used
+    with pytest.raises(ValueError, match="only under 'expectation' propagation"):
+        make_planner(small_cem(propagation="tsinf"), mc, quadratic_reward, candidate_devices=two)
+    with pytest.raises(ValueError, match=r"population_size \(201\) must be a multiple of the 2"):
+        make_planner(small_cem(propagation="expectation", population_size=201), mc, quadratic_reward,
+                     candidate_devices=two)
+    one = make_planner(small_cem(propagation="tsinf"), mc, quadratic_reward, candidate_devices=two[:1])
+    assert one.config.propagation == "tsinf"  # one device: no split, any propagation
