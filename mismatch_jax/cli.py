@@ -210,7 +210,7 @@ def _cmd_configs(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-DEVICE_COMMANDS = ("sweep", "mbpo", "attack", "reweight")  # commands that shard their population over local devices
+DEVICE_COMMANDS = ("sweep", "mbpo", "attack", "reweight", "pets")  # commands that split their work over local devices
 
 
 def _force_host_devices(count: int) -> None:
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in DEVICE_COMMANDS:
             p.add_argument("--devices", type=int, default=0,
                            help="CPU only: split the host into this many XLA devices (shards the "
-                                "population / the seeds over them)")
+                                "population / the seeds / an expectation CEM call's candidates over them)")
         if name == "sweep":
             p.add_argument("--resume", action="store_true",
                            help="continue an interrupted sweep in OUT (finished chunks are kept)")
@@ -297,8 +297,10 @@ def _host_split_hint(args: argparse.Namespace) -> str | None:
 
     if cores < 2 or jax.default_backend() != "cpu" or len(jax.local_devices()) > 1:
         return None
-    return (f"note: {cores} CPU cores, one XLA device; `--devices {cores}` runs the population as one "
-            f"program per core (1.5-2x faster on 2 cores, benchmarks/RESULTS.md)")
+    what = "each planning call's candidates" if args.command == "pets" else "the population"
+    gain = "1.25x" if args.command == "pets" else "1.5-2x"
+    return (f"note: {cores} CPU cores, one XLA device; `--devices {cores}` runs {what} as one "
+            f"program per core ({gain} faster on 2 cores, benchmarks/RESULTS.md)")
 
 
 def _run_command(args: argparse.Namespace) -> None:

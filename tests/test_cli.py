@@ -143,6 +143,7 @@ def test_a_population_command_on_one_cpu_device_of_a_multicore_host_hints_at_dev
     hint = cli._host_split_hint(argparse.Namespace(command="sweep", devices=0))
     assert hint is not None and "--devices 3" in hint  # the test process runs on one CPU device
     assert cli._host_split_hint(argparse.Namespace(command="sweep", devices=3)) is None  # already split
-    assert cli._host_split_hint(argparse.Namespace(command="pets")) is None  # no population to split
+    assert "--devices 3" in cli._host_split_hint(argparse.Namespace(command="pets", devices=0))  # candidates
+    assert cli._host_split_hint(argparse.Namespace(command="tabular")) is None  # nothing to split
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert cli._host_split_hint(argparse.Namespace(command="mbpo", devices=0)) is None  # one core

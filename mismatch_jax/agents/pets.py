@@ -37,7 +37,7 @@ from flax import struct
 
 from mismatch_jax.agents.config import PetsConfig, load_pets_config
 from mismatch_jax.models import core as models
-from mismatch_jax.planning.mpc import Planner, make_planner, mpc_episode
+from mismatch_jax.planning.mpc import Planner, candidate_devices_for, make_planner, mpc_episode
 from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.train import TrainHParams, make_train_fn
 
@@ -90,7 +90,12 @@ class Pets:
     """The PETS functions built by ``make_pets`` (all pure; see the module docstring).
 
     run(key) -> PetsResult (one seed); run_seeds(keys [S]) -> PetsResult [S];
-    init(keys [S], env_params [S, ...] | None) -> PetsState; trial_step(state) -> (state, TrialMetrics [S]).
+    init(keys [S], env_params [S, ...] | None) -> PetsState; trial_step(state) -> (state, TrialMetrics [S])
+    = play_phase(state, train_phase(state)) (the trial's model fit → TrainResult [S], then its MPC
+    episode). splits_candidates: the planner splits its candidates over several devices; then
+    ``compile_trial_loop`` keeps the fit a one-device program and the run equals the one-device
+    run bit for bit, while a single jit of ``run_seeds`` / ``trial_step`` makes the whole trial an
+    SPMD program whose fit differs from the one-device fit by float rounding.
     """
 
     config: PetsConfig
@@ -101,6 +106,9 @@ class Pets:
     trial_step: Callable
     run_seeds: Callable
     run: Callable
+    train_phase: Callable
+    play_phase: Callable
+    splits_candidates: bool = False
 
     def __call__(self, key):
         return self.run(key)
@@ -125,10 +133,11 @@ def _random_episode(key, env, num_steps, env_params=None):
     return out
 
 
-def make_pets(config: PetsConfig, env) -> Pets:
+def make_pets(config: PetsConfig, env, candidate_devices=None) -> Pets:
     """Builds the PETS loop for ``config`` on ``env`` (an ``envs.base.Env``). The model's
     ``angle_dims`` become its (sin, cos) input features; the buffer, the planner and the rewards
-    stay in the env's own observation."""
+    stay in the env's own observation. candidate_devices: every planning call's candidates split
+    over these devices (``planning.make_planner``; expectation propagation; same numbers)."""
     model_cfg = config.model_config(env)
     cem_cfg = config.cem_config(env)
     trial_length = config.steps_per_trial(env)
@@ -137,7 +146,8 @@ def make_pets(config: PetsConfig, env) -> Pets:
     tc = config.train
     train_cfg = tc.train_config(model_cfg)
     train_core = make_train_fn(train_cfg)
-    planner = make_planner(cem_cfg, model_cfg, env.reward_fn, env.termination_fn)
+    planner = make_planner(cem_cfg, model_cfg, env.reward_fn, env.termination_fn,
+                           candidate_devices=candidate_devices)
     obs_dim, action_dim = env.obs_dim, env.action_dim
 
     def write(buffer: TransitionData, keys, trial_index, obs, action, next_obs, reward, alive):
@@ -179,15 +189,24 @@ def make_pets(config: PetsConfig, env) -> Pets:
                           params=params, normalizer=normalizer, env_params=env_params)
         return state, reward.sum(axis=1)
 
-    def trial_step(state: PetsState):
+    def trial_keys(state: PetsState):
+        """(train, episode, buffer-mask) keys [S] of the current trial."""
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, state.trial)
+        split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+        return split[:, 0], split[:, 1], split[:, 2]
+
+    def train_phase(state: PetsState):
+        """The trial's model fit on the buffer so far → TrainResult [S]."""
         num_seeds = state.key.shape[0]
-        trial_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, state.trial)
-        split = jax.vmap(lambda k: jax.random.split(k, 3))(trial_keys)
-        train_keys, episode_keys, mask_keys = split[:, 0], split[:, 1], split[:, 2]
+        train_keys, _, _ = trial_keys(state)
         hparams = TrainHParams.population(num_seeds, learning_rate=tc.learning_rate,
                                           weight_decay=tc.weight_decay)
-        result = train_core(train_keys, state.params if tc.continue_training else None,
-                            state.buffer, hparams, jnp.arange(num_seeds, dtype=jnp.int32))
+        return train_core(train_keys, state.params if tc.continue_training else None,
+                          state.buffer, hparams, jnp.arange(num_seeds, dtype=jnp.int32))
+
+    def play_phase(state: PetsState, result):
+        """The trial's MPC episode on the fitted models, written into the buffer → (state, metrics)."""
+        _, episode_keys, mask_keys = trial_keys(state)
         trajectory, rewards = jax.vmap(
             lambda k, p, n, e: mpc_episode(k, env, planner, p, n, trial_length, e)
         )(episode_keys, result.params, result.normalizer, state.env_params)
@@ -201,6 +220,9 @@ def make_pets(config: PetsConfig, env) -> Pets:
                               normalizer=result.normalizer)
         return state, metrics
 
+    def trial_step(state: PetsState):
+        return play_phase(state, train_phase(state))
+
     def run_seeds(keys):
         state, random_reward = init(keys)
         state, metrics = jax.lax.scan(lambda s, _: trial_step(s), state, None, length=num_trials)
@@ -212,7 +234,8 @@ def make_pets(config: PetsConfig, env) -> Pets:
         return jax.tree.map(lambda a: a[0], run_seeds(key[None]))
 
     return Pets(config=config, env=env, planner=planner, trial_length=trial_length, init=init,
-                trial_step=trial_step, run_seeds=run_seeds, run=run)
+                trial_step=trial_step, run_seeds=run_seeds, run=run, train_phase=train_phase,
+                play_phase=play_phase, splits_candidates=bool(candidate_devices and len(candidate_devices) > 1))
 
 
 def compile_trial_loop(pets: Pets, keys: jax.Array, donate_state: bool = False, env_params=None):
@@ -225,11 +248,28 @@ def compile_trial_loop(pets: Pets, keys: jax.Array, donate_state: bool = False, 
 
     traced_init = jax.jit(pets.init).trace(keys, env_params)
     state_spec = traced_init.out_info[0]
-    step = jax.jit(pets.trial_step, donate_argnums=0 if donate_state else ()).lower(state_spec)
-    compiled_init, trial_step = compile_concurrently([traced_init.lower(), step])
+    donate = 0 if donate_state else ()
 
     def init(keys_now, env_params_now=env_params):
         return compiled_init(keys_now, env_params_now)
+
+    if not pets.splits_candidates:
+        step = jax.jit(pets.trial_step, donate_argnums=donate).lower(state_spec)
+        compiled_init, trial_step = compile_concurrently([traced_init.lower(), step])
+        return init, trial_step
+    # With the planner's candidates split over devices the program is an SPMD one, and XLA:CPU
+    # compiles every op in it differently enough to move the model fit by float rounding
+    # (~6e-8 after 5 epochs), which a closed loop amplifies into another run. The fit therefore
+    # stays a one-device program of its own; only the episode spans the devices.
+    traced_train = jax.jit(pets.train_phase).trace(state_spec)
+    play = jax.jit(pets.play_phase, donate_argnums=donate).lower(state_spec, traced_train.out_info)
+    compiled_init, train, play = compile_concurrently([traced_init.lower(), traced_train.lower(), play])
+
+    def trial_step(state):
+        # The fit runs on one device, the episode replicated over all: each gets its inputs laid
+        # out the way it was compiled (copies of the small state, not of the work).
+        result = train(jax.device_put(state, train.input_shardings[0][0]))
+        return play(*jax.device_put((state, result), play.input_shardings[0]))
 
     return init, trial_step
 
@@ -261,7 +301,9 @@ def run_pets_cli(config: Optional[PetsConfig] = None, out_dir: str = "runs/pets"
     check_writable(out_dir)
     env = env if env is not None else make(config.env)
     console = console or Console()
-    pets = make_pets(config, env)
+    # Several (host) devices (`--devices`): each planning call's candidates are split over them.
+    candidate_devices = candidate_devices_for(config.cem_config(env))
+    pets = make_pets(config, env, candidate_devices=candidate_devices)
     keys = seed_keys(config)
     t0 = time.perf_counter()
     init, trial_step = compile_trial_loop(pets, keys, donate_state=True)
@@ -289,7 +331,8 @@ def run_pets_cli(config: Optional[PetsConfig] = None, out_dir: str = "runs/pets"
     per_seed = np.asarray(rewards).T  # [S, num_trials]
     out = {
         "env": config.env, "config": dataclasses.asdict(config), "seed": config.seed,
-        "device": jax.devices()[0].device_kind, "random_reward": np.asarray(random_reward).tolist(),
+        "device": jax.devices()[0].device_kind,
+        "candidate_devices": len(candidate_devices) if candidate_devices else 1, "random_reward": np.asarray(random_reward).tolist(),
         "trial_rewards": per_seed.tolist(), "mean_trial_rewards": per_seed.mean(0).tolist(),
         "best_reward": per_seed.max(1).tolist(), "compile_s": t_compile, "init_s": t_init, "trial_s": trial_times,
         "total_s": time.perf_counter() - t0,

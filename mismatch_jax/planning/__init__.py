@@ -17,6 +17,7 @@ from mismatch_jax.planning.mpc import (
     PlannerFn,
     ReturnsFn,
     Trajectory,
+    candidate_devices_for,
     make_planner,
     make_true_dynamics_planner,
     make_value_planner,
@@ -30,7 +31,7 @@ from mismatch_jax.planning.mpc import (
 
 __all__ = [
     "PROPAGATIONS", "SAMPLINGS", "CEMConfig", "CEMInfo", "Planner", "PlannerFn", "ReturnsFn", "Trajectory",
-    "cem_optimize", "initial_dispersion", "initial_plan", "make_planner", "make_true_dynamics_planner",
+    "candidate_devices_for", "cem_optimize", "initial_dispersion", "initial_plan", "make_planner", "make_true_dynamics_planner",
     "make_value_planner", "mean_model_step", "model_returns", "mpc_episode", "planner_from_returns",
     "sample_candidates", "shift_plan", "true_dynamics_returns", "true_env_step",
 ]

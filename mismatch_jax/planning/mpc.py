@@ -204,6 +204,17 @@ def make_planner(cem_config: CEMConfig, model_config: ModelConfig,
     return planner_from_returns(cem_config, returns_fn)
 
 
+def candidate_devices_for(cem: CEMConfig, devices: Optional[Sequence[Any]] = None) -> Optional[list]:
+    """The devices to split one planning call's candidates over (``make_planner``'s
+    ``candidate_devices``): all of ``devices`` (default: the local devices) when there are
+    several, the propagation is expectation and their count divides ``population_size``; else
+    None (one device)."""
+    devices = list(devices or jax.local_devices())
+    if len(devices) < 2 or cem.propagation != "expectation" or cem.population_size % len(devices):
+        return None
+    return devices
+
+
 def _split_candidates(cem: CEMConfig, returns_fn: ReturnsFn, devices: list) -> ReturnsFn:
     """``returns_fn`` with its candidates [P, H, A] evaluated in one block per device."""
     from jax.sharding import Mesh, PartitionSpec

@@ -60,6 +60,7 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
     (``sweep.env_params.Settings``, P true dynamics) all P × S runs go in one program (one compile)
     and the leading axis is [P · S], setting-major (``runs_of_setting`` slices one out)."""
     from mismatch_jax.agents.pets import compile_trial_loop, make_pets, seed_keys
+    from mismatch_jax.planning import candidate_devices_for
 
     pets_config = _pets_config(request)
     spec = {"env": request.env_name, "kind": "pets_runs", "pets": dataclasses.asdict(pets_config)}
@@ -73,7 +74,9 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
             log(f"datasets: PETS runs from cache {path}")
             return cached_runs
         log(f"datasets: {path} predates the saved PETS models; running PETS again")
-    pets = make_pets(pets_config, env)
+    # Several (host) devices (`--devices`): each planning call's candidates are split over them;
+    # the runs are the same, so the cache key does not record it.
+    pets = make_pets(pets_config, env, candidate_devices=candidate_devices_for(pets_config.cem_config(env)))
     keys, env_params = seed_keys(pets_config), None
     if settings is not None:
         # Setting p's seed i: fold_in(fold_in(key(seed), SETTINGS_SALT + p), i) — its own data,

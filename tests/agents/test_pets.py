@@ -106,3 +106,54 @@ def test_angle_dims_reach_the_model_as_sin_cos_inputs():
     env = PointMass()
     model = config.model_config(env)
     assert model.angle_dims == (1,) and model.input_dim == env.obs_dim + 1 + env.action_dim
+
+
+_SPLIT_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import jax, jax.numpy as jnp, numpy as np
+from mismatch_jax.agents.config import pets_config_from_dict
+from mismatch_jax.agents.pets import compile_trial_loop, make_pets, seed_keys
+from mismatch_jax.planning import candidate_devices_for
+from point_mass import PointMass
+from test_pets import TINY
+assert len(jax.devices()) == 2
+config = pets_config_from_dict(TINY)
+env = PointMass()
+devices = candidate_devices_for(config.cem_config(env))
+out = {{"candidate_devices": len(devices)}}
+for name, devs in (("one", None), ("split", devices)):
+    pets = make_pets(config, env, candidate_devices=devs)
+    keys = seed_keys(config)
+    init, step = compile_trial_loop(pets, keys, donate_state=True)
+    state, _ = init(keys)
+    rewards = []
+    for _ in range(config.num_trials):
+        state, metrics = step(state)
+        rewards.append(np.asarray(metrics.reward).tolist())
+    out[name] = {{"rewards": rewards, "actions": np.asarray(state.buffer.action).tolist(),
+                 "params": [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(state.params)]}}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # two PETS compiles in a two-device subprocess (~1 min)
+def test_pets_with_candidates_split_over_two_devices_is_the_one_device_run(tmp_path):
+    """Bit for bit: the fit stays a one-device program (compile_trial_loop), the episode's
+    planning calls split their candidates; rewards, actions and fitted weights are identical."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "split.py"
+    script.write_text(_SPLIT_SCRIPT.format(tests=str(pathlib.Path(__file__).resolve().parents[1])))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(pathlib.Path(__file__).resolve().parent))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["candidate_devices"] == 2
+    assert out["split"]["rewards"] == out["one"]["rewards"]
+    assert out["split"]["actions"] == out["one"]["actions"]
+    assert out["split"]["params"] == out["one"]["params"]
