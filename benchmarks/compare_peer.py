@@ -13,7 +13,11 @@ reported apart (``peer_start_s``, ``peer_warmup_s``), as our compile time and fi
 call are (``ours_compile_s``, ``ours_warmup_s``). Then the repetitions alternate, ours then the
 peer's variants (A B A B …), ``--reps`` of each, with ``--gap-s`` of idle between calls so the
 other side's threads are asleep. Every timed key is ``{min, median, max, reps, values}``. While
-one side runs, the other waits on a pipe. Both sides use the machine's default thread counts.
+one side runs, the other waits on a pipe. Both sides use every core: the peer through torch's
+default threads, ours by splitting the CPU into ``--devices`` host devices (default: the core
+count, as the README tells users to run the product; ``--devices 1`` for one device), over which
+the training population, the MBPO seeds and an expectation CEM call's candidates are split when
+the count divides them (``ours_devices``, ``one_program_devices``, ``ours_candidate_devices``).
 
 Same arithmetic on both sides: the same synthetic data (bench_common.linear_system) and split
 (floor(10 %) validation rows), the same minibatches per epoch (ceil(train rows / batch), the last

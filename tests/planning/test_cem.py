@@ -270,17 +270,16 @@ obs = jax.random.normal(jax.random.key(2), (2, 3))
 plans = jnp.stack([one.initial_plan] * 2)
 batched = lambda p: jax.jit(jax.vmap(p.plan_with_info, in_axes=(0, None, None, 0, 0)))(keys, params, norm, obs, plans)
 a, b = batched(one), batched(split)
-single = jax.jit(split.plan_with_info)(keys[0], params, norm, obs[0], plans[0])
 diff = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-diff_single = max(float(jnp.max(jnp.abs(x[0] - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(single)))
-hlo = jax.jit(split.plan_with_info).lower(keys[0], params, norm, obs[0], plans[0]).as_text()
-print(json.dumps(dict(diff=diff, diff_single=diff_single, shard_map="shard_map" in hlo or "sdy.manual" in hlo)))
+jaxpr = str(jax.make_jaxpr(split.plan_with_info)(keys[0], params, norm, obs[0], plans[0]))
+print(json.dumps(dict(diff=diff, shard_map="shard_map" in jaxpr)))
 """
 
 
 def test_candidates_split_over_two_devices_plan_the_same(tmp_path):
     """Expectation CEM with its candidates split over 2 host devices (a subprocess: XLA_FLAGS is read
-    at start-up) gives the one-device plan, returns and std, alone and vmapped over start states."""
+    at start-up) gives the one-device plan, returns and std, vmapped over start states as PETS
+    runs it (the slow PETS test checks whole runs bit for bit)."""
     import json
     import os
     import subprocess
@@ -293,7 +292,7 @@ def test_candidates_split_over_two_devices_plan_the_same(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shard_map"]
-    assert out["diff"] < 1e-5 and out["diff_single"] < 1e-5
+    assert out["diff"] < 1e-5
 
 
 def test_candidate_split_refuses_particles_and_indivisible_populations():
