@@ -298,7 +298,7 @@ def _host_split_hint(args: argparse.Namespace) -> str | None:
     if cores < 2 or jax.default_backend() != "cpu" or len(jax.local_devices()) > 1:
         return None
     what = "each planning call's candidates" if args.command == "pets" else "the population"
-    gain = "1.25x" if args.command == "pets" else "1.5-2x"
+    gain = "2x" if args.command == "pets" else "1.5-2x"
     return (f"note: {cores} CPU cores, one XLA device; `--devices {cores}` runs {what} as one "
             f"program per core ({gain} faster on 2 cores, benchmarks/RESULTS.md)")
 
