@@ -80,6 +80,8 @@ def host_device_count(argv) -> int:
             return max(1, int(argv[argv.index("--devices") + 1]))
         except ValueError:
             return 1  # argparse reports the bad value
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))  # the cores this process may use
     return os.cpu_count() or 1
 
 
@@ -98,7 +100,7 @@ from mismatch_jax.data import TransitionData  # noqa: E402
 from mismatch_jax.models import core as models  # noqa: E402
 from mismatch_jax.models.nets import gradient_update  # noqa: E402
 from mismatch_jax.planning.cem import CEMConfig  # noqa: E402
-from mismatch_jax.planning.mpc import make_planner  # noqa: E402
+from mismatch_jax.planning.mpc import candidate_devices_for, make_planner  # noqa: E402
 from mismatch_jax.population import devices_dividing, jit_sharded, over_population, parse_layout  # noqa: E402
 from mismatch_jax.train import TrainConfig, TrainHParams, make_optimizer, make_train_fn, model_keys  # noqa: E402
 from mismatch_jax.train.steps import all_finite, make_model_steps, select  # noqa: E402
@@ -427,16 +429,21 @@ def swingup_reward(obs, action, next_obs):
     return jnp.exp(-(tip_x**2 + (tip_y - 0.6) ** 2) / 0.36) - 0.01 * jnp.sum(action**2)
 
 
+def cem_config(setting):
+    """The CEMConfig of one CEM_SETTINGS entry (α 0.1, the action box ±ACTION_BOUND)."""
+    s = CEM_SETTINGS[setting]
+    return CEMConfig(horizon=s["horizon"], population_size=s["population"], num_elites=s["elites"],
+                     num_iterations=s["iterations"], alpha=0.1, propagation=s["propagation"],
+                     num_particles=s["particles"]).with_bounds([-ACTION_BOUND] * ACT_DIM, [ACTION_BOUND] * ACT_DIM)
+
+
 def cem_planner(setting, candidate_devices=None):
     """(planner, model config) of one CEM_SETTINGS entry: a PE ensemble, CEM with α 0.1;
     candidate_devices: each CEM iteration's candidates split over these (make_planner)."""
     s = CEM_SETTINGS[setting]
     mc = models.ModelConfig(kind="PE", obs_dim=OBS_DIM, action_dim=ACT_DIM, hidden_size=s["hidden"],
                             num_hidden_layers=s["layers"], ensemble_size=s["ensemble"], activation="silu")
-    cem = CEMConfig(horizon=s["horizon"], population_size=s["population"], num_elites=s["elites"],
-                    num_iterations=s["iterations"], alpha=0.1, propagation=s["propagation"],
-                    num_particles=s["particles"]).with_bounds([-ACTION_BOUND] * ACT_DIM, [ACTION_BOUND] * ACT_DIM)
-    return make_planner(cem, mc, swingup_reward, candidate_devices=candidate_devices), mc
+    return make_planner(cem_config(setting), mc, swingup_reward, candidate_devices=candidate_devices), mc
 
 
 def cem_inputs(setting, num_models, candidate_devices=None):
@@ -459,15 +466,14 @@ def cem_question(args, peer, setting):
     With ``--devices D`` an expectation setting splits its candidates over the D host devices
     (``ours_candidate_devices``); TS settings run on one device (their particles' member
     assignment spans all candidates)."""
-    devices = devices_dividing(CEM_SETTINGS[setting]["population"])
-    split = len(devices) > 1 and CEM_SETTINGS[setting]["propagation"] == "expectation"
-    planner, params, norms, obs, plans = cem_inputs(setting, 1, devices if split else None)
+    devices = candidate_devices_for(cem_config(setting))  # None: one device
+    planner, params, norms, obs, plans = cem_inputs(setting, 1, devices)
     p0, n0, o0, pl0 = first(params), first(norms), obs[0], plans[0]
     compiled, compile_s = compile_timed(jax.jit(planner), jax.random.key(0), p0, n0, o0, pl0)
     warm_s = timed(lambda: compiled(jax.random.key(0), p0, n0, o0, pl0))
     entry = {"ours_s": None, "peer_s": None, "setting": {"name": setting, **CEM_SETTINGS[setting]},
              "ours_compile_s": compile_s, "ours_warmup_s": warm_s,
-             "ours_candidate_devices": len(devices) if split else 1}
+             "ours_candidate_devices": len(devices) if devices else 1}
     worker = peer.start(setting)
     if worker is not None:
         try:

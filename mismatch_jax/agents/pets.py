@@ -332,7 +332,8 @@ def run_pets_cli(config: Optional[PetsConfig] = None, out_dir: str = "runs/pets"
     out = {
         "env": config.env, "config": dataclasses.asdict(config), "seed": config.seed,
         "device": jax.devices()[0].device_kind,
-        "candidate_devices": len(candidate_devices) if candidate_devices else 1, "random_reward": np.asarray(random_reward).tolist(),
+        "candidate_devices": len(candidate_devices) if candidate_devices else 1,
+        "random_reward": np.asarray(random_reward).tolist(),
         "trial_rewards": per_seed.tolist(), "mean_trial_rewards": per_seed.mean(0).tolist(),
         "best_reward": per_seed.max(1).tolist(), "compile_s": t_compile, "init_s": t_init, "trial_s": trial_times,
         "total_s": time.perf_counter() - t0,
