@@ -167,6 +167,28 @@ def devices_dividing(num_models: int, devices=None) -> list:
     return devices if num_models % len(devices) == 0 else devices[:1]
 
 
+def _blocks(devices, num_args: int, shared: Sequence[int]):
+    """(mesh over ``devices`` with one axis "pop", per-argument specs: split or replicated)."""
+    from jax.sharding import Mesh, PartitionSpec
+
+    mesh = Mesh(np.asarray(list(devices)), ("pop",))
+    return mesh, tuple(PartitionSpec() if i in shared else PartitionSpec("pop") for i in range(num_args))
+
+
+def split_over_devices(fn: Callable, num_args: int, shared: Sequence[int], devices) -> Callable:
+    """``fn`` (unjitted) with its per-model arguments (positions not in ``shared``) cut along the
+    leading axis into one contiguous block per device and the shared ones replicated; each device
+    runs ``fn`` on its block (``shard_map``, no collectives) and the outputs, each with the
+    leading axis, are concatenated back in order. Usable inside a larger traced function (the
+    planner splits a CEM call's candidates with it); ``jit_sharded`` is its jitted form."""
+    from jax.sharding import PartitionSpec
+
+    mesh, specs = _blocks(devices, num_args, shared)
+    # check_vma=False: the blocks never communicate, and a population-level cond whose predicate
+    # differs between blocks is exactly what each block should decide for itself.
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("pop"), check_vma=False)
+
+
 def jit_sharded(fn: Callable, num_args: int, shared: Sequence[int] = (), devices=None) -> Callable:
     """``jax.jit`` of the population function ``fn`` with its population split over ``devices``
     (default: the local devices): the per-model arguments (every position not in ``shared``) are
@@ -176,18 +198,14 @@ def jit_sharded(fn: Callable, num_args: int, shared: Sequence[int] = (), devices
     (outputs are concatenated back in model order). With one device, plain ``jax.jit``. N must
     be a multiple of the device count (ValueError otherwise). Arguments committed to another
     layout are re-laid out (``jax.device_put``) on each call."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from jax.sharding import NamedSharding
 
     devices = list(devices or jax.local_devices())
     if len(devices) == 1:
         return jax.jit(fn)
-    mesh = Mesh(np.asarray(devices), ("pop",))
-    specs = tuple(PartitionSpec() if i in shared else PartitionSpec("pop") for i in range(num_args))
+    mesh, specs = _blocks(devices, num_args, shared)
     shardings = tuple(NamedSharding(mesh, spec) for spec in specs)
-    # check_vma=False: the blocks never communicate, and a population-level cond whose predicate
-    # differs between blocks is exactly what each block should decide for itself.
-    compiled = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("pop"),
-                                     check_vma=False), in_shardings=shardings)
+    compiled = jax.jit(split_over_devices(fn, num_args, shared, devices), in_shardings=shardings)
 
     def check(args):
         for i, a in enumerate(args):

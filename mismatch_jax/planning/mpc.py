@@ -22,12 +22,12 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from mismatch_jax.config_io import Schema, setting
 from mismatch_jax.models.core import ModelConfig, ModelParams, Normalizer, predict
 from mismatch_jax.planning.cem import CEMConfig, cem_optimize, initial_plan, shift_plan
+from mismatch_jax.population import devices_dividing, split_over_devices
 
 class ReturnsFn(Protocol):
     """How a planner scores candidates: ``returns_fn(key, model_params, normalizer, obs [d],
@@ -209,16 +209,13 @@ def candidate_devices_for(cem: CEMConfig, devices: Optional[Sequence[Any]] = Non
     ``candidate_devices``): all of ``devices`` (default: the local devices) when there are
     several, the propagation is expectation and their count divides ``population_size``; else
     None (one device)."""
-    devices = list(devices or jax.local_devices())
-    if len(devices) < 2 or cem.propagation != "expectation" or cem.population_size % len(devices):
-        return None
-    return devices
+    devices = devices_dividing(cem.population_size, devices)
+    return devices if len(devices) > 1 and cem.propagation == "expectation" else None
 
 
 def _split_candidates(cem: CEMConfig, returns_fn: ReturnsFn, devices: list) -> ReturnsFn:
-    """``returns_fn`` with its candidates [P, H, A] evaluated in one block per device."""
-    from jax.sharding import Mesh, PartitionSpec
-
+    """``returns_fn`` with its candidates [P, H, A] evaluated in one block per device (key, model
+    and start state replicated)."""
     if cem.propagation != "expectation":
         raise ValueError(
             f"candidate_devices splits candidates only under 'expectation' propagation (got "
@@ -230,11 +227,7 @@ def _split_candidates(cem: CEMConfig, returns_fn: ReturnsFn, devices: list) -> R
             f"CEMConfig.population_size ({cem.population_size}) must be a multiple of the "
             f"{len(devices)} candidate devices; change population_size or the device count"
         )
-    mesh = Mesh(np.asarray(devices), ("candidates",))
-    # check_vma=False: the blocks never communicate; key, model and start state are replicated.
-    return jax.shard_map(returns_fn, mesh=mesh,
-                         in_specs=(PartitionSpec(),) * 4 + (PartitionSpec("candidates"),),
-                         out_specs=PartitionSpec("candidates"), check_vma=False)
+    return split_over_devices(returns_fn, 5, shared=(0, 1, 2, 3), devices=devices)
 
 
 def true_dynamics_returns(cem: CEMConfig, env, env_params: Any, obs: jax.Array,
