@@ -166,7 +166,8 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from mismatch_jax.analysis.epochs import fig4_best_epochs, fig5_dataset_nll
-    from mismatch_jax.analysis.plots import fig3_panels, ll_reward_scatter, per_epoch_curves
+    from mismatch_jax.analysis.fig3 import fig3_panels
+    from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
     from mismatch_jax.errors import InputError
 
     path = Path(args.results)

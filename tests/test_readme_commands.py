@@ -28,7 +28,7 @@ README = ROOT / "README.md"
 _SWEEP_TINY = [
     "env=cartpole_balance", "population.replicates=1", "population.model.hidden_size=8",
     "population.model.num_hidden_layers=1", "population.model.ensemble_size=2", "training.num_epochs=2",
-    "training.eval_epochs=[1, 2]", "training.batch_size=32", "datasets.expert_episodes=1",
+    "training.eval_epochs=[2]", "training.batch_size=32", "datasets.expert_episodes=1",
     "datasets.expert_min_reward=0.0", "datasets.grid_points=2", "datasets.sampled_size=64",
     "datasets.pets.num_trials=1", "datasets.pets.trial_length=30", "datasets.pets.model.angle_dims=[]",
     "datasets.pets.model.hidden_size=8", "datasets.pets.model.num_hidden_layers=1",
@@ -158,6 +158,15 @@ def _check_outputs(argv: list[str], full: list[str], cwd: Path, stdout: str) -> 
     out = cwd / cli.output_dir(args, config)
     for name in cli.promised_outputs(command, config):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, f"{command}: {out / name} missing"
+    if command == "sweep" and config.pets_source:  # the main job: a PETS population (Fig. 3's design)
+        import pandas as pd
+
+        table = pd.read_parquet(out / "results.parquet")
+        assert sorted(table["model_id"]) == list(range(config.num_models))
+        for row in table.itertuples():  # every model's (seed, trial, copy) provenance
+            assert (row.pets_seed, row.pets_trial, row.copy) == config.pets_provenance(row.model_id)
+            assert (row.model_type, row.train_dataset) == config.model_spec(row.model_id)[:2]
+        assert set(table["model_type"]) == set(config.kinds)
 
 
 def _run_tier(tier: str, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from mismatch_jax.files import write_json
 from mismatch_jax.errors import InputError
 from mismatch_jax.analysis.correlation import correlate  # noqa: E402
 
-MODEL_COLOURS = {"P": "tab:blue", "PE": "tab:orange", "D": "tab:green", "DE": "tab:red"}
+MODEL_COLOURS = {"P": "tab:blue", "PE": "tab:orange", "D": "tab:green", "DE": "tab:red", "PETS": "tab:purple"}
 REQUIRED_COLUMNS = ("model_id", "model_type", "train_dataset", "epoch", "reward_mean", "diverged")
 
 
@@ -106,59 +106,6 @@ def ll_reward_scatter(table: pd.DataFrame, out_dir: str | Path, epoch: str | int
     plt.close(fig)
     content = {"epoch": epoch, "n_diverged_excluded": n_diverged, "correlations": records}
     write_json(out_dir / "ll_reward_correlations.json", content)
-    return content
-
-
-def _ci_text(stats: dict, key: str) -> str:
-    value, (lo, hi) = stats.get(key), stats.get(f"{key}_ci", [None, None])
-    if value is None:
-        return "n/a"
-    return f"{value:+.2f} [{lo:+.2f}, {hi:+.2f}]" if lo is not None else f"{value:+.2f}"
-
-
-def fig3_panels(table: pd.DataFrame, out_dir: str | Path, epoch: str | int = "last",
-                num_bootstrap: int = 1000, seed: int = 0) -> dict:
-    """Lambert et al. 2020 Fig. 3 in the paper's layout: one panel per training dataset, the
-    one-step LL on the validation split of *that* dataset against the mean episode reward,
-    coloured by model type; each title gives the pooled Pearson and Spearman ρ with bootstrap
-    95% CIs, each legend entry the per-type ones. Writes fig3_ll_reward.png and
-    fig3_correlations.json (with the reward distribution per type and dataset); returns the JSON."""
-    check_table(table)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = select_epoch(table, epoch)
-    rows = rows[~rows["diverged"].astype(bool)]
-    trains = [t for t in sorted(rows["train_dataset"].unique()) if f"ll_{t}" in rows.columns] or ["(none)"]
-    fig, axes = plt.subplots(1, len(trains), figsize=(5.2 * len(trains), 4.6), squeeze=False)
-    panels = []
-    for ax, train in zip(axes[0], trains):
-        part = rows[rows["train_dataset"] == train]
-        if not len(part):
-            continue
-        ll = part[f"ll_{train}"].to_numpy()
-        pooled = correlate(ll, part["reward_mean"].to_numpy(), num_bootstrap=num_bootstrap, seed=seed)
-        per_type = {}
-        for kind, group in part.groupby("model_type"):
-            x, y = group[f"ll_{train}"].to_numpy(), group["reward_mean"].to_numpy()
-            per_type[kind] = correlate(x, y, num_bootstrap=num_bootstrap, seed=seed)
-            finite = np.isfinite(x)
-            ax.scatter(x[finite], y[finite], s=12, alpha=0.65, color=MODEL_COLOURS.get(kind, "gray"),
-                       label=f"{kind} (n={per_type[kind]['n']}): ρ {_ci_text(per_type[kind], 'pearson')}")
-        ax.set_title(f"trained on {train}: pooled n={pooled['n']}\n"
-                     f"Pearson {_ci_text(pooled, 'pearson')}\nSpearman {_ci_text(pooled, 'spearman')}",
-                     fontsize=9)
-        ax.set_xlabel(f"one-step validation log-likelihood on {train}")
-        ax.set_ylabel("mean episode reward")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        panels.append({"train_dataset": train, "pooled": pooled, "per_type": per_type})
-    fig.suptitle(f"LL vs reward, one panel per training dataset (Lambert et al. 2020, Fig. 3; epoch {epoch})",
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(out_dir / "fig3_ll_reward.png", dpi=100)
-    plt.close(fig)
-    content = {"epoch": epoch, "panels": panels, "reward_distribution": reward_distribution(rows)}
-    write_json(out_dir / "fig3_correlations.json", content)
     return content
 
 

@@ -212,7 +212,7 @@ def on_policy_dataset(key: jax.Array, runs: dict, validation_fraction: float = 0
 
 def expert_dataset(key: jax.Array, runs: dict, num_episodes: int, min_reward: float,
                    validation_fraction: float = 0.1) -> tuple[Transitions, list, str | None]:
-    """The ``num_episodes`` best planned episodes of ``runs`` whose reward exceeds
+    """The ``num_episodes`` best planned episodes of ``runs`` (0: all) whose reward exceeds
     ``min_reward`` (Lambert et al.: "high-reward trajectories (cartpole r > 179)").
 
     runs: as ``on_policy_dataset`` plus ``trial_rewards`` [S, R] (trial 0, the random one, is
@@ -220,10 +220,10 @@ def expert_dataset(key: jax.Array, runs: dict, num_episodes: int, min_reward: fl
     Returns (Transitions, the chosen episodes' rewards, note or None)."""
     rewards = np.asarray(runs["trial_rewards"])[:, 1:]  # planned trials only
     order = np.argsort(-rewards, axis=None)
-    passing = [i for i in order if rewards.flat[i] > min_reward][:num_episodes]
+    passing = [i for i in order if rewards.flat[i] > min_reward][:num_episodes or None]
     note = None
     if not passing:
-        passing = list(order[:num_episodes])
+        passing = list(order[:max(num_episodes, 1)])
         note = (f"no PETS trial exceeded expert_min_reward={min_reward}; used the best "
                 f"{len(passing)} trials (rewards {np.round(rewards.flat[passing], 1).tolist()})")
     seed_idx, trial_idx = np.unravel_index(np.asarray(passing), rewards.shape)

@@ -9,7 +9,8 @@ import dataclasses
 def run_sweep_command(config, out: str, options: argparse.Namespace) -> None:
     """Runs a sweep into ``out`` and draws its scatter / per-epoch figures."""
     from mismatch_jax.analysis.epochs import fig4_best_epochs, fig5_dataset_nll
-    from mismatch_jax.analysis.plots import fig3_panels, ll_reward_scatter, per_epoch_curves
+    from mismatch_jax.analysis.fig3 import fig3_panels
+    from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
     from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
 
     enable_compilation_cache()
@@ -72,7 +73,7 @@ def build_datasets(config, out: str, options: argparse.Namespace) -> None:
 
 def print_summary(out: str, table, content: dict, fig3: dict | None = None) -> None:
     """Prints the correlation table of a sweep (``content``: the scatter's correlations JSON) and,
-    with ``fig3`` (``analysis.plots.fig3_panels``' JSON), the reward distribution per model type
+    with ``fig3`` (``analysis.fig3.fig3_panels``' JSON), the reward distribution per model type
     and training dataset."""
     from rich.console import Console
     from rich.table import Table

@@ -9,9 +9,12 @@ case. A population of N models adds one more leading axis through ``vmap``.
 * Probabilistic members (P, PE) output a Gaussian mean and log-variance; the log-variance is
   soft-bounded by learned ``max_logvar``/``min_logvar`` as in PETS (Chua et al. 2018):
   ``lv = max - softplus(max - lv); lv = min + softplus(lv - min)``.
-* Deterministic members (D, DE) output a mean only; for likelihood evaluation they are given
-  unit variance *in normalised target units* (so their LL is a monotone function of the
-  normalised squared error). This choice is documented in ``gaussian_log_likelihood``.
+* Deterministic members (D, DE) output a mean only. For likelihood evaluation a caller gives them
+  a variance: the study's (``residual_variance``) is each member's own per-dimension mean squared
+  residual on its validation rows — the maximum-likelihood homoscedastic Gaussian fit, so a D
+  model's LL axis moves with its accuracy as a P model's does. Without one they get unit variance
+  *in normalised target units* (σ² = target_std², a monotone function of the normalised squared
+  error; the convention before the PETS-population study).
 """
 
 from __future__ import annotations
@@ -347,19 +350,40 @@ def _mean(values, weight):
     return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1e-12)
 
 
+def _absolute_targets(config: ModelConfig, obs, action, next_obs, reward=None):
+    """The model's targets in absolute (not delta) original units [B, target_dim]."""
+    _, y = make_targets(config, obs, action, next_obs, reward)
+    return y + (jnp.concatenate([obs, jnp.zeros_like(obs[..., :1])], -1) if config.predict_reward else obs)
+
+
+def residual_variance(config: ModelConfig, params: ModelParams, norm: Normalizer, obs, action, next_obs,
+                      reward=None, weight=None, floor: float = 1e-8):
+    """Each member's per-dimension mean squared residual on the given rows (original units):
+    the maximum-likelihood variance of a homoscedastic Gaussian around the member's mean, the
+    variance a deterministic model's LL is scored with. obs [B, obs_dim] … → [E, target_dim];
+    ``weight`` [B] (0 on padding or on rows that are not the model's validation rows)."""
+    target = _absolute_targets(config, obs, action, next_obs, reward)
+    mean, _ = predict(config, params, norm, obs, action)
+    squared = (mean - target[None]) ** 2  # [E, B, D]
+    w = jnp.ones(obs.shape[:1], squared.dtype) if weight is None else weight
+    var = jnp.einsum("ebd,b->ed", squared, w) / jnp.maximum(jnp.sum(w), 1e-12)
+    return jnp.maximum(var, floor)
+
+
 def one_step_log_likelihood(config: ModelConfig, params: ModelParams, norm: Normalizer,
-                            obs, action, next_obs, reward=None, weight=None):
+                            obs, action, next_obs, reward=None, weight=None, variance=None):
     """Mean one-step log-likelihood of transitions under the model, in original units.
 
     obs/next_obs [B, obs_dim], action [B, action_dim] → scalar (mean over B of per-transition
     LL in nats; ``weight`` [B]: a weighted mean, e.g. 0 on padding rows). Ensembles (PE, DE) are scored as the uniform mixture of their members,
-    log (1/E) Σ_e N(s′; μ_e, σ²_e), evaluated stably with logsumexp. Deterministic kinds use
-    the unit-normalised-variance convention of this module (σ² = target_std²).
+    log (1/E) Σ_e N(s′; μ_e, σ²_e), evaluated stably with logsumexp. ``variance`` [E, target_dim]
+    replaces the members' variance (a deterministic model's ``residual_variance``); without it
+    deterministic kinds use the unit-normalised-variance convention (σ² = target_std²).
     """
-    _, y = make_targets(config, obs, action, next_obs, reward)
-    target = y + (jnp.concatenate([obs, jnp.zeros_like(obs[..., :1])], -1)
-                  if config.predict_reward else obs)
+    target = _absolute_targets(config, obs, action, next_obs, reward)
     mean, var = predict(config, params, norm, obs, action)
+    if variance is not None:
+        var = jnp.broadcast_to(variance[:, None, :], mean.shape)
     ll_members = gaussian_log_likelihood(mean, var, target[None])  # [E, B]
     ll = jax.scipy.special.logsumexp(ll_members, axis=0) - jnp.log(config.ensemble_size)
     return _mean(ll, weight)

@@ -30,7 +30,7 @@ def estimate_bytes_per_model(config: SweepConfig, env, kind: str, train_rows: in
     """Rough peak memory of one model in a chunk (bytes): its CEM evaluation dominates —
     trials × eval epochs episodes in flight, each with population × particles rollouts whose
     activations are E × hidden wide — plus parameters, optimiser state and its dataset slice."""
-    mcfg = config.population.model_of(kind, env)
+    mcfg = config.model_config_of(kind, env)
     cem = config.cem.for_env(env)
     episodes = config.evaluation.trials * len(config.training.eval_epochs)
     rollouts = cem.population_size * cem.particles
@@ -60,18 +60,26 @@ def _sample_hparam(key, value):
 
 
 class ChunkParts(NamedTuple):
-    """The three stages of a chunk, pure and unjitted (``make_chunk_parts``); the sweep fuses them
+    """The stages of a chunk, pure and unjitted (``make_chunk_parts``); the sweep fuses them
     into one jitted call, ``benchmarks/bench_population.py`` times each on its own.
 
-    train(indices [N], dataset_index [N], train_data) -> TrainedChunk
-    likelihood(kept_params [N, K], normalizers [N, K], setting_index [N], eval_sets)
-        -> (ll [N, K, D], mse [N, K, D])
+    train(indices [N], dataset_index [N], train_data) -> TrainedChunk (for model type "PETS",
+        the PETS runs' own models: ``train_data`` is their (params, normalizer) [S · T, ...] and
+        nothing trains)
+    variance(kept_params [N, K], normalizers [N, K], dataset_index [N], train_data)
+        -> [N, K, E, target_dim] each member's residual variance on its validation rows (the
+        variance of a deterministic model's LL), or None (probabilistic types, or
+        ``population.deterministic_ll = "unit"``)
+    likelihood(kept_params [N, K], normalizers [N, K], group_index [N], eval_sets, variances)
+        -> (ll [N, K, D], mse [N, K, D]); an evaluation set with a leading axis of 1 is shared,
+        else each model takes entry ``group_index`` (its env setting or its PETS seed)
     reward(kept_params [N, K], normalizers [N, K], epoch_keys [N, K], setting_index [N],
            env_settings) -> rewards [N, K, trials]
     (K = eval epochs, D = evaluation datasets; eval_sets and env_settings as
     ``stack_study_data`` returns them: P env settings, P = 1 without ``[env_params]``)."""
 
     train: Callable
+    variance: Callable
     likelihood: Callable
     reward: Callable
 
@@ -92,13 +100,29 @@ class TrainedChunk(NamedTuple):
 
 
 def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
-    """The train / LL / reward stages of a chunk of model type ``kind`` (see ``ChunkParts``)."""
-    mcfg = config.population.model_of(kind, env)
+    """The train / variance / LL / reward stages of a chunk of model type ``kind`` (see
+    ``ChunkParts``)."""
+    mcfg = config.model_config_of(kind, env)
     tr = config.training
-    train = make_train_fn(tr.train_config(mcfg, keep_epochs=tuple(tr.eval_epochs)))
+    train = None if kind == "PETS" else make_train_fn(tr.train_config(mcfg, keep_epochs=tuple(tr.eval_epochs)))
     planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
     model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
     trials, length = config.evaluation.trials, config.evaluation.length(env)
+
+    def pets_stage(indices, dataset_index, pets_models) -> TrainedChunk:
+        # PETS's own models: the same key scheme, so their episodes depend on the index alone.
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
+        eval_keys = jax.vmap(lambda k: jax.random.split(k, 4)[3])(keys)
+        params, norms = jax.tree.map(lambda a: a[dataset_index][:, None], pets_models)
+        epoch = jnp.asarray(config.datasets.pets.train.num_epochs)
+        pets_train = config.datasets.pets.train
+        ones = jnp.ones(indices.shape)
+        return TrainedChunk(kept_params=params, normalizers=norms,
+                            epoch_keys=jax.vmap(lambda k: jax.random.fold_in(k, epoch)[None])(eval_keys),
+                            learning_rate=ones * pets_train.learning_rate, weight_decay=ones * pets_train.weight_decay,
+                            diverged=jnp.zeros(indices.shape, bool),
+                            epochs_trained=jnp.broadcast_to(epoch, indices.shape),
+                            val_mse_ratio=jnp.zeros(indices.shape))
 
     def train_stage(indices, dataset_index, train_data) -> TrainedChunk:
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
@@ -119,18 +143,32 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
                             val_mse_ratio=result.metrics.val_mse.max(axis=1)
                             / jnp.maximum(result.initial_val_mse, 1e-12))
 
-    def likelihood_one(params, norm, sets):
-        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, o, a, n, weight=w) for o, a, n, w in sets])
+    scored_variance = not mcfg.probabilistic and config.population.deterministic_ll == "validation_mse"
+
+    def variance_stage(kept_params, normalizers, dataset_index, train_data):
+        if not scored_variance:
+            return None
+        own = lambda a: a[dataset_index]  # [N, T, ...]: each model's own dataset
+        obs, action, next_obs, val = (own(getattr(train_data, f)) for f in ("obs", "action", "next_obs", "val_mask"))
+        one = lambda p, n, o, a, x, w: models.residual_variance(mcfg, p, n, o, a, x, weight=w)
+        per_epoch = jax.vmap(one, in_axes=(0, 0, None, None, None, None))
+        return jax.vmap(per_epoch)(kept_params, normalizers, obs, action, next_obs, val.astype(jnp.float32))
+
+    def likelihood_one(params, norm, sets, variance):
+        lls = jnp.stack([models.one_step_log_likelihood(mcfg, params, norm, o, a, n, weight=w, variance=variance)
+                         for o, a, n, w in sets])
         mses = jnp.stack([models.one_step_mse(mcfg, params, norm, o, a, n, weight=w) for o, a, n, w in sets])
         return lls, mses
 
-    def likelihood_stage(kept_params, normalizers, setting_index, eval_sets):
-        per_epoch = jax.vmap(likelihood_one, in_axes=(0, 0, None))  # [K] kept models, one model's sets
-        if eval_sets[0][0].shape[0] == 1:  # one env setting: every model scores the same sets
+    def likelihood_stage(kept_params, normalizers, group_index, eval_sets, variances):
+        per_epoch = jax.vmap(likelihood_one, in_axes=(0, 0, None, 0))  # [K] kept models, one model's sets
+        if all(s[0].shape[0] == 1 for s in eval_sets):  # every model scores the same sets
             shared = jax.tree.map(lambda a: a[0], eval_sets)
-            return jax.vmap(per_epoch, in_axes=(0, 0, None))(kept_params, normalizers, shared)
-        own = jax.tree.map(lambda a: a[setting_index], eval_sets)  # each model's setting's sets
-        return jax.vmap(per_epoch, in_axes=(0, 0, 0))(kept_params, normalizers, own)
+            return jax.vmap(per_epoch, in_axes=(0, 0, None, 0))(kept_params, normalizers, shared, variances)
+        # Per set: shared (leading 1) or each model's group's (its env setting, its PETS seed).
+        own = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a, (group_index.shape[0],) + a.shape[1:])
+                                 if a.shape[0] == 1 else a[group_index], s) for s in eval_sets)
+        return jax.vmap(per_epoch, in_axes=(0, 0, 0, 0))(kept_params, normalizers, own, variances)
 
     def reward_stage(kept_params, normalizers, epoch_keys, setting_index, env_settings):
         # Every (model, epoch, trial) episode under ONE vmap: nested vmaps over the MJX physics
@@ -147,7 +185,8 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
             flat(trial_keys), params, norms, dynamics)
         return rewards.reshape(num_models, num_epochs, trials)
 
-    return ChunkParts(train=train_stage, likelihood=likelihood_stage, reward=reward_stage)
+    return ChunkParts(train=pets_stage if kind == "PETS" else train_stage, variance=variance_stage,
+                      likelihood=likelihood_stage, reward=reward_stage)
 
 
 def laid_out(parts: ChunkParts, layout: PopulationLayout, width: int | None = None) -> ChunkParts:
@@ -155,23 +194,25 @@ def laid_out(parts: ChunkParts, layout: PopulationLayout, width: int | None = No
     runs its models all at once (vmap) or in groups (lax.map) — inside each device's block when
     the chunk is sharded (``jit_sharded``)."""
     lay = lambda fn, shared: over_population(fn, layout, shared, width)
-    return ChunkParts(train=lay(parts.train, (2,)), likelihood=lay(parts.likelihood, (3,)),
-                      reward=lay(parts.reward, (4,)))
+    return ChunkParts(train=lay(parts.train, (2,)), variance=lay(parts.variance, (3,)),
+                      likelihood=lay(parts.likelihood, (3,)), reward=lay(parts.reward, (4,)))
 
 
 def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
-    """jit-compiled ``chunk(indices [N], dataset_index [N], setting_index [N], train_data,
+    """jit-compiled ``chunk(indices [N], dataset_index [N], group_index [N], train_data,
     eval_sets, env_settings) -> dict of arrays`` for model type ``kind`` (the last three as
-    ``stack_study_data`` returns them, ``chunk_model_arguments`` gives the middle two); N must
+    ``stack_study_data`` returns them — for model type "PETS" ``train_data`` is the PETS
+    runs' own models — and ``chunk_model_arguments`` gives the middle two); N must
     be a multiple of the mesh size (the population axis is sharded, the data replicated). Data
     are arguments, not closure constants, so they are not baked into the compiled program and
     the persistent compilation cache can reuse it."""
     parts = laid_out(make_chunk_parts(config, env, kind), config.run.layout,
-                     config.population.model_of(kind, env).hidden_size)
+                     config.model_config_of(kind, env).hidden_size)
 
     def chunk(indices, dataset_index, setting_index, train_data, eval_sets, env_settings):
         trained = parts.train(indices, dataset_index, train_data)
-        lls, mses = parts.likelihood(trained.kept_params, trained.normalizers, setting_index, eval_sets)
+        variances = parts.variance(trained.kept_params, trained.normalizers, dataset_index, train_data)
+        lls, mses = parts.likelihood(trained.kept_params, trained.normalizers, setting_index, eval_sets, variances)
         rewards = parts.reward(trained.kept_params, trained.normalizers, trained.epoch_keys, setting_index,
                                env_settings)
         return {"ll": lls, "mse": mses, "reward": rewards, "diverged": trained.diverged,
@@ -182,11 +223,12 @@ def make_chunk_fn(config: SweepConfig, env, kind: str, mesh: Mesh):
 
 
 def chunk_model_arguments(config: SweepConfig, indices) -> tuple[np.ndarray, np.ndarray]:
-    """(dataset_index [N], setting_index [N]) int32 of global model indices [N]: the row of the
-    stacked train data each model trains on and its env setting."""
+    """(dataset_index [N], group_index [N]) int32 of global model indices [N]: the row of the
+    stacked train data each model trains on and the evaluation sets it is scored on (its env
+    setting, or its PETS seed)."""
     indices = [int(i) for i in np.asarray(indices)]
     return (np.asarray([config.model_dataset_index(i) for i in indices], np.int32),
-            np.asarray([config.model_setting(i) for i in indices], np.int32))
+            np.asarray([config.model_eval_group(i) for i in indices], np.int32))
 
 
 def model_diverged(config: SweepConfig, out: dict, n: int) -> bool:
@@ -200,9 +242,13 @@ def model_diverged(config: SweepConfig, out: dict, n: int) -> bool:
 
 
 def chunk_rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: list[str],
-               settings=None) -> pd.DataFrame:
+               settings=None, pets=None) -> pd.DataFrame:
     """One row per model × eval epoch; with env ``settings`` (``sweep.env_params.Settings``)
-    each row also carries ``env_setting`` and one ``env_<constant>`` column per swept constant."""
+    each row also carries ``env_setting`` and one ``env_<constant>`` column per swept constant;
+    a PETS population's rows (``pets``: its ``PetsPopulationData``) carry their provenance —
+    ``pets_seed``, ``pets_trial`` (trained on the data before that planned trial), ``copy``,
+    ``pets_trial_reward`` (what PETS earned in that trial with its own model) and
+    ``train_rows``."""
     rows = []
     for n, index in enumerate(indices):
         kind, train_name, replicate = config.model_spec(int(index))
@@ -211,7 +257,13 @@ def chunk_rows(config: SweepConfig, indices: np.ndarray, out: dict, eval_names: 
         if settings is not None:
             setting = config.model_setting(int(index))
             dynamics = {"env_setting": setting, **settings.columns(setting)}
-        for k, epoch in enumerate(config.training.eval_epochs):
+        if pets is not None:
+            seed, trial, copy = config.pets_provenance(int(index))
+            dynamics = {"pets_seed": seed, "pets_trial": trial, "copy": copy,
+                        "pets_trial_reward": float(pets.trial_rewards[seed, trial]),
+                        "train_rows": int(pets.train_rows[config.model_dataset_index(int(index))])}
+        epochs = [config.datasets.pets.train.num_epochs] if kind == "PETS" else config.training.eval_epochs
+        for k, epoch in enumerate(epochs):
             rewards = out["reward"][n, k].astype(np.float64)
             lls, mses = out["ll"][n, k], out["mse"][n, k]
             row = {"model_id": int(index), "seed": config.seed, "replicate": replicate,

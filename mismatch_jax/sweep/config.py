@@ -69,11 +69,29 @@ class PopulationConfig(Schema):
     architecture of ``model`` (``[population.model]``; its kind is set by model_types and its
     ensemble_size applies to the ensemble types PE / DE). With ``model.angle_features`` the env's
     winding angles (``Env.angle_obs_dims``) reach the models as (sin, cos), as PETS does for the
-    cart-pole; likelihoods stay in original units either way."""
+    cart-pole; likelihoods stay in original units either way.
+
+    source: "datasets" — every (model type × train dataset in ``datasets.train``) gets
+    ``replicates`` models trained on that dataset (Fig. 4, 5 and the re-weighting study);
+    "pets" — the population is what PETS runs produce (Lambert et al. 2020, §4.1: "models
+    trained with PETS"): for each of the ``datasets.pets.num_seeds`` runs and each planned trial
+    k of its ``num_trials``, ``replicates`` models of every type trained afresh (own init key and
+    hyper-parameter draw) on the run's aggregated data before trial k, the data PETS itself fits
+    before planning trial k; with ``pets_models`` also PETS's own model of every (seed, trial)
+    (model type "PETS"). Each is scored on every ``datasets.eval`` set; its expert / on-policy
+    sets come from the *other* seeds' runs, which no model of its seed was trained on.
+    deterministic_ll: the variance a D / DE model's LL is scored with — "validation_mse": each
+    member's own per-dimension mean squared residual on its validation rows (the
+    maximum-likelihood homoscedastic Gaussian), "unit": σ² = the target's variance (unit
+    variance in normalised units, the convention before the PETS-population study). Either way a
+    D model's LL is defined differently from a P model's and the two are never pooled."""
 
     model_types: tuple[Literal["P", "PE", "D", "DE"], ...] = ("P", "PE", "D", "DE")
     replicates: int = setting(8, ge=1)
     model: ModelConfig = ModelConfig(kind="PE", ensemble_size=5, angle_features=True)
+    source: Literal["datasets", "pets"] = "datasets"
+    pets_models: bool = True
+    deterministic_ll: Literal["validation_mse", "unit"] = "validation_mse"
 
     def check(self):
         if not self.model_types:
@@ -120,13 +138,13 @@ class DatasetBuild(Schema):
     config, see ``mismatch_jax.agents.config.PetsConfig``; its env and seed are replaced by the
     study's; ``num_seeds`` runs).
     expert: the ``expert_episodes`` best planned trials of those runs whose reward exceeds
-    ``expert_min_reward`` (the paper: cartpole r > 179). If no trial passes, the best trials are
-    used and the manifest says so.
+    ``expert_min_reward`` (the paper: cartpole r > 179, strictly; 0 episodes = every trial that
+    passes). If no trial passes, the best trials are used and the manifest says so.
     grid: ``grid_points`` per state-action dimension; sampled: ``sampled_size`` uniform tuples.
     """
 
     pets: PetsConfig = PetsConfig()
-    expert_episodes: int = setting(5, ge=1)
+    expert_episodes: int = setting(5, ge=0)
     expert_min_reward: float = 179.0
     grid_points: int = setting(6, ge=2)
     sampled_size: int = setting(5000, ge=1)
@@ -187,6 +205,50 @@ class SweepConfig(Schema):
             from mismatch_jax.envs import make
 
             check_for_env(self.dynamics, make(self.env))
+        if self.pets_source:
+            if self.dynamics.enabled:
+                raise ValueError("population.source = 'pets' does not take an [env_params] section yet; "
+                                 "remove [env_params] or use population.source = 'datasets'")
+            if self.datasets.pets.num_seeds < 2:
+                raise ValueError(f"population.source = 'pets' needs datasets.pets.num_seeds >= 2 (got "
+                                 f"{self.datasets.pets.num_seeds}): a model's expert and on-policy LL are "
+                                 "scored on the other seeds' runs")
+            if len(self.training.eval_epochs) != 1:
+                raise ValueError(f"population.source = 'pets' scores each model once: training.eval_epochs must "
+                                 f"list one epoch, got {list(self.training.eval_epochs)} (per-epoch curves are "
+                                 "population.source = 'datasets')")
+
+    @property
+    def pets_source(self) -> bool:
+        """Whether the population is the models of PETS runs (``population.source = "pets"``)."""
+        return self.population.source == "pets"
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The model types of the population in index order: ``model_types`` and, for a PETS
+        population with ``pets_models``, "PETS" (PETS's own per-trial models) last."""
+        extra = ("PETS",) if self.pets_source and self.population.pets_models else ()
+        return tuple(self.population.model_types) + extra
+
+    def model_config_of(self, kind: str, env) -> ModelConfig:
+        """The bound ModelConfig of model type ``kind`` ("PETS": the PETS runs' own model)."""
+        if kind == "PETS":
+            return self.datasets.pets.model_config(env)
+        return self.population.model_of(kind, env)
+
+    def count_of(self, kind: str) -> int:
+        """Models of type ``kind``: ``models_per_type``, or one per (seed, trial) for "PETS"."""
+        if kind == "PETS":
+            return self.datasets.pets.num_seeds * self.datasets.pets.num_trials
+        return self.models_per_type
+
+    def type_ranges(self) -> list[tuple[str, int, int]]:
+        """(kind, first global index, count) of every model type, in index order."""
+        ranges, first = [], 0
+        for kind in self.kinds:
+            ranges.append((kind, first, self.count_of(kind)))
+            first += self.count_of(kind)
+        return ranges
 
     @property
     def dynamics(self) -> EnvParamsConfig:
@@ -195,31 +257,65 @@ class SweepConfig(Schema):
 
     @property
     def num_models(self) -> int:
-        """Models in the sweep: model types × env settings × train datasets × replicates."""
-        return len(self.population.model_types) * self.models_per_type
+        """Models in the sweep: the sum over ``kinds`` of ``count_of``."""
+        return sum(self.count_of(kind) for kind in self.kinds)
 
     @property
     def models_per_type(self) -> int:
-        """env settings (``[env_params]``, 1 without it) × train datasets × replicates."""
+        """Models of each trained type: env settings ([env_params], 1 without it) × train datasets ×
+        replicates; for a PETS population seeds × trials × replicates."""
+        if self.pets_source:
+            pets = self.datasets.pets
+            return pets.num_seeds * pets.num_trials * self.population.replicates
         return self.dynamics.num_settings * len(self.datasets.train) * self.population.replicates
+
+    def _locate(self, index: int) -> tuple[str, int]:
+        """(model type, index within its type) of global model ``index``."""
+        if not 0 <= index < self.num_models:
+            raise IndexError(f"model index {index} outside [0, {self.num_models})")
+        for kind, first, count in self.type_ranges():
+            if index < first + count:
+                return kind, index - first
+        raise AssertionError("unreachable")
+
+    def pets_provenance(self, index: int) -> tuple[int, int, int]:
+        """(PETS seed, trial k, copy) of model ``index`` of a PETS population: trained on the
+        seed's data before its planned trial k (1-based: trial 0 is the random one), copy-th
+        fresh fit (0 for PETS's own model). Within a type: seeds, then trials, then copies."""
+        kind, local = self._locate(index)
+        trials = self.datasets.pets.num_trials
+        copies = 1 if kind == "PETS" else self.population.replicates
+        return local // (trials * copies), (local // copies) % trials + 1, local % copies
 
     def model_spec(self, index: int) -> tuple[str, str, int]:
         """(model type, train dataset, replicate) of global model ``index`` — types outermost,
         so every compiled chunk holds one model type; then env settings (``model_setting``),
-        train datasets, replicates."""
-        if not 0 <= index < self.num_models:
-            raise IndexError(f"model index {index} outside [0, {self.num_models})")
-        kind = self.population.model_types[index // self.models_per_type]
-        rest = index % (len(self.datasets.train) * self.population.replicates)
+        train datasets, replicates. A PETS population's train dataset is "pets" and its
+        replicate the copy (``pets_provenance``)."""
+        kind, local = self._locate(index)
+        if self.pets_source:
+            return kind, "pets", self.pets_provenance(index)[2]
+        rest = local % (len(self.datasets.train) * self.population.replicates)
         return kind, self.datasets.train[rest // self.population.replicates], rest % self.population.replicates
 
     def model_setting(self, index: int) -> int:
         """The env setting (index into the ``[env_params]`` settings) of global model ``index``."""
+        if self.pets_source:
+            return 0
         return (index % self.models_per_type) // (len(self.datasets.train) * self.population.replicates)
+
+    def model_eval_group(self, index: int) -> int:
+        """Which of the stacked evaluation sets model ``index`` is scored on: its env setting, or
+        for a PETS population its seed (whose held-out sets leave that seed's runs out)."""
+        return self.pets_provenance(index)[0] if self.pets_source else self.model_setting(index)
 
     def model_dataset_index(self, index: int) -> int:
         """Row of the stacked train data (``chunk.stack_study_data``) model ``index`` trains on:
-        setting × train datasets + train dataset."""
+        setting × train datasets + train dataset; for a PETS population seed × trials + trial − 1
+        (PETS's own models: the row of its per-trial models)."""
+        if self.pets_source:
+            seed, trial, _ = self.pets_provenance(index)
+            return seed * self.datasets.pets.num_trials + trial - 1
         return self.model_setting(index) * len(self.datasets.train) + self.datasets.train.index(self.model_spec(index)[1])
 
 

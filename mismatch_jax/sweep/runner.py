@@ -36,7 +36,8 @@ from mismatch_jax.sweep.chunk import (chunk_model_arguments, chunk_rows, chunk_s
 from mismatch_jax.sweep.env_params import expand
 from mismatch_jax.sweep.config import SweepConfig
 from mismatch_jax.sweep.competence import sweep_competence
-from mismatch_jax.sweep.study_data import StudyData, build_study_datasets
+from mismatch_jax.sweep.pets_population import build_pets_population
+from mismatch_jax.sweep.study_data import StudyData, build_study_datasets, pets_runs
 
 def enable_compilation_cache(path: str | Path | None = None) -> None:
     """Persists compiled programs on disk (default ~/.cache/mismatch_jax/xla, or
@@ -68,8 +69,8 @@ def check_scale(config: SweepConfig, env, train_rows: int, num_devices: int, log
     from mismatch_jax.errors import InputError
 
     budget = config.run.memory_gb * 2**30
-    for kind in config.population.model_types:
-        mcfg = config.population.model_of(kind, env)
+    for kind in config.kinds:
+        mcfg = config.model_config_of(kind, env)
         params = mcfg.ensemble_size * sum(a * b + b for a, b in zip(mcfg.layer_sizes[:-1], mcfg.layer_sizes[1:]))
         if params > MAX_PARAMS_PER_MODEL:
             raise InputError(f"population.model.hidden_size = {mcfg.hidden_size} gives {params:.3g} parameters "
@@ -83,9 +84,8 @@ def check_scale(config: SweepConfig, env, train_rows: int, num_devices: int, log
             raise InputError(f"run.chunk_size = {config.run.chunk_size} needs ~{config.run.chunk_size * per_model / 2**30:.1f} "
                              f"GB of {kind} models, more than run.memory_gb = {config.run.memory_gb:g}; "
                              "lower run.chunk_size (0 = derive it from memory_gb)")
-    per_type = config.models_per_type
-    chunks = sum(-(-per_type // chunk_size_for(config, env, kind, train_rows, num_devices))
-                 for kind in config.population.model_types)
+    chunks = sum(-(-config.count_of(kind) // chunk_size_for(config, env, kind, train_rows, num_devices))
+                 for kind in config.kinds)
     if chunks > MAX_CHUNKS:
         raise InputError(f"population.replicates = {config.population.replicates} gives {config.num_models} models in "
                          f"{chunks} chunks (limit {MAX_CHUNKS}); lower population.replicates or raise run.chunk_size")
@@ -211,16 +211,22 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     if competence is not None:
         manifest["competence"] = {k: competence[k] for k in ("passed", "expert", "untrained")}
     eval_names = list(config.datasets.eval)
-    train_data, eval_sets, env_settings = stack_study_data(config, sets, settings)
+    pets = None
+    if config.pets_source:
+        runs = pets_runs(StudyData.of_sweep(config), env, Path(config.datasets.cache_dir), log)
+        pets = build_pets_population(config, env, sets, runs, log)
+        train_data, eval_sets, env_settings = pets.train_data, pets.eval_sets, None
+        manifest["dataset_notes"].update(pets.notes)
+    else:
+        train_data, eval_sets, env_settings = stack_study_data(config, sets, settings)
 
     mesh = Mesh(np.asarray(devices), ("pop",))
     plan = []  # (kind, first, last, size)
-    per_type = config.models_per_type
-    for t, kind in enumerate(config.population.model_types):
+    for kind, start, count in config.type_ranges():
         size = chunk_size_for(config, env, kind, int(train_data.capacity), len(devices))
-        for first in range(t * per_type, (t + 1) * per_type, size):
-            plan.append((kind, first, min(first + size, (t + 1) * per_type) - 1, size))
-    rows_per_model = len(config.training.eval_epochs)
+        for first in range(start, start + count, size):
+            plan.append((kind, first, min(first + size, start + count) - 1, size))
+    rows_per_model = len(config.training.eval_epochs)  # 1 in a PETS population (its check)
     verified: set[tuple[int, int]] = set()
 
     def is_done(first: int, last: int) -> bool:
@@ -247,7 +253,11 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     log(f"sweep {config.name}: {config.num_models} models in {len(plan)} chunks on {len(devices)} "
         f"device(s); {len(plan) - len(todo)} chunk(s) already done")
     sharded = NamedSharding(mesh, PartitionSpec("pop"))
-    shared = jax.device_put((train_data, eval_sets, env_settings), NamedSharding(mesh, PartitionSpec()))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shared = jax.device_put((train_data, eval_sets, env_settings), replicated)
+    # PETS's own models take the trained types' place of the training data (ChunkParts.train).
+    pets_shared = None if pets is None else jax.device_put((pets.pets_models, eval_sets, env_settings), replicated)
+    shared_of = lambda kind: pets_shared if kind == "PETS" else shared
 
     def chunk_arguments(first, last, size):
         indices = np.arange(first, last + 1)
@@ -270,7 +280,8 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
             for kind in kinds:
                 bar.update(task, description=f"compiling ({kind})")
                 _, first, last, size = next(c for c in todo if c[0] == kind)
-                lowered = make_chunk_fn(config, env, kind, mesh).lower(*chunk_arguments(first, last, size)[1], *shared)
+                lowered = make_chunk_fn(config, env, kind, mesh).lower(*chunk_arguments(first, last, size)[1],
+                                                                       *shared_of(kind))
                 programs[kind] = compiler.submit(lowered)
 
             def compute(kind, first, last, size):
@@ -279,10 +290,10 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
                 program = programs[kind].result()
                 compile_wait = time.perf_counter() - t
                 t = time.perf_counter()
-                out = jax.device_get(program(*per_model, *shared))
+                out = jax.device_get(program(*per_model, *shared_of(kind)))
                 elapsed = time.perf_counter() - t
                 out = {k: np.asarray(v)[: indices.size] for k, v in out.items()}
-                entry = results.write_chunk(out_dir, first, last, chunk_rows(config, indices, out, eval_names, settings), digest)
+                entry = results.write_chunk(out_dir, first, last, chunk_rows(config, indices, out, eval_names, settings, pets), digest)
                 verified.add((first, last))
                 manifest["chunks"].append({**entry, "kind": kind, "seconds": elapsed, "compile_wait_s": compile_wait})
                 results.write_manifest(out_dir, manifest, manifest_name)

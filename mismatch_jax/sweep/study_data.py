@@ -27,6 +27,7 @@ from mismatch_jax.files import write_npz
 
 DATA_SALT = 0x5EED_DA7A  # fold_in salt separating dataset keys from model keys
 MODEL_PREFIX = "pets_model_leaf_"  # npz keys of the final PETS models' leaves
+TRIAL_MODEL_PREFIX = "pets_trial_model_leaf_"  # npz keys of every trial's PETS model [S, T, ...]
 SETTINGS_SALT = 0x5E771  # fold_in offset of the env settings' data keys
 
 
@@ -55,8 +56,11 @@ def _pets_config(request: StudyData):
 def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str], None], settings=None) -> dict:
     """Runs (or loads from cache) the PETS runs behind on_policy/expert data.
 
-    Returns numpy arrays obs/action/next_obs [S, R, T, d], reward/alive [S, R, T] (R = random
-    trial + planned trials, T = trial length) and trial_rewards [S, R]. With ``settings``
+    Returns numpy arrays obs/action/next_obs [S, R, T, d], reward/alive/train_mask/val_mask
+    [S, R, T] (R = random trial + planned trials, T = trial length; PETS's own train / validation
+    rows, alive = either), trial_rewards [S, R], the final models' leaves (``MODEL_PREFIX``) and
+    every planned trial's model (``TRIAL_MODEL_PREFIX``, leaves [S, R − 1, ...]: the model PETS
+    fitted before, and planned, trial k = 1 … R − 1; ``pets_trial_models``). With ``settings``
     (``sweep.env_params.Settings``, P true dynamics) all P × S runs go in one program (one compile)
     and the leading axis is [P · S], setting-major (``runs_of_setting`` slices one out)."""
     from mismatch_jax.agents.pets import compile_trial_loop, make_pets, seed_keys
@@ -70,10 +74,10 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
     if path.is_file():
         with np.load(path) as f:
             cached_runs = {k: f[k] for k in f.files if k != "spec"}
-        if any(k.startswith(MODEL_PREFIX) for k in cached_runs):
+        if any(k.startswith(TRIAL_MODEL_PREFIX) for k in cached_runs) and "train_mask" in cached_runs:
             log(f"datasets: PETS runs from cache {path}")
             return cached_runs
-        log(f"datasets: {path} predates the saved PETS models; running PETS again")
+        log(f"datasets: {path} predates the saved per-trial PETS models and split; running PETS again")
     # Several (host) devices (`--devices`): each planning call's candidates are split over them;
     # the runs are the same, so the cache key does not record it.
     pets = make_pets(pets_config, env, candidate_devices=candidate_devices_for(pets_config.cem_config(env)))
@@ -90,9 +94,11 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
     init, step = compile_trial_loop(pets, keys, env_params=env_params)
     state, random_reward = init(keys)
     trial_rewards = [np.asarray(random_reward)]
+    trial_models = []  # the model each trial planned with: its leaves, host copies
     for trial in range(pets_config.num_trials):
         state, metrics = step(state)
         trial_rewards.append(np.asarray(metrics.reward))
+        trial_models.append([np.asarray(leaf) for leaf in jax.tree.leaves((state.params, state.normalizer))])
         log(f"  PETS trial {trial + 1}/{pets_config.num_trials}: reward {np.round(trial_rewards[-1], 1).tolist()}")
     buffer = state.buffer
     length = pets.trial_length
@@ -101,10 +107,13 @@ def pets_runs(request: StudyData, env: Env, cache_dir: Path, log: Callable[[str]
         "obs": shape(buffer.obs), "action": shape(buffer.action), "next_obs": shape(buffer.next_obs),
         "reward": shape(buffer.reward),
         "alive": shape(np.asarray(buffer.train_mask) | np.asarray(buffer.val_mask)),
+        "train_mask": shape(buffer.train_mask), "val_mask": shape(buffer.val_mask),
         "trial_rewards": np.stack(trial_rewards, axis=1),
     }
     leaves = jax.tree.leaves((state.params, state.normalizer))
     out.update({f"{MODEL_PREFIX}{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+    out.update({f"{TRIAL_MODEL_PREFIX}{i}": np.stack([m[i] for m in trial_models], axis=1)
+                for i in range(len(leaves))})
     write_npz(path, out, spec=json.dumps(spec, sort_keys=True, default=str))
     return out
 
@@ -126,6 +135,22 @@ def pets_models(request: StudyData, env: Env, runs: dict):
     for want, got in zip(leaves, saved):
         if got.shape[1:] != want.shape:
             raise ValueError(f"cached PETS model leaf has shape {got.shape[1:]}, the config needs {want.shape}")
+    return jax.tree.unflatten(treedef, [jax.numpy.asarray(a) for a in saved])
+
+
+def pets_trial_models(request: StudyData, env: Env, runs: dict):
+    """Every planned trial's PETS model of ``runs`` → (params, normalizer), leaves [S, K, ...]
+    (K = planned trials; entry k − 1 is the model fitted on the data before trial k, the one
+    that planned it)."""
+    from mismatch_jax import models
+
+    model_config = _pets_config(request).model_config(env)
+    template = (models.init(jax.random.key(0), model_config), models.identity_normalizer(model_config))
+    leaves, treedef = jax.tree.flatten(template)
+    saved = [runs[f"{TRIAL_MODEL_PREFIX}{i}"] for i in range(len(leaves))]
+    for want, got in zip(leaves, saved):
+        if got.shape[2:] != want.shape:
+            raise ValueError(f"cached PETS trial model leaf has shape {got.shape[2:]}, the config needs {want.shape}")
     return jax.tree.unflatten(treedef, [jax.numpy.asarray(a) for a in saved])
 
 

@@ -65,30 +65,99 @@ def test_per_epoch_curves_mark_best_epochs(tmp_path):
 
 
 def test_fig3_panels_use_each_training_set_own_ll_and_match_scipy(tmp_path):
-    from mismatch_jax.analysis.plots import fig3_panels
+    from mismatch_jax.analysis.fig3 import fig3_panels
 
     table = _table()
     content = fig3_panels(table, tmp_path, num_bootstrap=100)
     assert (tmp_path / "fig3_ll_reward.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "fig3_correlations.json").read_text()) == json.loads(json.dumps(content))
     last = table[(table.epoch == 10) & ~table.diverged]
+    assert content["design"] == "per_dataset"
     assert [p["train_dataset"] for p in content["panels"]] == ["expert", "grid"]
     for panel in content["panels"]:
         part = last[last.train_dataset == panel["train_dataset"]]
-        x, y = part[f"ll_{panel['train_dataset']}"], part["reward_mean"]
-        assert panel["pooled"]["pearson"] == pytest.approx(scipy.stats.pearsonr(x, y).statistic, abs=1e-12)
-        assert panel["pooled"]["n"] == len(part)
-        lo, hi = panel["pooled"]["pearson_ci"]
-        assert lo <= panel["pooled"]["pearson"] <= hi
+        column = f"ll_{panel['train_dataset']}"
         for kind, stats in panel["per_type"].items():
             sub = part[part.model_type == kind]
-            assert stats["spearman"] == pytest.approx(scipy.stats.spearmanr(sub[f"ll_{panel['train_dataset']}"],
-                                                                            sub["reward_mean"]).statistic, abs=1e-12)
+            assert stats["spearman"] == pytest.approx(scipy.stats.spearmanr(sub[column], sub["reward_mean"]).statistic,
+                                                      abs=1e-12)
+            assert stats["n"] == len(sub)
+        # types are pooled only within one LL definition: P with PE, D with DE — never P with D
+        pooled = panel["pooled_by_ll_definition"]
+        assert set(pooled) == {"predicted", "fixed"}
+        assert set(pooled["predicted"]["types"]) == {"P", "PE"} and set(pooled["fixed"]["types"]) == {"D", "DE"}
+        sub = part[part.model_type.isin(["P", "PE"])]
+        assert pooled["predicted"]["pearson"] == pytest.approx(scipy.stats.pearsonr(sub[column], sub["reward_mean"]).statistic,
+                                                              abs=1e-12)
+    diff = content["expert_minus_grid"]["P"]
+    assert diff["minus"] == "grid" and diff["clustered"] is False
+    assert diff["spearman"] == pytest.approx(content["panels"][0]["per_type"]["P"]["spearman"]
+                                             - content["panels"][1]["per_type"]["P"]["spearman"])
     dist = {(r["model_type"], r["train_dataset"]): r for r in content["reward_distribution"]}
     sub = last[(last.model_type == "P") & (last.train_dataset == "grid")]["reward_mean"]
     assert dist[("P", "grid")]["median"] == pytest.approx(np.median(sub))
     assert dist[("P", "grid")]["n"] == len(sub)
     assert dist[("P", "grid")]["at_least_150"] == pytest.approx((sub >= 150).mean())
+
+
+def _pets_table(seeds=4, trials=5, copies=3):
+    """A PETS population: LL on expert tracks reward, LL on grid is noise; copies share a trial."""
+    rng = np.random.default_rng(1)
+    rows, model = [], 0
+    for kind in ("P", "D", "PETS"):
+        for s in range(seeds):
+            for t in range(1, trials + 1):
+                for c in range(1 if kind == "PETS" else copies):
+                    skill = t + rng.normal(scale=0.5)
+                    rows.append({"model_id": model, "model_type": kind, "train_dataset": "pets", "epoch": 3,
+                                 "pets_seed": s, "pets_trial": t, "copy": c, "diverged": False,
+                                 "ll_expert": skill + rng.normal(scale=0.2), "ll_on_policy": skill,
+                                 "ll_grid": rng.normal() - (1e4 if c == 1 and kind == "P" else 0.0),
+                                 "reward_mean": 20.0 * skill + rng.normal()})
+                    model += 1
+    return pd.DataFrame(rows)
+
+
+def test_fig3_of_a_pets_population_scores_one_population_on_every_dataset(tmp_path):
+    from mismatch_jax.analysis.correlation import cluster_correlate
+    from mismatch_jax.analysis.fig3 import fig3_panels
+
+    table = _pets_table()
+    content = fig3_panels(table, tmp_path, num_bootstrap=200)
+    assert content["design"] == "pets_population"
+    assert [p["eval_dataset"] for p in content["panels"]] == ["expert", "on_policy", "grid"]  # the paper's order
+    expert, _, grid = content["panels"]
+    for panel in content["panels"]:  # every panel holds every model
+        assert sum(stats["n"] for stats in panel["per_type"].values()) == len(table)
+        assert "fixed" not in panel["pooled_by_ll_definition"]  # D is alone in its definition
+        assert set(panel["pooled_by_ll_definition"]["predicted"]["types"]) == {"P", "PETS"}
+    p_rows = table[table.model_type == "P"]
+    stats = expert["per_type"]["P"]
+    assert stats["spearman"] == pytest.approx(scipy.stats.spearmanr(p_rows.ll_expert, p_rows.reward_mean).statistic)
+    assert stats["num_clusters"] == 4 * 5
+    clustered = cluster_correlate(p_rows.ll_expert, p_rows.reward_mean, p_rows[["pets_seed", "pets_trial"]].to_numpy(),
+                                  num_bootstrap=200)
+    assert stats["spearman_cluster_ci"] == clustered["spearman_cluster_ci"]
+    lo, hi = stats["spearman_cluster_ci"]
+    assert lo < stats["spearman"] < hi and lo > 0.5          # the built-in trend
+    glo, ghi = grid["per_type"]["P"]["spearman_cluster_ci"]
+    assert glo < 0 < ghi                                      # no trend on grid, outliers and all
+    diff = content["expert_minus_grid"]["P"]
+    assert diff["clustered"] and diff["spearman"] == pytest.approx(stats["spearman"] - grid["per_type"]["P"]["spearman"])
+    assert diff["spearman_ci"][0] > 0                          # paired: the difference is resolved
+
+
+def test_cluster_bootstrap_is_wider_than_per_model_when_copies_repeat_a_cluster():
+    from mismatch_jax.analysis.correlation import cluster_correlate, correlate
+
+    rng = np.random.default_rng(0)
+    base_x, base_y = rng.normal(size=12), rng.normal(size=12)
+    x, y = np.repeat(base_x, 10), np.repeat(base_y, 10)   # 10 identical copies of 12 clusters
+    labels = np.repeat(np.arange(12), 10)
+    per_model, clustered = correlate(x, y, num_bootstrap=400), cluster_correlate(x, y, labels, num_bootstrap=400)
+    width = lambda ci: ci[1] - ci[0]
+    assert width(clustered["pearson_cluster_ci"]) > 1.5 * width(per_model["pearson_ci"])
+    assert clustered["num_clusters"] == 12
 
 
 def _epoch_table():

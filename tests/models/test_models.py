@@ -113,6 +113,31 @@ def test_ensemble_mixture_log_likelihood_known_value():
                                rtol=1e-5)
 
 
+def test_deterministic_ll_with_its_validation_residual_variance_is_the_ml_gaussian():
+    """A DE model's LL with ``residual_variance``: each member's per-dimension mean squared residual
+    on the weighted rows (the ML homoscedastic fit), the members mixed uniformly (scipy)."""
+    cfg = models.ModelConfig("DE", 2, 1, hidden_size=8, num_hidden_layers=1, ensemble_size=2)
+    params = models.init(jax.random.key(3), cfg)
+    norm = models.identity_normalizer(cfg)
+    rng = np.random.default_rng(4)
+    obs = jnp.asarray(rng.normal(size=(12, 2)), jnp.float32)
+    act = jnp.asarray(rng.normal(size=(12, 1)), jnp.float32)
+    nxt = obs + 0.2 * jnp.asarray(rng.normal(size=(12, 2)), jnp.float32)
+    weight = jnp.asarray(np.arange(12) < 8, jnp.float32)  # the first 8 rows are the validation rows
+    mean, _ = models.predict(cfg, params, norm, obs, act)
+    residual = (np.asarray(mean) - np.asarray(nxt)[None]) ** 2  # [E, B, D]
+    expected_var = residual[:, :8].mean(axis=1)
+    var = models.residual_variance(cfg, params, norm, obs, act, nxt, weight=weight)
+    np.testing.assert_allclose(np.asarray(var), expected_var, rtol=1e-5)
+    per_member = stats.norm.logpdf(np.asarray(nxt)[None], np.asarray(mean), np.sqrt(expected_var)[:, None]).sum(-1)
+    expected = (logsumexp(per_member, axis=0) - np.log(2)).mean()
+    ll = models.one_step_log_likelihood(cfg, params, norm, obs, act, nxt, variance=var)
+    np.testing.assert_allclose(float(ll), expected, rtol=1e-5)
+    # a model twice as far off has a lower LL: the axis moves with accuracy
+    worse = models.one_step_log_likelihood(cfg, params, norm, obs, act, nxt, variance=4 * var)
+    assert float(worse) < float(ll)
+
+
 def test_model_loss_weights_and_bound_term():
     cfg = models.ModelConfig("P", 2, 1, hidden_size=8, num_hidden_layers=1)
     params = models.init(jax.random.key(3), cfg)
