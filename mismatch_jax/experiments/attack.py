@@ -271,8 +271,9 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     batch = jax.tree.map(lambda *xs: jnp.stack(list(xs) + [xs[0]] * (pop - 3)), *trio)
     eval_jit = jit_sharded(evaluate, 2, shared=(1,), devices=devices)
     rounds = []
+    final_root = config.evaluation.salted(jax.random.fold_in(root, FINAL_SALT))
     for r in range(config.evaluation.final_rounds):
-        keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(root, FINAL_SALT), r),
+        keys = jax.random.split(jax.random.fold_in(final_root, r),
                                 config.evaluation.trials)
         rewards, lls = jax.device_get(eval_jit(batch, keys))
         rounds.append(rewards[:3])
