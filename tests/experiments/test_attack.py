@@ -300,3 +300,27 @@ def test_pets_member_is_one_member_of_the_final_pets_model(monkeypatch):
     np.testing.assert_allclose(var_one[0], var_all[2], rtol=1e-6)
     with pytest.raises(ValueError, match="pets_member = 9"):
         attack.pets_member_model(data, "cartpole_swingup", 0, env, member=9)
+
+
+def test_convergence_plot_marks_infeasible_generation_bests(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from mismatch_jax.analysis.attack import INFEASIBLE_LABEL, draw_convergence, infeasible_generations, plot_convergence
+
+    history = {"gen_best_reward": [170.0, 90.0, 150.0], "gen_best_fitness": [170.0, 95.0, 150.0],
+               "best_fitness": [170.0, 95.0, 95.0], "gen_best_ll": [19.95, 19.90, 19.915]}
+    # LL₀ 19.964, tolerance 0.05: the edge is 19.914, so generation 2 (19.90) is outside it.
+    assert infeasible_generations(history, 19.964, 0.05).tolist() == [False, True, False]
+    fig = draw_convergence(history, 19.964, 179.2, 179.1, 19.915, 0.05)
+    left, right = fig.axes[:2]
+    assert INFEASIBLE_LABEL in left.get_legend_handles_labels()[1]
+    assert INFEASIBLE_LABEL in right.get_legend_handles_labels()[1]
+    marked = [c for c in right.collections if c.get_label() == INFEASIBLE_LABEL]
+    np.testing.assert_allclose(marked[0].get_offsets(), [[19.90, 90.0]])
+    feasible = [c for c in right.collections if c.get_label() == "generation best (feasible)"]
+    assert len(feasible[0].get_offsets()) == 2
+    plt.close(fig)
+    fig = draw_convergence(history, 19.964, 179.2, 179.1, 19.915, 0.1)  # all within a wider tolerance
+    assert INFEASIBLE_LABEL not in fig.axes[1].get_legend_handles_labels()[1]
+    plt.close(fig)
+    assert plot_convergence(history, 19.964, 179.2, 179.1, 19.915, tmp_path / "c.png", 0.05).is_file()
