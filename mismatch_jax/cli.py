@@ -170,23 +170,30 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
     from mismatch_jax.errors import InputError
 
-    path = Path(args.results)
-    if path.is_dir():
-        path = path / "results.parquet"
-    if not path.is_file():
-        raise InputError(f"results table {path} does not exist; run `mismatch-jax sweep` first")
     if args.epoch != "last" and not args.epoch.isdigit():
         raise InputError(f"--epoch must be 'last' or an epoch number, got {args.epoch!r}")
-    try:
-        table = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
-        raise InputError(f"{path} is not a readable Parquet table ({type(exc).__name__}: {exc}); "
-                         "re-create it with `mismatch-jax sweep --resume`") from None
     from mismatch_jax.analysis.plots import check_table
     from mismatch_jax.sweep.results import check_table_rows
 
-    check_table(table)
-    check_table_rows(table)  # one row per (model, epoch): a damaged merge is refused, not drawn
+    def read(results: str):
+        path = Path(results)
+        if path.is_dir():
+            path = path / "results.parquet"
+        if not path.is_file():
+            raise InputError(f"results table {path} does not exist; run `mismatch-jax sweep` first")
+        try:
+            table = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
+            raise InputError(f"{path} is not a readable Parquet table ({type(exc).__name__}: {exc}); "
+                             "re-create it with `mismatch-jax sweep --resume`") from None
+        check_table(table)
+        check_table_rows(table)  # one row per (model, epoch): a damaged merge is refused, not drawn
+        return path, table
+
+    path, table = read(args.results)
+    score = read(args.rescore_on)[1] if args.rescore_on else None  # refused before any drawing
+    if score is not None and table["epoch"].nunique() < 2:
+        raise InputError("--rescore-on needs a table with several evaluated epochs per model")
     out = args.out or str(path.parent)
     epoch = args.epoch if args.epoch == "last" else int(args.epoch)
     content = ll_reward_scatter(table, out, epoch=epoch, num_bootstrap=args.bootstrap)
@@ -195,6 +202,15 @@ def _cmd_plot(args: argparse.Namespace) -> None:
         per_epoch_curves(table, out)
         fig4_best_epochs(table, out)
         fig5_dataset_nll(table, out)
+    if score is not None:
+        from mismatch_jax.analysis.epochs import fig4_rescored
+
+        rescored = fig4_rescored(table, score, out)
+        for s in rescored["summary"]:
+            print(f"fig4 re-scored, {s['model_type']} on {s['train_dataset']} (n={s['n']}): reward lost by NLL "
+                  f"stopping {s['reward_lost_on_picking_episodes']:.1f} on the picking episodes, "
+                  f"{s['reward_lost_on_fresh_episodes']:.1f} [{s['fresh_ci'][0]:.1f}, {s['fresh_ci'][1]:.1f}] "
+                  "on fresh ones")
     from mismatch_jax.experiments.sweep_command import print_env_params_summary, print_summary
 
     print_summary(out, table, content, fig3)
@@ -276,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default=None, help="where to write figures (default: beside the table)")
     plot.add_argument("--epoch", default="last", help="epoch to correlate: 'last' (default) or a number")
     plot.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    plot.add_argument("--rescore-on", default=None, metavar="RESULTS",
+                      help="results of the same sweep re-run with --set evaluation.episode_salt=1: score the "
+                           "reward-best and NLL-best epochs picked on RESULTS there (fig4_rescored.json)")
     sub.add_parser("configs", help="list the packaged configs (usable by name as CONFIG)", epilog=EPILOG)
     return parser
 

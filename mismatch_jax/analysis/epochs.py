@@ -2,7 +2,10 @@
 
 Fig. 4: per model, the epoch at which its episode reward peaks and the epoch at which its
 validation NLL on its own training dataset is lowest; the distribution of their difference says
-whether stopping on the validation loss would have kept the best controller. Fig. 5: for P
+whether stopping on the validation loss would have kept the best controller; the reward the
+reward-best epoch shows is biased upward on the episodes it was picked on, so
+``rescored_best_epochs`` scores both picks on a second table of the same models evaluated on fresh
+episodes (``evaluation.episode_salt``). Fig. 5: for P
 models, the validation NLL on *every* dataset per epoch, one panel per training dataset (a model
 fits its own data while drifting on the states it never saw).
 """
@@ -54,6 +57,81 @@ def best_epochs(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
+def rescored_best_epochs(pick: pd.DataFrame, score: pd.DataFrame) -> pd.DataFrame:
+    """The reward-best and NLL-best epochs picked on ``pick`` and scored on ``score``.
+
+    The reward-best epoch is an argmax over noisy episode means, so the reward it shows on the
+    episodes it was picked on is biased upward, and so is "reward lost by NLL stopping" measured
+    there (winner's curse). ``score`` must hold the same models (same ids, types, training sets,
+    epochs and — the training being the same — LLs) evaluated on other episodes: a second sweep
+    run with ``--set evaluation.episode_salt=1``. One row per model that diverged in neither table:
+    ``best_epochs(pick)``'s columns plus fresh_reward_at_reward_best, fresh_reward_at_nll_best (the
+    two picks' rewards on ``score``) and fresh_reward_lost = their difference."""
+    from mismatch_jax.errors import InputError
+
+    check_table(pick)
+    check_table(score)
+    keys = ["model_id", "epoch"]
+    columns = ["model_type", "train_dataset"] + [c for c in pick.columns if c.startswith("ll_")]
+    if set(columns) - set(score.columns):
+        raise InputError(f"the scoring table lacks columns {sorted(set(columns) - set(score.columns))}")
+    joined = pick.merge(score, on=keys, how="outer", suffixes=("", "_score"), indicator=True)
+    if not (joined["_merge"] == "both").all():
+        raise InputError("the two tables do not hold the same (model, epoch) rows: re-score with the same "
+                         "config and only evaluation.episode_salt changed")
+    for column in columns:
+        a, b = joined[column], joined[f"{column}_score"]
+        numeric = pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b)
+        same = np.isclose(a.astype(float), b.astype(float), rtol=1e-5, atol=1e-6, equal_nan=True) if numeric \
+            else (a.astype(str) == b.astype(str))
+        if not np.all(same):
+            raise InputError(f"the two tables differ in {column}: not the same models (only "
+                             "evaluation.episode_salt may change between the runs)")
+    best = best_epochs(pick)
+    fresh = score[~score["diverged"].astype(bool)].set_index(keys)["reward_mean"].astype(float)
+    rows = []
+    for record in best.to_dict(orient="records"):
+        m = record["model_id"]
+        at_reward, at_nll = (fresh.get((m, record[f"{k}_best_epoch"]), np.nan) for k in ("reward", "nll"))
+        if np.isfinite(at_reward) and np.isfinite(at_nll):
+            rows.append({**record, "fresh_reward_at_reward_best": float(at_reward),
+                         "fresh_reward_at_nll_best": float(at_nll), "fresh_reward_lost": float(at_reward - at_nll)})
+    return pd.DataFrame(rows)
+
+
+def rescored_summary(rescored: pd.DataFrame, level: float = 0.95) -> list[dict]:
+    """Per (training set, model type) of ``rescored_best_epochs``: n, the reward lost by NLL
+    stopping on the picking episodes (biased) and on the fresh ones with a Student-t CI over models,
+    and how many models' picks differ."""
+    from scipy import stats
+
+    summary = []
+    for (train, kind), group in rescored.groupby(["train_dataset", "model_type"]):
+        fresh = group["fresh_reward_lost"].to_numpy(float)
+        mean = float(fresh.mean())
+        if len(fresh) > 1 and fresh.std() > 0:
+            low, high = (float(x) for x in stats.t.interval(level, len(fresh) - 1, loc=mean, scale=stats.sem(fresh)))
+        else:
+            low = high = mean
+        summary.append({"train_dataset": train, "model_type": kind, "n": int(len(group)),
+                        "picks_differ": int((group["difference"] != 0).sum()),
+                        "reward_lost_on_picking_episodes": float(
+                            (group["reward_at_reward_best"] - group["reward_at_nll_best"]).mean()),
+                        "reward_lost_on_fresh_episodes": mean, "fresh_ci": [low, high], "level": level})
+    return summary
+
+
+def fig4_rescored(pick: pd.DataFrame, score: pd.DataFrame, out_dir: str | Path) -> dict:
+    """Fig. 4's reward-lost statistic re-scored on fresh episodes (``rescored_best_epochs``):
+    writes fig4_rescored.json into ``out_dir`` and returns it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rescored = rescored_best_epochs(pick, score)
+    content = {"summary": rescored_summary(rescored), "models": rescored.to_dict(orient="records")}
+    write_json(out_dir / "fig4_rescored.json", content)
+    return content
+
+
 def fig4_best_epochs(table: pd.DataFrame, out_dir: str | Path) -> dict:
     """Fig. 4's per-model view: per training dataset, each model's reward-best vs NLL-best epoch
     (top; the diagonal = the validation loss picks the reward-best epoch) and the histogram of
@@ -97,7 +175,10 @@ def fig4_best_epochs(table: pd.DataFrame, out_dir: str | Path) -> dict:
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(out_dir / "fig4_best_epochs.png", dpi=100)
     plt.close(fig)
-    content = {"summary": summary, "models": best.to_dict(orient="records")}
+    content = {"note": "mean_reward_lost_by_nll_stopping is measured on the episodes the reward-best epoch "
+                       "was picked on (biased upward); fig4_rescored.json scores both picks on fresh episodes "
+                       "(`mismatch-jax plot RESULTS --rescore-on RESULTS_OF_A_SALTED_RUN`)",
+               "summary": summary, "models": best.to_dict(orient="records")}
     write_json(out_dir / "fig4_best_epochs.json", content)
     return content
 

@@ -83,7 +83,8 @@ from mismatch_jax.experiments.attack_cmaes import (INVALID_FITNESS, REPAIR_MARGI
                                                    run_cmaes)
 from mismatch_jax.experiments.attack_space import (WHITEN_FLOOR, LastLayer, SearchSpace, last_layer,
                                                    low_variance_basis, make_candidate_ll, make_search_space,
-                                                   perturb_last_layer, zero_delta)
+                                                   matched_random_points, perturb_last_layer, point_norm,
+                                                   zero_delta)
 
 __all__ = ["AttackConfig", "AttackEvaluation", "load_attack_config", "pets_member_model",
            "make_candidate_evaluator", "run_attack",
@@ -91,20 +92,25 @@ __all__ = ["AttackConfig", "AttackEvaluation", "load_attack_config", "pets_membe
            "INVALID_FITNESS", "REPAIR_MARGIN", "REPAIR_STEPS", "AttackState", "CMAESSettings", "GenerationLog",
            "attack_fitness", "make_cmaes_attack", "repair_threshold", "repair_to_constraint", "run_cmaes",
            "WHITEN_FLOOR", "LastLayer", "SearchSpace", "last_layer", "low_variance_basis", "make_candidate_ll",
-           "make_search_space", "perturb_last_layer", "zero_delta"]
+           "make_search_space", "matched_random_points", "perturb_last_layer", "point_norm", "zero_delta"]
 
 TRAIN_SALT = 0xA77A  # fold_in salts separating the attack's random streams
 CMA_SALT = 0xC4A
 FINAL_SALT = 0xF1A1
+BASELINE_SALT = 0xBA5E
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackEvaluation(EpisodeSettings):
     """Episodes in the true env: ``trials`` per candidate and generation; the final
     before/after comparison uses ``final_rounds × trials`` fresh episodes per model.
-    episode_length 0 = the env's episode length."""
+    episode_length 0 = the env's episode length. path_baselines: random last-layer changes of
+    the search space, each scaled to the attacked model's LL change, planned along the expert path
+    with the same keys as Fig. 6's two models — the baseline of the attack's planned-action gap
+    (0 = none)."""
 
     final_rounds: int = setting(2, ge=1)
+    path_baselines: int = setting(4, ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +277,9 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     batch = jax.tree.map(lambda *xs: jnp.stack(list(xs) + [xs[0]] * (pop - 3)), *trio)
     eval_jit = jit_sharded(evaluate, 2, shared=(1,), devices=devices)
     rounds = []
+    final_root = config.evaluation.salted(jax.random.fold_in(root, FINAL_SALT))
     for r in range(config.evaluation.final_rounds):
-        keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(root, FINAL_SALT), r),
+        keys = jax.random.split(jax.random.fold_in(final_root, r),
                                 config.evaluation.trials)
         rewards, lls = jax.device_get(eval_jit(batch, keys))
         rounds.append(rewards[:3])
@@ -288,8 +295,26 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     paths = None
     if config.data.kind in ("on_policy", "expert"):  # Fig. 6 along the best PETS trial
         from mismatch_jax.experiments.attack_paths import write_planned_paths
+        baselines, baseline_info = None, None
+        if config.evaluation.path_baselines:  # the gap's baseline: random changes costing the same LL
+            points, scales, matched = matched_random_points(
+                jax.random.fold_in(root, BASELINE_SALT), space.template, jax.jit(ll_of_points), float(lls[1]),
+                ll_original, config.evaluation.path_baselines, float(point_norm(state.best_delta)))
+            deltas = jax.vmap(space.expand)(points)
+            baselines = {f"random_{i}": (perturb_last_layer(params, jax.tree.map(lambda a: a[i], deltas)), norm)
+                         for i in range(config.evaluation.path_baselines)}
+            baseline_info = {"matched": matched, "attack_ll_change": float(lls[1]) - ll_original,
+                             "ll_change": (np.asarray(ll_of_points(points), np.float64) - ll_original).tolist(),
+                             "search_norm": np.asarray(scales, np.float64).tolist(),
+                             "attack_search_norm": float(point_norm(state.best_delta))}
         paths = write_planned_paths(root, planner, {"original": (params, norm), "attacked": (attacked, norm)},
-                                    pets_runs_of(config.data, config.env, config.seed, env, log), out)
+                                    pets_runs_of(config.data, config.env, config.seed, env, log), out,
+                                    baselines, baseline_info)
+        if "random_baseline" in paths:
+            rb = paths["random_baseline"]
+            log(f"attack: planned-action gap along the expert path {paths['mean_abs_gap']:.3f} (attacked vs "
+                f"original); random changes at the same LL ({rb['matched']}): {rb['mean_abs_gap_mean']:.3f} "
+                f"[{rb['mean_abs_gap_range'][0]:.3f}, {rb['mean_abs_gap_range'][1]:.3f}]")
     timings["total_s"] = time.perf_counter() - started
     tolerance = config.cmaes.tolerance
     report = {
@@ -305,7 +330,12 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
         "attacked_ll": float(lls[1]), "fresh_trials": int(final.shape[1]), "ll_tolerance": tolerance,
         "reward_ratio": after["mean"] / before["mean"] if before["mean"] else None,
         "target_met": bool(after["mean"] <= 0.7 * before["mean"] and lls[1] >= ll_original - tolerance),
-        "planned_paths": None if paths is None else {k: paths[k] for k in ("largest_gap_step", "mean_abs_gap")},
+        "planned_paths": None if paths is None else {
+            **{k: paths[k] for k in ("largest_gap_step", "mean_abs_gap")},
+            **({} if "random_baseline" not in paths else {
+                "random_baseline_mean_abs_gap": paths["random_baseline"]["mean_abs_gap"],
+                "random_baseline_matched": paths["random_baseline"]["matched"],
+                "random_baseline_ll_change": paths["random_baseline"]["ll_change"]})},
         "ll_original": ll_original, "ll_attacked": float(lls[1]), "ll_final_mean": float(lls[2]),
         "reward_original": before, "reward_attacked": after, "reward_final_mean": mean_after,
         "search_best": {"fitness": float(state.best_fitness), "reward_mean": float(state.best_reward),

@@ -5,7 +5,10 @@ At every state of the expert path (the best PETS trial behind the attack's data)
 plans with a model, warm-started from its previous plan as in MPC, but the state then follows the
 expert path rather than the planned action, so both models are asked the same questions. The
 first planned action per state is the control sequence the paper compares ("qualitatively
-similar except for the peak at t = 25"); the per-step gap shows where the attack bites.
+similar except for the peak at t = 25"); the per-step gap shows where the attack bites. How large
+a gap is only means something next to a baseline: ``baselines`` are random last-layer changes of
+the attack's search space scaled to the same LL change (``attack_space.matched_random_points``),
+planned with the same keys; their gaps to the original are reported beside the attack's.
 """
 
 from __future__ import annotations
@@ -44,9 +47,14 @@ def planned_actions(key: jax.Array, planner, params, normalizer, path_obs) -> ja
     return actions
 
 
-def compare_planned_paths(key: jax.Array, planner, models_by_name: dict, path: dict) -> dict:
+def compare_planned_paths(key: jax.Array, planner, models_by_name: dict, path: dict,
+                          baselines: dict | None = None, reference: str = "original") -> dict:
     """Planned actions [T, a] of each (params, normalizer) in ``models_by_name`` along ``path``
-    (``expert_path``), with common planner keys → JSON-ready dict."""
+    (``expert_path``), with common planner keys → JSON-ready dict. With two models, their per-step
+    gap (sum over action dims of |a₁ − a₂|): mean_abs_gap and largest_gap_step. ``baselines``
+    (name → (params, normalizer)) are planned with the same keys and each one's gap to the model
+    named ``reference`` goes to ``random_baseline`` (mean_abs_gap per baseline, their mean and
+    range, and the planned actions)."""
     run = jax.jit(lambda p, n: planned_actions(key, planner, p, n, path["obs"]))
     out = {"expert_action": path["action"].tolist(), "expert_return": path["return"],
            "expert_seed_trial": path["seed_trial"], "planned": {}}
@@ -57,6 +65,14 @@ def compare_planned_paths(key: jax.Array, planner, models_by_name: dict, path: d
         gap = np.abs(np.asarray(out["planned"][names[0]]) - np.asarray(out["planned"][names[1]])).sum(-1)
         out["largest_gap_step"] = int(np.argmax(gap))
         out["mean_abs_gap"] = float(gap.mean())
+    if baselines:
+        base = np.asarray(out["planned"][reference])
+        planned = {name: np.asarray(run(params, normalizer)) for name, (params, normalizer) in baselines.items()}
+        gaps = [float(np.abs(actions - base).sum(-1).mean()) for actions in planned.values()]
+        out["random_baseline"] = {
+            "reference": reference, "names": list(planned), "mean_abs_gap": gaps,
+            "mean_abs_gap_mean": float(np.mean(gaps)), "mean_abs_gap_range": [float(min(gaps)), float(max(gaps))],
+            "planned": {name: actions.tolist() for name, actions in planned.items()}}
     return out
 
 
@@ -72,6 +88,11 @@ def plot_planned_paths(content: dict, path) -> None:
     fig, axes = plt.subplots(expert.shape[1], 1, figsize=(8, 3.2 * expert.shape[1]), squeeze=False)
     for d, ax in enumerate(axes[:, 0]):
         ax.plot(expert[:, d], color="k", lw=1.0, alpha=0.5, label="expert's action")
+        baseline = content.get("random_baseline")
+        for i, actions in enumerate((baseline or {}).get("planned", {}).values()):
+            ax.plot(np.asarray(actions)[:, d], color="tab:gray", lw=0.7, alpha=0.6,
+                    label=None if i else "planned: random last-layer change, same LL change "
+                    f"(mean |gap| {baseline['mean_abs_gap_mean']:.2f} vs {baseline['reference']})")
         for name, colour in zip(content["planned"], ("tab:blue", "tab:red", "tab:green")):
             ax.plot(np.asarray(content["planned"][name])[:, d], color=colour, lw=1.2, label=f"planned: {name}")
         if "largest_gap_step" in content:
@@ -87,12 +108,17 @@ def plot_planned_paths(content: dict, path) -> None:
     plt.close(fig)
 
 
-def write_planned_paths(key, planner, models_by_name: dict, runs: dict, out_dir) -> dict:
-    """Fig. 6 for ``models_by_name`` along the expert path of ``runs``: writes
+def write_planned_paths(key, planner, models_by_name: dict, runs: dict, out_dir, baselines: dict | None = None,
+                        baseline_info: dict | None = None) -> dict:
+    """Fig. 6 for ``models_by_name`` along the expert path of ``runs`` (and ``baselines``, see
+    ``compare_planned_paths``; ``baseline_info`` is added to their record): writes
     attack_planned_paths.json / .png into ``out_dir`` and returns the JSON."""
     from pathlib import Path
 
-    content = compare_planned_paths(jax.random.fold_in(key, PATH_SALT), planner, models_by_name, expert_path(runs))
+    content = compare_planned_paths(jax.random.fold_in(key, PATH_SALT), planner, models_by_name, expert_path(runs),
+                                    baselines)
+    if baseline_info and "random_baseline" in content:
+        content["random_baseline"].update(baseline_info)
     write_json(Path(out_dir) / "attack_planned_paths.json", content)
     plot_planned_paths(content, Path(out_dir) / "attack_planned_paths.png")
     return content

@@ -128,3 +128,49 @@ def make_candidate_ll(model_config: models.ModelConfig, base_params: models.Mode
                                               normalizer, val_obs, val_action, val_next)
 
     return ll
+
+
+def point_norm(point) -> jax.Array:
+    """Euclidean norm of a search point (a pytree) over all its entries."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(point)))
+
+
+def matched_random_points(key: jax.Array, template, ll_of: Callable, ll_target, ll_reference, count: int,
+                          reference_norm, steps: int = 40):
+    """``count`` random directions of a search space, each scaled to cost the attack's LL change.
+
+    The baseline of the attack's planned-action gap (Fig. 6): a change of the same search space that
+    costs the same LL but is not chosen to hurt the controller. Directions are i.i.d. normal points
+    of ``template``'s shapes, normalised; each is scaled by the s > 0 with LL(s·u) = ``ll_target``
+    (bracketed by doubling from ``reference_norm``, then ``steps`` bisection halvings, keeping the
+    side with LL ≥ ll_target, so no baseline costs more LL than the target). ll_of(points [C]) ->
+    LL [C]. When ``ll_target`` is not below ``ll_reference`` (LL(0): the attack lost no LL) no
+    scale matches a drop and every direction gets norm ``reference_norm`` (the attack's own size).
+    Returns (points [C], scales [C], matched: "ll_change" | "norm")."""
+    leaves, treedef = jax.tree.flatten(template)
+    keys = jax.random.split(key, len(leaves))
+    noise = [jax.random.normal(k, (count,) + leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
+    units = jax.tree.unflatten(treedef, noise)
+    norms = jax.vmap(point_norm)(units)
+    units = jax.tree.map(lambda z: z / norms.reshape((-1,) + (1,) * (z.ndim - 1)), units)
+
+    def scaled(s):
+        return jax.tree.map(lambda z: z * s.reshape((-1,) + (1,) * (z.ndim - 1)).astype(z.dtype), units)
+
+    start = jnp.full((count,), jnp.maximum(jnp.asarray(reference_norm, jnp.float32), 1e-6))
+    if not float(ll_target) < float(ll_reference):
+        return scaled(start), start, "norm"
+
+    def grow(_, high):  # double each direction's scale until its LL is at or below the target
+        return jnp.where(ll_of(scaled(high)) > ll_target, 2.0 * high, high)
+
+    high = jax.lax.fori_loop(0, 60, grow, start)
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = 0.5 * (low + high)
+        ok = ll_of(scaled(middle)) >= ll_target
+        return jnp.where(ok, middle, low), jnp.where(ok, high, middle)
+
+    low, _ = jax.lax.fori_loop(0, steps, halve, (jnp.zeros(count), high))
+    return scaled(low), low, "ll_change"

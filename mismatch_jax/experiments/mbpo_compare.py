@@ -170,30 +170,68 @@ def mean_ci(returns: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.nd
     return mean - half, mean + half
 
 
-def plot_curves(results: list[dict], path: Path, title: str = "", threshold: Optional[float] = None) -> None:
-    """Seed-mean evaluation return against env steps with its 95 % CI (Student t over the
-    seeds still finite there; the label counts the diverged ones), one line per agent."""
+MIN_SEEDS_FOR_CI = 3  # a 2-seed Student-t interval is ±12.7 standard errors: drawn, it only shows noise
+
+
+def curve_stats(returns: np.ndarray, level: float = 0.95, min_seeds: int = MIN_SEEDS_FOR_CI) -> dict:
+    """Per evaluation of returns [S, evals] (NaN = a diverged seed): n (seeds finite there), mean
+    over those seeds, and the Student-t CI of that mean (``mean_ci``) where n ≥ ``min_seeds``
+    (NaN elsewhere, so no band is drawn from one or two survivors)."""
+    returns = np.asarray(returns, np.float64)
+    count = np.isfinite(returns).sum(0)
+    low, high = mean_ci(returns, level)
+    enough = count >= min_seeds
+    return {"n": count, "mean": (low + high) / 2, "low": np.where(enough, low, np.nan),
+            "high": np.where(enough, high, np.nan)}
+
+
+def draw_curves(results: list[dict], title: str = "", threshold: Optional[float] = None):
+    """The figure of ``plot_curves`` (a matplotlib Figure, not saved)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, r in enumerate(results):
+        colour = f"C{i}"
         x = np.asarray(r["env_steps"])
         returns = np.asarray(r["eval_return"], np.float64)  # null (a diverged seed) → NaN
-        low, high = mean_ci(returns)
-        diverged = int((~np.isfinite(returns[:, -1])).sum())
-        label = f"{r['agent']} ({r['num_seeds']} seeds" + (f", {diverged} diverged)" if diverged else ")")
-        ax.plot(x, (low + high) / 2, label=label)
-        ax.fill_between(x, low, high, alpha=0.2)
+        stats_ = curve_stats(returns)
+        seeds = returns.shape[0]
+        for seed in returns:  # every seed's own curve, up to where it diverged
+            ax.plot(x, seed, color=colour, lw=0.6, alpha=0.35)
+        lost = np.flatnonzero(stats_["n"] < seeds)
+        label = f"{r['agent']} ({seeds} seeds"
+        if lost.size:
+            label += f"; {seeds - int(stats_['n'].min())} diverged from step {x[lost[0]]}: mean of the finite, n marked)"
+        else:
+            label += ")"
+        ax.plot(x, stats_["mean"], color=colour, lw=1.8, label=label)
+        ax.fill_between(x, stats_["low"], stats_["high"], color=colour, alpha=0.15)
+        for j in lost:
+            ax.annotate(f"n={int(stats_['n'][j])}", (x[j], stats_["mean"][j]), fontsize=7, color=colour,
+                        xytext=(2, 3), textcoords="offset points")
     if threshold is not None:
         ax.axhline(threshold, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("evaluation return (seed mean, 95 % CI)")
+    ax.set_ylabel("evaluation return")
     ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
+    fig.text(0.01, 0.01, f"thick: mean over the seeds finite at that evaluation; band: its 95 % Student-t CI\n"
+             f"(drawn only where ≥ {MIN_SEEDS_FOR_CI} seeds are finite); thin: each seed", fontsize=6.5, color="gray")
+    ax.legend(fontsize=7)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def plot_curves(results: list[dict], path: Path, title: str = "", threshold: Optional[float] = None) -> None:
+    """Evaluation return against env steps, one colour per agent: each seed's curve (thin), the
+    mean over the seeds still finite at each evaluation (thick; "n=k" marks evaluations where
+    fewer than all seeds remain, and the label says from when) and its 95 % Student-t CI, drawn
+    only where at least ``MIN_SEEDS_FOR_CI`` seeds remain (``curve_stats``)."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_curves(results, title, threshold)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

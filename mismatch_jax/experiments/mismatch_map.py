@@ -269,7 +269,7 @@ def run_mismatch_map(config: MismatchMapConfig, out_dir=None, log=print) -> dict
     cem = config.planner.for_env(env)
     discount = config.sac.gamma if config.evaluation.terminal_value else 1.0
     ev = config.evaluation
-    trial_keys = jax.random.split(jax.random.fold_in(root, _EVAL_SALT), ev.trials)
+    trial_keys = jax.random.split(ev.salted(jax.random.fold_in(root, _EVAL_SALT)), ev.trials)
 
     def terminal_fn(value_params):
         if not ev.terminal_value:

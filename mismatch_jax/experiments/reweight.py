@@ -337,7 +337,8 @@ def run_reweight(config: ReweightConfig, out_dir=None, log: Callable[[str], None
     evaluate = jit_sharded(make_population_evaluator(env, planner, config.evaluation.length(env),
                                                      width=mcfg.hidden_size),
                            3, shared=(2,), devices=devices)
-    trial_keys = jax.random.split(jax.random.fold_in(root, EVAL_SALT), config.evaluation.trials)
+    trial_keys = jax.random.split(config.evaluation.salted(jax.random.fold_in(root, EVAL_SALT)),
+                                  config.evaluation.trials)
     episode_rewards = []
     for start in range(0, num_models, per_call):
         index = np.minimum(np.arange(start, start + per_call), num_models - 1)  # pad: one compile

@@ -319,14 +319,28 @@ def true_env_step(env, env_params: Any = None) -> Callable:
 class EpisodeSettings(Schema):
     """The ``[evaluation]`` schema of every config that scores a model by CEM-MPC episodes in
     the true env: ``trials`` episodes of ``episode_length`` steps (omitted = the env's own length;
-    0 is refused like any other impossible length)."""
+    0 is refused like any other impossible length).
+
+    ``episode_salt`` re-scores the same models on fresh episodes: omitted, the evaluation keys are
+    exactly those of a config without the field (same numbers, and the resolved config — hence a
+    sweep's config hash — is unchanged, since None values are not written); an integer ≥ 1 is
+    folded into the evaluation keys (``salted``), so a second run with ``--set
+    evaluation.episode_salt=1`` trains the same models and scores them on other start states and
+    planner noise (e.g. to re-score an epoch or model picked on the first run's episodes). Used by
+    the sweep (every (model, epoch) episode), reweight and mismatch-map (every model's trials) and
+    the attack (its final before/after episodes; the CMA-ES search keeps its keys)."""
 
     trials: int = setting(5, ge=1)
     episode_length: int | None = setting(None, ge=1)
+    episode_salt: int | None = setting(None, ge=1)
 
     def length(self, env) -> int:
         """Steps per episode in ``env``."""
         return int(env.episode_length) if self.episode_length is None else self.episode_length
+
+    def salted(self, key: jax.Array) -> jax.Array:
+        """One evaluation key with ``episode_salt`` folded in; ``key`` itself when it is omitted."""
+        return key if self.episode_salt is None else jax.random.fold_in(key, self.episode_salt)
 
 
 @struct.dataclass

@@ -134,7 +134,7 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
             nll_weight=jnp.ones(indices.shape), mse_weight=jnp.zeros(indices.shape))
         result = train(train_keys, None, train_data, hparams, dataset_index)
         epoch_keys = jax.vmap(lambda k: jax.vmap(lambda e: jax.random.fold_in(k, e))(
-            jnp.asarray(tr.eval_epochs)))(eval_keys)  # [N, K]
+            jnp.asarray(tr.eval_epochs)))(jax.vmap(config.evaluation.salted)(eval_keys))  # [N, K]
         norms = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], len(tr.eval_epochs)) + a.shape[1:]),
                              result.normalizer)
         return TrainedChunk(kept_params=result.kept_params, normalizers=norms, epoch_keys=epoch_keys,

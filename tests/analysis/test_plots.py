@@ -194,3 +194,50 @@ def test_fig5_nll_on_every_dataset(tmp_path):
     assert grid["nll"]["grid"]["mean"] == [-1.0, -2.0, -3.0, -4.0]
     assert grid["nll"]["on_policy"]["mean"] == [-0.5] * 4
     assert grid["num_models"] == 2 and (tmp_path / "fig5_dataset_nll.png").is_file()
+
+
+def _fresh_episodes(table, reward):
+    """The same models (ids, epochs, LLs) with the rewards of other episodes."""
+    fresh = table.copy()
+    fresh["reward_mean"] = [reward(r.epoch, r.model_id) for r in table.itertuples()]
+    return fresh
+
+
+def test_rescored_best_epochs_score_both_picks_on_fresh_episodes(tmp_path):
+    from mismatch_jax.analysis.epochs import fig4_rescored, rescored_best_epochs
+
+    pick = _epoch_table()  # reward peaks at epoch 2 (noise), own NLL lowest at 4
+    score = _fresh_episodes(pick, lambda epoch, m: float(-(epoch - 3) ** 2 + m))  # fresh: 2 and 4 tie
+    rescored = rescored_best_epochs(pick, score)
+    assert rescored["reward_best_epoch"].tolist() == [2] * 4 and rescored["nll_best_epoch"].tolist() == [4] * 4
+    assert rescored["fresh_reward_at_reward_best"].tolist() == [-1.0, 0.0, 1.0, 2.0]
+    assert rescored["fresh_reward_lost"].tolist() == [0.0] * 4
+    content = fig4_rescored(pick, score, tmp_path)
+    for s in content["summary"]:
+        assert s["n"] == 2 and s["picks_differ"] == 2
+        assert s["reward_lost_on_picking_episodes"] == 4.0  # the biased number fig4_best_epochs reports
+        assert s["reward_lost_on_fresh_episodes"] == 0.0 and s["fresh_ci"] == [0.0, 0.0]
+    assert (tmp_path / "fig4_rescored.json").is_file()
+
+    # A model that diverged on the fresh episodes is left out; a different model is refused.
+    score.loc[score.model_id == 3, "diverged"] = True
+    assert rescored_best_epochs(pick, score)["model_id"].tolist() == [0, 1, 2]
+    other = score.copy()
+    other["ll_grid"] += 0.5
+    with pytest.raises(ValueError, match="differ in ll_grid"):
+        rescored_best_epochs(pick, other)
+    with pytest.raises(ValueError, match="same \\(model, epoch\\) rows"):
+        rescored_best_epochs(pick, score[score.epoch != 3])
+
+
+def test_plot_rescore_on_writes_the_fresh_episode_statistic(tmp_path, capsys):
+    from mismatch_jax import cli
+
+    pick = _epoch_table()
+    pick.to_parquet(tmp_path / "results.parquet")
+    (tmp_path / "salt1").mkdir()
+    _fresh_episodes(pick, lambda epoch, m: float(-(epoch - 3) ** 2 + m)).to_parquet(tmp_path / "salt1" / "results.parquet")
+    assert cli.main(["plot", str(tmp_path), "--bootstrap", "20", "--rescore-on", str(tmp_path / "salt1")]) == 0
+    assert "reward lost by NLL stopping 4.0 on the picking episodes, 0.0 [0.0, 0.0] on fresh ones" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "fig4_rescored.json").read_text())
+    assert {s["train_dataset"] for s in saved["summary"]} == {"grid", "on_policy"}

@@ -300,3 +300,71 @@ def test_pets_member_is_one_member_of_the_final_pets_model(monkeypatch):
     np.testing.assert_allclose(var_one[0], var_all[2], rtol=1e-6)
     with pytest.raises(ValueError, match="pets_member = 9"):
         attack.pets_member_model(data, "cartpole_swingup", 0, env, member=9)
+
+
+def test_convergence_plot_marks_infeasible_generation_bests(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from mismatch_jax.analysis.attack import INFEASIBLE_LABEL, draw_convergence, infeasible_generations, plot_convergence
+
+    history = {"gen_best_reward": [170.0, 90.0, 150.0], "gen_best_fitness": [170.0, 95.0, 150.0],
+               "best_fitness": [170.0, 95.0, 95.0], "gen_best_ll": [19.95, 19.90, 19.915]}
+    # LL₀ 19.964, tolerance 0.05: the edge is 19.914, so generation 2 (19.90) is outside it.
+    assert infeasible_generations(history, 19.964, 0.05).tolist() == [False, True, False]
+    fig = draw_convergence(history, 19.964, 179.2, 179.1, 19.915, 0.05)
+    left, right = fig.axes[:2]
+    assert INFEASIBLE_LABEL in left.get_legend_handles_labels()[1]
+    assert INFEASIBLE_LABEL in right.get_legend_handles_labels()[1]
+    marked = [c for c in right.collections if c.get_label() == INFEASIBLE_LABEL]
+    np.testing.assert_allclose(marked[0].get_offsets(), [[19.90, 90.0]])
+    feasible = [c for c in right.collections if c.get_label() == "generation best (feasible)"]
+    assert len(feasible[0].get_offsets()) == 2
+    plt.close(fig)
+    fig = draw_convergence(history, 19.964, 179.2, 179.1, 19.915, 0.1)  # all within a wider tolerance
+    assert INFEASIBLE_LABEL not in fig.axes[1].get_legend_handles_labels()[1]
+    plt.close(fig)
+    assert plot_convergence(history, 19.964, 179.2, 179.1, 19.915, tmp_path / "c.png", 0.05).is_file()
+
+
+def test_random_baseline_directions_cost_the_attacks_ll_change():
+    cfg, params, norm = _tiny_model(kind="D")
+    rng = np.random.default_rng(1)
+    validation = tuple(jnp.asarray(rng.normal(size=(64, n)) * s, jnp.float32) for n, s in ((4, 0.1), (1, 1.0), (4, 0.1)))
+    ll_of = jax.jit(jax.vmap(attack.make_candidate_ll(cfg, params, norm, validation)))
+    template = attack.zero_delta(params)
+    ll0 = float(ll_of(jax.tree.map(lambda a: a[None], template))[0])
+    target = ll0 - 0.01
+    points, scales, matched = attack.matched_random_points(jax.random.key(2), template, ll_of, target, ll0, 3, 1e-3)
+    lls = np.asarray(ll_of(points))
+    assert matched == "ll_change" and np.all(lls >= target - 1e-5) and np.allclose(lls, target, atol=1e-4)
+    norms = np.asarray(jax.vmap(attack.point_norm)(points))
+    np.testing.assert_allclose(norms, np.asarray(scales), rtol=1e-5)
+    first = np.asarray(points.w[0]).ravel() / norms[0]
+    assert abs(first @ (np.asarray(points.w[1]).ravel() / norms[1])) < 0.9  # different directions
+    # An attack that lost no LL: the baseline is the attack's size in the search space instead.
+    same, scales, matched = attack.matched_random_points(jax.random.key(2), template, ll_of, ll0, ll0, 3, 0.02)
+    assert matched == "norm"
+    np.testing.assert_allclose(np.asarray(jax.vmap(attack.point_norm)(same)), 0.02, rtol=1e-5)
+
+
+def test_planned_path_baselines_use_the_same_keys_and_report_their_gap(tmp_path):
+    from mismatch_jax.experiments.attack_paths import compare_planned_paths, plot_planned_paths
+
+    env = make("cartpole_balance")
+    cfg, params, norm = _tiny_model()
+    _, other, _ = _tiny_model(key=1)
+    cem = CEMConfig(horizon=3, population_size=8, num_elites=2, num_iterations=1).for_env(env)
+    planner = make_planner(cem, cfg, env.reward_fn, env.termination_fn)
+    rng = np.random.default_rng(0)
+    path = {"obs": np.asarray(rng.normal(size=(5, 4)) * 0.05, np.float32), "action": rng.normal(size=(5, 1)),
+            "return": 1.0, "seed_trial": [0, 0]}
+    key = jax.random.key(9)
+    content = compare_planned_paths(key, planner, {"original": (params, norm), "attacked": (other, norm)}, path,
+                                    baselines={"same": (params, norm), "other": (other, norm)})
+    baseline = content["random_baseline"]
+    assert baseline["names"] == ["same", "other"] and baseline["mean_abs_gap"][0] == 0.0
+    assert baseline["mean_abs_gap"][1] == pytest.approx(content["mean_abs_gap"], rel=1e-6)  # same keys, same model
+    assert baseline["mean_abs_gap_mean"] == pytest.approx(content["mean_abs_gap"] / 2, rel=1e-6)
+    assert "random_baseline" not in compare_planned_paths(key, planner, {"original": (params, norm)}, path)
+    plot_planned_paths(content, tmp_path / "paths.png")
+    assert (tmp_path / "paths.png").is_file()

@@ -55,3 +55,25 @@ def test_mean_ci_leaves_out_diverged_seeds():
     want = stats.t.interval(0.95, 1, loc=-175.0, scale=stats.sem([-200.0, -150.0]))
     np.testing.assert_allclose([low[1], high[1]], want, rtol=1e-9)
     assert np.isfinite(low[0]) and low[0] < -800.0 < high[0]
+
+
+def test_curves_draw_a_ci_only_where_enough_seeds_survive_and_say_how_many(tmp_path):
+    import matplotlib.pyplot as plt
+
+    returns = np.asarray([[-900.0, -300.0, np.nan], [-800.0, np.nan, np.nan], [-700.0, -150.0, -120.0],
+                          [-1000.0, -400.0, -140.0]])
+    got = mbpo_compare.curve_stats(returns)
+    assert got["n"].tolist() == [4, 3, 2]
+    np.testing.assert_allclose(got["mean"], [-850.0, np.mean([-300.0, -150.0, -400.0]), -130.0])
+    want = stats.t.interval(0.95, 2, loc=got["mean"][1], scale=stats.sem([-300.0, -150.0, -400.0]))
+    np.testing.assert_allclose([got["low"][1], got["high"][1]], want, rtol=1e-9)
+    assert np.isnan(got["low"][2]) and np.isnan(got["high"][2])  # 2 seeds: no band
+    agent = _agent("mnm", [[None if not np.isfinite(v) else v for v in row] for row in returns.tolist()])
+    agent["env_steps"] = [1000, 2000, 3000]
+    fig = mbpo_compare.draw_curves([agent], "t")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["mnm (4 seeds; 2 diverged from step 2000: mean of the finite, n marked)"]
+    assert [t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("n=")] == ["n=3", "n=2"]
+    plt.close(fig)
+    mbpo_compare.plot_curves([agent], tmp_path / "c.png", "t", -200.0)
+    assert (tmp_path / "c.png").is_file()

@@ -112,3 +112,26 @@ def test_jitted_mpc_episode_does_not_retrace_for_new_models_and_keys():
     np.testing.assert_array_equal(traj_c.obs[0], traj_a.obs[0])
     assert not np.allclose(traj_c.action, traj_a.action)
     assert len(traces) == 1
+
+
+def test_episode_salt_omitted_keeps_the_keys_and_the_resolved_config():
+    import pytest
+
+    from mismatch_jax.config_io import apply_overrides, from_dict, to_dict, to_toml
+    from mismatch_jax.planning.mpc import EpisodeSettings
+    from mismatch_jax.sweep.config import SweepConfig
+
+    key = jax.random.key(3)
+    plain, salted = EpisodeSettings(), EpisodeSettings(episode_salt=1)
+    assert plain.salted(key) is key
+    data = lambda k: np.asarray(jax.random.key_data(k))
+    assert not np.array_equal(data(salted.salted(key)), data(key))
+    np.testing.assert_array_equal(data(salted.salted(key)), data(jax.random.fold_in(key, 1)))
+    np.testing.assert_array_equal(data(jax.vmap(plain.salted)(jax.random.split(key, 3))),
+                                  data(jax.random.split(key, 3)))
+    # Omitted, the field is not written, so an existing sweep's config hash (and --resume) is unchanged.
+    assert "episode_salt" not in to_toml(SweepConfig(env="cartpole_swingup"))
+    config = from_dict(SweepConfig, apply_overrides(to_dict(SweepConfig(env="cartpole_swingup")), ["evaluation.episode_salt=1"]))
+    assert config.evaluation.episode_salt == 1 and "episode_salt = 1" in to_toml(config)
+    with pytest.raises(ValueError, match="episode_salt"):
+        EpisodeSettings(episode_salt=0)
