@@ -112,7 +112,7 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
     def pets_stage(indices, dataset_index, pets_models) -> TrainedChunk:
         # PETS's own models: the same key scheme, so their episodes depend on the index alone.
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
-        eval_keys = jax.vmap(lambda k: jax.random.split(k, 4)[3])(keys)
+        eval_keys = jax.vmap(config.evaluation.salted)(jax.vmap(lambda k: jax.random.split(k, 4)[3])(keys))
         params, norms = jax.tree.map(lambda a: a[dataset_index][:, None], pets_models)
         epoch = jnp.asarray(config.datasets.pets.train.num_epochs)
         pets_train = config.datasets.pets.train
