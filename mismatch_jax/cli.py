@@ -197,8 +197,13 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     out = args.out or str(path.parent)
     epoch = args.epoch if args.epoch == "last" else int(args.epoch)
     content = ll_reward_scatter(table, out, epoch=epoch, num_bootstrap=args.bootstrap)
-    fig3 = fig3_panels(table, out, epoch=epoch, num_bootstrap=args.bootstrap)
-    if table["epoch"].nunique() > 1:
+    from mismatch_jax.sweep.results import read_manifest
+
+    notes = (read_manifest(path.parent) or {}).get("dataset_notes")
+    fig3 = fig3_panels(table, out, epoch=epoch, num_bootstrap=args.bootstrap, dataset_notes=notes)
+    from mismatch_jax.analysis.fig3 import is_pets_population
+
+    if table["epoch"].nunique() > 1 and not is_pets_population(table):
         per_epoch_curves(table, out)
         fig4_best_epochs(table, out)
         fig5_dataset_nll(table, out)

@@ -15,7 +15,8 @@ Gaussian with a variance the sweep fixes (``population.deterministic_ll``). Type
 defined differently are never pooled: each legend entry gives one type's Pearson r and Spearman ρ
 with 95 % bootstrap CIs, and the JSON pools only within an LL definition. Early PETS models can
 sit orders of magnitude lower in LL than late ones; Spearman's ρ (ranks) is the statistic robust
-to them, and the LL axis turns symmetric-log when the values span more than three decades.
+to them, and the LL axis turns symmetric-log (linear within ±10 nats) when some models sit more than 100 nats
+below the median.
 """
 
 from __future__ import annotations
@@ -71,19 +72,31 @@ def _clusters(rows: pd.DataFrame, pets: bool):
 
 def _symlog_if_wide(ax, values: np.ndarray) -> bool:
     values = values[np.isfinite(values)]
-    if values.size and (np.abs(values).max() / max(np.median(np.abs(values)), 1.0)) > 1e3:
+    # A few early models far below the rest (hundreds of nats) would squash every other point
+    # into one column on a linear axis.
+    if values.size and values.min() < np.median(values) - 100.0:
         ax.set_xscale("symlog", linthresh=10.0)
         return True
     return False
 
 
+def dataset_label(name: str, notes: dict | None) -> str:
+    """The panel name of dataset ``name``; "expert" data whose PETS trials all stayed below the
+    expert threshold (the manifest's ``dataset_notes`` say so) are not called expert."""
+    if name == "expert" and notes and any(k == "expert" or k.startswith("expert@") for k in notes):
+        return "best PETS trials (none above the expert threshold)"
+    return PANEL_TITLES.get(name, name)
+
+
 def fig3_panels(table: pd.DataFrame, out_dir: str | Path, epoch: str | int = "last",
-                num_bootstrap: int = 1000, seed: int = 0) -> dict:
+                num_bootstrap: int = 1000, seed: int = 0, dataset_notes: dict | None = None) -> dict:
     """Draws ``fig3_ll_reward.png`` and writes ``fig3_correlations.json`` into ``out_dir``
     (see the module docstring); returns the JSON: design, panels in the paper's order (each
     with per-type and per-LL-definition ρ and their CIs; ``cluster_ci`` ones for a PETS
-    population), ``expert_minus_grid`` per type (ρ_expert − ρ_grid, or − ρ_sampled, with a
-    bootstrap CI), the reward distribution per type and the number of diverged models left out."""
+    population, with ``spearman_within_trial``: the mean ρ among the models of one PETS trial),
+    ``expert_minus_grid`` per type (ρ_expert − ρ_grid, or − ρ_sampled, with a
+    bootstrap CI), the reward distribution per type and the number of diverged models left out.
+    dataset_notes: the sweep manifest's ``dataset_notes`` (how the datasets fell back)."""
     check_table(table)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +122,8 @@ def fig3_panels(table: pd.DataFrame, out_dir: str | Path, epoch: str | int = "la
         for kind, group in part.groupby("model_type"):
             x, y = group[column].to_numpy(float), group["reward_mean"].to_numpy(float)
             stats = per_type[kind] = _stats(x, y, _clusters(group, pets), num_bootstrap, seed)
+            if pets:
+                stats["spearman_within_trial"] = _within_trial_spearman(group, column)
             finite = np.isfinite(x)
             ci_key = "spearman_cluster_ci" if pets else None
             ax.scatter(x[finite], y[finite], s=10 if len(part) > 300 else 14, alpha=0.55,
@@ -123,9 +138,10 @@ def fig3_panels(table: pd.DataFrame, out_dir: str | Path, epoch: str | int = "la
                                                                group["reward_mean"].to_numpy(float),
                                                                _clusters(group, pets), num_bootstrap, seed)}
         symlog = _symlog_if_wide(ax, part[column].to_numpy(float))
-        trained = "all models (PETS population)" if pets else f"models trained on {PANEL_TITLES.get(name, name)}"
-        ax.set_title(f"LL on {PANEL_TITLES.get(name, name)} data — {trained}", fontsize=9)
-        ax.set_xlabel(f"one-step LL on held-out {PANEL_TITLES.get(name, name)} data (nats"
+        label = dataset_label(name, dataset_notes)
+        trained = "all models (PETS population)" if pets else f"models trained on {label}"
+        ax.set_title(f"LL on {label} data — {trained}", fontsize=9)
+        ax.set_xlabel(f"one-step LL on held-out {label} data (nats"
                       + (", symlog)" if symlog else ")"))
         ax.set_ylabel("mean episode reward")
         ax.grid(alpha=0.3)
@@ -147,6 +163,16 @@ def fig3_panels(table: pd.DataFrame, out_dir: str | Path, epoch: str | int = "la
     plt.close(fig)
     write_json(out_dir / "fig3_correlations.json", content)
     return content
+
+
+def _within_trial_spearman(group: pd.DataFrame, column: str) -> float | None:
+    """Mean over PETS trials of Spearman ρ(LL, reward) among the models of one trial: the trend
+    left once "early or late in a PETS run" is held fixed (trials with fewer than 5 models or a
+    constant column are skipped)."""
+    values = [rank_or_pearson(h[column].to_numpy(float), h["reward_mean"].to_numpy(float), "spearman")
+              for _, h in group.groupby("pets_trial") if len(h) >= 5]
+    values = [v for v in values if np.isfinite(v)]
+    return float(np.mean(values)) if values else None
 
 
 def _expert_minus_grid(rows, names, panel_rows, pets: bool, num_bootstrap: int, seed: int) -> dict:

@@ -9,7 +9,7 @@ import dataclasses
 def run_sweep_command(config, out: str, options: argparse.Namespace) -> None:
     """Runs a sweep into ``out`` and draws its scatter / per-epoch figures."""
     from mismatch_jax.analysis.epochs import fig4_best_epochs, fig5_dataset_nll
-    from mismatch_jax.analysis.fig3 import fig3_panels
+    from mismatch_jax.analysis.fig3 import fig3_panels, is_pets_population
     from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
     from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
 
@@ -20,11 +20,14 @@ def run_sweep_command(config, out: str, options: argparse.Namespace) -> None:
                       claim_lease_s=options.claim_lease, num_processes=num_processes, coordinator=coordinator)
     if len(table):
         content = ll_reward_scatter(table, out)
-        fig3 = fig3_panels(table, out)
-        if table["epoch"].nunique() > 1:
-            per_epoch_curves(table, out)
-        fig4_best_epochs(table, out)
-        fig5_dataset_nll(table, out)
+        from mismatch_jax.sweep.results import read_manifest
+
+        fig3 = fig3_panels(table, out, dataset_notes=(read_manifest(out) or {}).get("dataset_notes"))
+        if not is_pets_population(table):  # per-epoch figures: one population per dataset only
+            if table["epoch"].nunique() > 1:
+                per_epoch_curves(table, out)
+            fig4_best_epochs(table, out)
+            fig5_dataset_nll(table, out)
         print_summary(out, table, content, fig3)
         print_env_params_summary(out, table)
 

@@ -52,6 +52,17 @@ def chunk_size_for(config: SweepConfig, env, kind: str, train_rows: int, num_dev
     return max(num_devices, (size // num_devices) * num_devices)
 
 
+def evaluation_keys(config: SweepConfig, indices, epochs) -> jax.Array:
+    """The evaluation keys [N, K] of global models ``indices`` [N] at epochs [K]: the fourth
+    split of the model's key ``fold_in(fold_in(key(seed), MODEL_SALT), index)``, with
+    ``evaluation.episode_salt`` folded in when set, then the epoch. Episode j of a model at an
+    epoch runs with ``split(key, trials)[j]`` (``scoring.score``)."""
+    model_root = jax.random.fold_in(jax.random.key(config.seed), MODEL_SALT)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, jnp.asarray(indices))
+    eval_keys = jax.vmap(config.evaluation.salted)(jax.vmap(lambda k: jax.random.split(k, 4)[3])(keys))
+    return jax.vmap(lambda k: jax.vmap(lambda e: jax.random.fold_in(k, e))(jnp.asarray(epochs)))(eval_keys)
+
+
 def _sample_hparam(key, value):
     if isinstance(value, tuple):
         low, high = math.log(value[0]), math.log(value[1])
@@ -111,14 +122,12 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
 
     def pets_stage(indices, dataset_index, pets_models) -> TrainedChunk:
         # PETS's own models: the same key scheme, so their episodes depend on the index alone.
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
-        eval_keys = jax.vmap(config.evaluation.salted)(jax.vmap(lambda k: jax.random.split(k, 4)[3])(keys))
         params, norms = jax.tree.map(lambda a: a[dataset_index][:, None], pets_models)
-        epoch = jnp.asarray(config.datasets.pets.train.num_epochs)
         pets_train = config.datasets.pets.train
+        epoch = jnp.asarray(pets_train.num_epochs)
         ones = jnp.ones(indices.shape)
         return TrainedChunk(kept_params=params, normalizers=norms,
-                            epoch_keys=jax.vmap(lambda k: jax.random.fold_in(k, epoch)[None])(eval_keys),
+                            epoch_keys=evaluation_keys(config, indices, (pets_train.num_epochs,)),
                             learning_rate=ones * pets_train.learning_rate, weight_decay=ones * pets_train.weight_decay,
                             diverged=jnp.zeros(indices.shape, bool),
                             epochs_trained=jnp.broadcast_to(epoch, indices.shape),
@@ -127,14 +136,13 @@ def make_chunk_parts(config: SweepConfig, env, kind: str) -> ChunkParts:
     def train_stage(indices, dataset_index, train_data) -> TrainedChunk:
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(model_root, indices)
         split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
-        train_keys, lr_keys, wd_keys, eval_keys = (split[:, i] for i in range(4))
+        train_keys, lr_keys, wd_keys = (split[:, i] for i in range(3))
         hparams = TrainHParams(
             learning_rate=jax.vmap(lambda k: _sample_hparam(k, tr.learning_rate))(lr_keys),
             weight_decay=jax.vmap(lambda k: _sample_hparam(k, tr.weight_decay))(wd_keys),
             nll_weight=jnp.ones(indices.shape), mse_weight=jnp.zeros(indices.shape))
         result = train(train_keys, None, train_data, hparams, dataset_index)
-        epoch_keys = jax.vmap(lambda k: jax.vmap(lambda e: jax.random.fold_in(k, e))(
-            jnp.asarray(tr.eval_epochs)))(jax.vmap(config.evaluation.salted)(eval_keys))  # [N, K]
+        epoch_keys = evaluation_keys(config, indices, tr.eval_epochs)  # [N, K], from split[:, 3]
         norms = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], len(tr.eval_epochs)) + a.shape[1:]),
                              result.normalizer)
         return TrainedChunk(kept_params=result.kept_params, normalizers=norms, epoch_keys=epoch_keys,

@@ -123,35 +123,32 @@ def runs_of_setting(runs: dict, setting: int, num_seeds: int) -> dict:
     return {k: v[setting * num_seeds:(setting + 1) * num_seeds] for k, v in runs.items()}
 
 
-def pets_models(request: StudyData, env: Env, runs: dict):
-    """The final PETS models of ``runs`` (as ``pets_runs`` returns them) → (params, normalizer),
-    each leaf with a leading seed axis [S]: the model that earned the expert trials."""
+def _saved_models(request: StudyData, env: Env, runs: dict, prefix: str, lead: int):
+    """(params, normalizer) of the PETS model leaves saved under ``prefix`` with ``lead``
+    leading axes, checked against the config's model."""
     from mismatch_jax import models
 
     model_config = _pets_config(request).model_config(env)
     template = (models.init(jax.random.key(0), model_config), models.identity_normalizer(model_config))
     leaves, treedef = jax.tree.flatten(template)
-    saved = [runs[f"{MODEL_PREFIX}{i}"] for i in range(len(leaves))]
+    saved = [runs[f"{prefix}{i}"] for i in range(len(leaves))]
     for want, got in zip(leaves, saved):
-        if got.shape[1:] != want.shape:
-            raise ValueError(f"cached PETS model leaf has shape {got.shape[1:]}, the config needs {want.shape}")
+        if got.shape[lead:] != want.shape:
+            raise ValueError(f"cached PETS model leaf has shape {got.shape[lead:]}, the config needs {want.shape}")
     return jax.tree.unflatten(treedef, [jax.numpy.asarray(a) for a in saved])
+
+
+def pets_models(request: StudyData, env: Env, runs: dict):
+    """The final PETS models of ``runs`` (as ``pets_runs`` returns them) → (params, normalizer),
+    each leaf with a leading seed axis [S]: the model that earned the expert trials."""
+    return _saved_models(request, env, runs, MODEL_PREFIX, 1)
 
 
 def pets_trial_models(request: StudyData, env: Env, runs: dict):
     """Every planned trial's PETS model of ``runs`` → (params, normalizer), leaves [S, K, ...]
     (K = planned trials; entry k − 1 is the model fitted on the data before trial k, the one
     that planned it)."""
-    from mismatch_jax import models
-
-    model_config = _pets_config(request).model_config(env)
-    template = (models.init(jax.random.key(0), model_config), models.identity_normalizer(model_config))
-    leaves, treedef = jax.tree.flatten(template)
-    saved = [runs[f"{TRIAL_MODEL_PREFIX}{i}"] for i in range(len(leaves))]
-    for want, got in zip(leaves, saved):
-        if got.shape[2:] != want.shape:
-            raise ValueError(f"cached PETS trial model leaf has shape {got.shape[2:]}, the config needs {want.shape}")
-    return jax.tree.unflatten(treedef, [jax.numpy.asarray(a) for a in saved])
+    return _saved_models(request, env, runs, TRIAL_MODEL_PREFIX, 2)
 
 
 def _has_box(env: Env) -> bool:
@@ -180,6 +177,19 @@ def _true_dynamics_dataset(request: StudyData, env: Env, name: str, key: jax.Arr
     spec = {"env": request.env_name, "kind": "sampled", "n": cfg.sampled_size, "vf": vf, "seed": request.seed, **extra}
     return datasets.cached(cfg.cache_dir, spec, lambda: datasets.sampled_dataset(
         key, env, cfg.sampled_size, validation_fraction=vf, params=params))
+
+
+def study_dataset(request: StudyData, env: Env, name: str, log: Callable[[str], None] = print) -> datasets.Transitions:
+    """One dataset ``name`` of ``request`` (default dynamics), built (or read from the cache)
+    with exactly the key ``build_study_datasets`` gives it: grid / sampled data of an env with a
+    state-action box step the true dynamics without running PETS; expert / on-policy data come
+    from the (cached) PETS runs."""
+    if name not in request.names:
+        raise ValueError(f"{name!r} is not one of the study's datasets {list(request.names)}")
+    if name in ("grid", "sampled") and _has_box(env):
+        root = jax.random.fold_in(jax.random.key(request.seed), DATA_SALT)
+        return _true_dynamics_dataset(request, env, name, jax.random.fold_in(root, request.names.index(name)))
+    return build_study_datasets(request, env, log)[0][name]
 
 
 def build_study_datasets(request: StudyData, env: Env, log: Callable[[str], None] = print, settings=None):

@@ -135,6 +135,7 @@ def test_fig3_of_a_pets_population_scores_one_population_on_every_dataset(tmp_pa
     stats = expert["per_type"]["P"]
     assert stats["spearman"] == pytest.approx(scipy.stats.spearmanr(p_rows.ll_expert, p_rows.reward_mean).statistic)
     assert stats["num_clusters"] == 4 * 5
+    assert stats["spearman_within_trial"] is not None and -1 <= stats["spearman_within_trial"] <= 1
     clustered = cluster_correlate(p_rows.ll_expert, p_rows.reward_mean, p_rows[["pets_seed", "pets_trial"]].to_numpy(),
                                   num_bootstrap=200)
     assert stats["spearman_cluster_ci"] == clustered["spearman_cluster_ci"]
@@ -241,3 +242,13 @@ def test_plot_rescore_on_writes_the_fresh_episode_statistic(tmp_path, capsys):
     assert "reward lost by NLL stopping 4.0 on the picking episodes, 0.0 [0.0, 0.0] on fresh ones" in capsys.readouterr().out
     saved = json.loads((tmp_path / "fig4_rescored.json").read_text())
     assert {s["train_dataset"] for s in saved["summary"]} == {"grid", "on_policy"}
+
+
+def test_expert_data_below_the_threshold_are_not_called_expert():
+    from mismatch_jax.analysis.fig3 import dataset_label
+
+    assert dataset_label("expert", None) == "expert"
+    assert dataset_label("expert", {"expert_rewards": [180.0]}) == "expert"
+    assert "none above the expert threshold" in dataset_label("expert", {"expert": "no PETS trial exceeded ..."})
+    assert "none above" in dataset_label("expert", {"expert@seed0": "seed 0: no other seed's trial exceeded ..."})
+    assert dataset_label("grid", {"expert": "..."}) == "grid"

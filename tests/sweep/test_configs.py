@@ -11,7 +11,8 @@ from mismatch_jax.config_io import from_dict
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = ["quickstart.toml", "cartpole_ll_reward.toml", "cartpole_per_epoch.toml", "cpu_population_1000.toml",
           "cartpole_ll_reward_cpu.toml", "cartpole_study_cpu.toml", "cartpole_per_epoch_cpu.toml",
-          "halfcheetah_ll_reward.toml", "halfcheetah_ll_reward_cpu.toml"]
+          "halfcheetah_ll_reward.toml", "halfcheetah_ll_reward_cpu.toml", "cartpole_fig3_pets.toml",
+          "cartpole_fig3_pets_cpu.toml"]
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -24,7 +25,7 @@ def test_shipped_sweeps_load_and_round_trip(name):
 
 
 def test_model_index_layout_is_types_outermost():
-    config = load(ROOT / "sweeps" / "quickstart.toml")
+    config = load(ROOT / "sweeps" / "cartpole_study_cpu.toml")  # one population per dataset
     specs = [config.model_spec(i) for i in range(config.num_models)]
     assert len(set(specs)) == config.num_models
     kinds = [s[0] for s in specs]

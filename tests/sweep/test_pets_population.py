@@ -5,6 +5,7 @@ population, end to end in the default tier and checks every model's provenance."
 
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -150,3 +151,38 @@ def test_paper_config_end_to_end_at_tiny_size(tmp_path):
     assert (rows[2] > rows[1]).all()
     content = fig3_panels(table, tmp_path / "out", num_bootstrap=50)
     assert [p["eval_dataset"] for p in content["panels"]] == ["expert", "on_policy", "grid", "sampled"]
+    # scoring from outside the sweep: PETS's own models, their sweep keys → the table's rewards and grid LL
+    from mismatch_jax.envs import make
+    from mismatch_jax.sweep.chunk import evaluation_keys
+    from mismatch_jax.sweep.scoring import log_likelihoods, score
+    from mismatch_jax.sweep.study_data import StudyData, pets_runs, pets_trial_models, study_dataset
+
+    env, request = make(config.env), StudyData.of_sweep(config)
+    params, norm = pets_trial_models(request, env, pets_runs(request, env, tmp_path / "cache", lambda s: None))
+    flat = lambda a: a.reshape((-1,) + a.shape[2:])
+    params, norm = jax.tree.map(flat, (params, norm))
+    rows = table[table.model_type == "PETS"].sort_values("model_id")
+    ids = rows["model_id"].to_numpy()
+    keys = evaluation_keys(config, ids, (config.datasets.pets.train.num_epochs,))[:, 0]
+    model_config = config.model_config_of("PETS", env)
+    rewards = score(keys, env, model_config, params, norm, config.cem, config.evaluation)
+    np.testing.assert_allclose(rewards, np.stack(rows["reward"].to_numpy()), rtol=1e-5)
+    lls = log_likelihoods(model_config, params, norm, {"grid": study_dataset(request, env, "grid")})
+    np.testing.assert_allclose(lls["grid"], rows["ll_grid"].to_numpy(), rtol=1e-5)
+
+
+def test_study_dataset_builds_one_set_with_the_study_key_and_no_pets(tmp_path):
+    from mismatch_jax.envs import make
+    from mismatch_jax.sweep.study_data import StudyData, build_study_datasets, study_dataset
+
+    config = load_toml(SweepConfig, PAPER, tiny_paper_overrides(tmp_path / "cache"))
+    request = StudyData(config.datasets, ("grid", "sampled"), config.env, config.seed, 0.1)
+    env = make(config.env)
+    whole, _ = build_study_datasets(request, env, log=lambda s: None)
+    for name in ("sampled", "grid"):
+        one = study_dataset(request, env, name)
+        np.testing.assert_array_equal(np.asarray(one.is_validation), np.asarray(whole[name].is_validation))
+        np.testing.assert_array_equal(np.asarray(one.next_obs), np.asarray(whole[name].next_obs))
+    assert not any(p.name.startswith(f"{env.name}_pets_runs") for p in (tmp_path / "cache").iterdir())
+    with pytest.raises(ValueError, match="not one of the study's datasets"):
+        study_dataset(request, env, "expert")
