@@ -130,8 +130,18 @@ def check_writable(out_dir: str | os.PathLike) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputDirError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
-    probe = out_dir / f".write_test.{os.getpid()}"  # per process: several may check one directory at once
-    atomic_write_bytes(probe, b"ok")
+    # Per process and not a temporary's name: another process may be checking, or clearing its
+    # stale temporaries in, the same directory.
+    probe = out_dir / f".write_test.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o666)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutputDirError(f"cannot write to {out_dir}: {exc.strerror}; choose a writable directory "
+                             "with --out") from None
     probe.unlink(missing_ok=True)
 
 

@@ -19,6 +19,18 @@ import time
 from pathlib import Path
 
 HOST = "127.0.0.1"
+# Ray replaces a loopback node address by the host's outward one unless its multi-node switch is
+# off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): then every Ray process, drivers included, uses
+# 127.0.0.1 — but `ray start --address` refuses to add a node. So each node's `ray start` runs
+# with the switch off in its environment (for the processes it spawns) and on in its own process,
+# where its loopback address is kept as given. Drivers need LOOPBACK_ENV in their environment.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+_LAUNCHER = (
+    "import ray._private.ray_constants as constants, ray._private.services as services\n"
+    "constants.ENABLE_RAY_CLUSTER = True\n"
+    "services.resolve_ip_for_localhost = lambda host: host\n"
+    "from ray.scripts.scripts import main\n"
+    "main()\n")
 
 
 def free_port() -> int:
@@ -29,8 +41,7 @@ def free_port() -> int:
 
 
 def _ray_cli() -> list[str]:
-    script = Path(sys.executable).parent / "ray"
-    return [str(script)] if script.is_file() else [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+    return [sys.executable, "-c", _LAUNCHER]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -70,7 +81,7 @@ class LocalRayCluster:
     """A head node and added nodes on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, env: dict | None = None, num_cpus: int = 1):
-        self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0",
+        self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ENV,
                     # Notice a dead node in ~2 s rather than ~30 s.
                     "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",
                     "RAY_health_check_timeout_ms": "1000"}
@@ -102,6 +113,13 @@ class LocalRayCluster:
     def add_node(self) -> "LocalRayCluster":
         self._start(["--address", self.address])
         return self
+
+    def node_addresses(self) -> list[str]:
+        """The addresses the cluster's live nodes registered with (asked of the cluster)."""
+        script = ("import logging, ray; ray.init(address='%s', logging_level=logging.ERROR); "
+                  "print(' '.join(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))" % self.address)
+        done = subprocess.run([sys.executable, "-c", script], env=self.env, capture_output=True, text=True, timeout=120)
+        return done.stdout.split()
 
     def busy_workers(self, node: int, prefix: str = "ray::run_chunk") -> list[int]:
         """Pids of node ``node``'s workers running a task whose name starts with ``prefix``
@@ -139,12 +157,16 @@ class LocalRayCluster:
                 except subprocess.TimeoutExpired:
                     continue
                 break
+            same = lambda pid, started: started is not None and _start_time(pid) == started
             for pid, started in pids:  # any that left the group, if still the same process
-                if started is not None and _start_time(pid) == started:
+                if same(pid, started):
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+            deadline = time.time() + 20
+            while time.time() < deadline and any(same(pid, started) for pid, started in pids):
+                time.sleep(0.2)
             shutil.rmtree(temp, ignore_errors=True)
         self.nodes.clear()
 

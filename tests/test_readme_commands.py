@@ -180,10 +180,10 @@ def _run_tier(tier: str, tmp_path: Path) -> None:
         if any("--ray" in argv for argv in commands):
             # The README's --ray commands (--ray, --ray auto) find their cluster through RAY_ADDRESS:
             # here one node on loopback with one CPU, stopped whatever happens.
-            from ray_cluster import LocalRayCluster
+            from ray_cluster import LOOPBACK_ENV, LocalRayCluster
 
             cluster = stack.enter_context(LocalRayCluster(env)).start_head()
-            env["RAY_ADDRESS"] = cluster.address
+            env.update(LOOPBACK_ENV, RAY_ADDRESS=cluster.address)
         for argv in commands:
             result, full = _run(argv, tmp_path, env)
             _check_outputs(argv, full, tmp_path, result.stdout)

@@ -71,8 +71,8 @@ class ChunkTask(NamedTuple):
 
 
 class ChunkResult(NamedTuple):
-    """One chunk's table rows and where / how long it ran (seconds: the program's run;
-    compile_wait_s: time spent waiting for its compile)."""
+    """One chunk's table rows and where / how long it ran (host: "<hostname> pid <pid>";
+    seconds: the program's run; compile_wait_s: time spent waiting for its compile)."""
 
     task: ChunkTask
     frame: pd.DataFrame
@@ -139,7 +139,8 @@ class ChunkRunner:
         out = {k: np.asarray(v)[: indices.size] for k, v in out.items()}
         frame = chunk_rows(self.config, indices, out, list(self.config.datasets.eval), self.inputs.settings,
                            self.inputs.pets_rows)
-        return ChunkResult(task, frame, seconds, compile_wait, socket.gethostname(), [str(d) for d in self.devices])
+        return ChunkResult(task, frame, seconds, compile_wait, f"{socket.gethostname()} pid {os.getpid()}",
+                           [str(d) for d in self.devices])
 
 
 _RUNNER: dict[str, ChunkRunner] = {}  # this process's runner, by the key of its sweep

@@ -98,7 +98,7 @@ class ChunkCluster:
 
     def describe(self) -> str:
         """One line: the cluster and what each task asks for."""
-        ask = f"{self.num_gpus:g} GPU + {self.options.num_cpus:g} CPU" if self.num_gpus else f"{self.options.num_cpus:g} CPU"
+        ask = f"{self.options.num_cpus:g} CPU" + (f" + {self.num_gpus:g} GPU" if self.num_gpus else "")
         where = "a local instance" if self.started_here else self.named
         return (f"Ray ({where}: {self.nodes} node(s), {self.cpus:g} CPU, {self.gpus:g} GPU; {ask} and "
                 f"{self.devices_per_task} device(s) per task)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -171,14 +172,17 @@ def plan_chunks(config: SweepConfig, env, train_rows: int, num_devices: int) -> 
     return plan
 
 
-def local_chunks(inputs: SweepInputs, tasks: list[ChunkTask], status: Callable[[str], None]) -> Iterator[ChunkResult]:
+def local_chunks(inputs: SweepInputs, tasks: list[ChunkTask],
+                 status: Callable[[str], None]) -> Iterator[ChunkResult]:
     """Runs ``tasks`` on this process's devices, in order: one program per model type, all
     lowered up front and compiled in threads (compiling is single-threaded in XLA and dominates
     a small sweep); chunks run as their program is ready."""
     runner = ChunkRunner(inputs)
-    firsts = {t.kind: t for t in reversed(tasks)}
+    firsts: dict[str, ChunkTask] = {}
+    for task in tasks:
+        firsts.setdefault(task.kind, task)
     with BackgroundCompiler(max(1, min(len(firsts), os.cpu_count() or 1))) as compiler:
-        for task in reversed(list(firsts.values())):
+        for task in firsts.values():
             status(f"compiling ({task.kind})")
             runner.prepare(task, compiler)
         for task in tasks:
@@ -229,6 +233,7 @@ def _run_locked(config, out_dir, resume, progress, log, console, cluster) -> pd.
         "jax": jax.__version__, "python": platform.python_version(),
         "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
         "executor": cluster.describe() if cluster else "local",
+        "driver": f"{socket.gethostname()} pid {os.getpid()}",
         "num_models": config.num_models, "chunks": [],
         "layout": vars(config.run.layout.resolve(width=config.population.model.hidden_size)),
     }
@@ -291,27 +296,31 @@ def _run_locked(config, out_dir, resume, progress, log, console, cluster) -> pd.
             first, last = done.task.first, done.task.last
             entry = results.write_chunk(out_dir, first, last, done.frame, digest)
             manifest["chunks"].append({**entry, "kind": done.task.kind, "seconds": done.seconds,
-                                       "compile_wait_s": done.compile_wait_s, "host": done.host})
+                                       "compile_wait_s": done.compile_wait_s, "host": done.host,
+                                       "devices": done.devices})
             results.write_manifest(out_dir, manifest)
             bar.update(task, advance=last - first + 1)
     ranges = [(c.first, c.last) for c in plan]
     table = results.merge_chunks(out_dir, ranges, config.num_models, rows_per_model, digest)
     merged = {**manifest, "status": "complete", "finished": time.time(), "wall_s": time.time() - started,
               "num_rows": len(table), "num_diverged": int(table.groupby("model_id")["diverged"].any().sum()),
-              "chunks": _chunk_entries(out_dir, ranges)}
+              "chunks": _chunk_entries(out_dir, ranges, manifest["chunks"])}
     results.write_manifest(out_dir, merged)
     return table
 
 
-def _chunk_entries(out_dir: Path, ranges: list[tuple[int, int]]) -> list[dict]:
-    """Each chunk's manifest entry from its file: model range, rows, checksums, size."""
+def _chunk_entries(out_dir: Path, ranges: list[tuple[int, int]], ran: list[dict]) -> list[dict]:
+    """Each chunk's manifest entry from its file (model range, rows, checksums, size), with where
+    and how long it ran when this run computed it (``ran``: this run's entries)."""
     import hashlib
 
     import pyarrow.parquet as pq
 
+    timing = {(entry["first"], entry["last"]): entry for entry in ran}
     entries = []
     for first, last in ranges:
         path = results.chunk_path(out_dir, first, last)
         meta = json.loads(pq.read_schema(path).metadata[b"mismatch_jax"])
-        entries.append({**meta, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]})
+        entries.append({**timing.get((first, last), {}), **meta, "file": path.name,
+                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]})
     return entries

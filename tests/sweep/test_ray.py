@@ -19,7 +19,7 @@ import pytest
 from mismatch_jax.sweep import results
 from mismatch_jax.sweep.config import load
 from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
-from ray_cluster import LocalRayCluster, free_port
+from ray_cluster import LOOPBACK_ENV, LocalRayCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 2  # 8 models in 4 chunks
@@ -61,7 +61,8 @@ chunk_size = {chunk}
 
 def _cli(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "mismatch_jax.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, **kw)
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **LOOPBACK_ENV, "PYTHONPATH": str(ROOT)}, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +124,7 @@ def cluster(reference):
     env = {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "MISMATCH_JAX_CACHE": os.environ["MISMATCH_JAX_CACHE"]}
     with LocalRayCluster(env) as two_nodes:
         two_nodes.start_head().add_node()
+        assert two_nodes.node_addresses() == ["127.0.0.1", "127.0.0.1"]  # loopback only
         yield two_nodes
 
 
