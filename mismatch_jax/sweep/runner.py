@@ -155,8 +155,8 @@ def check_out_config(out_dir: Path, resolved: str, resume: bool) -> str:
             f"{out_dir} already holds sweep results; pass --resume to continue it or choose another --out")
     if previous is not None and previous != digest:
         what = (f"it differs in {config_differences(text, resolved)}" if text is not None else
-                f"hash {previous} in {source} vs {digest} now; its config.resolved.toml is gone, so the keys "
-                "cannot be named")
+                f"hash {previous} in {source} vs {digest} now; its config.resolved.toml is missing or does not "
+                "match, so the keys cannot be named")
         raise results.OutputDirError(f"{out_dir} was written by a different config ({what}); resume with the same "
                                      "config or choose another --out")
     return digest

@@ -100,6 +100,18 @@ def test_a_bad_ray_address_or_flag_fails_within_seconds_in_one_line(flags, envir
     assert not (tmp_path / "out" / "chunks").exists() and not (tmp_path / "cache").exists()
 
 
+def test_only_a_launcher_starting_several_copies_is_refused():
+    from mismatch_jax.errors import InputError
+    from mismatch_jax.experiments.sweep_command import check_single_copy
+
+    check_single_copy({"SLURM_NTASKS": "16", "SLURM_PROCID": "0"})  # a batch script: one copy of 16 tasks' job
+    check_single_copy({"SLURM_STEP_NUM_TASKS": "1", "WORLD_SIZE": "1"})
+    with pytest.raises(InputError, match=r"^WORLD_SIZE=2: torchrun started 2 copies"):
+        check_single_copy({"WORLD_SIZE": "2"})
+    with pytest.raises(InputError, match=r"^OMPI_COMM_WORLD_SIZE='two' \(set by mpirun\) is not a process count"):
+        check_single_copy({"OMPI_COMM_WORLD_SIZE": "two"})
+
+
 # ---------------------------------------------------------------------------------------------
 # Slow tier: a real two-node cluster.
 # ---------------------------------------------------------------------------------------------
