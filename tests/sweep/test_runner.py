@@ -138,7 +138,8 @@ def test_stages_one_by_one_equal_the_fused_chunk(reference):
     dataset_index, setting_index = chunk_model_arguments(config, indices)
     parts = make_chunk_parts(config, env, "P")
     trained = jax.jit(parts.train)(indices, dataset_index, train_data)
-    ll, _ = jax.jit(parts.likelihood)(trained.kept_params, trained.normalizers, setting_index, eval_sets)
+    ll, _ = jax.jit(parts.likelihood)(trained.kept_params, trained.normalizers, setting_index, eval_sets,
+                                      None)  # P models: no deterministic-LL variances
     rewards = jax.jit(parts.reward)(trained.kept_params, trained.normalizers, trained.epoch_keys, setting_index,
                                     env_settings)
     rows = table[table["model_id"] < 4].sort_values(["model_id", "epoch"])
@@ -216,7 +217,8 @@ def test_resume_with_other_config_is_refused(reference, tmp_path):
 
     out = tmp_path / "out"
     shutil.copytree(reference[0] / "out", out)
-    with pytest.raises(results.OutputDirError, match="different config .it differs in run.chunk_size: 4 → 2\\)"):
+    with pytest.raises(results.OutputDirError, match=r"different config \(it differs in datasets.cache_dir: .*; "
+                                                     r"run.chunk_size: 4 → 2\)"):
         run_sweep(load(_config(tmp_path, 2)), out, resume=True, progress=False, log=lambda s: None)
 
 
@@ -330,7 +332,7 @@ def test_a_deleted_manifest_cannot_mix_two_configs(reference, tmp_path):
     proc = _cli(["sweep", str(other), "--out", str(out), "--resume", "--no-progress"])
     log = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and "Traceback" not in log, log
-    assert "different config (it differs in run.chunk_size: 4 → 2)" in log, log
+    assert "different config (it differs in datasets.cache_dir: " in log and "; run.chunk_size: 4 → 2)" in log, log
     ours = results.config_hash((out / "config.resolved.toml").read_text())
     (out / "config.resolved.toml").unlink()  # and without the resolved config, the chunks tell
     with pytest.raises(results.OutputDirError, match=rf"hash {ours} in chunk"):
@@ -403,6 +405,20 @@ def test_absurd_configs_are_refused_within_seconds_naming_the_key(overrides, fra
     assert not list((tmp_path / "out").glob("chunks/*.parquet"))
 
 
+def test_a_sweep_on_an_out_another_sweep_holds_is_refused_at_once(tmp_path):
+    from mismatch_jax.files import directory_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with directory_lock(out):  # as a running sweep holds it
+        proc = _cli(["sweep", str(_config(tmp_path, 4)), "--out", str(out), "--no-progress"])
+        log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2 and "Traceback" not in log, log
+    assert f"{out} is in use by a sweep (pid {os.getpid()} on " in log, log
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing written, the lock gone with its holder
+
+
+@pytest.mark.slow  # ~35 s: a whole sweep in a subprocess; the refusal itself is checked above in seconds
 def test_two_configs_started_at_once_on_one_out_one_is_refused(reference, tmp_path):
     """Two sweeps of different configs on one OUT at the same moment: one is refused at once, the
     other's table is its config's table alone; its files honour the umask and none is left over."""
