@@ -86,10 +86,10 @@ def resolve_address(address: str | None) -> tuple[str, str]:
 class ChunkCluster:
     """A connection to a Ray cluster that runs a sweep's chunks (``connect`` makes it)."""
 
-    def __init__(self, options: RayOptions, named: str, started_here: bool):
+    def __init__(self, options: RayOptions, address: str):
         import ray
 
-        self.options, self.named, self.started_here = options, named, started_here
+        self.options, self.address, self.started_here = options, address, address == "local"
         resources = ray.cluster_resources()
         self.nodes = len([n for n in ray.nodes() if n.get("Alive")])
         self.cpus, self.gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
@@ -99,7 +99,7 @@ class ChunkCluster:
     def describe(self) -> str:
         """One line: the cluster and what each task asks for."""
         ask = f"{self.options.num_cpus:g} CPU" + (f" + {self.num_gpus:g} GPU" if self.num_gpus else "")
-        where = "a local instance" if self.started_here else self.named
+        where = "a local instance" if self.started_here else self.address
         return (f"Ray ({where}: {self.nodes} node(s), {self.cpus:g} CPU, {self.gpus:g} GPU; {ask} and "
                 f"{self.devices_per_task} device(s) per task)")
 
@@ -165,6 +165,6 @@ def connect(options: RayOptions, log: Callable[[str], None] = print) -> ChunkClu
                  include_dashboard=False if address == "local" else None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise InputError(f"{named}: cannot connect to a Ray cluster ({str(exc).splitlines()[0][:200]})") from None
-    cluster = ChunkCluster(options, named, started_here=address == "local")
+    cluster = ChunkCluster(options, address)
     log(f"connected to {cluster.describe()}")
     return cluster
