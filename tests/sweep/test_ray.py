@@ -187,6 +187,24 @@ def test_a_killed_driver_resumes_from_the_chunks_it_wrote(reference, cluster, tm
     _check_complete(out, table)
 
 
+@pytest.mark.slow
+def test_a_pets_population_on_ray_equals_the_single_process_table(reference, cluster, tmp_path):
+    """The PETS-population design (PETS's own models take other shared arguments) through Ray."""
+    from mismatch_jax.config_io import load_toml, to_toml
+    from mismatch_jax.sweep.config import SweepConfig
+    from test_pets_population import tiny_paper_overrides
+
+    config = load_toml(SweepConfig, ROOT / "sweeps" / "quickstart.toml", tiny_paper_overrides(tmp_path / "cache"))
+    assert config.pets_source and "PETS" in config.kinds
+    path = tmp_path / "pets.toml"
+    path.write_text(to_toml(config))
+    local = run_sweep(load(path), tmp_path / "local", progress=False, log=lambda s: None)
+    _finished(_sweep(path, tmp_path / "out", cluster))
+    ran = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert ran.equals(pd.read_parquet(tmp_path / "local" / "results.parquet")) and len(ran) == len(local)
+    assert set(ran["model_type"]) == {"P", "D", "PETS"}
+
+
 @pytest.mark.slow  # last: the second node stays dead
 def test_a_node_killed_mid_sweep_loses_nothing(reference, cluster, tmp_path):
     config, table = reference
