@@ -44,6 +44,8 @@ class Command:
         failure. Its return value is not read: success is exit code 0.
     default: the packaged config used when CONFIG is omitted.
     outputs: files the command promises in OUT (the README lists them; a test checks them).
+    check: "module:function" called as ``check(options)`` with the parsed arguments once the
+        config is valid and before anything runs (a bad flag or environment fails first).
     """
 
     summary: str
@@ -52,6 +54,7 @@ class Command:
     default: str
     outputs: tuple[str, ...]
     takes_options: bool = False
+    check: Optional[str] = None
 
 
 COMMANDS: dict[str, Command] = {
@@ -60,7 +63,7 @@ COMMANDS: dict[str, Command] = {
         "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.experiments.sweep_command:run_sweep_command", "quickstart",
         ("results.parquet", "manifest.json", "ll_reward_scatter.png", "ll_reward_correlations.json",
          "fig3_ll_reward.png", "fig3_correlations.json"),
-        takes_options=True),
+        takes_options=True, check="mismatch_jax.experiments.sweep_command:check_sweep_options"),
     "datasets": Command(
         "build (or find in the cache) every dataset a sweep config needs; --out sets the cache",
         "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.experiments.sweep_command:build_datasets", "quickstart",
@@ -270,25 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="CPU only: split the host into this many XLA devices (shards the "
                                 "population / the seeds / an expectation CEM call's candidates over them)")
         if name == "sweep":
-            p.add_argument("--resume", action="store_true",
-                           help="continue an interrupted sweep in OUT (finished chunks are kept)")
-            p.add_argument("--distributed", action="store_true",
-                           help="several processes / hosts share OUT: each claims chunks (claims/), a dead "
-                                "process's claims are taken over, the last to finish merges (README)")
-            p.add_argument("--process-id", default=None,
-                           help="this process's name or rank in a distributed run (default: $JAX_PROCESS_ID, "
-                                "$SLURM_PROCID, $RANK, else host-pid)")
-            p.add_argument("--num-processes", type=int, default=None,
-                           help="processes sharing the sweep (default: $JAX_NUM_PROCESSES); with an "
-                                "integer --process-id each starts on its own slice of the chunks")
-            p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                           help="accepted for launchers written for jax.distributed (default: "
-                                "$JAX_COORDINATOR_ADDRESS) and recorded; coordination itself goes through "
-                                "OUT/claims on the shared filesystem, so no process waits on a coordinator")
-            p.add_argument("--claim-lease", type=float, default=120.0,
-                           help="seconds after which an unrenewed claim counts as a dead process's "
-                                "(default: %(default)s; claims are renewed every lease/4)")
-            p.add_argument("--no-progress", action="store_true", help="no progress bar")
+            from mismatch_jax.experiments.sweep_command import add_sweep_flags
+
+            add_sweep_flags(p)
 
     plot = sub.add_parser("plot", help="re-create the scatter/curve figures from a results table",
                           epilog=EPILOG,
@@ -315,8 +302,8 @@ def _host_split_hint(args: argparse.Namespace) -> str | None:
     core busy with small GEMMs (RESULTS.md, session 9)."""
     import os
 
-    if args.command not in DEVICE_COMMANDS or getattr(args, "devices", 0):
-        return None
+    if args.command not in DEVICE_COMMANDS or getattr(args, "devices", 0) or getattr(args, "ray", None) is not None:
+        return None  # (with --ray the chunks run on the cluster's devices, not this host's)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     import jax
 
@@ -328,6 +315,16 @@ def _host_split_hint(args: argparse.Namespace) -> str | None:
             f"program per core ({gain} faster on 2 cores, benchmarks/RESULTS.md)")
 
 
+def check_numeric_flags(args: argparse.Namespace) -> None:
+    """Refuses a numeric flag that is not finite or out of its range, naming the flag."""
+    from mismatch_jax.errors import InputError
+
+    if getattr(args, "devices", 0) < 0:
+        raise InputError(f"--devices must be >= 0 (0 = as many as the backend has), got {args.devices}")
+    if getattr(args, "bootstrap", 1) < 1:
+        raise InputError(f"--bootstrap must be >= 1 resample, got {args.bootstrap}")
+
+
 def _run_command(args: argparse.Namespace) -> None:
     command = COMMANDS[args.command]
     if args.layout is not None:
@@ -336,6 +333,8 @@ def _run_command(args: argparse.Namespace) -> None:
         use_layout(parse_layout(args.layout))
     config = load_command_config(args.command, args.config, args.overrides)
     out = output_dir(args, config)
+    if command.check:
+        _resolve(command.check)(args)
     hint = _host_split_hint(args)  # after the config is checked: bad input fails before jax starts
     if hint:
         print(hint, file=sys.stderr)
@@ -362,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     from mismatch_jax.errors import InputError
 
     try:
+        check_numeric_flags(args)
         if args.command == "plot":
             _cmd_plot(args)
         elif args.command == "configs":

@@ -51,3 +51,28 @@ def test_unwritable_target_is_an_output_dir_error(tmp_path):
         files.atomic_write_text(blocker / "inner.json", "{}")
     with pytest.raises(files.OutputDirError, match="cannot create output directory"):
         files.check_writable(blocker / "out")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(umask, mode, tmp_path):
+    import os
+
+    previous = os.umask(umask)
+    try:
+        assert files.current_umask() == umask
+        files.write_json(tmp_path / "r.json", {"a": 1})
+        files.write_npz(tmp_path / "d.npz", {"x": np.arange(2)})
+    finally:
+        os.umask(previous)
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {oct(mode)}
+
+
+def test_a_directory_lock_admits_one_holder_and_leaves_no_file(tmp_path):
+    with files.directory_lock(tmp_path):
+        with pytest.raises(files.OutputDirError, match=r"is in use by a sweep \(pid \d+ on .*choose another --out"):
+            with files.directory_lock(tmp_path):
+                pass
+        assert (tmp_path / ".sweep.lock").is_file()
+    assert not list(tmp_path.iterdir())
+    with files.directory_lock(tmp_path):  # free again
+        pass

@@ -11,6 +11,7 @@ repository's configs), and each must exit 0 with no traceback on stderr and leav
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -83,7 +84,7 @@ TINY: dict[str, tuple[str, list[str]]] = {
 }
 
 
-SLOW_FLAGS = {"--devices", "--distributed"}  # README commands with these flags run in the slow tier (extra compiles)
+SLOW_FLAGS = {"--devices", "--ray"}  # README commands with these flags run in the slow tier (extra compiles, a Ray node)
 
 
 def readme_commands() -> list[list[str]]:
@@ -175,9 +176,17 @@ def _run_tier(tier: str, tmp_path: Path) -> None:
     (tmp_path / "sweeps").symlink_to(ROOT / "sweeps")
     env = {**os.environ, "MISMATCH_JAX_CACHE": str(tmp_path / "xla_cache"), "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(ROOT)}
-    for argv in commands:
-        result, full = _run(argv, tmp_path, env)
-        _check_outputs(argv, full, tmp_path, result.stdout)
+    with contextlib.ExitStack() as stack:
+        if any("--ray" in argv for argv in commands):
+            # The README's --ray commands (--ray, --ray auto) find their cluster through RAY_ADDRESS:
+            # here one node on loopback with one CPU, stopped whatever happens.
+            from ray_cluster import LOOPBACK_ENV, LocalRayCluster
+
+            cluster = stack.enter_context(LocalRayCluster(env)).start_head()
+            env.update(LOOPBACK_ENV, RAY_ADDRESS=cluster.address)
+        for argv in commands:
+            result, full = _run(argv, tmp_path, env)
+            _check_outputs(argv, full, tmp_path, result.stdout)
 
 
 def test_fast_readme_commands_run_cleanly(tmp_path):

@@ -1,4 +1,4 @@
-"""The ``sweep`` and ``datasets`` commands behind the CLI's table: flags of a distributed sweep,
+"""The ``sweep`` and ``datasets`` commands behind the CLI's table: the sweep's flags (resume, Ray),
 the run, its figures and the summary table printed at the end (also by ``plot``)."""
 
 from __future__ import annotations
@@ -6,59 +6,94 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+# Launchers that start N copies of a command, by the variable that says how many.
+COPIES_VARIABLES = (("SLURM_STEP_NUM_TASKS", "srun"), ("OMPI_COMM_WORLD_SIZE", "mpirun"),
+                    ("PMI_SIZE", "an MPI launcher"), ("WORLD_SIZE", "torchrun"))
+
+
+def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``sweep`` command's own flags."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted sweep in OUT (finished chunks are verified and kept)")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run one Ray task per chunk: no ADDRESS = $RAY_ADDRESS, else a Ray instance "
+                             "started on this machine; 'auto' = the cluster this node joined; HOST:PORT = "
+                             "the head node's `ray start --head --port` (README)")
+    parser.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                        help="GPUs per chunk task (default: 1 on a cluster with GPUs, else 0)")
+    parser.add_argument("--ray-cpus", type=float, default=1.0, metavar="N",
+                        help="CPUs per chunk task (default: %(default)s)")
+    parser.add_argument("--ray-retries", type=int, default=3, metavar="N",
+                        help="times Ray re-runs a chunk task whose worker or node died (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def ray_options(options: argparse.Namespace):
+    """The ``RayOptions`` of ``--ray …`` (None without ``--ray``); refuses ``--ray-*`` flags
+    without ``--ray``."""
+    from mismatch_jax.errors import InputError
+
+    if options.ray is None:
+        given = [f for f, v, d in (("--ray-gpus", options.ray_gpus, None), ("--ray-cpus", options.ray_cpus, 1.0),
+                                   ("--ray-retries", options.ray_retries, 3)) if v != d]
+        if given:
+            raise InputError(f"{', '.join(given)} need --ray")
+        return None
+    from mismatch_jax.sweep.ray_runner import RayOptions
+
+    ray = RayOptions(address=options.ray or None, num_gpus=options.ray_gpus, num_cpus=options.ray_cpus,
+                     max_retries=options.ray_retries, devices=options.devices)
+    ray.check()
+    return ray
+
+
+def check_single_copy(environ=None) -> None:
+    """Refuses to run as one of several copies a launcher started (``srun -n N``, ``mpirun``,
+    ``torchrun``): each copy would run the whole sweep. The error names the variable."""
+    import os
+
+    from mismatch_jax.errors import InputError
+
+    environ = os.environ if environ is None else environ
+    for variable, launcher in COPIES_VARIABLES:
+        value = environ.get(variable, "").strip()
+        if not value:
+            continue
+        if not value.isdigit():
+            raise InputError(f"{variable}={value!r} (set by {launcher}) is not a process count; unset it")
+        if int(value) > 1:
+            raise InputError(f"{variable}={value}: {launcher} started {value} copies of this sweep, and each would "
+                             "run all of it; start one driver and pass --ray to spread its chunks over the "
+                             "nodes (README: Ray on SLURM)")
+
+
+def check_sweep_options(options: argparse.Namespace) -> None:
+    """The sweep's flags and launcher variables, checked before anything runs."""
+    ray_options(options)
+    check_single_copy()
+
+
 def run_sweep_command(config, out: str, options: argparse.Namespace) -> None:
-    """Runs a sweep into ``out`` and draws its scatter / per-epoch figures."""
+    """Runs a sweep into ``out`` (on Ray with ``--ray``) and draws its scatter / per-epoch figures."""
     from mismatch_jax.analysis.epochs import fig4_best_epochs, fig5_dataset_nll
     from mismatch_jax.analysis.fig3 import fig3_panels, is_pets_population
     from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
     from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
 
+    ray = ray_options(options)
     enable_compilation_cache()
-    process_id, num_processes, coordinator = process_settings(options)
-    table = run_sweep(config, out, resume=options.resume, progress=not options.no_progress,
-                      distributed=options.distributed, process_id=process_id,
-                      claim_lease_s=options.claim_lease, num_processes=num_processes, coordinator=coordinator)
-    if len(table):
-        content = ll_reward_scatter(table, out)
-        from mismatch_jax.sweep.results import read_manifest
+    table = run_sweep(config, out, resume=options.resume, progress=not options.no_progress, ray=ray)
+    content = ll_reward_scatter(table, out)
+    from mismatch_jax.sweep.results import read_manifest
 
-        fig3 = fig3_panels(table, out, dataset_notes=(read_manifest(out) or {}).get("dataset_notes"))
-        if not is_pets_population(table):  # per-epoch figures: one population per dataset only
-            if table["epoch"].nunique() > 1:
-                per_epoch_curves(table, out)
-            fig4_best_epochs(table, out)
-            fig5_dataset_nll(table, out)
-        print_summary(out, table, content, fig3)
-        print_env_params_summary(out, table)
-
-
-def process_settings(options: argparse.Namespace) -> tuple[str | None, int | None, str | None]:
-    """(process id, process count, coordinator) of a ``--distributed`` sweep from the flags, else
-    from ``JAX_PROCESS_ID`` / ``JAX_NUM_PROCESSES`` / ``JAX_COORDINATOR_ADDRESS``."""
-    import os
-
-    from mismatch_jax.errors import InputError
-
-    if options.claim_lease <= 0:
-        raise InputError(f"--claim-lease must be > 0 seconds, got {options.claim_lease}")
-    process_id = options.process_id or os.environ.get("JAX_PROCESS_ID") or None
-    count = options.num_processes if options.num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
-    coordinator = options.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
-    if count is not None:
-        try:
-            count = int(count)
-        except ValueError:
-            raise InputError(f"--num-processes / JAX_NUM_PROCESSES must be an integer, got {count!r}") from None
-        if count < 1:
-            raise InputError(f"--num-processes must be >= 1, got {count}")
-        if process_id is not None and (not str(process_id).isdigit() or int(process_id) >= count):
-            raise InputError(f"--process-id must be an integer in [0, {count}) with --num-processes {count}, "
-                             f"got {process_id!r}")
-    if coordinator is not None and (":" not in coordinator or not coordinator.rsplit(":", 1)[1].isdigit()):
-        raise InputError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
-    if (count is not None or coordinator is not None or options.process_id) and not options.distributed:
-        raise InputError("--process-id / --num-processes / --coordinator need --distributed")
-    return process_id, count, coordinator
+    fig3 = fig3_panels(table, out, dataset_notes=(read_manifest(out) or {}).get("dataset_notes"))
+    if not is_pets_population(table):  # per-epoch figures: one population per dataset only
+        if table["epoch"].nunique() > 1:
+            per_epoch_curves(table, out)
+        fig4_best_epochs(table, out)
+        fig5_dataset_nll(table, out)
+    print_summary(out, table, content, fig3)
+    print_env_params_summary(out, table)
 
 
 def build_datasets(config, out: str, options: argparse.Namespace) -> None:

@@ -1,8 +1,9 @@
 """One sweep chunk as a program: the models' keys and hyper-parameter draws, the train / LL /
 reward stages (``make_chunk_parts``), their population layout (``laid_out``) and the jitted,
 sharded chunk (``make_chunk_fn``); how big a chunk may be (``chunk_size_for``); and the chunk's
-outputs as table rows with the per-model divergence flag (``chunk_rows``). ``sweep.runner``
-orchestrates chunks (claims, files, resume); this module knows nothing of files.
+outputs as table rows with the per-model divergence flag (``chunk_rows``). ``sweep.chunk_task``
+runs a chunk, ``sweep.runner`` orchestrates them (files, resume, Ray); this module knows nothing
+of files.
 """
 
 from __future__ import annotations

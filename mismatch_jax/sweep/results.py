@@ -1,14 +1,13 @@
-"""Results storage of a sweep: verified per-chunk Parquet files, chunk claims for several
-processes, the merged ``results.parquet`` table and the manifests.
+"""Results storage of a sweep: verified per-chunk Parquet files, the merged ``results.parquet``
+table and the manifest.
 
 Layout of an output directory::
 
     out/
       config.resolved.toml   the validated config, all defaults filled in (its hash names the run)
-      manifest.json          the merged view: config hash, versions, every chunk with its checksum
-      manifest.<process>.json  what one process of a distributed run did (timings, chunks)
+      manifest.json          config hash, versions, executor, every chunk with its checksum and timing
       chunks/chunk_<first>_<last>.parquet   one file per finished chunk (atomic rename)
-      claims/chunk_<first>_<last>.claim      a process is computing that chunk (distributed runs)
+      .sweep.lock            held by the one driver writing the directory (removed when it ends)
       quarantine/            chunks that failed verification, kept for inspection
       results.parquet        all chunks merged, sorted by (model_id, epoch)
 
@@ -16,7 +15,8 @@ A chunk file exists only once its chunk is complete (written to a temporary name
 ``os.replace``d), so a kill leaves either the whole chunk or none. Each chunk carries in its Parquet
 metadata the config hash, its model range and a checksum of its rows; ``verify_chunk`` checks all
 three (and that every model has one row per evaluated epoch), so a truncated, random or misnamed
-file, or one from another config, is found before it is merged.
+file, or one from another config, is found before it is used — and again by the merge, which
+reads every chunk it concatenates.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import time
 from pathlib import Path
 from typing import Optional
@@ -36,8 +35,7 @@ from mismatch_jax.files import OutputDirError, atomic_write_bytes, check_writabl
 
 __all__ = ["OutputDirError", "check_writable", "config_hash", "chunk_path", "finished_chunks",
            "verify_chunk", "quarantine", "write_chunk", "merge_chunks", "check_table_rows",
-           "read_manifest", "write_manifest", "claim_chunk", "release_claim", "claim_alive",
-           "default_process_id"]
+           "read_manifest", "write_manifest"]
 
 _CHUNK_RE = re.compile(r"chunk_(\d{8})_(\d{8})\.parquet$")
 _META_KEY = b"mismatch_jax"
@@ -151,13 +149,25 @@ def check_table_rows(table: pd.DataFrame, num_models: Optional[int] = None,
 
 
 def merge_chunks(out_dir: Path, ranges: list[tuple[int, int]], num_models: int,
-                 rows_per_model: int) -> pd.DataFrame:
-    """Concatenates the (verified) chunks ``ranges`` into ``results.parquet`` (atomic) after
-    checking one row per (model, epoch) for every model; returns the table."""
+                 rows_per_model: int, digest: str) -> pd.DataFrame:
+    """Concatenates the chunks ``ranges`` into ``results.parquet`` (atomic) after verifying each
+    again as it is read (``verify_chunk`` against the config hash ``digest``) and checking one row
+    per (model, epoch) for every model; returns the table."""
+    import pyarrow.parquet as pq
+
     out_dir = Path(out_dir)
     if not ranges:
         raise OutputDirError(f"{out_dir} holds no finished chunks to merge")
-    table = pd.concat([pd.read_parquet(chunk_path(out_dir, a, b)) for a, b in ranges], ignore_index=True)
+    frames = []
+    for first, last in ranges:
+        path = chunk_path(out_dir, first, last)
+        problem = (verify_chunk(path, first, last, digest, rows_per_model) if path.is_file()
+                   else "missing")
+        if problem is not None:
+            raise OutputDirError(f"chunk {first}..{last} changed after it was checked ({problem}); re-run the "
+                                 "sweep with --resume to recompute it")
+        frames.append(pq.read_table(path).to_pandas())
+    table = pd.concat(frames, ignore_index=True)
     table = table.sort_values(["model_id", "epoch"], kind="stable").reset_index(drop=True)
     check_table_rows(table, num_models, rows_per_model)
     atomic_write_bytes(out_dir / "results.parquet", table.to_parquet(index=False))
@@ -179,69 +189,3 @@ def read_manifest(out_dir: Path, name: str = "manifest.json") -> dict | None:
 def write_manifest(out_dir: Path, manifest: dict, name: str = "manifest.json") -> None:
     """Atomically (re)writes a manifest."""
     write_json(Path(out_dir) / name, manifest, sort_keys=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Claims: several processes share one output directory.
-# ------------------------------------------------------------------------------------------------
-
-
-def default_process_id() -> str:
-    """The launcher's rank when set (``JAX_PROCESS_ID``, SLURM, Open MPI, torchrun), else
-    ``<host>-<pid>``."""
-    for variable in ("MISMATCH_JAX_PROCESS_ID", "JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "RANK"):
-        if os.environ.get(variable):
-            return os.environ[variable]
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _claim_path(out_dir: Path, first: int, last: int) -> Path:
-    return Path(out_dir) / "claims" / f"chunk_{first:08d}_{last:08d}.claim"
-
-
-def claim_alive(out_dir: Path, first: int, last: int, lease_s: float) -> bool:
-    """Whether another process holds a claim on the chunk that was renewed within ``lease_s``."""
-    path = _claim_path(out_dir, first, last)
-    try:
-        return time.time() - path.stat().st_mtime < lease_s
-    except FileNotFoundError:
-        return False
-
-
-def claim_chunk(out_dir: Path, first: int, last: int, process_id: str, lease_s: float) -> bool:
-    """Atomically claims a chunk for ``process_id``: True if this process may compute it. A claim
-    whose holder stopped renewing it for ``lease_s`` seconds (a dead process) is taken over."""
-    path = _claim_path(out_dir, first, last)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if claim_alive(out_dir, first, last, lease_s):
-                return False
-            try:  # a stale claim: only one process wins the rename
-                os.replace(path, path.with_suffix(f".stale.{process_id}"))
-                path.with_suffix(f".stale.{process_id}").unlink()
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps({"process": process_id, "claimed": time.time()}))
-        return True
-    return False
-
-
-def renew_claim(out_dir: Path, first: int, last: int) -> None:
-    """The holder's heartbeat: refreshes the claim's time so other processes leave it alone."""
-    try:
-        os.utime(_claim_path(out_dir, first, last))
-    except FileNotFoundError:
-        pass
-
-
-def release_claim(out_dir: Path, first: int, last: int) -> None:
-    """Drops a claim (after its chunk is written)."""
-    try:
-        _claim_path(out_dir, first, last).unlink()
-    except FileNotFoundError:
-        pass

@@ -4,12 +4,12 @@ true env, chunked, sharded over devices, written atomically, resumable.
 Model ``i`` (global index, see ``SweepConfig.model_spec``) gets key ``fold_in(model_root, i)``;
 everything it does — init, minibatch order, hyper-parameter draw, CEM trials — derives from that
 key, so its row is identical whatever the chunk size, the device count or a resume.
-Each chunk holds models of one type (one compiled function per type) and is split over all local
-devices along the population axis (``NamedSharding``). Several processes — on one host or on many
-hosts sharing the output directory — run the same command with ``--distributed``: they claim chunks
-through atomic claim files (no JAX distributed runtime is needed, since every chunk runs on one
-host's devices, and so no process can hang in its shutdown barrier when another dies); a dead
-process's claims expire and are taken over, and whichever process finds every chunk done merges.
+Each chunk holds models of one type (one compiled function per type) and is split over the
+devices of the process that runs it (``NamedSharding``). The driver (this module) owns the output
+directory (one process at a time, ``files.directory_lock``), builds the datasets once, plans the
+chunks and hands them to an executor — this process's devices (``sweep.chunk_task``), or a Ray
+cluster, one task per chunk (``sweep.ray_runner``); both run the same ``ChunkRunner`` — then
+writes every returned chunk with its integrity metadata and merges the re-verified chunks.
 """
 
 from __future__ import annotations
@@ -17,27 +17,30 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import jax
-import numpy as np
 import pandas as pd
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mismatch_jax.compilation import BackgroundCompiler
 from mismatch_jax.envs import make
-from mismatch_jax.files import atomic_write_text, remove_stale_temporaries
+from mismatch_jax.files import atomic_write_text, directory_lock, remove_stale_temporaries
 from mismatch_jax.sweep import results
 from mismatch_jax.config_io import to_toml
-from mismatch_jax.sweep.chunk import (chunk_model_arguments, chunk_rows, chunk_size_for, estimate_bytes_per_model,
-                                      make_chunk_fn, stack_study_data)
+from mismatch_jax.sweep.chunk import chunk_size_for, estimate_bytes_per_model, stack_study_data
+from mismatch_jax.sweep.chunk_task import ChunkResult, ChunkRunner, ChunkTask, SweepInputs
 from mismatch_jax.sweep.env_params import expand
 from mismatch_jax.sweep.config import SweepConfig
 from mismatch_jax.sweep.competence import sweep_competence
 from mismatch_jax.sweep.pets_population import build_pets_population
 from mismatch_jax.sweep.study_data import StudyData, build_study_datasets, pets_runs
+
+if TYPE_CHECKING:
+    from mismatch_jax.sweep.ray_runner import RayOptions
+
 
 def enable_compilation_cache(path: str | Path | None = None) -> None:
     """Persists compiled programs on disk (default ~/.cache/mismatch_jax/xla, or
@@ -91,113 +94,153 @@ def check_scale(config: SweepConfig, env, train_rows: int, num_devices: int, log
                          f"{chunks} chunks (limit {MAX_CHUNKS}); lower population.replicates or raise run.chunk_size")
     if config.num_models > WARN_MODELS:
         log(f"warning: {config.num_models} models ({chunks} chunks) — a cluster-size sweep; run it with "
-            "--distributed on several hosts (README) or lower population.replicates")
+            "--ray on a cluster (README) or lower population.replicates")
 
 
-def _previous_hash(out_dir: Path) -> tuple[str | None, str]:
-    """The config hash an output directory was written with, and where it was found: the
-    manifest, else config.resolved.toml, else any chunk's metadata (so deleting the manifest
-    cannot mix two configs in one table)."""
+def _previous_config(out_dir: Path) -> tuple[str | None, str, str | None]:
+    """The config hash an output directory was written with, where it was found (the manifest,
+    else config.resolved.toml, else any chunk's metadata, so deleting the manifest cannot mix two
+    configs in one table) and the resolved config text when config.resolved.toml has that hash."""
+    resolved = Path(out_dir) / "config.resolved.toml"
+    text = resolved.read_text() if resolved.is_file() else None
     manifest = results.read_manifest(out_dir)
     if manifest and manifest.get("config_hash"):
-        return manifest["config_hash"], "manifest.json"
-    resolved = Path(out_dir) / "config.resolved.toml"
-    if resolved.is_file():
-        return results.config_hash(resolved.read_text()), "config.resolved.toml"
-    for first, last in results.finished_chunks(out_dir):
-        try:
-            import pyarrow.parquet as pq
+        previous, source = manifest["config_hash"], "manifest.json"
+    elif text is not None:
+        previous, source = results.config_hash(text), "config.resolved.toml"
+    else:
+        previous, source = None, ""
+        for first, last in results.finished_chunks(out_dir):
+            try:
+                import pyarrow.parquet as pq
 
-            meta = json.loads(pq.read_schema(results.chunk_path(out_dir, first, last)).metadata[b"mismatch_jax"])
-            return meta["config_hash"], f"chunk {first}..{last}"
-        except Exception:  # an unreadable chunk says nothing; verification quarantines it later
-            continue
-    return None, ""
+                meta = json.loads(pq.read_schema(results.chunk_path(out_dir, first, last)).metadata[b"mismatch_jax"])
+                previous, source = meta["config_hash"], f"chunk {first}..{last}"
+                break
+            except Exception:  # an unreadable chunk says nothing; verification quarantines it later
+                continue
+    if text is not None and results.config_hash(text) != previous:
+        text = None
+    return previous, source, text
 
 
-class _Heartbeat:
-    """Renews the claims this process holds every ``interval`` seconds, from a thread, so a
-    long chunk is not taken over while its process is alive (a dead process stops renewing)."""
+def config_differences(before: str, after: str, limit: int = 6) -> str:
+    """The dotted keys whose values differ between two resolved config texts, as
+    ``key: old → new`` joined by ``; `` (at most ``limit``, then a count)."""
+    import tomllib
 
-    def __init__(self, out_dir: Path, interval: float):
-        import threading
+    def flat(data, prefix=""):
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
 
-        self.out_dir, self.interval, self.held = out_dir, interval, set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    old, new = flat(tomllib.loads(before)), flat(tomllib.loads(after))
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, "(unset)") != new.get(k, "(unset)"))
+    shown = [f"{k}: {old.get(k, '(unset)')!r} → {new.get(k, '(unset)')!r}" for k in keys[:limit]]
+    return "; ".join(shown) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
 
-    def _run(self):
-        while not self._stop.wait(self.interval):
-            for first, last in list(self.held):
-                results.renew_claim(self.out_dir, first, last)
 
-    def stop(self):
-        self._stop.set()
+def check_out_config(out_dir: Path, resolved: str, resume: bool) -> str:
+    """Refuses an output directory that holds results unless resuming, and one written by
+    another config (naming the keys that differ, or both hashes when the directory's resolved
+    config is gone); returns the config hash. Call it holding the directory's lock."""
+    digest = results.config_hash(resolved)
+    previous, source, text = _previous_config(out_dir)
+    if (previous or results.finished_chunks(out_dir)) and not resume:
+        raise results.OutputDirError(
+            f"{out_dir} already holds sweep results; pass --resume to continue it or choose another --out")
+    if previous is not None and previous != digest:
+        what = (f"it differs in {config_differences(text, resolved)}" if text is not None else
+                f"hash {previous} in {source} vs {digest} now; its config.resolved.toml is missing or does not "
+                "match, so the keys cannot be named")
+        raise results.OutputDirError(f"{out_dir} was written by a different config ({what}); resume with the same "
+                                     "config or choose another --out")
+    return digest
+
+
+def plan_chunks(config: SweepConfig, env, train_rows: int, num_devices: int) -> list[ChunkTask]:
+    """The sweep's chunks, type by type in model order, each a multiple of ``num_devices``."""
+    plan = []
+    for kind, start, count in config.type_ranges():
+        size = chunk_size_for(config, env, kind, train_rows, num_devices)
+        for first in range(start, start + count, size):
+            plan.append(ChunkTask(kind, first, min(first + size, start + count) - 1, size))
+    return plan
+
+
+def local_chunks(inputs: SweepInputs, tasks: list[ChunkTask],
+                 status: Callable[[str], None]) -> Iterator[ChunkResult]:
+    """Runs ``tasks`` on this process's devices, in order: one program per model type, all
+    lowered up front and compiled in threads (compiling is single-threaded in XLA and dominates
+    a small sweep); chunks run as their program is ready."""
+    runner = ChunkRunner(inputs)
+    firsts: dict[str, ChunkTask] = {}
+    for task in tasks:
+        firsts.setdefault(task.kind, task)
+    with BackgroundCompiler(max(1, min(len(firsts), os.cpu_count() or 1))) as compiler:
+        for task in firsts.values():
+            status(f"compiling ({task.kind})")
+            runner.prepare(task, compiler)
+        for task in tasks:
+            status(f"chunk {task.first}..{task.last} ({task.kind})")
+            yield runner.run(task)
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bool = False,
-              progress: bool = True, log: Callable[[str], None] | None = None, distributed: bool = False,
-              process_id: str | None = None, claim_lease_s: float = 120.0,
-              poll_s: float = 2.0, num_processes: int | None = None,
-              coordinator: str | None = None) -> pd.DataFrame:
-    """Runs (or resumes) a sweep; returns the merged results table (empty when this process is
-    not the one that completed it). See the module docstring.
-
-    distributed: several processes (on one or many hosts sharing the output directory) run the
-    same command; each claims chunks atomically (``claims/``), renews its claims every
-    ``claim_lease_s / 4`` seconds, takes over claims not renewed for ``claim_lease_s`` (a dead
-    process's), and the process that finds every chunk done merges ``results.parquet``. With
-    ``num_processes`` and an integer ``process_id`` (rank), rank r starts at the r-th of
-    ``num_processes`` equal slices of the chunk list, so processes begin on different chunks; it
-    needs no coordinator (``coordinator`` is only recorded in the manifest)."""
+              progress: bool = True, log: Callable[[str], None] | None = None,
+              ray: "RayOptions | None" = None) -> pd.DataFrame:
+    """Runs (or resumes) a sweep into ``out_dir`` — on this process's devices, or with ``ray``
+    (``sweep.ray_runner.RayOptions``) one Ray task per chunk — and returns the merged results
+    table. See the module docstring."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
 
     console = Console()
     log = log or console.print
     out_dir = Path(out_dir or config.out_dir)
-    process_id = str(process_id or results.default_process_id())
-    if not all(c.isalnum() or c in "-_." for c in process_id):
-        raise results.OutputDirError(f"--process-id {process_id!r}: use letters, digits, '-', '_' or '.' "
-                                     "(it names manifest.<process-id>.json)")
     results.check_writable(out_dir)
-    # Temporary files of writers killed mid-write; in a distributed run only old ones (a live
-    # writer's are seconds old).
-    removed = remove_stale_temporaries(out_dir, older_than_s=claim_lease_s if distributed else 0.0)
+    with directory_lock(out_dir):
+        cluster = None
+        if ray is not None:
+            from mismatch_jax.sweep import ray_runner
+
+            cluster = ray_runner.connect(ray, log)  # a bad address fails here, before any dataset
+        try:
+            return _run_locked(config, out_dir, resume, progress, log, console, cluster)
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+
+def _run_locked(config, out_dir, resume, progress, log, console, cluster) -> pd.DataFrame:
+    """``run_sweep`` once it owns ``out_dir``."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    removed = remove_stale_temporaries(out_dir)  # left by writers killed mid-write
     if removed:
         log(f"removed {len(removed)} stale temporary file(s) of an interrupted run")
     resolved = to_toml(config)
-    digest = results.config_hash(resolved)
-    previous, source = _previous_hash(out_dir)
-    present = results.finished_chunks(out_dir)
-    if (previous or present) and not (resume or distributed):
-        raise results.OutputDirError(
-            f"{out_dir} already holds sweep results; pass --resume to continue it or choose another --out")
-    if previous is not None and previous != digest:
-        raise results.OutputDirError(
-            f"{out_dir} was written by a different config (hash {previous} in {source} vs {digest} now); "
-            "resume with the same config or choose another --out")
+    digest = check_out_config(out_dir, resolved, resume)
     atomic_write_text(out_dir / "config.resolved.toml", resolved)
-    if not distributed and (out_dir / "claims").is_dir():
-        for stale in (out_dir / "claims").iterdir():  # one process owns the directory
-            stale.unlink(missing_ok=True)
     started = time.time()
-    manifest_name = f"manifest.{process_id}.json" if distributed else "manifest.json"
+    num_devices = cluster.devices_per_task if cluster else len(jax.local_devices())
     manifest = {
         "name": config.name, "config_hash": digest, "status": "running", "started": started,
-        "process": process_id, "num_processes": num_processes, "coordinator": coordinator,
         "jax": jax.__version__, "python": platform.python_version(),
         "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
+        "executor": cluster.describe() if cluster else "local",
+        "driver": f"{socket.gethostname()} pid {os.getpid()}",
         "num_models": config.num_models, "chunks": [],
         "layout": vars(config.run.layout.resolve(width=config.population.model.hidden_size)),
     }
-    results.write_manifest(out_dir, manifest, manifest_name)
+    results.write_manifest(out_dir, manifest)
 
     env = make(config.env)
-    devices = jax.local_devices()
-    check_scale(config, env, 0, len(devices), log)
+    check_scale(config, env, 0, num_devices, log)
     t0 = time.perf_counter()
     settings = expand(config.dynamics, env, config.seed)
     if settings is not None:
@@ -210,146 +253,74 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, resume: bo
     competence = sweep_competence(config, env, out_dir, log)
     if competence is not None:
         manifest["competence"] = {k: competence[k] for k in ("passed", "expert", "untrained")}
-    eval_names = list(config.datasets.eval)
-    pets = None
     if config.pets_source:
         runs = pets_runs(StudyData.of_sweep(config), env, Path(config.datasets.cache_dir), log)
         pets = build_pets_population(config, env, sets, runs, log)
-        train_data, eval_sets, env_settings = pets.train_data, pets.eval_sets, None
         manifest["dataset_notes"].update(pets.notes)
+        inputs = SweepInputs.on_host(config, pets.train_data, pets.eval_sets, None, pets=pets)
     else:
-        train_data, eval_sets, env_settings = stack_study_data(config, sets, settings)
+        inputs = SweepInputs.on_host(config, *stack_study_data(config, sets, settings), settings=settings)
 
-    mesh = Mesh(np.asarray(devices), ("pop",))
-    plan = []  # (kind, first, last, size)
-    for kind, start, count in config.type_ranges():
-        size = chunk_size_for(config, env, kind, int(train_data.capacity), len(devices))
-        for first in range(start, start + count, size):
-            plan.append((kind, first, min(first + size, start + count) - 1, size))
+    plan = plan_chunks(config, env, int(inputs.train_data.capacity), num_devices)
     rows_per_model = len(config.training.eval_epochs)  # 1 in a PETS population (its check)
-    verified: set[tuple[int, int]] = set()
+    planned = {(c.first, c.last) for c in plan}
+    for first, last in results.finished_chunks(out_dir):  # files of no planned chunk (another chunk size, a stray copy)
+        if (first, last) not in planned:
+            moved = results.quarantine(out_dir, results.chunk_path(out_dir, first, last))
+            log(f"chunk file {first}..{last} is not a chunk of this plan; moved to {moved.relative_to(out_dir)}")
 
     def is_done(first: int, last: int) -> bool:
         """Whether the chunk's file is present and verified (a bad one is quarantined)."""
-        if (first, last) in verified:
-            return True
         path = results.chunk_path(out_dir, first, last)
         if not path.is_file():
             return False
         problem = results.verify_chunk(path, first, last, digest, rows_per_model)
         if problem is None:
-            verified.add((first, last))
             return True
         moved = results.quarantine(out_dir, path)
         log(f"chunk {first}..{last}: {problem}; moved to {moved.relative_to(out_dir)}, recomputing it")
         return False
 
-    planned = {(c[1], c[2]) for c in plan}
-    for first, last in present:  # files of no planned chunk (another chunk size, a stray copy)
-        if (first, last) not in planned:
-            moved = results.quarantine(out_dir, results.chunk_path(out_dir, first, last))
-            log(f"chunk file {first}..{last} is not a chunk of this plan; moved to {moved.relative_to(out_dir)}")
-    todo = [c for c in plan if not is_done(c[1], c[2])]
-    log(f"sweep {config.name}: {config.num_models} models in {len(plan)} chunks on {len(devices)} "
-        f"device(s); {len(plan) - len(todo)} chunk(s) already done")
-    sharded = NamedSharding(mesh, PartitionSpec("pop"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    shared = jax.device_put((train_data, eval_sets, env_settings), replicated)
-    # PETS's own models take the trained types' place of the training data (ChunkParts.train).
-    pets_shared = None if pets is None else jax.device_put((pets.pets_models, eval_sets, env_settings), replicated)
-    shared_of = lambda kind: pets_shared if kind == "PETS" else shared
-
-    def chunk_arguments(first, last, size):
-        indices = np.arange(first, last + 1)
-        padded = np.concatenate([indices, np.full(size - indices.size, indices[-1])]).astype(np.int32)
-        return indices, jax.device_put((padded, *chunk_model_arguments(config, padded)), sharded)
-
+    todo = [c for c in plan if not is_done(c.first, c.last)]
+    where = cluster.describe() if cluster else f"{num_devices} device(s)"
+    log(f"sweep {config.name}: {config.num_models} models in {len(plan)} chunks on {where}; "
+        f"{len(plan) - len(todo)} chunk(s) already done")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("models"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    # One program per model type, all lowered up front and compiled in threads (compiling is
-    # single-threaded in XLA and dominates a small sweep); chunks run as their program is ready.
-    kinds = list(dict.fromkeys(c[0] for c in todo))
-    workers = max(1, min(len(kinds), os.cpu_count() or 1))
-    heartbeat = _Heartbeat(out_dir, claim_lease_s / 4) if distributed else None
-    try:
-        with Progress(*columns, console=console, disable=not progress) as bar, \
-                BackgroundCompiler(workers) as compiler:
-            task = bar.add_task("sweep", total=config.num_models)
-            bar.update(task, completed=sum(c[2] - c[1] + 1 for c in plan if c not in todo))
-            programs = {}
-            for kind in kinds:
-                bar.update(task, description=f"compiling ({kind})")
-                _, first, last, size = next(c for c in todo if c[0] == kind)
-                lowered = make_chunk_fn(config, env, kind, mesh).lower(*chunk_arguments(first, last, size)[1],
-                                                                       *shared_of(kind))
-                programs[kind] = compiler.submit(lowered)
-
-            def compute(kind, first, last, size):
-                indices, per_model = chunk_arguments(first, last, size)
-                t = time.perf_counter()
-                program = programs[kind].result()
-                compile_wait = time.perf_counter() - t
-                t = time.perf_counter()
-                out = jax.device_get(program(*per_model, *shared_of(kind)))
-                elapsed = time.perf_counter() - t
-                out = {k: np.asarray(v)[: indices.size] for k, v in out.items()}
-                entry = results.write_chunk(out_dir, first, last, chunk_rows(config, indices, out, eval_names, settings, pets), digest)
-                verified.add((first, last))
-                manifest["chunks"].append({**entry, "kind": kind, "seconds": elapsed, "compile_wait_s": compile_wait})
-                results.write_manifest(out_dir, manifest, manifest_name)
-                bar.update(task, advance=indices.size)
-
-            pending = list(todo)
-            if distributed and num_processes and str(process_id).isdigit():
-                start = int(process_id) * len(pending) // num_processes
-                pending = pending[start:] + pending[:start]
-            while pending:
-                waiting = []
-                for kind, first, last, size in pending:
-                    if is_done(first, last):
-                        bar.update(task, advance=last - first + 1)
-                        continue
-                    if distributed and not results.claim_chunk(out_dir, first, last, process_id, claim_lease_s):
-                        waiting.append((kind, first, last, size))
-                        continue
-                    if heartbeat:
-                        heartbeat.held.add((first, last))
-                    bar.update(task, description=f"chunk {first}..{last} ({kind})")
-                    try:
-                        compute(kind, first, last, size)
-                    finally:
-                        if heartbeat:
-                            heartbeat.held.discard((first, last))
-                            results.release_claim(out_dir, first, last)
-                if waiting:  # other processes hold these: wait for their files or dead claims
-                    bar.update(task, description=f"waiting for {len(waiting)} chunk(s) of other processes")
-                    time.sleep(poll_s)
-                pending = waiting
-    finally:
-        if heartbeat:
-            heartbeat.stop()
-    manifest["status"] = "done"
-    results.write_manifest(out_dir, manifest, manifest_name)
-    if not all(is_done(c[1], c[2]) for c in plan):
-        return pd.DataFrame()
-    table = results.merge_chunks(out_dir, sorted(verified), config.num_models, rows_per_model)
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("sweep", total=config.num_models)
+        bar.update(task, completed=sum(c.last - c.first + 1 for c in plan if c not in todo))
+        status = lambda text: bar.update(task, description=text)
+        executed = cluster.run(inputs, todo, digest, status) if cluster else local_chunks(inputs, todo, status)
+        for done in executed:
+            first, last = done.task.first, done.task.last
+            entry = results.write_chunk(out_dir, first, last, done.frame, digest)
+            manifest["chunks"].append({**entry, "kind": done.task.kind, "seconds": done.seconds,
+                                       "compile_wait_s": done.compile_wait_s, "host": done.host,
+                                       "devices": done.devices})
+            results.write_manifest(out_dir, manifest)
+            bar.update(task, advance=last - first + 1)
+    ranges = [(c.first, c.last) for c in plan]
+    table = results.merge_chunks(out_dir, ranges, config.num_models, rows_per_model, digest)
     merged = {**manifest, "status": "complete", "finished": time.time(), "wall_s": time.time() - started,
               "num_rows": len(table), "num_diverged": int(table.groupby("model_id")["diverged"].any().sum()),
-              "chunks": _chunk_entries(out_dir, sorted(verified)), "merged_by": process_id}
-    merged.pop("process", None)
+              "chunks": _chunk_entries(out_dir, ranges, manifest["chunks"])}
     results.write_manifest(out_dir, merged)
     return table
 
 
-def _chunk_entries(out_dir: Path, ranges: list[tuple[int, int]]) -> list[dict]:
-    """Each chunk's manifest entry from its file: model range, rows, checksums, size."""
+def _chunk_entries(out_dir: Path, ranges: list[tuple[int, int]], ran: list[dict]) -> list[dict]:
+    """Each chunk's manifest entry from its file (model range, rows, checksums, size), with where
+    and how long it ran when this run computed it (``ran``: this run's entries)."""
     import hashlib
 
     import pyarrow.parquet as pq
 
+    timing = {(entry["first"], entry["last"]): entry for entry in ran}
     entries = []
     for first, last in ranges:
         path = results.chunk_path(out_dir, first, last)
         meta = json.loads(pq.read_schema(path).metadata[b"mismatch_jax"])
-        entries.append({**meta, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]})
+        entries.append({**timing.get((first, last), {}), **meta, "file": path.name,
+                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]})
     return entries
