@@ -30,6 +30,10 @@ def run_sweep_command(config, out: str, options: argparse.Namespace) -> None:
             fig5_dataset_nll(table, out)
         print_summary(out, table, content, fig3)
         print_env_params_summary(out, table)
+        if not getattr(options, "no_report", False):  # after every figure: the page inlines them
+            from mismatch_jax.analysis.report import sweep_report
+
+            print(f"wrote {sweep_report(out, table)}")
 
 
 def process_settings(options: argparse.Namespace) -> tuple[str | None, int | None, str | None]:
