@@ -100,16 +100,22 @@
   function showCurve(k) {
     const div = document.getElementById("detail-curve");
     if (!data.curves) {
-      div.innerHTML = '<p class="note">one evaluated epoch: no curve over epochs</p>';
+      div.innerHTML = '<p class="note">one evaluated epoch per model: no curve over epochs</p>';
       return;
     }
     const epochs = data.curves.epochs;
     const series = data.curves.series;
+    if (series.reward_mean[k].filter((v) => v !== null).length < 2) {
+      Plotly.purge(div);
+      div.innerHTML = '<p class="note">model ' + ids[k] + " was evaluated at one epoch: no curve</p>";
+      return;
+    }
     const traces = [{x: epochs, y: series.reward_mean[k], name: "reward", mode: "lines+markers", yaxis: "y"}];
     Object.keys(series).filter((c) => c.startsWith("ll_")).forEach((c) => traces.push({
       x: epochs, y: series[c][k].map((v) => (v === null ? null : -v)), name: "NLL on " + c.slice(3),
       mode: "lines+markers", yaxis: "y2", line: {dash: "dot"},
     }));
+    if (!div._fullLayout) div.innerHTML = "";
     Plotly.react(div, traces, {
       title: {text: "model " + ids[k] + " over epochs", font: {size: 13}}, margin: {t: 40, l: 55, r: 55, b: 45},
       xaxis: {title: {text: "epoch"}}, yaxis: {title: {text: "mean episode reward"}},

@@ -172,10 +172,10 @@ def scatter_panels(models: dict) -> dict:
 def epoch_curves(table: pd.DataFrame, model_ids: list[int]) -> dict | None:
     """Per model (in ``model_ids`` order) its reward and LL at each evaluated epoch →
     {"epochs": [E], "series": {"reward_mean" | "ll_<name>": [M][E] (null where not evaluated)}};
-    None when the table has a single evaluated epoch."""
-    epochs = sorted(int(e) for e in table["epoch"].unique())
-    if len(epochs) < 2:
+    None when no model was evaluated at more than one epoch."""
+    if table.groupby("model_id")["epoch"].nunique().max() < 2:
         return None
+    epochs = sorted(int(e) for e in table["epoch"].unique())
     series = {}
     for column in ["reward_mean", *(f"ll_{n}" for n in eval_names(table))]:
         wide = table.pivot_table(index="model_id", columns="epoch", values=column, aggfunc="first", dropna=False)

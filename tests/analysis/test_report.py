@@ -153,6 +153,8 @@ def test_wide_ll_gets_a_symlog_axis_with_true_tick_labels():
     x = dict(zip((k for t in grid["traces"] for k in t["index"]), (v for t in grid["traces"] for v in t["x"])))
     assert x[0] == pytest.approx(-np.log10(1 + 5e4 / 10))
     assert grid["ticktext"][0] == "-100000" and "0" in grid["ticktext"]
+    # Two epochs in the table (P / D at 30, PETS at 50) but one per model: no curves to draw.
+    assert report_data.epoch_curves(table, list(range(9))) is None
 
 
 def _report(argv, capsys):

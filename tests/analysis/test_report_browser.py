@@ -126,9 +126,9 @@ def test_tiny_sweep_report_in_chromium_one_point_per_model_hover_and_click(brows
     drawn = browser.execute_script("""return ['xy', 'x2y2', 'x3y3'].map((s) =>
         document.querySelectorAll('.subplot.' + s + ' .scatterlayer .trace .points path.point').length)""")
     assert drawn == [30, 30, 30]
-    # Hover the best-reward model of the grid panel: its hover label names it.
+    # Hover the best-reward P model on the grid panel: its hover label names it.
     data = browser.execute_script("return document.getElementById('scatter').data.map(t => [t.name, t.xaxis, t.customdata, t.y])")
-    trace, point = max(((i, j) for i, (name, axis, custom, ys) in enumerate(data) if axis == "x3" and custom
+    trace, point = max(((i, j) for i, (name, axis, custom, ys) in enumerate(data) if axis == "x3" and name == "P"
                         for j in range(len(ys))), key=lambda ij: data[ij[0]][3][ij[1]])
     model = data[trace][2][point]  # a position in the models' list, here equal to the model id
     x, y = _point_position(browser, trace, point)
