@@ -162,7 +162,7 @@ def report_html(run_dir: str | Path, table: pd.DataFrame, partial: str | None = 
     points = sum(len(t["index"]) for p in panels["panels"] for t in p["traces"])
     data = {"models": models, "panels": panels, "curves": curves, "webgl": points >= WEBGL_FROM}
     tables = report_data.correlation_tables(run_dir, table, panels, num_bootstrap)
-    divergence = report_data.divergence_counts(models, panels)
+    divergence = report_data.divergence_counts(models)
     n_models = len(models["hover"])
     epochs = sorted(int(e) for e in table["epoch"].unique())
     design = {"pets_population": "one PETS population, every model on every eval dataset's panel",

@@ -230,7 +230,7 @@ def correlation_tables(run_dir: Path, table: pd.DataFrame, panels: dict, num_boo
     return {"fig3": fig3, "fig3_source": fig3_source, "matrix": matrix["correlations"], "matrix_source": matrix_source}
 
 
-def divergence_counts(models: dict, panels: dict) -> list[dict]:
+def divergence_counts(models: dict) -> list[dict]:
     """Per (model type, training dataset): models, diverged ones, and ones with a non-finite
     LL or reward (drawn on no panel)."""
     frame = pd.DataFrame({c: models["values"][c] for c in ("model_type", "train_dataset", "diverged", "reward_mean")})

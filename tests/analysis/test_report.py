@@ -99,7 +99,7 @@ def test_pets_population_report_holds_every_model_with_its_provenance(tmp_path):
     assert "controller competence: pass" in text
     png = base64.b64encode((run / "fig3_ll_reward.png").read_bytes()).decode()
     assert any(attrs.get("src") == f"data:image/png;base64,{png}" for tag, attrs in page.tags if tag == "img")
-    assert [d["diverged"] for d in report_data.divergence_counts(data["models"], data["panels"])] == [1, 0, 0]
+    assert [d["diverged"] for d in report_data.divergence_counts(data["models"])] == [1, 0, 0]
 
 
 def test_computed_correlations_equal_scipy_when_no_json_is_beside_the_table(tmp_path):
