@@ -29,7 +29,7 @@
     const seen = new Set();
     const gap = 0.035;
     const layout = {
-      hovermode: "closest", margin: {t: 40, l: 60, r: 20, b: 60}, annotations: [],
+      hovermode: "closest", margin: {t: 64, l: 60, r: 20, b: 60}, annotations: [],
       legend: {orientation: "h", y: -0.18}, hoverlabel: {align: "left"},
     };
     panels.forEach((panel, i) => {
@@ -46,7 +46,7 @@
       if (i) layout[ya].matches = "y";
       layout.annotations.push({text: panel.title, showarrow: false, font: {size: 12},
                                xref: axisName(i, "x") + " domain", yref: axisName(i, "y") + " domain",
-                               x: 0.5, y: 1.06, xanchor: "center", yanchor: "bottom"});
+                               x: 0.5, y: 1.01, xanchor: "center", yanchor: "bottom"});
       panel.traces.forEach((t) => {
         traces.push({
           type: traceType, mode: "markers", name: t.name, legendgroup: t.name, showlegend: !seen.has(t.name),

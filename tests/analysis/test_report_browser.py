@@ -59,14 +59,22 @@ def _open(driver, page: Path, limit_s: float = RENDER_LIMIT_S) -> float:
 
 
 def _points_per_panel(driver) -> list[int]:
-    """Points Plotly drew per panel (its calcdata: one entry per drawn marker; SVG and WebGL alike)."""
+    """Points Plotly laid out to draw per panel: an SVG trace's calcdata has one entry per marker,
+    a WebGL trace's the (x, y) pixel positions it hands to the GPU."""
     return driver.execute_script("""
         const gd = document.getElementById('scatter');
         const counts = {};
         gd.calcdata.forEach((cd) => {
-          const t = cd[0].trace;
-          if (t.name === 'selected') return;
-          counts[t.xaxis] = (counts[t.xaxis] || 0) + cd.filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y)).length;
+          const trace = cd[0].trace;
+          if (trace.name === 'selected') return;
+          let n = 0;
+          if (trace.type === 'scattergl') {
+            const p = cd[0].t.positions;
+            for (let i = 0; i < p.length; i += 2) n += Number.isFinite(p[i]) && Number.isFinite(p[i + 1]);
+          } else {
+            n = cd.filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y)).length;
+          }
+          counts[trace.xaxis] = (counts[trace.xaxis] || 0) + n;
         });
         return Object.keys(counts).sort().map((k) => counts[k]);""")
 
