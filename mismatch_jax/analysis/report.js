@@ -52,7 +52,7 @@
           type: traceType, mode: "markers", name: t.name, legendgroup: t.name, showlegend: !seen.has(t.name),
           xaxis: axisName(i, "x"), yaxis: axisName(i, "y"), x: t.x, y: t.y, customdata: t.index,
           text: t.index.map((k) => models.hover[k]), hovertemplate: "%{text}<extra></extra>",
-          marker: {color: t.color, size: t.diverged ? 8 : 7, opacity: 0.75,
+          marker: {color: t.color, size: (t.diverged ? 8 : 7) - (data.webgl ? 2.5 : 0), opacity: data.webgl ? 0.6 : 0.75,
                    symbol: t.diverged ? "x" : "circle"},
         });
         seen.add(t.name);
