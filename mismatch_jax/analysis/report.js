@@ -20,8 +20,39 @@
   const traceType = data.webgl && hasWebGL() ? "scattergl" : "scatter";
   window.reportTraceType = traceType;
 
+  const symlogScale = data.symlog_scale;
+  const symlog = (v) => (v === null ? null : Math.sign(v) * Math.log10(1 + Math.abs(v) / symlogScale));
+  const symlogOn = panels.map((panel) => panel.symlog);
+
   function axisName(i, letter) {
     return letter + (i === 0 ? "" : String(i + 1));
+  }
+
+  function shownX(i, x) {
+    return symlogOn[i] ? x.map(symlog) : x;
+  }
+
+  function xAxis(i) {
+    const panel = panels[i];
+    const title = {text: panel.x_title + (symlogOn[i] ? " (symlog)" : ""), font: {size: 11}};
+    return symlogOn[i] ? {title: title, tickmode: "array", tickvals: panel.tickvals, ticktext: panel.ticktext, autorange: true}
+                       : {title: title, tickvals: null, ticktext: null, tickmode: "auto", autorange: true};
+  }
+
+  function setSymlog(on) {
+    const div = document.getElementById("scatter");
+    panels.forEach((_, i) => { symlogOn[i] = on && panels[i].tickvals !== undefined; });
+    const xs = [];
+    const traces = [];
+    let n = 0;
+    panels.forEach((panel, i) => panel.traces.forEach((t) => { xs.push(shownX(i, t.x)); traces.push(n++); }));
+    const relayout = {};
+    panels.forEach((_, i) => {
+      Object.entries(xAxis(i)).forEach(([key, value]) => { relayout[axisName(i, "xaxis") + "." + key] = value; });
+    });
+    Plotly.update(div, {x: xs}, relayout, traces).then(() => {
+      if (window.reportSelected !== undefined) select(position.get(window.reportSelected));
+    });
   }
 
   function scatter() {
@@ -37,11 +68,7 @@
       const xa = axisName(i, "xaxis");
       const ya = axisName(i, "yaxis");
       layout[xa] = {domain: [i / n + (i ? gap : 0), (i + 1) / n - (i < n - 1 ? gap : 0)],
-                    anchor: axisName(i, "y"), title: {text: panel.x_title, font: {size: 11}}, zeroline: false};
-      if (panel.symlog) {
-        layout[xa].tickvals = panel.tickvals;
-        layout[xa].ticktext = panel.ticktext;
-      }
+                    anchor: axisName(i, "y"), zeroline: false, ...xAxis(i)};
       layout[ya] = {anchor: axisName(i, "x"), title: {text: i === 0 ? "mean episode reward" : ""}};
       if (i) layout[ya].matches = "y";
       layout.annotations.push({text: panel.title, showarrow: false, font: {size: 12},
@@ -50,7 +77,7 @@
       panel.traces.forEach((t) => {
         traces.push({
           type: traceType, mode: "markers", name: t.name, legendgroup: t.name, showlegend: !seen.has(t.name),
-          xaxis: axisName(i, "x"), yaxis: axisName(i, "y"), x: t.x, y: t.y, customdata: t.index,
+          xaxis: axisName(i, "x"), yaxis: axisName(i, "y"), x: shownX(i, t.x), y: t.y, customdata: t.index,
           text: t.index.map((k) => models.hover[k]), hovertemplate: "%{text}<extra></extra>",
           marker: {color: t.color, size: (t.diverged ? 8 : 7) - (data.webgl ? 2.5 : 0), opacity: data.webgl ? 0.6 : 0.75,
                    symbol: t.diverged ? "x" : "circle"},
@@ -132,9 +159,10 @@
     const ys = [];
     panels.forEach((panel) => {
       let x = [], y = [];
+      const i = xs.length;
       panel.traces.forEach((t) => {
         const j = t.index.indexOf(k);
-        if (j >= 0) { x = [t.x[j]]; y = [t.y[j]]; }
+        if (j >= 0) { x = shownX(i, [t.x[j]]); y = [t.y[j]]; }
       });
       xs.push(x);
       ys.push(y);
@@ -154,6 +182,9 @@
     select(position.get(id));
   }
 
+  const toggle = document.getElementById("symlog");
+  toggle.checked = symlogOn.some((on) => on);
+  toggle.addEventListener("change", () => setSymlog(toggle.checked));
   document.getElementById("model-go").addEventListener("click", byId);
   document.getElementById("model-id").addEventListener("keydown", (e) => { if (e.key === "Enter") byId(); });
   scatter();

@@ -160,7 +160,8 @@ def report_html(run_dir: str | Path, table: pd.DataFrame, partial: str | None = 
     panels = report_data.scatter_panels(models)
     curves = report_data.epoch_curves(table, models["values"]["model_id"])
     points = sum(len(t["index"]) for p in panels["panels"] for t in p["traces"])
-    data = {"models": models, "panels": panels, "curves": curves, "webgl": points >= WEBGL_FROM}
+    data = {"models": models, "panels": panels, "curves": curves, "webgl": points >= WEBGL_FROM,
+            "symlog_scale": report_data.SYMLOG_SCALE}
     tables = report_data.correlation_tables(run_dir, table, panels, num_bootstrap)
     divergence = report_data.divergence_counts(models)
     n_models = len(models["hover"])
@@ -180,7 +181,8 @@ The model id box finds a model by id.</p>
 diverged models drawn as crosses (left out of every ρ). {'WebGL scatter (many points).' if data['webgl'] else ''}</p>
 {unplaced}<div id="scatter" style="height:520px"></div>
 <p><label>model id <input id="model-id" type="number" min="0" style="width:7em"></label>
-<button id="model-go" type="button">show</button> <span id="model-msg" class="note"></span></p>
+<button id="model-go" type="button">show</button> <span id="model-msg" class="note"></span>
+&nbsp; <label><input id="symlog" type="checkbox"> symmetric-log LL axes (fig3's choice is preset)</label></p>
 <div id="detail"><div id="detail-row"><p class="note">click a point to see its model here</p></div>
 <div id="detail-curve" style="width:620px;height:360px"></div></div>
 <h2>Correlations (ρ with 95 % bootstrap CIs)</h2>{_correlations(tables)}

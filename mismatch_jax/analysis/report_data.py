@@ -122,9 +122,11 @@ def _wide(values: np.ndarray) -> bool:
 
 def scatter_panels(models: dict) -> dict:
     """Fig. 3's panels from ``model_records`` → {"design", "panels": [{name, title, x_title,
-    symlog, tickvals, ticktext, traces: [{name, color, diverged, index [n], x [n], y [n]}],
-    not_plotted}], "unplaced": model positions on no panel}. Models with a non-finite LL or
-    reward cannot be drawn and are counted in ``not_plotted``."""
+    symlog (fig3's choice of a symmetric-log LL axis; the page can switch every panel),
+    tickvals / ticktext (that axis's ticks, at sign(v) log10(1 + |v| / SYMLOG_SCALE)),
+    traces: [{name, color, diverged, index [n], x [n] LL, y [n] reward}], not_plotted}],
+    "unplaced": model positions on no panel}. Models with a non-finite LL or reward cannot be
+    drawn and are counted in ``not_plotted``."""
     evals = _evals_of(models)
     frame = pd.DataFrame({c: models["values"][c] for c in
                           ("model_id", "model_type", "train_dataset", "reward_mean", "diverged")
@@ -146,7 +148,6 @@ def scatter_panels(models: dict) -> dict:
         y = part["reward_mean"].to_numpy(float)
         finite = np.isfinite(x) & np.isfinite(y)
         symlog = _wide(x)
-        shown = _symlog(x) if symlog else x
         diverged = part["diverged"].astype(bool).to_numpy()
         traces = []
         for kind in sorted(part["model_type"].unique(), key=lambda k: (k not in MODEL_COLOURS, k)):
@@ -156,13 +157,13 @@ def scatter_panels(models: dict) -> dict:
                     continue
                 traces.append({"name": f"{kind} (diverged)" if gone else kind, "type": kind, "diverged": gone,
                                "color": to_hex(MODEL_COLOURS.get(kind, "tab:gray")),
-                               "index": index[keep].tolist(), "x": shown[keep].tolist(), "y": y[keep].tolist()})
+                               "index": index[keep].tolist(), "x": x[keep].tolist(), "y": y[keep].tolist()})
         title = PANEL_TITLES.get(name, name)
         panel = {"name": name, "ll_column": f"ll_{name}", "symlog": symlog,
                  "title": f"LL on {title} data — " + ("all models" if pets else f"models trained on {title}"),
-                 "x_title": f"one-step LL on held-out {title} data" + (" (symlog)" if symlog else ""),
+                 "x_title": f"one-step LL on held-out {title} data",
                  "traces": traces, "not_plotted": int((~finite).sum())}
-        if symlog:
+        if np.isfinite(x).any():
             panel["tickvals"], panel["ticktext"] = _symlog_ticks(x[np.isfinite(x)])
         panels.append(panel)
     return {"design": "pets_population" if pets else "per_dataset", "panels": panels,

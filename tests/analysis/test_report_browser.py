@@ -152,6 +152,12 @@ def test_tiny_sweep_report_in_chromium_one_point_per_model_hover_and_click(brows
     WebDriverWait(browser, 10).until(lambda d: f"model {model}" in d.find_element("id", "detail-row").text)
     assert browser.execute_script("return window.reportSelected") == model
     assert browser.execute_script("return document.getElementById('detail-curve').data.length") == 4  # reward + 3 NLL
+    # The symmetric-log switch: every panel's LL axis gets ticks labelled by their LL.
+    browser.find_element("id", "symlog").click()
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script(
+        "return document.getElementById('scatter')._fullLayout.xaxis3.tickmode === 'array'"))
+    assert browser.execute_script("return document.getElementById('scatter')._fullLayout.xaxis.ticktext").count("-10") == 1
+    x, y = _point_position(browser, trace, point)
     shot = Path(os.environ.get("MISMATCH_JAX_REPORT_SCREENSHOT", tmp_path / "report.png"))
     _mouse(browser, x, y)  # the hover label back on for the screenshot
     _hover_text(browser, x, y, f"model {model} ")
