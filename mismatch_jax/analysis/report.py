@@ -97,11 +97,13 @@ def _correlations(tables: dict) -> str:
         for kind, stats in entries:
             row = [name, kind, stats.get("n"), _ci(stats, "pearson"), _ci(stats, "spearman")]
             if pets:
-                row += [_ci(stats, "pearson", "pearson_cluster_ci"), _ci(stats, "spearman", "spearman_cluster_ci")]
+                row += [_ci(stats, "pearson", "pearson_cluster_ci"), _ci(stats, "spearman", "spearman_cluster_ci"),
+                        _fmt(stats.get("spearman_within_trial"))]
             rows.append(row)
     header = ["panel", "type", "n", "Pearson r [95% CI]", "Spearman ρ [95% CI]"]
     if pets:
-        header += ["Pearson r [CI over (seed, trial)]", "Spearman ρ [CI over (seed, trial)]"]
+        header += ["Pearson r [CI over (seed, trial)]", "Spearman ρ [CI over (seed, trial)]",
+                   "mean Spearman ρ within a trial"]
     out = [f'<p class="note">source: {_esc(tables["fig3_source"])}; diverged models left out</p>', _table(header, rows)]
     diff = fig3.get("expert_minus_grid") or {}
     if diff:
@@ -157,7 +159,8 @@ def report_html(run_dir: str | Path, table: pd.DataFrame, partial: str | None = 
     run_dir = Path(run_dir)
     check_table(table)
     models = report_data.model_records(table)
-    panels = report_data.scatter_panels(models)
+    notes = (report_data._read_json(run_dir / "manifest.json") or {}).get("dataset_notes")
+    panels = report_data.scatter_panels(models, notes if isinstance(notes, dict) else None)
     curves = report_data.epoch_curves(table, models["values"]["model_id"])
     points = sum(len(t["index"]) for p in panels["panels"] for t in p["traces"])
     data = {"models": models, "panels": panels, "curves": curves, "webgl": points >= WEBGL_FROM,

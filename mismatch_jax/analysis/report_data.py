@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.colors import to_hex
 
 from mismatch_jax.analysis.correlation import cluster_correlate, correlate
-from mismatch_jax.analysis.fig3 import PAPER_ORDER, PANEL_TITLES
+from mismatch_jax.analysis.fig3 import PAPER_ORDER, dataset_label
 from mismatch_jax.analysis.plots import MODEL_COLOURS, ll_reward_correlations, select_epoch
 
 SYMLOG_SCALE = 10.0  # |LL| below this stays linear on a symlog axis (fig3's linthresh)
@@ -115,18 +115,19 @@ def _symlog_ticks(values: np.ndarray) -> tuple[list[float], list[str]]:
 
 
 def _wide(values: np.ndarray) -> bool:
-    """fig3's rule: symlog when the LL spans more than three decades around its median."""
+    """fig3's rule: symlog when some models sit more than 100 nats below the median LL."""
     values = values[np.isfinite(values)]
-    return bool(values.size) and np.abs(values).max() / max(np.median(np.abs(values)), 1.0) > 1e3
+    return bool(values.size) and bool(values.min() < np.median(values) - 100.0)
 
 
-def scatter_panels(models: dict) -> dict:
+def scatter_panels(models: dict, dataset_notes: dict | None = None) -> dict:
     """Fig. 3's panels from ``model_records`` → {"design", "panels": [{name, title, x_title,
     symlog (fig3's choice of a symmetric-log LL axis; the page can switch every panel),
     tickvals / ticktext (that axis's ticks, at sign(v) log10(1 + |v| / SYMLOG_SCALE)),
     traces: [{name, color, diverged, index [n], x [n] LL, y [n] reward}], not_plotted}],
     "unplaced": model positions on no panel}. Models with a non-finite LL or reward cannot be
-    drawn and are counted in ``not_plotted``."""
+    drawn and are counted in ``not_plotted``. ``dataset_notes``: the manifest's, which name
+    "expert" data that no PETS trial earned (``fig3.dataset_label``)."""
     evals = _evals_of(models)
     frame = pd.DataFrame({c: models["values"][c] for c in
                           ("model_id", "model_type", "train_dataset", "reward_mean", "diverged")
@@ -158,7 +159,7 @@ def scatter_panels(models: dict) -> dict:
                 traces.append({"name": f"{kind} (diverged)" if gone else kind, "type": kind, "diverged": gone,
                                "color": to_hex(MODEL_COLOURS.get(kind, "tab:gray")),
                                "index": index[keep].tolist(), "x": x[keep].tolist(), "y": y[keep].tolist()})
-        title = PANEL_TITLES.get(name, name)
+        title = dataset_label(name, dataset_notes)
         panel = {"name": name, "ll_column": f"ll_{name}", "symlog": symlog,
                  "title": f"LL on {title} data — " + ("all models" if pets else f"models trained on {title}"),
                  "x_title": f"one-step LL on held-out {title} data",

@@ -146,7 +146,7 @@ def test_per_dataset_design_with_env_params_reads_the_json_beside_the_table(tmp_
 
 def test_wide_ll_gets_a_symlog_axis_with_true_tick_labels():
     table = pets_table(num_models=9, epochs=(30,))
-    table.loc[table.model_id == 0, "ll_grid"] = -5e4
+    table.loc[table.model_id == 0, "ll_grid"] = -5e4  # > 100 nats below the median: fig3's symlog
     panels = report_data.scatter_panels(report_data.model_records(table))["panels"]
     grid = next(p for p in panels if p["name"] == "grid")
     assert grid["symlog"] and not panels[0]["symlog"]
@@ -154,6 +154,10 @@ def test_wide_ll_gets_a_symlog_axis_with_true_tick_labels():
     assert x[0] == -5e4  # the page draws sign(x) log10(1 + |x| / 10) and labels ticks by their LL
     assert grid["ticktext"][0] == "-100000" and "0" in grid["ticktext"]
     assert grid["tickvals"][0] == pytest.approx(-np.log10(1 + 1e5 / 10))
+    # "expert" data that no PETS trial earned are named as fig3 names them.
+    models = report_data.model_records(table)
+    titles = [p["title"] for p in report_data.scatter_panels(models, {"expert": "below threshold"})["panels"]]
+    assert titles[0] == "LL on best PETS trials (none above the expert threshold) data — all models"
     # Two epochs in the table (P / D at 30, PETS at 50) but one per model: no curves to draw.
     assert report_data.epoch_curves(table, list(range(9))) is None
 
