@@ -62,7 +62,7 @@ COMMANDS: dict[str, Command] = {
         "train a model population, score one-step LL and CEM reward, write results.parquet + scatter",
         "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.experiments.sweep_command:run_sweep_command", "quickstart",
         ("results.parquet", "manifest.json", "ll_reward_scatter.png", "ll_reward_correlations.json",
-         "fig3_ll_reward.png", "fig3_correlations.json"),
+         "fig3_ll_reward.png", "fig3_correlations.json", "report.html"),
         takes_options=True, check="mismatch_jax.experiments.sweep_command:check_sweep_options"),
     "datasets": Command(
         "build (or find in the cache) every dataset a sweep config needs; --out sets the cache",
@@ -225,6 +225,16 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     print_env_params_summary(out, table, epoch=epoch, num_bootstrap=args.bootstrap)
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from mismatch_jax.errors import InputError
+    from mismatch_jax.experiments.report_command import write_run_report
+
+    if args.bootstrap < 1:
+        raise InputError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    outputs = {name: command.outputs for name, command in COMMANDS.items() if name != "sweep"}
+    print(f"wrote {write_run_report(args.run_dir, outputs, args.out, args.bootstrap)}")
+
+
 def _cmd_configs(args: argparse.Namespace) -> None:
     for name in packaged_configs():
         print(name)
@@ -287,6 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--rescore-on", default=None, metavar="RESULTS",
                       help="results of the same sweep re-run with --set evaluation.episode_salt=1: score the "
                            "reward-best and NLL-best epochs picked on RESULTS there (fig4_rescored.json)")
+    report = sub.add_parser(
+        "report", help="one self-contained HTML page of a run (interactive Fig. 3: hover / click a model)",
+        epilog=EPILOG, description="Write one HTML file (scripts and data inlined, opens offline) for a run "
+        "directory: a sweep's Fig. 3 panels as interactive scatters, its correlation tables, competence check, "
+        "divergence counts and figures; another command's run: its figures and JSON summaries.")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run's output directory (e.g. runs/quickstart)")
+    report.add_argument("--out", default=None, metavar="FILE", help="the HTML file (default: RUN_DIR/report.html)")
+    report.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples for correlations computed here (when the run has no "
+                             "fig3_correlations.json / ll_reward_correlations.json)")
     sub.add_parser("configs", help="list the packaged configs (usable by name as CONFIG)", epilog=EPILOG)
     return parser
 
@@ -364,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         check_numeric_flags(args)
         if args.command == "plot":
             _cmd_plot(args)
+        elif args.command == "report":
+            _cmd_report(args)
         elif args.command == "configs":
             _cmd_configs(args)
         else:

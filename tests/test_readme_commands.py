@@ -46,6 +46,7 @@ TINY: dict[str, tuple[str, list[str]]] = {
     "sweep": ("fast", _SWEEP_TINY),
     "datasets": ("fast", _SWEEP_TINY),
     "plot": ("fast", []),
+    "report": ("fast", []),
     "configs": ("fast", []),
     "tabular": ("fast", ["seeds=4", "run.num_iters=5"]),
     "pets": ("slow", [
@@ -144,6 +145,12 @@ def _check_outputs(argv: list[str], full: list[str], cwd: Path, stdout: str) -> 
     command = argv[0]
     if command == "configs":
         assert "quickstart" in stdout.split()
+        return
+    if command == "report":
+        args = cli.build_parser().parse_args(full)
+        page = cwd / (args.out or f"{args.run_dir}/report.html")
+        text = page.read_text()
+        assert 'id="report-data"' in text and "<script src" not in text, f"{page} is not a self-contained report"
         return
     if command == "plot":
         table_dir = cwd / argv[1]

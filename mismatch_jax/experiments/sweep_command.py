@@ -26,6 +26,7 @@ def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-retries", type=int, default=3, metavar="N",
                         help="times Ray re-runs a chunk task whose worker or node died (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
 
 
 def ray_options(options: argparse.Namespace):
@@ -94,6 +95,10 @@ def run_sweep_command(config, out: str, options: argparse.Namespace) -> None:
         fig5_dataset_nll(table, out)
     print_summary(out, table, content, fig3)
     print_env_params_summary(out, table)
+    if not getattr(options, "no_report", False):  # after every figure: the page inlines them
+        from mismatch_jax.analysis.report import sweep_report
+
+        print(f"wrote {sweep_report(out, table)}")
 
 
 def build_datasets(config, out: str, options: argparse.Namespace) -> None:
