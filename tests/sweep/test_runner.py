@@ -222,7 +222,16 @@ def test_resume_with_other_config_is_refused(reference, tmp_path):
         run_sweep(load(_config(tmp_path, 2)), out, resume=True, progress=False, log=lambda s: None)
 
 
-def _cli(args, env=None, **kw):
+def _cli(args, env=None, umask=None, **kw):
+    previous = None if umask is None else os.umask(umask)  # the child inherits it (no preexec_fn: JAX warns on fork)
+    try:
+        return _popen(args, env, **kw)
+    finally:
+        if previous is not None:
+            os.umask(previous)
+
+
+def _popen(args, env=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "mismatch_jax.cli", *args], env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
@@ -233,7 +242,9 @@ def test_sigkill_then_resume_and_two_devices_mapped_match(reference, tmp_path):
     out = tmp_path / "out"
     # Two devices with the models mapped one at a time inside each device's block: sharding and
     # the map layout compose, and the resume (default layout, one device) gives the same numbers.
-    proc = _cli(["sweep", str(cfg), "--out", str(out), "--no-progress", "--devices", "2", "--layout", "map:1"])
+    # Under umask 022 (files honour it: 0644, not mkstemp's 0600).
+    proc = _cli(["sweep", str(cfg), "--out", str(out), "--no-progress", "--devices", "2", "--layout", "map:1"],
+                umask=0o022)
     deadline = time.time() + 240
     while time.time() < deadline and len(results.finished_chunks(out)) < 2 and proc.poll() is None:
         time.sleep(0.2)
@@ -242,10 +253,13 @@ def test_sigkill_then_resume_and_two_devices_mapped_match(reference, tmp_path):
     proc.wait()
     finished = results.finished_chunks(out)
     assert 2 <= len(finished) < 4 and not (out / "results.parquet").exists()
-    done = _cli(["sweep", str(cfg), "--out", str(out), "--resume", "--no-progress"])
+    done = _cli(["sweep", str(cfg), "--out", str(out), "--resume", "--no-progress"], umask=0o022)
     log = done.communicate(timeout=300)[0]
     assert done.returncode == 0, log
     resumed = pd.read_parquet(out / "results.parquet")
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}
+    assert not [p for p in written if p.name.startswith(".")]  # no lock, probe or temporary left
     a, ra = _numbers(table)
     b, rb = _numbers(resumed)
     pd.testing.assert_frame_equal(a, b, check_dtype=False, check_exact=False, rtol=CHUNK_RTOL, atol=CHUNK_ATOL)
@@ -427,8 +441,7 @@ def test_two_configs_started_at_once_on_one_out_one_is_refused(reference, tmp_pa
     # Another name: another config hash, the same numbers (so either may win).
     other = tmp_path / "other.toml"
     other.write_text(_config(source, 4).read_text().replace('name = "tiny"', 'name = "tiny-b"'))
-    umask = lambda: os.umask(0o022)
-    procs = [_cli(["sweep", str(cfg), "--out", str(out), "--no-progress"], preexec_fn=umask)
+    procs = [_cli(["sweep", str(cfg), "--out", str(out), "--no-progress"], umask=0o022)
              for cfg in (_config(source, 4), other)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     codes = sorted(p.returncode for p in procs)
