@@ -44,6 +44,7 @@ TINY: dict[str, tuple[str, list[str]]] = {
     # command: (tier, --set overrides appended to the README's own arguments)
     "sweep": ("fast", _SWEEP_TINY),
     "datasets": ("fast", _SWEEP_TINY),
+    "estimate": ("slow", _SWEEP_TINY),
     "plot": ("fast", []),
     "configs": ("fast", []),
     "tabular": ("fast", ["seeds=4", "run.num_iters=5"]),

@@ -1,0 +1,356 @@
+"""``mismatch-jax estimate CONFIG``: what a sweep will cost, before anything trains.
+
+Every program the sweep runs is lowered from argument *shapes* (``jax.ShapeDtypeStruct``; no
+dataset is built, no PETS run happens) and compiled, and XLA's cost and memory analyses are
+read (``sweep.costs.program_cost``: loop bodies weighted by their trip counts):
+
+* **PETS data** — one trial of the PETS runs behind on-policy / expert data (or behind a PETS
+  population): ``agents.pets.make_pets`` → ``trial_step`` for all seeds (× env settings) in one
+  program, × ``num_trials``. The random first trial (``init``) is not counted: one random
+  episode, no planning.
+* per model type, one chunk's **train**, **LL** (the deterministic types' residual variance
+  and the one-step LL / MSE) and **reward** stages (``sweep.chunk.make_chunk_parts`` under
+  ``laid_out``), each at one device's block of the chunk (``chunk / devices`` models), × the
+  number of chunks of that type (``chunk_size_for``) × devices.
+
+Argument shapes come from the config: the dataset sizes it implies (``dataset_rows``; upper
+bounds where they depend on the PETS runs: every step alive, every planned trial an expert
+one), the PETS buffer's capacity (trials + 1) · trial length, and for a PETS population the
+S · T prefix datasets of ``sweep.pets_population``. Loops that skip work at run time are scaled
+by what the config implies: the trainer's minibatch and validation loops run over the rows a
+model has, not the stacked capacity (``row_scales``); epochs skipped by early stopping are
+counted (an upper bound). Dataset building from the true dynamics, the competence check and
+compilation itself are not counted.
+
+Time is a roofline, max(FLOPs / peak FLOP/s, bytes / bandwidth), on a named device of
+``sweep.costs.DEVICES`` (``cpu``: measured on this machine when the command runs).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from mismatch_jax import models
+from mismatch_jax.config_io import ConfigError
+from mismatch_jax.data.transitions import TransitionData
+from mismatch_jax.errors import InputError
+from mismatch_jax.sweep.config import SweepConfig
+from mismatch_jax.sweep.costs import Cost, Device, ProgramCost, program_cost
+
+TRAINER_FILE = "train/population.py"
+ROW_LOOPS = {"train_core.<locals>.run_epoch": "train", "train_core.<locals>.evaluate": "eval"}
+COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}  # the HLO (and so its costs) is the same
+
+
+@dataclasses.dataclass(frozen=True)
+class StageEstimate:
+    """One stage: ``program`` is one execution on one device; it runs ``runs`` times in all, of
+    which ``parallel`` at a time (one per device)."""
+
+    name: str
+    program: ProgramCost
+    runs: int
+    parallel: int
+
+    @property
+    def total(self) -> Cost:
+        """What all its runs cost together."""
+        return self.program.cost * self.runs
+
+
+def dataset_rows(config: SweepConfig, env) -> dict[str, int]:
+    """Rows of every study dataset the config implies: on_policy = seeds × (trials + 1) × trial
+    length, expert = expert_episodes (0: every planned trial) × trial length, grid =
+    grid_points^(obs + action dims), sampled = sampled_size. Upper bounds where they depend on
+    the PETS runs (every step alive, enough trials above the expert threshold)."""
+    from mismatch_jax.sweep.study_data import _has_box
+
+    pets = config.datasets.pets
+    length, seeds, trials = pets.steps_per_trial(env), pets.num_seeds, pets.num_trials
+    episodes = min(config.datasets.expert_episodes or seeds * trials, seeds * trials)
+    rows = {"on_policy": seeds * (trials + 1) * length, "expert": episodes * length,
+            "sampled": config.datasets.sampled_size}
+    if _has_box(env):
+        rows["grid"] = config.datasets.grid_points ** (env.obs_dim + env.action_dim)
+    return rows
+
+
+def validation_rows(rows: int, fraction: float) -> int:
+    """Validation rows of a study dataset of ``rows`` (``data.split_mask``)."""
+    return 0 if fraction == 0 else max(1, int(round(rows * fraction)))
+
+
+def _f32(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _i32(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.int32)
+
+
+def transition_spec(num: int, capacity: int, env) -> TransitionData:
+    """Shapes of a ``TransitionData`` of ``num`` datasets × ``capacity`` rows."""
+    bools = jax.ShapeDtypeStruct((num, capacity), bool)
+    return TransitionData(obs=_f32(num, capacity, env.obs_dim), action=_f32(num, capacity, env.action_dim),
+                          next_obs=_f32(num, capacity, env.obs_dim), reward=_f32(num, capacity),
+                          weight=_f32(num, capacity), train_mask=bools, val_mask=bools)
+
+
+def _eval_set(groups: int, rows: int, env, weighted: bool) -> tuple:
+    return (_f32(groups, rows, env.obs_dim), _f32(groups, rows, env.action_dim), _f32(groups, rows, env.obs_dim),
+            _f32(groups, rows) if weighted else None)
+
+
+def chunk_inputs(config: SweepConfig, env, settings):
+    """(train data shapes, eval set shapes, env settings, rows(dataset index) → (train, eval)
+    rows) of the chunks — what ``stack_study_data`` / ``build_pets_population`` would build."""
+    vf = config.training.validation_fraction
+    rows = dataset_rows(config, env)
+    if config.pets_source:
+        pets = config.datasets.pets
+        seeds, trials, length = pets.num_seeds, pets.num_trials, pets.steps_per_trial(env)
+        others = {"on_policy": (seeds - 1) * (trials + 1) * length,
+                  "expert": min(config.datasets.expert_episodes or (seeds - 1) * trials, (seeds - 1) * trials) * length}
+        eval_sets = tuple(_eval_set(seeds, others[n], env, n == "expert") if n in others else
+                          _eval_set(1, validation_rows(rows[n], vf), env, False) for n in config.datasets.eval)
+
+        def data_rows(index: int) -> tuple[float, float]:
+            n = (index % trials + 1) * length  # the seed's data before planned trial k
+            return n * (1 - vf), n * vf
+        return transition_spec(seeds * trials, (trials + 1) * length, env), eval_sets, None, data_rows
+    names = config.datasets.train
+    count = 1 if settings is None else settings.size
+    capacity = max(rows[n] for n in names)
+    eval_sets = tuple(_eval_set(count, validation_rows(rows[n], vf), env, False) for n in config.datasets.eval)
+
+    def data_rows(index: int) -> tuple[float, float]:
+        n = rows[names[index % len(names)]]
+        return n - validation_rows(n, vf), validation_rows(n, vf)
+    env_settings = None if settings is None else settings.params
+    return transition_spec(count * len(names), capacity, env), eval_sets, env_settings, data_rows
+
+
+def row_scales(train_config, capacity: int, groups: list[list[tuple[float, float]]]) -> dict[str, float]:
+    """The fraction of the trainer's minibatch ("train") and validation ("eval") loop trips that
+    do work, averaged over ``groups``: each a list of (training rows, validation rows) of models
+    whose population-level skips are decided together (a vmap block, a map group). A slot runs
+    when any model of its group has a row there; without validation rows the trainer scores the
+    training rows."""
+    batch = train_config.batch_size
+    eval_batch = min(train_config.eval_batch_size or batch, capacity)
+    steps, eval_steps = math.ceil(capacity / batch), math.ceil(capacity / eval_batch)
+    train = [math.ceil(max(t for t, _ in g) / batch) / steps for g in groups]
+    evals = [math.ceil(max(v if v > 0 else t for t, v in g) / eval_batch) / eval_steps for g in groups]
+    return {"train": sum(train) / len(train), "eval": sum(evals) / len(evals)}
+
+
+def trainer_trip_scale(scales: dict[str, float]):
+    """``program_cost``'s trip_scale for programs that contain the population trainer."""
+    def scale(where: tuple[str, str]) -> float:
+        file, function = where
+        if file.endswith(TRAINER_FILE):
+            for suffix, name in ROW_LOOPS.items():
+                if function.endswith(suffix):
+                    return scales[name]
+        return 1.0
+    return scale
+
+
+def skip_groups(config: SweepConfig, first: int, count: int, chunk: int, devices: int, layout, rows_of) -> list:
+    """Every skip group of a model type's chunks (see ``row_scales``), padded chunks included."""
+    block = chunk // devices
+    group = block if layout.strategy == "vmap" else max(1, layout.group_size)
+    out = []
+    for start in range(first, first + count, chunk):
+        indices = [min(i, first + count - 1) for i in range(start, start + chunk)]
+        for b in range(0, chunk, block):
+            for g in range(b, b + block, group):
+                out.append([rows_of(config.model_dataset_index(i)) for i in indices[g:min(g + group, b + block)]])
+    return out
+
+
+def _compile(lowered_programs: dict, workers: int) -> dict:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(lambda lo: lo.compile(compiler_options=COMPILE_OPTIONS), lowered)
+                   for name, lowered in lowered_programs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _pets_lowered(config: SweepConfig, env, settings):
+    """(lowered trial step of the sweep's PETS runs, trip_scale) — the runs of ``study_data.pets_runs``."""
+    from mismatch_jax.agents.pets import make_pets, seed_keys
+
+    pets_config = dataclasses.replace(config.datasets.pets, env=config.env, seed=config.seed)
+    pets = make_pets(pets_config, env)
+    count = 1 if settings is None else settings.size
+    keys = jax.eval_shape(lambda: jnp.concatenate([seed_keys(pets_config)] * count))
+    env_params = None if settings is None else jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((a.shape[0] * pets_config.num_seeds,) + a.shape[1:], a.dtype), settings.params)
+    state = jax.jit(pets.init).trace(keys, env_params).out_info[0]
+    length, trials = pets.trial_length, pets_config.num_trials
+    vf = pets_config.train.validation_fraction
+    train_config = pets_config.train.train_config(pets_config.model_config(env))
+    # Trial t fits on the t + 1 trials collected so far: each a group of its own in the sum.
+    groups = [[((t + 1) * length * (1 - vf), (t + 1) * length * vf)] for t in range(trials)]
+    scale = trainer_trip_scale(row_scales(train_config, (trials + 1) * length, groups))
+    return jax.jit(pets.trial_step).trace(state).lower(), scale
+
+
+def needs_pets(config: SweepConfig, env) -> bool:
+    """Whether the sweep runs PETS for its data (on-policy / expert data, visited states, a PETS
+    population)."""
+    from mismatch_jax.sweep.study_data import StudyData, _has_box
+
+    names = StudyData.of_sweep(config).names
+    return config.pets_source or "on_policy" in names or "expert" in names or not _has_box(env)
+
+
+def estimate(config: SweepConfig, device: Device, devices: int = 1, log=lambda s: None) -> list[StageEstimate]:
+    """Every stage of the sweep ``config`` on ``devices`` devices of kind ``device`` (see the
+    module docstring), in the order the sweep runs them."""
+    from mismatch_jax.envs import make
+    from mismatch_jax.sweep.chunk import chunk_size_for, laid_out, make_chunk_parts
+    from mismatch_jax.sweep.env_params import expand
+    from mismatch_jax.sweep.runner import check_scale
+    from mismatch_jax.sweep.study_data import StudyData, _has_box
+
+    env = make(config.env)
+    if "grid" in StudyData.of_sweep(config).names and not _has_box(env):  # as build_study_datasets refuses it
+        raise ConfigError(f"datasets.train / datasets.eval: {env.name} has no state-action box for grid data; "
+                         "use 'sampled' (states from the PETS runs, uniform actions)")
+    settings = expand(config.dynamics, env, config.seed)
+    train_data, eval_sets, env_settings, rows_of = chunk_inputs(config, env, settings)
+    capacity = train_data.obs.shape[1]
+    check_scale(config, env, 0, devices, log)  # as the sweep checks it, before any dataset
+    lowered, scales, meta = {}, {}, {}
+    if needs_pets(config, env):
+        log("lowering the PETS trial step")
+        lowered["PETS data"], scales["PETS data"] = _pets_lowered(config, env, settings)
+        meta["PETS data"] = (config.datasets.pets.num_trials, 1)
+    for kind, first, count in config.type_ranges():
+        mcfg = config.model_config_of(kind, env)
+        layout = config.run.layout.resolve(backend=device.backend, width=mcfg.hidden_size)
+        parts = laid_out(make_chunk_parts(config, env, kind), layout, mcfg.hidden_size)
+        chunk = chunk_size_for(config, env, kind, capacity, devices)
+        runs, block = -(-count // chunk) * devices, chunk // devices
+        indices = _i32(block)
+        data = train_data
+        if kind == "PETS":
+            one = lambda k: (models.init(k, mcfg), models.identity_normalizer(mcfg))
+            data = jax.eval_shape(jax.vmap(one), jax.ShapeDtypeStruct((train_data.obs.shape[0],), jax.random.key(0).dtype))
+        log(f"lowering the {kind} stages ({block} models per device, {runs} blocks)")
+        traced = jax.jit(parts.train).trace(indices, indices, data)
+        trained = traced.out_info
+        if kind != "PETS":
+            groups = skip_groups(config, first, count, chunk, devices, layout, rows_of)
+            train_config = config.training.train_config(mcfg, keep_epochs=tuple(config.training.eval_epochs))
+            scales[f"train ({kind})"] = trainer_trip_scale(row_scales(train_config, capacity, groups))
+        lowered[f"train ({kind})"] = traced.lower()
+        variance = jax.jit(parts.variance).trace(trained.kept_params, trained.normalizers, indices, data)
+        if variance.out_info is not None:
+            lowered[f"LL variance ({kind})"] = variance.lower()
+        lowered[f"LL ({kind})"] = jax.jit(parts.likelihood).lower(
+            trained.kept_params, trained.normalizers, indices, eval_sets, variance.out_info)
+        lowered[f"reward ({kind})"] = jax.jit(parts.reward).lower(
+            trained.kept_params, trained.normalizers, trained.epoch_keys, indices, env_settings)
+        for name in (f"train ({kind})", f"LL variance ({kind})", f"LL ({kind})", f"reward ({kind})"):
+            meta[name] = (runs, devices)
+    log(f"compiling {len(lowered)} programs")
+    compiled = _compile(lowered, workers=2)
+    return [StageEstimate(name, program_cost(compiled[name], scales.get(name)), *meta[name]) for name in lowered]
+
+
+def stage_seconds(stage: StageEstimate, device: Device) -> float:
+    """Roofline time of all runs of ``stage``: runs one after the other, ``parallel`` at a time
+    on devices of their own (host devices of one CPU share its rates: no speed-up)."""
+    at_once = 1 if device.shared else stage.parallel
+    return -(-stage.runs // at_once) * device.roofline_s(stage.program.cost)
+
+
+def report(config: SweepConfig, stages: list[StageEstimate], device: Device, devices: int) -> dict:
+    """The estimate as a JSON-able dict: per stage and in total FLOPs, bytes, executed HLO ops,
+    peak memory per device and roofline seconds, with XLA's loop-bodies-once figures beside."""
+    rows = []
+    for s in stages:
+        rows.append({"stage": s.name, "runs": s.runs, "parallel": s.parallel,
+                     "flops": s.total.flops, "bytes": s.total.bytes, "transcendentals": s.total.transcendentals,
+                     "ops": s.total.ops, "peak_bytes_per_device": s.program.peak_bytes,
+                     "seconds": stage_seconds(s, device),
+                     "per_run": dataclasses.asdict(s.program.cost),
+                     "per_run_xla_loop_bodies_once": dataclasses.asdict(s.program.xla),
+                     "loops": s.program.loops, "loops_without_trip_count": s.program.unknown_loops})
+    total = {key: sum(r[key] for r in rows) for key in ("flops", "bytes", "transcendentals", "ops", "seconds")}
+    total["peak_bytes_per_device"] = max((r["peak_bytes_per_device"] for r in rows), default=0)
+    return {"config": config.name, "env": config.env, "num_models": config.num_models,
+            "device": dataclasses.asdict(device), "devices": devices, "stages": rows, "total": total}
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" + (f" ({seconds / 86400:.1f} days)" if hours >= 48 else "")
+
+
+def print_report(content: dict, console=None) -> None:
+    """Prints ``report``'s dict as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 132)
+    device = content["device"]
+    table = Table(title=f"estimate: {content['config']} ({content['num_models']} models) on "
+                        f"{content['devices']} × {device['name']}")
+    for column in ("stage", "programs run", "FLOPs", "bytes moved", "HLO ops", "peak memory / device", "roofline time"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for r in content["stages"] + [{"stage": "total", "runs": "", **content["total"]}]:
+        table.add_row(r["stage"], str(r["runs"]), _si(r["flops"], "FLOP"), _si(r["bytes"], "B"), _si(r["ops"], ""),
+                      _si(r["peak_bytes_per_device"], "B"), _duration(r["seconds"]))
+    console.print(table)
+    console.print(f"{device['description']}: {_si(device['peak_flops'], 'FLOP/s')}, {_si(device['bandwidth'], 'B/s')}, "
+                  f"{_si(device['memory'], 'B')} ({device['source']})")
+    if content["total"]["peak_bytes_per_device"] > device["memory"]:
+        console.print(f"warning: a chunk needs {_si(content['total']['peak_bytes_per_device'], 'B')} per device, "
+                      f"more than the {_si(device['memory'], 'B')} of a {device['name']}; lower run.chunk_size")
+    unknown = sum(r["loops_without_trip_count"] for r in content["stages"])
+    console.print("roofline = max(FLOPs / peak, bytes / bandwidth) per program; loop bodies weighted by their "
+                  "trip counts" + (f" ({unknown} loops without a known trip count counted once)" if unknown else "")
+                  + "; compile time, dataset building and per-op overheads not included")
+
+
+def run_estimate(config: SweepConfig, out: str, options) -> dict:
+    """The ``estimate`` command: prints the estimate of sweep ``config`` on ``--devices`` ×
+    ``--device`` (and writes it to ``--json`` when given); returns its dict."""
+    from pathlib import Path
+
+    from mismatch_jax.files import check_writable, write_json
+    from mismatch_jax.sweep.costs import device_named
+
+    devices = getattr(options, "devices", 1)
+    if devices is None or devices < 1:
+        raise InputError(f"--devices must be >= 1, got {devices}")
+    if getattr(options, "json", None):
+        check_writable(Path(options.json).parent)  # before minutes of compiling
+    device = device_named(getattr(options, "device", "cpu") or "cpu")
+    t = time.perf_counter()
+    stages = estimate(config, device, devices, log=print)
+    content = report(config, stages, device, devices)
+    content["estimate_s"] = time.perf_counter() - t
+    print_report(content)
+    if getattr(options, "json", None):
+        write_json(options.json, content, indent=1)
+    return content
