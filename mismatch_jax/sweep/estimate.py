@@ -274,6 +274,13 @@ def stage_seconds(stage: StageEstimate, device: Device) -> float:
     return -(-stage.runs // at_once) * device.roofline_s(stage.program.cost)
 
 
+def op_floor_seconds(stage: StageEstimate, device: Device) -> float | None:
+    """All runs' HLO ops one after the other at the device's measured time per tiny op (None
+    when it has none), ``parallel`` streams at a time (each host device runs its own)."""
+    floor = device.op_floor_s(stage.program.cost)
+    return None if floor is None else -(-stage.runs // stage.parallel) * floor
+
+
 def report(config: SweepConfig, stages: list[StageEstimate], device: Device, devices: int) -> dict:
     """The estimate as a JSON-able dict: per stage and in total FLOPs, bytes, executed HLO ops,
     peak memory per device and roofline seconds, with XLA's loop-bodies-once figures beside."""
@@ -282,11 +289,12 @@ def report(config: SweepConfig, stages: list[StageEstimate], device: Device, dev
         rows.append({"stage": s.name, "runs": s.runs, "parallel": s.parallel,
                      "flops": s.total.flops, "bytes": s.total.bytes, "transcendentals": s.total.transcendentals,
                      "ops": s.total.ops, "peak_bytes_per_device": s.program.peak_bytes,
-                     "seconds": stage_seconds(s, device),
+                     "seconds": stage_seconds(s, device), "op_floor_seconds": op_floor_seconds(s, device),
                      "per_run": dataclasses.asdict(s.program.cost),
                      "per_run_xla_loop_bodies_once": dataclasses.asdict(s.program.xla),
                      "loops": s.program.loops, "loops_without_trip_count": s.program.unknown_loops})
     total = {key: sum(r[key] for r in rows) for key in ("flops", "bytes", "transcendentals", "ops", "seconds")}
+    total["op_floor_seconds"] = None if device.op_latency_s is None else sum(r["op_floor_seconds"] for r in rows)
     total["peak_bytes_per_device"] = max((r["peak_bytes_per_device"] for r in rows), default=0)
     return {"config": config.name, "env": config.env, "num_models": config.num_models,
             "device": dataclasses.asdict(device), "devices": devices, "stages": rows, "total": total}
@@ -315,14 +323,18 @@ def print_report(content: dict, console=None) -> None:
     device = content["device"]
     table = Table(title=f"estimate: {content['config']} ({content['num_models']} models) on "
                         f"{content['devices']} × {device['name']}")
-    for column in ("stage", "programs run", "FLOPs", "bytes moved", "HLO ops", "peak memory / device", "roofline time"):
+    floors = content["total"]["op_floor_seconds"] is not None
+    columns = ("stage", "programs run", "FLOPs", "bytes moved", "HLO ops", "peak memory / device", "roofline time")
+    for column in columns + (("op floor",) if floors else ()):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for r in content["stages"] + [{"stage": "total", "runs": "", **content["total"]}]:
-        table.add_row(r["stage"], str(r["runs"]), _si(r["flops"], "FLOP"), _si(r["bytes"], "B"), _si(r["ops"], ""),
-                      _si(r["peak_bytes_per_device"], "B"), _duration(r["seconds"]))
+        cells = [r["stage"], str(r["runs"]), _si(r["flops"], "FLOP"), _si(r["bytes"], "B"), _si(r["ops"], ""),
+                 _si(r["peak_bytes_per_device"], "B"), _duration(r["seconds"])]
+        table.add_row(*cells, *((_duration(r["op_floor_seconds"]),) if floors else ()))
     console.print(table)
+    latency = "" if device["op_latency_s"] is None else f", {device['op_latency_s'] * 1e6:.2g} µs per tiny op"
     console.print(f"{device['description']}: {_si(device['peak_flops'], 'FLOP/s')}, {_si(device['bandwidth'], 'B/s')}, "
-                  f"{_si(device['memory'], 'B')} ({device['source']})")
+                  f"{_si(device['memory'], 'B')}{latency} ({device['source']})")
     if content["total"]["peak_bytes_per_device"] > device["memory"]:
         console.print(f"warning: a chunk needs {_si(content['total']['peak_bytes_per_device'], 'B')} per device, "
                       f"more than the {_si(device['memory'], 'B')} of a {device['name']}; lower run.chunk_size")

@@ -186,3 +186,45 @@ def test_the_trainer_row_loops_are_found_and_scaled_by_the_rows_the_models_have(
     assert sorted({loop.where[1].rsplit(".", 1)[-1] for loop in row_loops}) == ["evaluate", "run_epoch"]
     full = program_cost(compiled).cost.flops
     assert program_cost(compiled, trainer_trip_scale({"train": 0.0, "eval": 0.0})).cost.flops < full / 4
+
+
+def _packaged_sweep_configs() -> list[str]:
+    from mismatch_jax.config_io import load_toml
+    from mismatch_jax.sweep.config import SweepConfig
+
+    names = []
+    for name in cli.packaged_configs():
+        try:
+            load_toml(SweepConfig, cli.config_source("sweep", name))
+        except Exception:  # another command's config
+            continue
+        names.append(name)
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _packaged_sweep_configs())
+def test_every_packaged_sweep_config_has_an_estimate(name):
+    from mismatch_jax.envs import make
+    from mismatch_jax.sweep.chunk import chunk_size_for
+    from mismatch_jax.sweep.estimate import chunk_inputs, estimate, needs_pets, report
+
+    config = cli.load_command_config("estimate", name)
+    env = make(config.env)
+    stages = estimate(config, DEVICES["h100"], devices=2)
+    names = [s.name for s in stages]
+    assert ("PETS data" in names) == needs_pets(config, env)
+    capacity = chunk_inputs(config, env, None if not config.dynamics.enabled else
+                            __import__("mismatch_jax.sweep.env_params", fromlist=["expand"]).expand(
+                                config.dynamics, env, config.seed))[0].obs.shape[1]
+    for kind, _, count in config.type_ranges():
+        chunks = -(-count // chunk_size_for(config, env, kind, capacity, 2))
+        for stage in (f"train ({kind})", f"LL ({kind})", f"reward ({kind})"):
+            assert {s.name: s.runs for s in stages}[stage] == 2 * chunks
+    for s in stages:  # unscaled loops only add work to XLA's once-counted figure
+        assert s.program.peak_bytes > 0
+        if s.name.startswith(("LL", "reward")):
+            assert s.program.cost.flops >= s.program.xla.flops
+    content = report(config, stages, DEVICES["h100"], 2)
+    assert content["total"]["flops"] == pytest.approx(sum(s.total.flops for s in stages))
+    assert content["total"]["seconds"] > 0
