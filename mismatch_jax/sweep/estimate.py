@@ -176,16 +176,43 @@ def skip_groups(config: SweepConfig, first: int, count: int, chunk: int, devices
     return out
 
 
-def _compile(lowered_programs: dict, workers: int) -> dict:
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {name: pool.submit(lambda lo: lo.compile(compiler_options=COMPILE_OPTIONS), lowered)
-                   for name, lowered in lowered_programs.items()}
-        return {name: future.result() for name, future in futures.items()}
+def _compiled_cost(lowered, trip_scale) -> ProgramCost:
+    return program_cost(lowered.compile(compiler_options=COMPILE_OPTIONS), trip_scale)
 
 
-def _pets_lowered(config: SweepConfig, env, settings):
-    """(lowered trial step of the sweep's PETS runs, trip_scale) — the runs of ``study_data.pets_runs``."""
-    from mismatch_jax.agents.pets import make_pets, seed_keys
+def combine(parts: list[tuple[ProgramCost, float]]) -> ProgramCost:
+    """A stage made of programs each run ``count`` times: costs add, peak memory is the largest."""
+    cost = Cost()
+    for program, count in parts:
+        cost = cost + program.cost * count
+    return ProgramCost(cost=cost, xla=sum((p.xla * c for p, c in parts), Cost()),
+                       peak_bytes=max(p.peak_bytes for p, _ in parts), loops=sum(p.loops for p, _ in parts),
+                       unknown_loops=sum(p.unknown_loops for p, _ in parts))
+
+
+def _model_specs(mcfg, num: int):
+    one = lambda k: (models.init(k, mcfg), models.identity_normalizer(mcfg))
+    return jax.eval_shape(jax.vmap(one), jax.ShapeDtypeStruct((num,), jax.random.key(0).dtype))
+
+
+def planner_lowered(planner, mcfg, env, episodes: int):
+    """One planning call of ``episodes`` episodes at once (``mpc_episode``'s step, vmapped)."""
+    keys = jax.ShapeDtypeStruct((episodes,), jax.random.key(0).dtype)
+    params, normalizer = _model_specs(mcfg, episodes)
+    plan = jax.ShapeDtypeStruct((episodes,) + tuple(planner.initial_plan.shape), jnp.float32)
+    return jax.jit(jax.vmap(planner)).lower(keys, params, normalizer, _f32(episodes, env.obs_dim), plan)
+
+
+def env_step_lowered(env, env_params):
+    """One true-dynamics step of one episode (``env_params``: one setting's constants or None)."""
+    state = jax.eval_shape(lambda k: env.reset(k, env_params), jax.random.key(0))
+    return jax.jit(lambda st, a: env.step(st, a, env_params)).lower(state, _f32(env.action_dim))
+
+
+def _pets_train_lowered(config: SweepConfig, env, settings):
+    """(PETS, lowered model fit of one trial of the sweep's PETS runs — those of
+    ``study_data.pets_runs``, all seeds (× env settings) in one program — and its trip_scale)."""
+    from mismatch_jax.agents.pets import PetsState, make_pets, seed_keys
 
     pets_config = dataclasses.replace(config.datasets.pets, env=config.env, seed=config.seed)
     pets = make_pets(pets_config, env)
@@ -193,14 +220,18 @@ def _pets_lowered(config: SweepConfig, env, settings):
     keys = jax.eval_shape(lambda: jnp.concatenate([seed_keys(pets_config)] * count))
     env_params = None if settings is None else jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((a.shape[0] * pets_config.num_seeds,) + a.shape[1:], a.dtype), settings.params)
-    state = jax.jit(pets.init).trace(keys, env_params).out_info[0]
     length, trials = pets.trial_length, pets_config.num_trials
+    mcfg = pets_config.model_config(env)
+    params, normalizer = _model_specs(mcfg, keys.shape[0])
+    state = PetsState(key=keys, trial=jax.ShapeDtypeStruct((), jnp.int32),
+                      buffer=transition_spec(keys.shape[0], (trials + 1) * length, env),
+                      params=params, normalizer=normalizer, env_params=env_params)
     vf = pets_config.train.validation_fraction
-    train_config = pets_config.train.train_config(pets_config.model_config(env))
+    train_config = pets_config.train.train_config(mcfg)
     # Trial t fits on the t + 1 trials collected so far: each a group of its own in the sum.
     groups = [[((t + 1) * length * (1 - vf), (t + 1) * length * vf)] for t in range(trials)]
     scale = trainer_trip_scale(row_scales(train_config, (trials + 1) * length, groups))
-    return jax.jit(pets.trial_step).trace(state).lower(), scale
+    return pets, jax.jit(pets.train_phase).lower(state), scale
 
 
 def needs_pets(config: SweepConfig, env) -> bool:
@@ -216,6 +247,7 @@ def estimate(config: SweepConfig, device: Device, devices: int = 1, log=lambda s
     """Every stage of the sweep ``config`` on ``devices`` devices of kind ``device`` (see the
     module docstring), in the order the sweep runs them."""
     from mismatch_jax.envs import make
+    from mismatch_jax.planning.mpc import make_planner
     from mismatch_jax.sweep.chunk import chunk_size_for, laid_out, make_chunk_parts
     from mismatch_jax.sweep.env_params import expand
     from mismatch_jax.sweep.runner import check_scale
@@ -229,42 +261,65 @@ def estimate(config: SweepConfig, device: Device, devices: int = 1, log=lambda s
     train_data, eval_sets, env_settings, rows_of = chunk_inputs(config, env, settings)
     capacity = train_data.obs.shape[1]
     check_scale(config, env, 0, devices, log)  # as the sweep checks it, before any dataset
-    lowered, scales, meta = {}, {}, {}
-    if needs_pets(config, env):
-        log("lowering the PETS trial step")
-        lowered["PETS data"], scales["PETS data"] = _pets_lowered(config, env, settings)
-        meta["PETS data"] = (config.datasets.pets.num_trials, 1)
-    for kind, first, count in config.type_ranges():
-        mcfg = config.model_config_of(kind, env)
-        layout = config.run.layout.resolve(backend=device.backend, width=mcfg.hidden_size)
-        parts = laid_out(make_chunk_parts(config, env, kind), layout, mcfg.hidden_size)
-        chunk = chunk_size_for(config, env, kind, capacity, devices)
-        runs, block = -(-count // chunk) * devices, chunk // devices
-        indices = _i32(block)
-        data = train_data
-        if kind == "PETS":
-            one = lambda k: (models.init(k, mcfg), models.identity_normalizer(mcfg))
-            data = jax.eval_shape(jax.vmap(one), jax.ShapeDtypeStruct((train_data.obs.shape[0],), jax.random.key(0).dtype))
-        log(f"lowering the {kind} stages ({block} models per device, {runs} blocks)")
-        traced = jax.jit(parts.train).trace(indices, indices, data)
-        trained = traced.out_info
-        if kind != "PETS":
-            groups = skip_groups(config, first, count, chunk, devices, layout, rows_of)
-            train_config = config.training.train_config(mcfg, keep_epochs=tuple(config.training.eval_epochs))
-            scales[f"train ({kind})"] = trainer_trip_scale(row_scales(train_config, capacity, groups))
-        lowered[f"train ({kind})"] = traced.lower()
-        variance = jax.jit(parts.variance).trace(trained.kept_params, trained.normalizers, indices, data)
-        if variance.out_info is not None:
-            lowered[f"LL variance ({kind})"] = variance.lower()
-        lowered[f"LL ({kind})"] = jax.jit(parts.likelihood).lower(
-            trained.kept_params, trained.normalizers, indices, eval_sets, variance.out_info)
-        lowered[f"reward ({kind})"] = jax.jit(parts.reward).lower(
-            trained.kept_params, trained.normalizers, trained.epoch_keys, indices, env_settings)
-        for name in (f"train ({kind})", f"LL variance ({kind})", f"LL ({kind})", f"reward ({kind})"):
-            meta[name] = (runs, devices)
-    log(f"compiling {len(lowered)} programs")
-    compiled = _compile(lowered, workers=2)
-    return [StageEstimate(name, program_cost(compiled[name], scales.get(name)), *meta[name]) for name in lowered]
+    # Each program is compiled and analysed in a thread as soon as it is lowered (XLA releases
+    # the GIL), while the next one is traced. An episode (PETS's and the reward stage's) is
+    # lowered as its two steps — one planning call for every episode in flight, one env step —
+    # × its length: the env is traced and compiled once, not once per program that steps it.
+    one_setting = None if env_settings is None else jax.tree.map(lambda a: a[0], env_settings)
+    stages: dict[str, list] = {}
+    meta = {}
+    length = config.evaluation.length(env)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        def submit(name, lowered, count=1.0, trip_scale=None, future=None):
+            future = future or pool.submit(_compiled_cost, lowered, trip_scale)
+            stages.setdefault(name, []).append((future, count))
+            return future
+
+        log("lowering the env step")
+        env_step = pool.submit(_compiled_cost, env_step_lowered(env, one_setting), None)
+        if needs_pets(config, env):
+            log("lowering the PETS trial: its model fit and planning call")
+            pets, fit, scale = _pets_train_lowered(config, env, settings)
+            seeds = config.datasets.pets.num_seeds * (1 if settings is None else settings.size)
+            submit("PETS data", fit, 1.0, scale)
+            submit("PETS data", planner_lowered(pets.planner, pets.config.model_config(env), env, seeds), pets.trial_length)
+            submit("PETS data", None, pets.trial_length * seeds, future=env_step)
+            meta["PETS data"] = (config.datasets.pets.num_trials, 1)
+        for kind, first, count in config.type_ranges():
+            mcfg = config.model_config_of(kind, env)
+            layout = config.run.layout.resolve(backend=device.backend, width=mcfg.hidden_size)
+            parts = laid_out(make_chunk_parts(config, env, kind), layout, mcfg.hidden_size)
+            chunk = chunk_size_for(config, env, kind, capacity, devices)
+            runs, block = -(-count // chunk) * devices, chunk // devices
+            indices = _i32(block)
+            data, scale = train_data, None
+            if kind == "PETS":
+                data = _model_specs(mcfg, train_data.obs.shape[0])
+            else:
+                groups = skip_groups(config, first, count, chunk, devices, layout, rows_of)
+                train_config = config.training.train_config(mcfg, keep_epochs=tuple(config.training.eval_epochs))
+                scale = trainer_trip_scale(row_scales(train_config, capacity, groups))
+            log(f"lowering the {kind} stages ({block} models per device, {runs} blocks)")
+            traced = jax.jit(parts.train).trace(indices, indices, data)
+            trained = traced.out_info
+            submit(f"train ({kind})", traced.lower(), 1.0, scale)
+            variance = jax.jit(parts.variance).trace(trained.kept_params, trained.normalizers, indices, data)
+            if variance.out_info is not None:
+                submit(f"LL ({kind})", variance.lower())
+            submit(f"LL ({kind})", jax.jit(parts.likelihood).lower(
+                trained.kept_params, trained.normalizers, indices, eval_sets, variance.out_info))
+            # Episodes in flight: every (model, kept epoch, trial) of the models the layout runs at once.
+            per_model = trained.epoch_keys.shape[1] * config.evaluation.trials
+            live = block if layout.strategy == "vmap" else min(block, max(1, layout.group_size))
+            planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
+            submit(f"reward ({kind})", planner_lowered(planner, mcfg, env, live * per_model),
+                   length * -(-block // live))
+            submit(f"reward ({kind})", None, length * block * per_model, future=env_step)
+            for stage in (f"train ({kind})", f"LL ({kind})", f"reward ({kind})"):
+                meta[stage] = (runs, devices)
+        log(f"compiling and analysing {len(stages)} stages")
+        return [StageEstimate(name, combine([(f.result(), c) for f, c in parts_]), *meta[name])
+                for name, parts_ in stages.items()]
 
 
 def stage_seconds(stage: StageEstimate, device: Device) -> float:
