@@ -2,16 +2,22 @@
 
 Every program the sweep runs is lowered from argument *shapes* (``jax.ShapeDtypeStruct``; no
 dataset is built, no PETS run happens) and compiled, and XLA's cost and memory analyses are
-read (``sweep.costs.program_cost``: loop bodies weighted by their trip counts):
+read (``sweep.costs.program_cost``: every loop body weighted by its trip count):
 
 * **PETS data** — one trial of the PETS runs behind on-policy / expert data (or behind a PETS
-  population): ``agents.pets.make_pets`` → ``trial_step`` for all seeds (× env settings) in one
-  program, × ``num_trials``. The random first trial (``init``) is not counted: one random
-  episode, no planning.
-* per model type, one chunk's **train**, **LL** (the deterministic types' residual variance
-  and the one-step LL / MSE) and **reward** stages (``sweep.chunk.make_chunk_parts`` under
-  ``laid_out``), each at one device's block of the chunk (``chunk / devices`` models), × the
-  number of chunks of that type (``chunk_size_for``) × devices.
+  population), all seeds (× env settings) in one program, × ``num_trials``: the trial's model
+  fit (``Pets.train_phase``) + its episode. The random first trial is not counted (one random
+  episode, no planning).
+* per model type, one chunk's **train**, **LL** (a deterministic type's residual variance and
+  the one-step LL / MSE) and **reward** stages (``sweep.chunk.make_chunk_parts`` under
+  ``laid_out``), each at one device's block of the chunk (``chunk / devices`` models), run
+  chunks × devices times (``chunk_size_for``, the last chunk padded as the runner pads it).
+
+An episode (PETS's and the reward stage's ``mpc_episode``) is lowered as its step: one planning
+call for every episode the layout runs at once (``planner_lowered``) + one env step per episode
+(``env_step_lowered``), × the episode length. So the env is traced and compiled once, not once
+per program that steps it (a cart-pole MJX step alone takes ~13 s to compile on 2 cores); the
+episode's bookkeeping (trajectory rows, warm-started plan) and its reset are left out.
 
 Argument shapes come from the config: the dataset sizes it implies (``dataset_rows``; upper
 bounds where they depend on the PETS runs: every step alive, every planned trial an expert
@@ -180,14 +186,16 @@ def _compiled_cost(lowered, trip_scale) -> ProgramCost:
     return program_cost(lowered.compile(compiler_options=COMPILE_OPTIONS), trip_scale)
 
 
-def combine(parts: list[tuple[ProgramCost, float]]) -> ProgramCost:
-    """A stage made of programs each run ``count`` times: costs add, peak memory is the largest."""
+def combine(parts: list[tuple[ProgramCost, float, float]]) -> ProgramCost:
+    """A stage made of programs, each counted ``count`` times for its work and ``calls`` times
+    for its HLO ops (a program lowered for one episode and stepped for E episodes at once does E
+    times the work in one call's kernels): costs add, peak memory is the largest."""
     cost = Cost()
-    for program, count in parts:
-        cost = cost + program.cost * count
-    return ProgramCost(cost=cost, xla=sum((p.xla * c for p, c in parts), Cost()),
-                       peak_bytes=max(p.peak_bytes for p, _ in parts), loops=sum(p.loops for p, _ in parts),
-                       unknown_loops=sum(p.unknown_loops for p, _ in parts))
+    for program, count, calls in parts:
+        cost = cost + dataclasses.replace(program.cost * count, ops=program.cost.ops * calls)
+    return ProgramCost(cost=cost, xla=sum((p.xla * c for p, c, _ in parts), Cost()),
+                       peak_bytes=max(p.peak_bytes for p, _, _ in parts), loops=sum(p.loops for p, _, _ in parts),
+                       unknown_loops=sum(p.unknown_loops for p, _, _ in parts))
 
 
 def _model_specs(mcfg, num: int):
@@ -270,9 +278,9 @@ def estimate(config: SweepConfig, device: Device, devices: int = 1, log=lambda s
     meta = {}
     length = config.evaluation.length(env)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        def submit(name, lowered, count=1.0, trip_scale=None, future=None):
+        def submit(name, lowered, count=1.0, trip_scale=None, future=None, calls=None):
             future = future or pool.submit(_compiled_cost, lowered, trip_scale)
-            stages.setdefault(name, []).append((future, count))
+            stages.setdefault(name, []).append((future, count, count if calls is None else calls))
             return future
 
         log("lowering the env step")
@@ -283,7 +291,7 @@ def estimate(config: SweepConfig, device: Device, devices: int = 1, log=lambda s
             seeds = config.datasets.pets.num_seeds * (1 if settings is None else settings.size)
             submit("PETS data", fit, 1.0, scale)
             submit("PETS data", planner_lowered(pets.planner, pets.config.model_config(env), env, seeds), pets.trial_length)
-            submit("PETS data", None, pets.trial_length * seeds, future=env_step)
+            submit("PETS data", None, pets.trial_length * seeds, future=env_step, calls=pets.trial_length)
             meta["PETS data"] = (config.datasets.pets.num_trials, 1)
         for kind, first, count in config.type_ranges():
             mcfg = config.model_config_of(kind, env)
@@ -314,11 +322,12 @@ def estimate(config: SweepConfig, device: Device, devices: int = 1, log=lambda s
             planner = make_planner(config.cem.for_env(env), mcfg, env.reward_fn, env.termination_fn)
             submit(f"reward ({kind})", planner_lowered(planner, mcfg, env, live * per_model),
                    length * -(-block // live))
-            submit(f"reward ({kind})", None, length * block * per_model, future=env_step)
+            submit(f"reward ({kind})", None, length * block * per_model, future=env_step,
+                   calls=length * -(-block // live))
             for stage in (f"train ({kind})", f"LL ({kind})", f"reward ({kind})"):
                 meta[stage] = (runs, devices)
         log(f"compiling and analysing {len(stages)} stages")
-        return [StageEstimate(name, combine([(f.result(), c) for f, c in parts_]), *meta[name])
+        return [StageEstimate(name, combine([(f.result(), c, n) for f, c, n in parts_]), *meta[name])
                 for name, parts_ in stages.items()]
 
 
@@ -394,9 +403,10 @@ def print_report(content: dict, console=None) -> None:
         console.print(f"warning: a chunk needs {_si(content['total']['peak_bytes_per_device'], 'B')} per device, "
                       f"more than the {_si(device['memory'], 'B')} of a {device['name']}; lower run.chunk_size")
     unknown = sum(r["loops_without_trip_count"] for r in content["stages"])
-    console.print("roofline = max(FLOPs / peak, bytes / bandwidth) per program; loop bodies weighted by their "
-                  "trip counts" + (f" ({unknown} loops without a known trip count counted once)" if unknown else "")
-                  + "; compile time, dataset building and per-op overheads not included")
+    console.print("roofline = max(FLOPs / peak, bytes / bandwidth) per program, a lower bound; loop bodies weighted by "
+                  "their trip counts" + (f" ({unknown} loops without a known trip count counted once)" if unknown else "")
+                  + (" ; op floor = HLO ops x the measured time of a tiny op" if floors else "")
+                  + "; not counted: compilation, dataset building from the true dynamics, the competence check")
 
 
 def run_estimate(config: SweepConfig, out: str, options) -> dict:
