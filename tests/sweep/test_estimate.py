@@ -207,7 +207,8 @@ def _packaged_sweep_configs() -> list[str]:
 def test_every_packaged_sweep_config_has_an_estimate(name):
     from mismatch_jax.envs import make
     from mismatch_jax.sweep.chunk import chunk_size_for
-    from mismatch_jax.sweep.estimate import chunk_inputs, estimate, needs_pets, report
+    from mismatch_jax.sweep.estimate import chunk_inputs, estimate, needs_pets
+    from mismatch_jax.sweep.estimate_report import report
 
     config = cli.load_command_config("estimate", name)
     env = make(config.env)
