@@ -155,14 +155,15 @@ TINY = textwrap.dedent("""
 
 
 def test_the_trainer_row_loops_are_found_and_scaled_by_the_rows_the_models_have():
+    import tomllib
+
     from mismatch_jax.config_io import from_dict
     from mismatch_jax.envs import make
     from mismatch_jax.sweep.chunk import laid_out, make_chunk_parts
+    from mismatch_jax.sweep.config import SweepConfig
     from mismatch_jax.sweep.estimate import chunk_inputs, dataset_rows, skip_groups
-    import tomllib
 
-    config = from_dict(__import__("mismatch_jax.sweep.config", fromlist=["SweepConfig"]).SweepConfig,
-                       tomllib.loads(TINY))
+    config = from_dict(SweepConfig, tomllib.loads(TINY))
     env = make(config.env)
     assert dataset_rows(config, env)["grid"] == 3 ** (env.obs_dim + env.action_dim)
     train_data, _, _, rows_of = chunk_inputs(config, env, None)
@@ -210,14 +211,14 @@ def test_every_packaged_sweep_config_has_an_estimate(name):
     from mismatch_jax.sweep.estimate import chunk_inputs, estimate, needs_pets
     from mismatch_jax.sweep.estimate_report import report
 
+    from mismatch_jax.sweep.env_params import expand
+
     config = cli.load_command_config("estimate", name)
     env = make(config.env)
     stages = estimate(config, DEVICES["h100"], devices=2)
     names = [s.name for s in stages]
     assert ("PETS data" in names) == needs_pets(config, env)
-    capacity = chunk_inputs(config, env, None if not config.dynamics.enabled else
-                            __import__("mismatch_jax.sweep.env_params", fromlist=["expand"]).expand(
-                                config.dynamics, env, config.seed))[0].obs.shape[1]
+    capacity = chunk_inputs(config, env, expand(config.dynamics, env, config.seed))[0].obs.shape[1]
     for kind, _, count in config.type_ranges():
         chunks = -(-count // chunk_size_for(config, env, kind, capacity, 2))
         for stage in (f"train ({kind})", f"LL ({kind})", f"reward ({kind})"):
