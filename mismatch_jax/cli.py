@@ -68,6 +68,11 @@ COMMANDS: dict[str, Command] = {
         "build (or find in the cache) every dataset a sweep config needs; --out sets the cache",
         "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.experiments.sweep_command:build_datasets", "quickstart",
         (), takes_options=True),
+    "estimate": Command(
+        "a sweep's FLOPs, bytes, peak memory and roofline time per stage, from XLA's cost analysis "
+        "of its compiled programs, before anything trains",
+        "mismatch_jax.sweep.config:SweepConfig", "mismatch_jax.sweep.estimate:run_estimate", "quickstart",
+        (), takes_options=True),
     "pets": Command(
         "PETS (CEM-MPC on a learned ensemble): per-trial rewards",
         "mismatch_jax.agents.config:PetsConfig", "mismatch_jax.agents.pets:run_pets_cli",
@@ -286,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
             from mismatch_jax.experiments.sweep_command import add_sweep_flags
 
             add_sweep_flags(p)
+        if name == "estimate":
+            p.add_argument("--device", default="cpu", metavar="NAME",
+                           help="the device the roofline time is for: cpu (measured now), h100, a100, v5e")
+            p.add_argument("--devices", type=int, default=1, metavar="N",
+                           help="devices the sweep's chunks are divided over (default: 1)")
+            p.add_argument("--json", default=None, metavar="FILE", help="also write the estimate as JSON")
 
     plot = sub.add_parser("plot", help="re-create the scatter/curve figures from a results table",
                           epilog=EPILOG,

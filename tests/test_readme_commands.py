@@ -45,6 +45,7 @@ TINY: dict[str, tuple[str, list[str]]] = {
     # command: (tier, --set overrides appended to the README's own arguments)
     "sweep": ("fast", _SWEEP_TINY),
     "datasets": ("fast", _SWEEP_TINY),
+    "estimate": ("slow", _SWEEP_TINY),
     "plot": ("fast", []),
     "report": ("fast", []),
     "configs": ("fast", []),
