@@ -43,13 +43,15 @@ def estimate_bytes_per_model(config: SweepConfig, env, kind: str, train_rows: in
 
 
 def chunk_size_for(config: SweepConfig, env, kind: str, train_rows: int, num_devices: int) -> int:
-    """Models per compiled call: the user's chunk_size, or what memory_gb allows; always a
-    multiple of the device count."""
+    """Models per compiled call: the user's chunk_size, or what memory_gb allows but no more than
+    the type's models rounded up to the device count (a derived chunk larger than the type would
+    compute padding: 3 079 model slots for 1 008 models at paper size); always a multiple of the
+    device count."""
     if config.run.chunk_size:
         size = config.run.chunk_size
     else:
         size = int(config.run.memory_gb * 2**30 // estimate_bytes_per_model(config, env, kind, train_rows))
-        size = max(1, min(size, 1024))
+        size = max(1, min(size, 1024, -(-config.count_of(kind) // num_devices) * num_devices))
     return max(num_devices, (size // num_devices) * num_devices)
 
 

@@ -65,3 +65,15 @@ def test_episode_length_omitted_means_the_env_default_and_zero_is_refused():
         with pytest.raises(ConfigError, match="episode_length"):
             from_dict(SweepConfig, {"env": "cartpole_balance", "evaluation": {"episode_length": bad}})
 
+
+
+def test_a_derived_chunk_is_no_larger_than_its_model_type():
+    from mismatch_jax.envs import make
+    from mismatch_jax.sweep.chunk import chunk_size_for
+
+    config = load(ROOT / "sweeps" / "cartpole_ll_reward.toml")  # run.chunk_size = 0: derived from memory_gb
+    env = make(config.env)
+    for devices in (1, 2, 8):
+        for kind in config.kinds:
+            size = chunk_size_for(config, env, kind, 10_000, devices)
+            assert size % devices == 0 and size <= -(-config.count_of(kind) // devices) * devices
