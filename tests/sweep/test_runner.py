@@ -236,6 +236,9 @@ def _popen(args, env=None, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+# Slow (60 s): the default tier keeps test_resume_recomputes_nothing_finished; the slow Ray tests kill a
+# driver and a node mid-sweep and resume to an equal table.
+@pytest.mark.slow
 def test_sigkill_then_resume_and_two_devices_mapped_match(reference, tmp_path):
     _, table = reference
     cfg = _config(tmp_path, 2)
