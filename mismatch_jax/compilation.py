@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -52,3 +53,16 @@ def compile_concurrently(lowered: Sequence[jax.stages.Lowered],
     with BackgroundCompiler(max_workers or min(len(lowered), os.cpu_count() or 1)) as compiler:
         futures = [compiler.submit(program) for program in lowered]
         return [future.result() for future in futures]
+
+
+def enable_compilation_cache(path: str | Path | None = None) -> None:
+    """Persists compiled programs on disk (default ~/.cache/mismatch_jax/xla, or
+    $MISMATCH_JAX_CACHE), so a resumed or repeated sweep does not compile again."""
+    path = Path(path or os.environ.get("MISMATCH_JAX_CACHE") or Path.home() / ".cache" / "mismatch_jax" / "xla")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # a cache is an optimisation only
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -155,7 +155,7 @@ def run_chunk_task(key: str, inputs: SweepInputs, task: ChunkTask, num_devices: 
     from mismatch_jax.errors import InputError
 
     if key not in _RUNNER:
-        from mismatch_jax.sweep.runner import enable_compilation_cache
+        from mismatch_jax.compilation import enable_compilation_cache
 
         enable_compilation_cache(cache_dir)
         devices = jax.local_devices()

@@ -74,6 +74,22 @@ class ProgramCost:
 
 
 @dataclasses.dataclass(frozen=True)
+class StageEstimate:
+    """One stage: ``program`` is one execution on one device; it runs ``runs`` times in all, of
+    which ``parallel`` at a time (one per device)."""
+
+    name: str
+    program: ProgramCost
+    runs: int
+    parallel: int
+
+    @property
+    def total(self) -> Cost:
+        """What all its runs cost together."""
+        return self.program.cost * self.runs
+
+
+@dataclasses.dataclass(frozen=True)
 class _Loop:
     body: str
     condition: str

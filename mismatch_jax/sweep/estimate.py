@@ -47,27 +47,11 @@ from mismatch_jax.config_io import ConfigError
 from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.errors import InputError
 from mismatch_jax.sweep.config import SweepConfig
-from mismatch_jax.sweep.costs import Cost, Device, ProgramCost, program_cost
+from mismatch_jax.sweep.costs import Cost, Device, ProgramCost, StageEstimate, program_cost  # noqa: F401
 
 TRAINER_FILE = "train/population.py"
 ROW_LOOPS = {"train_core.<locals>.run_epoch": "train", "train_core.<locals>.evaluate": "eval"}
 COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}  # the HLO (and so its costs) is the same
-
-
-@dataclasses.dataclass(frozen=True)
-class StageEstimate:
-    """One stage: ``program`` is one execution on one device; it runs ``runs`` times in all, of
-    which ``parallel`` at a time (one per device)."""
-
-    name: str
-    program: ProgramCost
-    runs: int
-    parallel: int
-
-    @property
-    def total(self) -> Cost:
-        """What all its runs cost together."""
-        return self.program.cost * self.runs
 
 
 def dataset_rows(config: SweepConfig, env) -> dict[str, int]:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from mismatch_jax.sweep.costs import Device
-from mismatch_jax.sweep.estimate import StageEstimate
+from mismatch_jax.sweep.costs import Device, StageEstimate
 
 
 def stage_seconds(stage: StageEstimate, device: Device) -> float:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import jax
 import pandas as pd
 
-from mismatch_jax.compilation import BackgroundCompiler
+from mismatch_jax.compilation import BackgroundCompiler, enable_compilation_cache  # noqa: F401 (re-exported)
 from mismatch_jax.envs import make
 from mismatch_jax.files import atomic_write_text, directory_lock, remove_stale_temporaries
 from mismatch_jax.sweep import results
@@ -40,21 +40,6 @@ from mismatch_jax.sweep.study_data import StudyData, build_study_datasets, pets_
 
 if TYPE_CHECKING:
     from mismatch_jax.sweep.ray_runner import RayOptions
-
-
-def enable_compilation_cache(path: str | Path | None = None) -> None:
-    """Persists compiled programs on disk (default ~/.cache/mismatch_jax/xla, or
-    $MISMATCH_JAX_CACHE), so a resumed or repeated sweep does not compile again."""
-    import os
-
-    path = Path(path or os.environ.get("MISMATCH_JAX_CACHE") or Path.home() / ".cache" / "mismatch_jax" / "xla")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # a cache is an optimisation only
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 MAX_CHUNKS = 100_000
