@@ -171,8 +171,6 @@ def promised_outputs(command: str, config) -> list[str]:
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from mismatch_jax.analysis.epochs import fig4_best_epochs, fig5_dataset_nll
     from mismatch_jax.analysis.fig3 import fig3_panels
     from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
@@ -180,23 +178,15 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 
     if args.epoch != "last" and not args.epoch.isdigit():
         raise InputError(f"--epoch must be 'last' or an epoch number, got {args.epoch!r}")
-    from mismatch_jax.analysis.plots import check_table
-    from mismatch_jax.sweep.results import check_table_rows
-
     def read(results: str):
         path = Path(results)
         if path.is_dir():
             path = path / "results.parquet"
         if not path.is_file():
             raise InputError(f"results table {path} does not exist; run `mismatch-jax sweep` first")
-        try:
-            table = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
-            raise InputError(f"{path} is not a readable Parquet table ({type(exc).__name__}: {exc}); "
-                             "re-create it with `mismatch-jax sweep --resume`") from None
-        check_table(table)
-        check_table_rows(table)  # one row per (model, epoch): a damaged merge is refused, not drawn
-        return path, table
+        from mismatch_jax.experiments.report_command import read_results
+
+        return path, read_results(path)  # columns and one row per (model, epoch): a damaged merge is refused
 
     path, table = read(args.results)
     score = read(args.rescore_on)[1] if args.rescore_on else None  # refused before any drawing
