@@ -97,7 +97,10 @@ class BraxEnv(Env):
         self.name = env_name
         self.backend = backend
         self.episode_length = int(episode_length)
-        self.obs_dim = int(self._brax_env.observation_size)
+        # brax's ``observation_size`` runs a reset op by op (650 small compiles, ~50 s for
+        # half-cheetah on 2 cores); its shape is all we need.
+        reset_shape = jax.eval_shape(self._brax_env.reset, jax.random.PRNGKey(0))
+        self.obs_dim = int(reset_shape.obs.shape[-1])
         self.action_dim = int(self._brax_env.action_size)
         self.action_low = -np.ones(self.action_dim, np.float32)
         self.action_high = np.ones(self.action_dim, np.float32)
@@ -110,7 +113,7 @@ class BraxEnv(Env):
         self._velocity_index = self._q_size - self._hidden_q  # obs index of qd[0] (ẋ)
         if env_name == "hopper":
             # obs carries the torso's world height, q[1] (rootz) is that minus the rest height.
-            rest = self._brax_env.pipeline_init(
+            rest = jax.jit(self._brax_env.pipeline_init)(
                 jnp.zeros(self._q_size).at[2:].set(sys.init_q[2:]), jnp.zeros(self._qd_size)
             )
             self._hopper_rest_height = float(rest.x.pos[0, 2])
