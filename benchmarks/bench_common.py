@@ -73,6 +73,16 @@ def concurrent_wall(replies) -> float:
     return max(r["t_end"] for r in replies) - min(r["t_start"] for r in replies)
 
 
+def best_form(entry, forms, higher_is_better):
+    """(name, summary) of the peer's best form by median among ``forms`` present in ``entry``
+    (the fastest: the highest rate or the fewest seconds), or (None, None)."""
+    present = [(f, entry[f]) for f in forms if entry.get(f)]
+    if not present:
+        return None, None
+    pick = max if higher_is_better else min
+    return pick(present, key=lambda fs: fs[1]["median"])
+
+
 def summarize(values, scale: float = 1.0) -> dict:
     """min / median / max (× ``scale``) and the repetition count of a list of measurements."""
     v = [float(x) * scale for x in values]

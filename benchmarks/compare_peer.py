@@ -94,8 +94,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_common import (ACT_DIM, ACTION_BOUND, CEM_SETTINGS, OBS_DIM, gemm_timer,  # noqa: E402
-                          linear_system, split_sizes, split_work, steps_per_epoch, summarize,
-                          train_model_steps)
+                          best_form, linear_system, split_sizes, split_work, steps_per_epoch,
+                          summarize, train_model_steps)
 
 from mismatch_jax.data import TransitionData  # noqa: E402
 from mismatch_jax.models import core as models  # noqa: E402
@@ -367,16 +367,6 @@ def train_question(args, peer, hidden, n, gemm):
     entry["peer_best_form"], entry["peer_best"] = best_form(entry, PEER_TRAIN_FORMS, higher_is_better=True)
     entry["speedup_vs_peer_best"] = ratio(entry["ours"], entry["peer_best"])
     return name, entry
-
-
-def best_form(entry, forms, higher_is_better):
-    """(name, summary) of the peer's best form by median among ``forms`` present in ``entry``
-    (the fastest: the highest rate or the fewest seconds), or (None, None)."""
-    present = [(f, entry[f]) for f in forms if entry.get(f)]
-    if not present:
-        return None, None
-    pick = max if higher_is_better else min
-    return pick(present, key=lambda fs: fs[1]["median"])
 
 
 # The peer's training forms (model-steps/s): one process with torch's default threads, an
