@@ -1,6 +1,6 @@
 """Fair benchmarks: ours (JAX) vs the PyTorch peer (mbrl-lib 0.2.0), interleaved in one run.
 
-    python benchmarks/compare_peer.py                                  # everything (tens of minutes on 2 cores)
+    python benchmarks/compare_peer.py                                  # everything, 9 repetitions (~15 min on 2 quiet cores)
     python benchmarks/compare_peer.py --only train --hidden 200 --num-models 64
     python benchmarks/compare_peer.py --only cem --cem-settings expectation_h30
     python benchmarks/compare_peer.py --only breakdown --breakdown-sizes 200_64
@@ -13,11 +13,22 @@ reported apart (``peer_start_s``, ``peer_warmup_s``), as our compile time and fi
 call are (``ours_compile_s``, ``ours_warmup_s``). Then the repetitions alternate, ours then the
 peer's variants (A B A B …), ``--reps`` of each, with ``--gap-s`` of idle between calls so the
 other side's threads are asleep. Every timed key is ``{min, median, max, reps, values}``. While
-one side runs, the other waits on a pipe. Both sides use every core: the peer through torch's
-default threads, ours by splitting the CPU into ``--devices`` host devices (default: the core
-count, as the README tells users to run the product; ``--devices 1`` for one device), over which
-the training population, the MBPO seeds and an expectation CEM call's candidates are split when
-the count divides them (``ours_devices``, ``one_program_devices``, ``ours_candidate_devices``).
+one side runs, the other waits on a pipe. Both sides use every core. Ours splits the CPU into
+``--devices`` host devices (default: the core count, as the README tells users to run the
+product; ``--devices 1`` for one device), over which the training population, the MBPO seeds and
+an expectation CEM call's candidates are split when the count divides them (``ours_devices``,
+``one_program_devices``, ``ours_candidate_devices``). The peer is offered every multi-core form a
+competent mbrl-lib user would run, each a row, and "the peer" is its best (``peer_best_form``):
+(a) one process with torch's default threads (today's ``peer_batched`` / ``peer_sequential`` /
+``peer_s``); (b) P = ``--peer-workers`` (default: the core count) one-thread processes
+(``torch.set_num_threads(1)``, OMP / MKL pools of 1) at once, each on its share of the work
+(bench_common.split_work), timed from the first worker's start to the last one's end:
+``peer_workers_batched`` (worker i trains ONE ``GaussianMLP(ensemble_size=N_i)``),
+``peer_workers_sequential`` (its share of the timed models one after another), and for CEM the
+start-state split ``peer_workers_s`` (each worker one ``agent.act`` from its own start state; wall
+/ P per call — throughput, against our one call's latency). The MBPO seeds baseline likewise has
+one stream on one device (``sequential_s``) and one stream per host device at once
+(``sequential_streams_s``), so the seeds row can compare equal core counts.
 
 Same arithmetic on both sides: the same synthetic data (bench_common.linear_system) and split
 (floor(10 %) validation rows), the same minibatches per epoch (ceil(train rows / batch), the last
@@ -31,21 +42,30 @@ machine), one fraction per repetition, with FLOPs counted analytically from the
 layer sizes on the rows the peer computes: training 3 × forward (forward + backward) per training
 row and epoch, validation 1 × forward per validation row, epochs + 1 times.
 
-Prints one JSON object (also written to ``--out`` after every section):
+Prints one JSON object (also written to ``--out`` after every section) and, on stderr, one
+``[summary]`` line per row (``summary`` in the JSON: ours, every peer form's median, the best
+form, our ratio against it):
 
-* ``gemm_gflops`` (and ``gemm_gflops_end``), ``loadavg_start`` / ``loadavg_end`` (os.getloadavg).
+* ``gemm_gflops`` (2048² float32 ``jnp.dot``), ``torch_mm_gflops`` (``torch.mm``, torch's default
+  threads) and ``torch_mm_gflops_1thread``, interleaved round robin at the start and again at the
+  end (``*_end``); ``loadavg_start`` / ``loadavg_end`` (os.getloadavg), also per question.
 * ``train["<hidden>_<N>"]``: model-steps/s of ``ours`` (N models of kind P in one
   ``make_train_fn`` program), ``peer_batched`` (ONE ``GaussianMLP(ensemble_size=N)``: N models of
-  one config) and ``peer_sequential`` (N independent models one after another; the rate does not
-  depend on N, so ``--peer-seq-models`` of them are timed per repetition), ``gemm_fraction``.
-* ``cem["<setting>"]``: seconds per planning call of one model, ``ours_s`` and ``peer_s``
-  (mbrl-lib's ``TrajectoryOptimizerAgent.act``), same population, horizon, iterations, elites,
-  particles and propagation (bench_common.CEM_SETTINGS).
+  one config), ``peer_sequential`` (N independent models one after another; the rate does not
+  depend on N, so ``--peer-seq-models`` of them are timed per repetition), ``peer_workers_batched``
+  / ``peer_workers_sequential`` (the same work over P one-thread workers; ``peer_workers_shares``,
+  ``peer_worker_pids``), ``model_steps_per_rep`` of every form, ``peer_best_form`` /
+  ``peer_best`` / ``speedup_vs_peer_best``, ``gemm_fraction``, ``torch_mm_gflops_interleaved``.
+* ``cem["<setting>"]``: seconds per planning call of one model, ``ours_s``, ``peer_s``
+  (mbrl-lib's ``TrajectoryOptimizerAgent.act``) and ``peer_workers_s`` (``peer_workers_wall_s``
+  / P), same population, horizon, iterations, elites, particles and propagation
+  (bench_common.CEM_SETTINGS); ``peer_best_form`` / ``peer_best_s`` / ``speedup_vs_peer_best``.
 * ``cem_batch["<M>"]``: ours only, seconds per planned step per model: M models in one vmapped
   call (``batched_per_step_s``) vs one call per model (``sequential_per_step_s``).
 * ``seeds``: MBPO (``--seeds-config``, default the quick Pendulum config), ``--seeds-count``
-  seeds as one vmapped program (``one_program_s``) vs that many sequential runs
-  (``sequential_s``), run time without compile.
+  seeds as one vmapped program (``one_program_s``) vs that many sequential runs on one device
+  (``sequential_s``) and in one stream per host device (``sequential_streams_s``), run time
+  without compile; ``baseline_best_form`` and ``one_program_over_best_baseline``.
 * ``breakdown["<hidden>_<N>"]`` (``--breakdown``, sizes ``--breakdown-sizes``): where our
   trainer's time goes. Cheap variants of the training step (the matrix products alone; + biases
   and activations; + loss; + Adam; + row gather; + the trainer's masking / selects), one

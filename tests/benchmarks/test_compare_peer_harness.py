@@ -90,3 +90,34 @@ def test_multi_worker_peer_runs_p_processes_and_the_same_model_steps():
         assert len(one.request(cmd="gemm", size=64, reps=2)["gflops"]) == 2
     finally:
         pool.close()
+
+
+def test_results_table_quotes_the_json():
+    import peer_results_table
+
+    def s(median, lo, hi):
+        return {"median": median, "min": lo, "max": hi}
+
+    report = {"command": "python compare_peer.py", "wall_s": 812.4, "loadavg_start": [0.31, 0, 0],
+              "loadavg_end": [1.92, 0, 0], "num_devices": 2, "config": {"peer_workers": 2, "reps": 9},
+              "gemm_gflops": s(160, 150, 170), "torch_mm_gflops": s(150, 140, 155),
+              "torch_mm_gflops_1thread": s(80, 78, 81), "gemm_gflops_end": s(161, 150, 170),
+              "torch_mm_gflops_end": s(151, 140, 155),
+              "train": {"200_64": {"layers": 4, "ours": s(625.3, 604, 653), "gemm_fraction": s(0.612, 0.58, 0.65),
+                                   "peer_batched": s(392, 370, 403), "peer_sequential": s(245, 162, 247),
+                                   "peer_workers_batched": s(510.6, 480, 530), "peer_workers_sequential": None,
+                                   "peer_best_form": "peer_workers_batched", "speedup_vs_peer_best": 1.2246}},
+              "seeds": {"num_seeds": 8, "one_program_devices": 2, "one_program_s": s(5.88, 5.68, 6.57),
+                        "sequential_s": s(12.81, 11.91, 13.41), "sequential_streams_s": s(6.5, 6.4, 7.1),
+                        "baseline_best_form": "sequential_streams_s", "one_program_over_best_baseline": 0.9046}}
+    head, blank, *table = peer_results_table.render(report).splitlines()
+    assert head.startswith("`python compare_peer.py` (812 s; load 0.31 → 1.92; 2 host devices; P = 2 peer workers;")
+    assert "`torch.mm` 1 thread 80.0 (78.0–81.0)" in head and blank == ""
+    assert table[2] == (
+        '| training, 4 × 200, N = 64, model-steps/s (`train["200_64"]`) | 625 (604–653); gemm_fraction 0.61 '
+        '(0.58–0.65) | 1 process, batched `GaussianMLP(ensemble_size=N)` 392 (370–403); 1 process, sequential '
+        '245 (162–247); **P workers, batched `GaussianMLP(ensemble_size=N/P)` 511 (480–530)**; P workers, '
+        'sequential — | **1.22×** |')
+    assert table[3] == (
+        "| MBPO, 8 seeds in one program (over 2 devices), s (`seeds`) | 5.88 (5.68–6.57) | sequential, one "
+        "device 12.8 (11.9–13.4); **P streams at once, one per device 6.50 (6.40–7.10)** | **0.90×** of the best |")
