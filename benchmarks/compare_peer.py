@@ -54,7 +54,8 @@ form, our ratio against it):
   one config), ``peer_sequential`` (N independent models one after another; the rate does not
   depend on N, so ``--peer-seq-models`` of them are timed per repetition), ``peer_workers_batched``
   / ``peer_workers_sequential`` (the same work over P one-thread workers; ``peer_workers_shares``,
-  ``peer_worker_pids``), ``model_steps_per_rep`` of every form, ``peer_best_form`` /
+  ``peer_worker_pids``, ``peer_workers_stagger_s``: what the workers' staggered starts add to the
+  slowest one's own time), ``model_steps_per_rep`` of every form, ``peer_best_form`` /
   ``peer_best`` / ``speedup_vs_peer_best``, ``gemm_fraction``, ``torch_mm_gflops_interleaved``.
 * ``cem["<setting>"]``: seconds per planning call of one model, ``ours_s``, ``peer_s``
   (mbrl-lib's ``TrajectoryOptimizerAgent.act``) and ``peer_workers_s`` (``peer_workers_wall_s``
@@ -326,7 +327,7 @@ def train_question(args, peer, hidden, n, gemm):
             pool = None
     ours_s, dots, mms = [], [], []
     forms = {"batched": [], "sequential": [], "workers_batched": [], "workers_sequential": []}
-    pids, peer_val = set(), None
+    pids, stagger, peer_val = set(), [], None
     dot_rates = gemm_timer(args.gemm_size)
     for rep in range(args.reps):
         ours_s.append(timed(lambda: compiled(keys, None, data, hp, ds)))
@@ -353,6 +354,7 @@ def train_question(args, peer, hidden, n, gemm):
                     forms[f"workers_{variant}"].append(r["model_steps_per_s"])
                     model_steps[f"peer_workers_{variant}"] = r["model_steps"]
                     pids.update(r["pids"])
+                    stagger.append(r["stagger_s"])
                     time.sleep(args.gap_s)
             except PeerError as exc:
                 peer.note(name, f"workers: {exc}")
@@ -376,6 +378,7 @@ def train_question(args, peer, hidden, n, gemm):
         ours_final_val_mse=float(np.mean(np.asarray(result.metrics.val_mse)[:, -1])),
         model_steps_per_rep=model_steps,
         peer_worker_pids=sorted(pids),
+        peer_workers_stagger_s=summarize(stagger),
     )
     if forms["batched"]:
         entry.update(peer_batched=summarize(forms["batched"]), peer_sequential=summarize(forms["sequential"]),
@@ -478,7 +481,7 @@ def cem_question(args, peer, setting):
             peer.note(setting, f"workers: {exc}")
             pool.close()
             pool = None
-    ours, theirs, walls, pids = [], [], [], set()
+    ours, theirs, walls, pids, stagger = [], [], [], set(), []
     for rep in range(args.reps):
         key = jax.random.key(1 + rep)
         ours.append(timed(lambda: compiled(key, p0, n0, o0, pl0)))
@@ -496,6 +499,7 @@ def cem_question(args, peer, setting):
                 r = pool.run("cem", rep)
                 walls.append(r["seconds"])
                 pids.update(r["pids"])
+                stagger.append(r["stagger_s"])
                 time.sleep(args.gap_s)
             except PeerError as exc:
                 peer.note(setting, f"workers: {exc}")
@@ -514,6 +518,7 @@ def cem_question(args, peer, setting):
     entry["peer_workers_wall_s"] = summarize(walls)
     entry["peer_workers_s"] = summarize(walls, scale=1 / args.peer_workers)
     entry["peer_worker_pids"] = sorted(pids)
+    entry["peer_workers_stagger_s"] = summarize(stagger)
     entry["speedup_vs_peer"] = ratio(entry["peer_s"], entry["ours_s"])
     entry["peer_best_form"], entry["peer_best_s"] = best_form(entry, ("peer_s", "peer_workers_s"), higher_is_better=False)
     entry["speedup_vs_peer_best"] = ratio(entry["peer_best_s"], entry["ours_s"])

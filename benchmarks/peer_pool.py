@@ -152,6 +152,8 @@ class PeerPool:
         out = {"seconds": concurrent_wall(replies), "pids": [r["pid"] for r in replies],
                "torch_threads": [r["torch_threads"] for r in replies],
                "per_worker_s": [r["seconds"] for r in replies]}
+        # What the stagger of the workers' starts adds to the slowest worker's own time.
+        out["stagger_s"] = out["seconds"] - max(out["per_worker_s"])
         if all("model_steps" in r for r in replies):
             out["model_steps"] = sum(r["model_steps"] for r in replies)
             out["models"] = sum(r["models"] for r in replies)
