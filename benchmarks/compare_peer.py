@@ -600,18 +600,21 @@ def seeds_question(args):
         """Every stream at once; returns when the slowest is done."""
         return list(pool.map(stream, range(len(shares))))
 
-    warm = {"one_program": timed(lambda: batched(keys)), "sequential": timed(sequential),
-            "sequential_streams": timed(streams)}
+    multi = len(shares) > 1  # one device: the streams form is the sequential form
+    warm = {"one_program": timed(lambda: batched(keys)), "sequential": timed(sequential)}
+    if multi:
+        warm["sequential_streams"] = timed(streams)
     one, seq, par = [], [], []
     for rep in range(args.seeds_reps):
         one.append(timed(lambda: batched(keys)))
         time.sleep(args.gap_s)
         seq.append(timed(sequential))
         time.sleep(args.gap_s)
-        par.append(timed(streams))
-        time.sleep(args.gap_s)
-        log(f"[seeds] rep {rep}: one program {one[-1]:.2f} s, sequential {seq[-1]:.2f} s, "
-            f"{len(shares)} sequential streams {par[-1]:.2f} s")
+        if multi:
+            par.append(timed(streams))
+            time.sleep(args.gap_s)
+        log(f"[seeds] rep {rep}: one program {one[-1]:.2f} s, sequential {seq[-1]:.2f} s"
+            + (f", {len(shares)} sequential streams {par[-1]:.2f} s" if multi else ""))
     pool.shutdown()
     entry = {"config": os.path.relpath(args.seeds_config, ROOT), "num_seeds": args.seeds_count,
              "env_steps_per_seed": progs["config"].sac.total_env_steps, "layout": vars(progs["layout"]),
@@ -619,7 +622,7 @@ def seeds_question(args):
              "one_program_compile_s": progs["vmapped_compile_s"], "single_compile_s": progs["single_compile_s"],
              "streams": len(shares), "stream_seeds": shares, "streams_compile_s": streams_compile_s,
              "warmup_s": warm, "one_program_s": summarize(one), "sequential_s": summarize(seq),
-             "sequential_streams_s": summarize(par) if len(shares) > 1 else None,
+             "sequential_streams_s": summarize(par),
              "speedup_one_program_over_sequential": ratio(summarize(seq), summarize(one))}
     entry["baseline_best_form"], entry["baseline_best_s"] = best_form(
         entry, ("sequential_s", "sequential_streams_s"), higher_is_better=False)
