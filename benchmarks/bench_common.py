@@ -49,6 +49,40 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
     return math.ceil(num_train / batch_size)
 
 
+def split_work(total: int, parts: int) -> list[int]:
+    """Shares of ``total`` items over at most ``parts`` workers, as even as possible (the larger
+    shares first, no empty share): split_work(64, 2) = [32, 32], split_work(5, 2) = [3, 2],
+    split_work(1, 2) = [1]."""
+    if total < 1 or parts < 1:
+        raise ValueError(f"split_work needs total >= 1 and parts >= 1, got {total}, {parts}")
+    parts = min(parts, total)
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def train_model_steps(models: int, epochs: int, steps: int) -> int:
+    """Model-steps of fitting ``models`` models for ``epochs`` epochs of ``steps`` minibatch
+    updates each: the unit of every training form's rate (one minibatch update of one model)."""
+    return models * epochs * steps
+
+
+def concurrent_wall(replies) -> float:
+    """Wall seconds of work timed in several processes at once: the last ``t_end`` minus the first
+    ``t_start`` (time.monotonic, one clock for every process of the machine), i.e. the slowest
+    worker plus any stagger of their starts."""
+    return max(r["t_end"] for r in replies) - min(r["t_start"] for r in replies)
+
+
+def best_form(entry, forms, higher_is_better):
+    """(name, summary) of the peer's best form by median among ``forms`` present in ``entry``
+    (the fastest: the highest rate or the fewest seconds), or (None, None)."""
+    present = [(f, entry[f]) for f in forms if entry.get(f)]
+    if not present:
+        return None, None
+    pick = max if higher_is_better else min
+    return pick(present, key=lambda fs: fs[1]["median"])
+
+
 def summarize(values, scale: float = 1.0) -> dict:
     """min / median / max (× ``scale``) and the repetition count of a list of measurements."""
     v = [float(x) * scale for x in values]

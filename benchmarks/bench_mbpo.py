@@ -61,7 +61,8 @@ def seed_programs(config: mbpo_compare.CompareConfig, num_seeds, layout=None):
     """The quick-config MBPO agent as (a) one ``jit(vmap(train))`` program over ``num_seeds`` seeds
     and (b) the single-seed ``jit(train)`` program, both AOT-compiled (seconds apart): a dict with
     ``batched``, ``single``, ``keys`` [num_seeds], ``config``, ``vmapped_compile_s``,
-    ``single_compile_s``, ``layout`` (the seeds' population layout, resolved; None = "auto").
+    ``single_compile_s``, ``layout`` (the seeds' population layout, resolved; None = "auto"), ``train``
+    (the single-seed function, to compile for other devices).
     Shared with compare_peer.py's ``seeds`` question."""
     cfg = mbpo_config.agent_config("mbpo", config.mbpo)
     cfg = dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, num_seeds=num_seeds))
@@ -78,7 +79,8 @@ def seed_programs(config: mbpo_compare.CompareConfig, num_seeds, layout=None):
     t = time.perf_counter()
     single = jax.jit(train).lower(keys[0]).compile()
     single_compile_s = time.perf_counter() - t
-    return {"batched": batched, "single": single, "keys": keys, "config": cfg, "layout": layout, "shards": len(devices),
+    return {"batched": batched, "single": single, "train": train, "keys": keys, "config": cfg, "layout": layout,
+            "shards": len(devices),
             "vmapped_compile_s": vmapped_compile_s, "single_compile_s": single_compile_s}
 
 

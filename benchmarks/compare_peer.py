@@ -1,6 +1,6 @@
 """Fair benchmarks: ours (JAX) vs the PyTorch peer (mbrl-lib 0.2.0), interleaved in one run.
 
-    python benchmarks/compare_peer.py                                  # everything (tens of minutes on 2 cores)
+    python benchmarks/compare_peer.py                                  # everything, 9 repetitions (~15 min on 2 quiet cores)
     python benchmarks/compare_peer.py --only train --hidden 200 --num-models 64
     python benchmarks/compare_peer.py --only cem --cem-settings expectation_h30
     python benchmarks/compare_peer.py --only breakdown --breakdown-sizes 200_64
@@ -13,11 +13,22 @@ reported apart (``peer_start_s``, ``peer_warmup_s``), as our compile time and fi
 call are (``ours_compile_s``, ``ours_warmup_s``). Then the repetitions alternate, ours then the
 peer's variants (A B A B …), ``--reps`` of each, with ``--gap-s`` of idle between calls so the
 other side's threads are asleep. Every timed key is ``{min, median, max, reps, values}``. While
-one side runs, the other waits on a pipe. Both sides use every core: the peer through torch's
-default threads, ours by splitting the CPU into ``--devices`` host devices (default: the core
-count, as the README tells users to run the product; ``--devices 1`` for one device), over which
-the training population, the MBPO seeds and an expectation CEM call's candidates are split when
-the count divides them (``ours_devices``, ``one_program_devices``, ``ours_candidate_devices``).
+one side runs, the other waits on a pipe. Both sides use every core. Ours splits the CPU into
+``--devices`` host devices (default: the core count, as the README tells users to run the
+product; ``--devices 1`` for one device), over which the training population, the MBPO seeds and
+an expectation CEM call's candidates are split when the count divides them (``ours_devices``,
+``one_program_devices``, ``ours_candidate_devices``). The peer is offered every multi-core form a
+competent mbrl-lib user would run, each a row, and "the peer" is its best (``peer_best_form``):
+(a) one process with torch's default threads (today's ``peer_batched`` / ``peer_sequential`` /
+``peer_s``); (b) P = ``--peer-workers`` (default: the core count) one-thread processes
+(``torch.set_num_threads(1)``, OMP / MKL pools of 1) at once, each on its share of the work
+(bench_common.split_work), timed from the first worker's start to the last one's end:
+``peer_workers_batched`` (worker i trains ONE ``GaussianMLP(ensemble_size=N_i)``),
+``peer_workers_sequential`` (its share of the timed models one after another), and for CEM the
+start-state split ``peer_workers_s`` (each worker one ``agent.act`` from its own start state; wall
+/ P per call — throughput, against our one call's latency). The MBPO seeds baseline likewise has
+one stream on one device (``sequential_s``) and one stream per host device at once
+(``sequential_streams_s``), so the seeds row can compare equal core counts.
 
 Same arithmetic on both sides: the same synthetic data (bench_common.linear_system) and split
 (floor(10 %) validation rows), the same minibatches per epoch (ceil(train rows / batch), the last
@@ -31,21 +42,31 @@ machine), one fraction per repetition, with FLOPs counted analytically from the
 layer sizes on the rows the peer computes: training 3 × forward (forward + backward) per training
 row and epoch, validation 1 × forward per validation row, epochs + 1 times.
 
-Prints one JSON object (also written to ``--out`` after every section):
+Prints one JSON object (also written to ``--out`` after every section) and, on stderr, one
+``[summary]`` line per row (``summary`` in the JSON: ours, every peer form's median, the best
+form, our ratio against it):
 
-* ``gemm_gflops`` (and ``gemm_gflops_end``), ``loadavg_start`` / ``loadavg_end`` (os.getloadavg).
+* ``gemm_gflops`` (2048² float32 ``jnp.dot``), ``torch_mm_gflops`` (``torch.mm``, torch's default
+  threads) and ``torch_mm_gflops_1thread``, interleaved round robin at the start and again at the
+  end (``*_end``); ``loadavg_start`` / ``loadavg_end`` (os.getloadavg), also per question.
 * ``train["<hidden>_<N>"]``: model-steps/s of ``ours`` (N models of kind P in one
   ``make_train_fn`` program), ``peer_batched`` (ONE ``GaussianMLP(ensemble_size=N)``: N models of
-  one config) and ``peer_sequential`` (N independent models one after another; the rate does not
-  depend on N, so ``--peer-seq-models`` of them are timed per repetition), ``gemm_fraction``.
-* ``cem["<setting>"]``: seconds per planning call of one model, ``ours_s`` and ``peer_s``
-  (mbrl-lib's ``TrajectoryOptimizerAgent.act``), same population, horizon, iterations, elites,
-  particles and propagation (bench_common.CEM_SETTINGS).
+  one config), ``peer_sequential`` (N independent models one after another; the rate does not
+  depend on N, so ``--peer-seq-models`` of them are timed per repetition), ``peer_workers_batched``
+  / ``peer_workers_sequential`` (the same work over P one-thread workers; ``peer_workers_shares``,
+  ``peer_worker_pids``, ``peer_workers_stagger_s``: what the workers' staggered starts add to the
+  slowest one's own time), ``model_steps_per_rep`` of every form, ``peer_best_form`` /
+  ``peer_best`` / ``speedup_vs_peer_best``, ``gemm_fraction``, ``torch_mm_gflops_interleaved``.
+* ``cem["<setting>"]``: seconds per planning call of one model, ``ours_s``, ``peer_s``
+  (mbrl-lib's ``TrajectoryOptimizerAgent.act``) and ``peer_workers_s`` (``peer_workers_wall_s``
+  / P), same population, horizon, iterations, elites, particles and propagation
+  (bench_common.CEM_SETTINGS); ``peer_best_form`` / ``peer_best_s`` / ``speedup_vs_peer_best``.
 * ``cem_batch["<M>"]``: ours only, seconds per planned step per model: M models in one vmapped
   call (``batched_per_step_s``) vs one call per model (``sequential_per_step_s``).
 * ``seeds``: MBPO (``--seeds-config``, default the quick Pendulum config), ``--seeds-count``
-  seeds as one vmapped program (``one_program_s``) vs that many sequential runs
-  (``sequential_s``), run time without compile.
+  seeds as one vmapped program (``one_program_s``) vs that many sequential runs on one device
+  (``sequential_s``) and in one stream per host device (``sequential_streams_s``), run time
+  without compile; ``baseline_best_form`` and ``one_program_over_best_baseline``.
 * ``breakdown["<hidden>_<N>"]`` (``--breakdown``, sizes ``--breakdown-sizes``): where our
   trainer's time goes. Cheap variants of the training step (the matrix products alone; + biases
   and activations; + loss; + Adam; + row gather; + the trainer's masking / selects), one
@@ -62,7 +83,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -70,6 +90,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
+
+from peer_pool import DEFAULT_PEER_PYTHON, Peer, PeerError, core_count, log  # noqa: E402 (no JAX)
 
 
 def host_device_count(argv) -> int:
@@ -80,9 +102,7 @@ def host_device_count(argv) -> int:
             return max(1, int(argv[argv.index("--devices") + 1]))
         except ValueError:
             return 1  # argparse reports the bad value
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))  # the cores this process may use
-    return os.cpu_count() or 1
+    return core_count()
 
 
 # XLA reads the host device count when JAX starts; a count already in XLA_FLAGS wins.
@@ -94,8 +114,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench_common import (ACT_DIM, ACTION_BOUND, CEM_SETTINGS, OBS_DIM, gemm_gflops, gemm_timer,  # noqa: E402
-                          linear_system, split_sizes, steps_per_epoch, summarize)
+from bench_common import (ACT_DIM, ACTION_BOUND, CEM_SETTINGS, OBS_DIM, gemm_timer,  # noqa: E402
+                          best_form, linear_system, split_sizes, split_work, steps_per_epoch,
+                          summarize, train_model_steps)
+
 from mismatch_jax.data import TransitionData  # noqa: E402
 from mismatch_jax.models import core as models  # noqa: E402
 from mismatch_jax.models.nets import gradient_update  # noqa: E402
@@ -106,8 +128,6 @@ from mismatch_jax.train import TrainConfig, TrainHParams, make_optimizer, make_t
 from mismatch_jax.train.steps import all_finite, make_model_steps, select  # noqa: E402
 
 SECTIONS = ("gemm", "train", "cem", "cem_batch", "seeds", "breakdown")
-PEER_SCRIPT = os.path.join(HERE, "peer_mbrl.py")
-PEER_MISSING = "peer: not installed (run benchmarks/setup_peer_venv.sh)"
 
 
 def parse_args(argv=None):
@@ -116,7 +136,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--only", default="gemm,train,cem,cem_batch,seeds",
                    help=f"comma-separated sections of {','.join(SECTIONS)} (gemm is always measured)")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions of each side")
+    p.add_argument("--reps", type=int, default=9, help="timed repetitions of each side and form")
     p.add_argument("--hidden", default="32,200", help="train: comma-separated hidden sizes")
     p.add_argument("--num-models", default="64", help="train: comma-separated population sizes N")
     p.add_argument("--layers", type=int, default=4, help="train: hidden layers")
@@ -124,8 +144,10 @@ def parse_args(argv=None):
     p.add_argument("--rows", type=int, default=2048, help="train: transitions in the dataset")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--validation-fraction", type=float, default=0.1)
-    p.add_argument("--peer-seq-models", type=int, default=2,
-                   help="peer_sequential: models timed per repetition (its rate does not depend on N)")
+    p.add_argument("--peer-seq-models", type=int, default=None,
+                   help="peer_sequential: models timed per repetition, split over the workers of the "
+                        "multi-process form (its rate does not depend on N; default: the smallest "
+                        "multiple of --peer-workers that is >= 2)")
     p.add_argument("--cem-settings", default="expectation_h30,tsinf_h15_p20",
                    help=f"cem: comma-separated settings of {','.join(CEM_SETTINGS)}")
     p.add_argument("--cem-batch", default="1,8,64", help="cem_batch: comma-separated model counts M")
@@ -149,8 +171,12 @@ def parse_args(argv=None):
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--gap-s", type=float, default=0.2, help="idle seconds between timed calls")
     p.add_argument("--no-peer", action="store_true", help="JAX side only (peer keys null)")
-    p.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON", os.path.join(ROOT, ".peer-venv", "bin", "python")))
-    p.add_argument("--peer-threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON", DEFAULT_PEER_PYTHON))
+    p.add_argument("--peer-threads", type=int, default=0,
+                   help="torch threads of the one-process forms (0: torch's default)")
+    p.add_argument("--peer-workers", type=int, default=0,
+                   help="P of the peer's multi-process forms: P one-thread workers at once, each on its "
+                        "share of the models / start states (0: the CPU core count; 1: no such forms)")
     p.add_argument("--out", default=None, help="also write the JSON here (after every section)")
     args = p.parse_args(argv)
     args.sections = [s for s in args.only.split(",") if s]
@@ -164,6 +190,13 @@ def parse_args(argv=None):
         p.error(f"--cem-settings: unknown {sorted(bad)}; choose from {sorted(CEM_SETTINGS)}")
     if args.reps < 1:
         p.error("--reps must be >= 1")
+    if args.peer_workers < 0:
+        p.error("--peer-workers must be >= 0 (0: the core count)")
+    args.peer_workers = args.peer_workers or core_count()
+    if args.peer_seq_models is None:
+        args.peer_seq_models = args.peer_workers * -(-2 // args.peer_workers)
+    if args.peer_seq_models < 1:
+        p.error("--peer-seq-models must be >= 1")
     args.seeds_reps = args.reps if args.seeds_reps is None else args.seeds_reps
     try:
         args.breakdown_at = [tuple(int(v) for v in size.split("_")) for size in args.breakdown_sizes.split(",") if size]
@@ -196,115 +229,11 @@ def compile_timed(jitted, *args):
     return compiled, time.perf_counter() - start
 
 
-def log(*parts):
-    """A progress line on stderr (stdout carries only the JSON)."""
-    print(*parts, file=sys.stderr, flush=True)
-
-
 def ratio(num, den):
     """median(num) / median(den), or None when either side is missing."""
     if not num or not den:
         return None
     return num["median"] / den["median"]
-
-
-# --------------------------------------------------------------------------- the peer ------
-
-
-class PeerError(RuntimeError):
-    """The peer worker answered with an error or went away."""
-
-
-class PeerWorker:
-    """A persistent peer_mbrl.py process: JSON-line requests on stdin, replies on stdout."""
-
-    def __init__(self, python, threads=0):
-        """Start the worker and wait for its ready line (``start_s``: process start + import)."""
-        start = time.perf_counter()
-        self.threads = threads
-        self.proc = subprocess.Popen([python, "-u", PEER_SCRIPT], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.hello = self._read()
-        self.start_s = time.perf_counter() - start
-
-    def _read(self):
-        """The next reply line as a dict."""
-        line = self.proc.stdout.readline()
-        if not line:
-            try:
-                rc = self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                rc = None
-            raise PeerError(f"peer worker exited (rc {rc}); see its stderr above")
-        return json.loads(line)
-
-    def request(self, **req):
-        """Send one request and return its reply; a failed reply raises PeerError."""
-        if req.get("cmd") == "setup" and self.threads:
-            req["threads"] = self.threads
-        try:
-            self.proc.stdin.write(json.dumps(req) + "\n")
-            self.proc.stdin.flush()
-        except OSError as exc:  # the worker died (e.g. out of memory)
-            raise PeerError(f"peer worker gone: {exc}") from exc
-        out = self._read()
-        if not out.get("ok"):
-            raise PeerError(out.get("error", "peer error"))
-        return out
-
-    def close(self):
-        """Ask the worker to quit; kill it if it does not."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=10)
-        except Exception:
-            pass
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class Peer:
-    """Whether and how to reach the peer; ``start()`` returns a PeerWorker or None (noted)."""
-
-    def __init__(self, args, report):
-        """Peer status from the options: skipped, not installed, or available."""
-        self.args = args
-        self.report = report
-        self.info = {"python": args.peer_python, "status": "ok", "script": os.path.relpath(PEER_SCRIPT, ROOT)}
-        if args.no_peer:
-            self.info["status"] = "peer: skipped (--no-peer)"
-        elif not os.path.exists(args.peer_python):
-            self.info["status"] = PEER_MISSING
-        report["peer"] = self.info
-
-    @property
-    def available(self):
-        """True while the peer can be started."""
-        return self.info["status"] == "ok"
-
-    def start(self, question):
-        """A fresh worker for one question, or None (the failure is noted in the report)."""
-        if not self.available:
-            return None
-        try:
-            worker = PeerWorker(self.args.peer_python, self.args.peer_threads)
-            self.info.setdefault("torch", worker.hello.get("torch"))
-            self.info.setdefault("torch_threads", worker.hello.get("torch_threads"))
-            return worker
-        except Exception as exc:  # e.g. a venv without mbrl: peer keys null, not a crash
-            self.note(question, f"peer failed to start: {exc}")
-            if "No module named" in str(exc) or isinstance(exc, PeerError):
-                self.info["status"] = f"{PEER_MISSING}; start failed: {exc}"
-            return None
-
-    def note(self, question, text):
-        """Record a peer problem of one question."""
-        self.report.setdefault("notes", []).append(f"{question}: {text[-1500:]}")
-        log(f"[{question}] {text[-1500:]}")
 
 
 # ------------------------------------------------------------------------ training ---------
@@ -336,7 +265,9 @@ def train_flops_per_model(mcfg, epochs, num_train, num_val):
 
 
 def train_question(args, peer, hidden, n, gemm):
-    """One ``train["<hidden>_<N>"]`` entry: ours, peer_batched, peer_sequential interleaved."""
+    """One ``train["<hidden>_<N>"]`` entry: ours and the peer's four forms interleaved (ours, a
+    2048² dot ×3, the one-process batched / sequential forms, a torch.mm ×3, the P-worker
+    batched / sequential forms), the best form and our ratio against it."""
     name = f"{hidden}_{n}"
     cfg = train_config(args, hidden)
     data, num_train, num_val = train_data(args)
@@ -360,14 +291,14 @@ def train_question(args, peer, hidden, n, gemm):
         "ours_compile_s": compile_s, "ours_warmup_s": warm_s, "ours_layout": vars(layout), "ours_devices": shards,
     }
     entry = {"ours": None, "peer_batched": None, "peer_sequential": None, "gemm_fraction": None, **entry}
-    worker = peer.start(name)
+    model_steps = {"ours": train_model_steps(n, args.epochs, steps)}
+    spec = dict(question="train", hidden=hidden, layers=args.layers, epochs=args.epochs,
+                batch_size=args.batch_size, rows=args.rows, obs_dim=OBS_DIM, act_dim=ACT_DIM,
+                validation_fraction=args.validation_fraction)
+    worker, pool = peer.start(name), None
     if worker is not None:
         try:
-            setup = worker.request(cmd="setup", question="train", hidden=hidden, layers=args.layers,
-                                   num_models=n, epochs=args.epochs, batch_size=args.batch_size,
-                                   rows=args.rows, obs_dim=OBS_DIM, act_dim=ACT_DIM,
-                                   validation_fraction=args.validation_fraction,
-                                   seq_models=args.peer_seq_models)
+            setup = worker.request(cmd="setup", num_models=n, seq_models=args.peer_seq_models, **spec)
             entry.update(peer_start_s=worker.start_s, peer_import_s=worker.hello.get("import_s"),
                          peer_build_s=setup["build_s"], peer_warmup_s=setup["warmup_s"],
                          peer_torch_threads=setup["torch_threads"],
@@ -376,7 +307,27 @@ def train_question(args, peer, hidden, n, gemm):
             peer.note(name, str(exc))
             worker.close()
             worker = None
-    ours_s, dots, batched, sequential, peer_val = [], [], [], [], None
+    shares = {"batched": split_work(n, args.peer_workers), "sequential": split_work(args.peer_seq_models, args.peer_workers)}
+    if worker is not None and args.peer_workers > 1:
+        pool = peer.start_pool(name, args.peer_workers)
+    if pool is not None:
+        try:
+            # Worker i trains share i of each variant (a worker with no sequential share gets 0).
+            reqs = [dict(cmd="setup", worker=i, num_models=shares["batched"][i],
+                         seq_models=(shares["sequential"] + [0] * len(shares["batched"]))[i], **spec)
+                    for i in range(len(pool.workers))]
+            setups = pool.request_all(reqs)
+            entry.update(peer_workers=len(pool.workers), peer_workers_start_s=pool.start_s,
+                         peer_workers_warmup_s=[r["warmup_s"] for r in setups],
+                         peer_workers_torch_threads=[r["torch_threads"] for r in setups],
+                         peer_workers_shares=shares)
+        except PeerError as exc:
+            peer.note(name, f"workers: {exc}")
+            pool.close()
+            pool = None
+    ours_s, dots, mms = [], [], []
+    forms = {"batched": [], "sequential": [], "workers_batched": [], "workers_sequential": []}
+    pids, stagger, peer_val = set(), [], None
     dot_rates = gemm_timer(args.gemm_size)
     for rep in range(args.reps):
         ours_s.append(timed(lambda: compiled(keys, None, data, hp, ds)))
@@ -384,39 +335,66 @@ def train_question(args, peer, hidden, n, gemm):
         time.sleep(args.gap_s)
         if worker is not None:
             try:
-                b = worker.request(cmd="run", variant="batched", rep=rep)
+                for variant in ("batched", "sequential"):
+                    r = worker.request(cmd="run", variant=variant, rep=rep)
+                    forms[variant].append(r["model_steps_per_s"])
+                    model_steps[f"peer_{variant}"] = r["model_steps"]
+                    peer_val = r["final_val_score"] if variant == "batched" else peer_val
+                    time.sleep(args.gap_s)
+                mms.append(float(np.median(worker.request(cmd="gemm", size=args.gemm_size, reps=3)["gflops"])))
                 time.sleep(args.gap_s)
-                s = worker.request(cmd="run", variant="sequential", rep=rep)
-                time.sleep(args.gap_s)
-                batched.append(b["model_steps_per_s"])
-                sequential.append(s["model_steps_per_s"])
-                peer_val = b["final_val_score"]
             except PeerError as exc:
                 peer.note(name, str(exc))
                 worker.close()
                 worker = None
-        log(f"[train {name}] rep {rep}: ours {ours_s[-1]:.3f} s"
-            + (f", peer batched {batched[-1]:.1f} / sequential {sequential[-1]:.1f} model-steps/s"
-               if len(batched) == rep + 1 else ""))
-    if worker is not None:
-        worker.close()
-    model_steps = n * args.epochs * steps
+        if pool is not None:
+            try:
+                for variant in ("batched", "sequential"):
+                    r = pool.run(variant, rep)
+                    forms[f"workers_{variant}"].append(r["model_steps_per_s"])
+                    model_steps[f"peer_workers_{variant}"] = r["model_steps"]
+                    pids.update(r["pids"])
+                    stagger.append(r["stagger_s"])
+                    time.sleep(args.gap_s)
+            except PeerError as exc:
+                peer.note(name, f"workers: {exc}")
+                pool.close()
+                pool = None
+        log(f"[train {name}] rep {rep}: ours {model_steps['ours'] / ours_s[-1]:.1f}"
+            + "".join(f", {form} {v[-1]:.1f}" for form, v in forms.items() if len(v) == rep + 1)
+            + " model-steps/s")
+    for proc in (worker, pool):
+        if proc is not None:
+            proc.close()
     result = compiled(keys, None, data, hp, ds)
     flops = n * entry["flops_per_model"]
     entry.update(
-        ours=summarize([model_steps / t for t in ours_s]),
+        ours=summarize([model_steps["ours"] / t for t in ours_s]),
         ours_seconds=summarize(ours_s),
         gemm_gflops_interleaved=summarize(dots),
+        torch_mm_gflops_interleaved=summarize(mms),
         gemm_fraction=summarize([flops / t / (d * 1e9) for t, d in zip(ours_s, dots)]),
         gemm_fraction_vs_start_gemm=summarize([flops / t / (gemm["median"] * 1e9) for t in ours_s]),
         ours_final_val_mse=float(np.mean(np.asarray(result.metrics.val_mse)[:, -1])),
+        model_steps_per_rep=model_steps,
+        peer_worker_pids=sorted(pids),
+        peer_workers_stagger_s=summarize(stagger),
     )
-    if batched:
-        entry.update(peer_batched=summarize(batched), peer_sequential=summarize(sequential),
+    if forms["batched"]:
+        entry.update(peer_batched=summarize(forms["batched"]), peer_sequential=summarize(forms["sequential"]),
                      peer_final_val_score_normalised=peer_val)
+    entry["peer_workers_batched"] = summarize(forms["workers_batched"])
+    entry["peer_workers_sequential"] = summarize(forms["workers_sequential"])
     entry["speedup_vs_peer_batched"] = ratio(entry["ours"], entry["peer_batched"])
     entry["speedup_vs_peer_sequential"] = ratio(entry["ours"], entry["peer_sequential"])
+    entry["peer_best_form"], entry["peer_best"] = best_form(entry, PEER_TRAIN_FORMS, higher_is_better=True)
+    entry["speedup_vs_peer_best"] = ratio(entry["ours"], entry["peer_best"])
     return name, entry
+
+
+# The peer's training forms (model-steps/s): one process with torch's default threads, an
+# N-member ensemble or models one after another; P one-thread processes, each with its share.
+PEER_TRAIN_FORMS = ("peer_batched", "peer_sequential", "peer_workers_batched", "peer_workers_sequential")
 
 
 # ----------------------------------------------------------------------------- CEM ---------
@@ -465,7 +443,12 @@ def cem_question(args, peer, setting):
     """One ``cem["<setting>"]`` entry: one planning call of one model, ours vs the peer's agent.
     With ``--devices D`` an expectation setting splits its candidates over the D host devices
     (``ours_candidate_devices``); TS settings run on one device (their particles' member
-    assignment spans all candidates)."""
+    assignment spans all candidates). The peer's forms: one process with torch's default threads
+    (``peer_s``) and the start-state split, P one-thread agents each planning one call from its
+    own start state at once (``peer_workers_s`` = their wall / P: throughput, where ours is one
+    call's latency). mbrl-lib's CEMOptimizer scores the whole population in one call per
+    iteration, so a candidate split across processes would mean rewriting its loop around a
+    scatter / gather per iteration — not how mbrl-lib is used; it is not offered."""
     devices = candidate_devices_for(cem_config(setting))  # None: one device
     planner, params, norms, obs, plans = cem_inputs(setting, 1, devices)
     p0, n0, o0, pl0 = first(params), first(norms), obs[0], plans[0]
@@ -474,11 +457,11 @@ def cem_question(args, peer, setting):
     entry = {"ours_s": None, "peer_s": None, "setting": {"name": setting, **CEM_SETTINGS[setting]},
              "ours_compile_s": compile_s, "ours_warmup_s": warm_s,
              "ours_candidate_devices": len(devices) if devices else 1}
-    worker = peer.start(setting)
+    worker, pool = peer.start(setting), None
+    cem_spec = dict(cmd="setup", question="cem", obs_dim=OBS_DIM, act_dim=ACT_DIM, **CEM_SETTINGS[setting])
     if worker is not None:
         try:
-            setup = worker.request(cmd="setup", question="cem", obs_dim=OBS_DIM, act_dim=ACT_DIM,
-                                   **CEM_SETTINGS[setting])
+            setup = worker.request(**cem_spec)
             entry.update(peer_start_s=worker.start_s, peer_import_s=worker.hello.get("import_s"),
                          peer_build_s=setup["build_s"], peer_warmup_s=setup["warmup_s"]["cem"],
                          peer_torch_threads=setup["torch_threads"])
@@ -486,7 +469,19 @@ def cem_question(args, peer, setting):
             peer.note(setting, str(exc))
             worker.close()
             worker = None
-    ours, theirs = [], []
+    if worker is not None and args.peer_workers > 1:
+        pool = peer.start_pool(setting, args.peer_workers)
+    if pool is not None:
+        try:  # the start-state split: worker i plans from its own start state
+            setups = pool.request_all([{**cem_spec, "worker": i} for i in range(len(pool.workers))])
+            entry.update(peer_workers=len(pool.workers), peer_workers_start_s=pool.start_s,
+                         peer_workers_warmup_s=[r["warmup_s"]["cem"] for r in setups],
+                         peer_workers_torch_threads=[r["torch_threads"] for r in setups])
+        except PeerError as exc:
+            peer.note(setting, f"workers: {exc}")
+            pool.close()
+            pool = None
+    ours, theirs, walls, pids, stagger = [], [], [], set(), []
     for rep in range(args.reps):
         key = jax.random.key(1 + rep)
         ours.append(timed(lambda: compiled(key, p0, n0, o0, pl0)))
@@ -499,14 +494,34 @@ def cem_question(args, peer, setting):
                 peer.note(setting, str(exc))
                 worker.close()
                 worker = None
+        if pool is not None:
+            try:
+                r = pool.run("cem", rep)
+                walls.append(r["seconds"])
+                pids.update(r["pids"])
+                stagger.append(r["stagger_s"])
+                time.sleep(args.gap_s)
+            except PeerError as exc:
+                peer.note(setting, f"workers: {exc}")
+                pool.close()
+                pool = None
         log(f"[cem {setting}] rep {rep}: ours {ours[-1]:.3f} s"
-            + (f", peer {theirs[-1]:.3f} s" if len(theirs) == rep + 1 else ""))
-    if worker is not None:
-        worker.close()
+            + (f", peer {theirs[-1]:.3f} s" if len(theirs) == rep + 1 else "")
+            + (f", peer workers {walls[-1]:.3f} s for {args.peer_workers} calls" if len(walls) == rep + 1 else ""))
+    for proc in (worker, pool):
+        if proc is not None:
+            proc.close()
     entry["ours_s"] = summarize(ours)
     if theirs:
         entry["peer_s"] = summarize(theirs)
+    # P concurrent calls' throughput: seconds per call = wall of the P calls / P.
+    entry["peer_workers_wall_s"] = summarize(walls)
+    entry["peer_workers_s"] = summarize(walls, scale=1 / args.peer_workers)
+    entry["peer_worker_pids"] = sorted(pids)
+    entry["peer_workers_stagger_s"] = summarize(stagger)
     entry["speedup_vs_peer"] = ratio(entry["peer_s"], entry["ours_s"])
+    entry["peer_best_form"], entry["peer_best_s"] = best_form(entry, ("peer_s", "peer_workers_s"), higher_is_better=False)
+    entry["speedup_vs_peer_best"] = ratio(entry["peer_best_s"], entry["ours_s"])
     return entry
 
 
@@ -547,32 +562,73 @@ def cem_batch_question(args, num_models):
 
 
 def seeds_question(args):
-    """``seeds``: MBPO, ``--seeds-count`` seeds as one vmapped program vs sequential runs."""
+    """``seeds``: MBPO, ``--seeds-count`` seeds as one program (sharded over the host devices)
+    against the sequential single-seed program in two forms: one stream on one device
+    (``sequential_s``), and one stream per host device at once, each running its share of the
+    seeds one after another (``sequential_streams_s``, Python threads: XLA runs the devices'
+    programs concurrently), so the ratio can compare equal core counts."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from bench_mbpo import seed_programs
     from mismatch_jax.experiments import mbpo_compare
 
     progs = seed_programs(mbpo_compare.load_compare_config(args.seeds_config), args.seeds_count,
                           parse_layout(args.layout))
     keys, batched, single = progs["keys"], progs["batched"], progs["single"]
+    devices = jax.devices()
+    shares = split_work(args.seeds_count, len(devices))
+    # Stream d: its block of seeds, committed to device d, and the program compiled for it.
+    bounds = np.cumsum([0] + shares)
+    stream_keys = [[jax.device_put(keys[i], devices[d]) for i in range(bounds[d], bounds[d + 1])]
+                   for d in range(len(shares))]
+    start = time.perf_counter()
+    # Device 0's stream reuses the single-seed program (compiled there); the others compile their own.
+    stream_progs = [single] + [jax.jit(progs["train"]).lower(ks[0]).compile() for ks in stream_keys[1:]]
+    streams_compile_s = time.perf_counter() - start
 
     def sequential():
         """The single-seed program once per seed."""
         return [block(single(k)) for k in keys]
 
+    def stream(d):
+        """Stream d: its seeds one after another on device d."""
+        return [block(stream_progs[d](k)) for k in stream_keys[d]]
+
+    pool = ThreadPoolExecutor(len(shares))
+
+    def streams():
+        """Every stream at once; returns when the slowest is done."""
+        return list(pool.map(stream, range(len(shares))))
+
+    multi = len(shares) > 1  # one device: the streams form is the sequential form
     warm = {"one_program": timed(lambda: batched(keys)), "sequential": timed(sequential)}
-    one, seq = [], []
+    if multi:
+        warm["sequential_streams"] = timed(streams)
+    one, seq, par = [], [], []
     for rep in range(args.seeds_reps):
         one.append(timed(lambda: batched(keys)))
         time.sleep(args.gap_s)
         seq.append(timed(sequential))
         time.sleep(args.gap_s)
-        log(f"[seeds] rep {rep}: one program {one[-1]:.2f} s, sequential {seq[-1]:.2f} s")
-    return {"config": os.path.relpath(args.seeds_config, ROOT), "num_seeds": args.seeds_count,
-            "env_steps_per_seed": progs["config"].sac.total_env_steps, "layout": vars(progs["layout"]),
-            "one_program_devices": progs["shards"],
-            "one_program_compile_s": progs["vmapped_compile_s"], "single_compile_s": progs["single_compile_s"],
-            "warmup_s": warm, "one_program_s": summarize(one), "sequential_s": summarize(seq),
-            "speedup_one_program_over_sequential": ratio(summarize(seq), summarize(one))}
+        if multi:
+            par.append(timed(streams))
+            time.sleep(args.gap_s)
+        log(f"[seeds] rep {rep}: one program {one[-1]:.2f} s, sequential {seq[-1]:.2f} s"
+            + (f", {len(shares)} sequential streams {par[-1]:.2f} s" if multi else ""))
+    pool.shutdown()
+    entry = {"config": os.path.relpath(args.seeds_config, ROOT), "num_seeds": args.seeds_count,
+             "env_steps_per_seed": progs["config"].sac.total_env_steps, "layout": vars(progs["layout"]),
+             "one_program_devices": progs["shards"],
+             "one_program_compile_s": progs["vmapped_compile_s"], "single_compile_s": progs["single_compile_s"],
+             "streams": len(shares), "stream_seeds": shares, "streams_compile_s": streams_compile_s,
+             "warmup_s": warm, "one_program_s": summarize(one), "sequential_s": summarize(seq),
+             "sequential_streams_s": summarize(par),
+             "speedup_one_program_over_sequential": ratio(summarize(seq), summarize(one))}
+    entry["baseline_best_form"], entry["baseline_best_s"] = best_form(
+        entry, ("sequential_s", "sequential_streams_s"), higher_is_better=False)
+    # The acceptance figure: the one program's seconds over the best baseline's (≤ 0.8 wanted).
+    entry["one_program_over_best_baseline"] = ratio(entry["one_program_s"], entry["baseline_best_s"])
+    return entry
 
 
 # ----------------------------------------------------------------------- breakdown ---------
@@ -755,6 +811,74 @@ def breakdown_question(args, hidden, n, gemm):
 # ---------------------------------------------------------------------------- main ---------
 
 
+def gemm_references(args, refs, dot_rates, peer):
+    """The physical references, round robin × ``--reps``: a ``--gemm-size``² float32 ``jnp.dot``
+    (``gemm_gflops``), ``torch.mm`` with torch's default threads (``torch_mm_gflops``) and with
+    one thread (``torch_mm_gflops_1thread``, what each of the P workers has); GFLOP/s."""
+    dots, mms = [], {key: [] for key in refs}
+    for _ in range(args.reps):
+        dots += dot_rates(1)
+        for key, ref in refs.items():
+            if ref is None:
+                continue
+            try:
+                mms[key] += ref.request(cmd="gemm", size=args.gemm_size, reps=1)["gflops"]
+            except PeerError as exc:
+                peer.note("gemm", str(exc))
+                refs[key] = None
+    out = {"gemm_gflops": {**summarize(dots), "size": args.gemm_size}}
+    out.update({key: summarize(v) for key, v in mms.items()})
+    log("[gemm] GFLOP/s (median): " + ", ".join(f"{k} {v['median']:.1f}" for k, v in out.items() if v))
+    return out
+
+
+def median_of(summary):
+    """The median of a summary, or None."""
+    return summary["median"] if summary else None
+
+
+def summary_rows(report):
+    """One row per acceptance question: ours, every peer form's median, the best form, our ratio
+    against it (a speed-up: > 1 means ours is faster; for seeds the one program's time over the
+    best baseline's)."""
+    rows = []
+    for name, e in report.get("train", {}).items():
+        rows.append({"row": f"train {name}", "unit": "model-steps/s", "ours": median_of(e["ours"]),
+                     "peer_forms": {f: median_of(e.get(f)) for f in PEER_TRAIN_FORMS},
+                     "peer_best_form": e["peer_best_form"], "speedup_vs_peer_best": e["speedup_vs_peer_best"]})
+    for name, e in report.get("cem", {}).items():
+        rows.append({"row": f"cem {name}", "unit": "s per call", "ours": median_of(e["ours_s"]),
+                     "peer_forms": {f: median_of(e.get(f)) for f in ("peer_s", "peer_workers_s")},
+                     "peer_best_form": e["peer_best_form"], "speedup_vs_peer_best": e["speedup_vs_peer_best"]})
+    if "seeds" in report:
+        e = report["seeds"]
+        rows.append({"row": f"seeds {e['num_seeds']}", "unit": "s", "ours": median_of(e["one_program_s"]),
+                     "peer_forms": {f: median_of(e.get(f)) for f in ("sequential_s", "sequential_streams_s")},
+                     "peer_best_form": e["baseline_best_form"],
+                     "one_program_over_best_baseline": e["one_program_over_best_baseline"]})
+    return rows
+
+
+def format_row(row):
+    """A summary row as one line."""
+    def num(v):
+        return "—" if v is None else f"{v:.4g}"
+    forms = ", ".join(f"{f} {num(v)}" for f, v in row["peer_forms"].items())
+    key = "speedup_vs_peer_best" if "speedup_vs_peer_best" in row else "one_program_over_best_baseline"
+    return (f"[summary] {row['row']} ({row['unit']}): ours {num(row['ours'])}; {forms}; "
+            f"best {row['peer_best_form']}; {key} {num(row[key])}")
+
+
+def with_load(question, *args):
+    """``question(*args)``, its entry (the entry of a (name, entry) pair) with the load average
+    at its start and end (``loadavg_start`` / ``loadavg_end``)."""
+    load = list(os.getloadavg())
+    out = question(*args)
+    entry = out[1] if isinstance(out, tuple) else out
+    entry.update(loadavg_start=load, loadavg_end=list(os.getloadavg()))
+    return out
+
+
 def write_out(path, report):
     """Atomically write the report so far (a timed-out run still leaves what it finished)."""
     if not path:
@@ -780,22 +904,24 @@ def main(argv=None):
         "notes": [],
     }
     peer = Peer(args, report)
-    report["gemm_gflops"] = gemm_gflops(args.gemm_size, args.reps)
+    refs = {key: peer.start("gemm", threads=threads) for key, threads in (("torch_mm_gflops", 0),
+                                                                          ("torch_mm_gflops_1thread", 1))}
+    dot_rates = gemm_timer(args.gemm_size)
+    report.update(gemm_references(args, refs, dot_rates, peer))
     gemm = report["gemm_gflops"]
-    log(f"[gemm] {gemm['median']:.1f} GFLOP/s (median of {gemm['reps']})")
     write_out(args.out, report)
     hiddens, ns = ints(args.hidden), ints(args.num_models)
     if "train" in args.sections:
         report["train"] = {}
         for hidden in hiddens:
             for n in ns:
-                name, entry = train_question(args, peer, hidden, n, gemm)
+                name, entry = with_load(train_question, args, peer, hidden, n, gemm)
                 report["train"][name] = entry
                 write_out(args.out, report)
     if "cem" in args.sections:
         report["cem"] = {}
         for setting in args.cem_settings.split(","):
-            report["cem"][setting] = cem_question(args, peer, setting)
+            report["cem"][setting] = with_load(cem_question, args, peer, setting)
             write_out(args.out, report)
     if "cem_batch" in args.sections:
         report["cem_batch"] = {}
@@ -809,11 +935,17 @@ def main(argv=None):
             report["breakdown"][name] = entry
             write_out(args.out, report)
     if "seeds" in args.sections:  # last: the longest compile
-        report["seeds"] = seeds_question(args)
+        report["seeds"] = with_load(seeds_question, args)
         write_out(args.out, report)
-    report["gemm_gflops_end"] = gemm_gflops(args.gemm_size, args.reps)
+    report.update({f"{k}_end": v for k, v in gemm_references(args, refs, dot_rates, peer).items()})
+    for ref in refs.values():
+        if ref is not None:
+            ref.close()
     report["loadavg_end"] = list(os.getloadavg())
     report["wall_s"] = time.perf_counter() - wall
+    report["summary"] = summary_rows(report)
+    for row in report["summary"]:
+        log(format_row(row))
     report["notes"].append(
         "same arithmetic: our trainer computes a full batch of which the last minibatch's padded rows "
         "are masked; it is counted as one model-step on both sides and the FLOPs count only the rows "

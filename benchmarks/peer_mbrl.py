@@ -6,7 +6,15 @@ anything the libraries print goes to stderr):
 
     {"cmd": "setup", "question": "train", "hidden": 200, "layers": 4, "num_models": 64, ...}
     {"cmd": "run", "variant": "batched" | "sequential" | "cem", "rep": 0}
+    {"cmd": "gemm", "size": 2048, "reps": 3}
     {"cmd": "quit"}
+
+``peer_mbrl.py --threads 1`` is a one-thread worker (``torch.set_num_threads(1)`` before any work):
+compare_peer.py runs P of them at once, each on its share of the work (setup's ``worker`` index
+gives each its own seeds / start state), and times them by the ``t_start`` / ``t_end`` stamps
+(``time.monotonic``, one clock for all processes of the machine) every ``run`` reply carries, with
+the worker's ``pid`` and ``torch_threads``. ``gemm`` answers the GFLOP/s of ``reps`` timed
+``size``² float32 ``torch.mm`` calls (the peer's physical reference beside our ``jnp.dot``).
 
 The first reply (unrequested) is ``{"ready": true, "import_s": …}``: the import of torch and mbrl.
 ``setup`` builds the data / model and runs one discarded warm-up of every variant (its seconds are
@@ -23,7 +31,7 @@ Questions (each at the peer's best configuration):
   (each member on its own permutation of the rows: ``bootstrap_permutes=True``). ``sequential``:
   N independent models (own data or hyper-parameters) trained one after another; the rate does
   not depend on N, so ``seq_models`` of them are timed per repetition. Model construction and
-  the normaliser fit are outside the timed call; ``trainer.train`` is inside.
+  the normaliser fit come first and are not timed; the ``trainer.train`` calls are.
 * ``cem``: ``TrajectoryOptimizerAgent`` + ``CEMOptimizer`` on a ``GaussianMLP`` ensemble in a
   ``ModelEnv``; a repetition is one ``agent.act`` (one planning call), propagation
   ``expectation`` or ``fixed_model`` (TS∞) with the setting's particles.
@@ -50,7 +58,8 @@ import mbrl.util.common  # noqa: E402
 import mbrl.util.replay_buffer  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import ACTION_BOUND, linear_system, split_sizes, steps_per_epoch  # noqa: E402
+from bench_common import (ACTION_BOUND, linear_system, split_sizes, steps_per_epoch,  # noqa: E402
+                          train_model_steps)
 
 IMPORT_S = time.perf_counter() - _start
 
@@ -94,29 +103,29 @@ class TrainQuestion:
         trainer = mbrl.models.ModelTrainer(model, optim_lr=1e-3, weight_decay=5e-5)
         return trainer, train_it, val_it
 
-    def fit(self, ensemble_size, seed):
-        """Seconds of one ``trainer.train`` call (construction excluded) and the final validation score."""
-        trainer, train_it, val_it = self.build(ensemble_size, seed)
-        start = time.perf_counter()
-        _, val = trainer.train(train_it, val_it, num_epochs=self.spec["epochs"], patience=None, silent=True)
-        return time.perf_counter() - start, float(val[-1])
-
     def run(self, variant, rep):
-        """One repetition of ``batched`` or ``sequential``."""
+        """One repetition of ``batched`` (one ``num_models``-member ensemble) or ``sequential``
+        (``seq_models`` E=1 models one after another): every trainer is built first (not timed),
+        then the ``trainer.train`` calls run back to back between two time.monotonic stamps."""
         s = self.spec
+        seed = 1000 + 100_000 * s.get("worker", 0) + 100 * rep  # each worker its own models
         if variant == "batched":
-            seconds, val = self.fit(s["num_models"], seed=1000 + rep)
+            built = [self.build(s["num_models"], seed)]
             models = s["num_models"]
         elif variant == "sequential":
-            seconds, val, models = 0.0, 0.0, s["seq_models"]
-            for k in range(models):
-                t, val = self.fit(1, seed=2000 + rep * models + k)
-                seconds += t
+            models = s["seq_models"]
+            built = [self.build(1, seed + 50 + k) for k in range(models)]
         else:
             raise ValueError(f"train question has no variant {variant!r}")
-        model_steps = models * s["epochs"] * self.steps
-        return {"seconds": seconds, "models": models, "model_steps": model_steps,
-                "model_steps_per_s": model_steps / seconds, "final_val_score": val}
+        val = [float("nan")]  # a worker with no share of this variant
+        t_start = time.monotonic()
+        for trainer, train_it, val_it in built:
+            _, val = trainer.train(train_it, val_it, num_epochs=s["epochs"], patience=None, silent=True)
+        t_end = time.monotonic()
+        model_steps = train_model_steps(models, s["epochs"], self.steps)
+        return {"seconds": t_end - t_start, "t_start": t_start, "t_end": t_end, "models": models,
+                "model_steps": model_steps, "model_steps_per_s": model_steps / (t_end - t_start),
+                "final_val_score": float(val[-1])}
 
     def warm_up(self):
         """One discarded repetition of each variant; seconds of each."""
@@ -183,16 +192,21 @@ class CEMQuestion:
         self.agent.set_trajectory_eval_fn(
             lambda obs, seqs: model_env.evaluate_action_sequences(seqs, initial_state=obs,
                                                                   num_particles=particles))
-        self.obs = np.zeros(obs_dim, np.float32)
+        # Worker 0 plans from the origin (as ours); the others of a start-state split from their
+        # own nearby states (the cost of a call does not depend on the state).
+        worker = s.get("worker", 0)
+        self.obs = (np.random.default_rng(worker).normal(scale=0.1, size=obs_dim).astype(np.float32)
+                    if worker else np.zeros(obs_dim, np.float32))
 
     def run(self, variant, rep):
-        """Seconds of one ``agent.act`` (one planning call)."""
+        """Seconds of one ``agent.act`` (one planning call), with its time.monotonic stamps."""
         del rep
         if variant != "cem":
             raise ValueError(f"cem question has no variant {variant!r}")
-        start = time.perf_counter()
+        t_start = time.monotonic()
         self.agent.act(self.obs)
-        return {"seconds": time.perf_counter() - start}
+        t_end = time.monotonic()
+        return {"seconds": t_end - t_start, "t_start": t_start, "t_end": t_end}
 
     def warm_up(self):
         """One discarded planning call."""
@@ -204,15 +218,36 @@ class CEMQuestion:
 QUESTIONS = {"train": TrainQuestion, "cem": CEMQuestion}
 
 
+class TorchGemm:
+    """The physical reference on the peer's side: GFLOP/s of a ``size``² float32 ``torch.mm``."""
+
+    def __init__(self, size):
+        """Two random ``size``² matrices and one discarded product."""
+        gen = torch.Generator().manual_seed(0)
+        self.size = size
+        self.a = torch.randn(size, size, generator=gen)
+        self.b = torch.randn(size, size, generator=gen)
+        torch.mm(self.a, self.b)
+
+    def rates(self, reps):
+        """GFLOP/s of ``reps`` timed products."""
+        out = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.mm(self.a, self.b)
+            out.append(2 * self.size**3 / (time.perf_counter() - start) / 1e9)
+        return out
+
+
 def serve(inp, out):
     """Answer JSON-line requests from ``inp`` on ``out`` until ``quit`` or end of input."""
     def reply(obj):
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
-    reply({"ready": True, "import_s": IMPORT_S, "torch": torch.__version__,
+    reply({"ready": True, "import_s": IMPORT_S, "torch": torch.__version__, "pid": os.getpid(),
            "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()})
-    question = None
+    question, gemm = None, None
     for line in inp:
         if not line.strip():
             continue
@@ -231,10 +266,16 @@ def serve(inp, out):
                 warm = question.warm_up()
                 reply({"ok": True, "build_s": build_s, "warmup_s": warm,
                        "torch_threads": torch.get_num_threads()})
+            elif cmd == "gemm":
+                if gemm is None or gemm.size != int(req.get("size", 2048)):
+                    gemm = TorchGemm(int(req.get("size", 2048)))
+                reply({"ok": True, "gflops": gemm.rates(int(req.get("reps", 3))),
+                       "torch_threads": torch.get_num_threads(), "pid": os.getpid()})
             elif cmd == "run":
                 if question is None:
                     raise RuntimeError("run before setup")
-                reply({"ok": True, **question.run(req["variant"], int(req.get("rep", 0)))})
+                reply({"ok": True, "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
+                       **question.run(req["variant"], int(req.get("rep", 0)))})
             else:
                 raise ValueError(f"unknown cmd {cmd!r}")
         except Exception:  # the worker keeps serving; the harness records the error
@@ -242,7 +283,12 @@ def serve(inp, out):
 
 
 def main():
-    """Serve on the real stdout; everything else the libraries print goes to stderr."""
+    """Serve on the real stdout; everything else the libraries print goes to stderr.
+    ``--threads T`` (T ≥ 1) sets torch's intra-op threads before any work (a 1-thread worker)."""
+    if "--threads" in sys.argv[1:-1]:
+        threads = int(sys.argv[sys.argv.index("--threads") + 1])
+        if threads > 0:
+            torch.set_num_threads(threads)
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
