@@ -95,7 +95,8 @@ COMMANDS: dict[str, Command] = {
         "MBPO-family agents (MLE, VaGraM, IterVAML, value-weighted, MnM) x seeds in one program",
         "mismatch_jax.experiments.mbpo_compare:CompareConfig",
         "mismatch_jax.experiments.mbpo_compare:run_compare", "mbpo_pendulum_quick",
-        ("mbpo_compare.json", "mbpo_compare.png")),
+        ("mbpo_compare.json", "mbpo_compare.png"), takes_options=True,
+        check="mismatch_jax.experiments.sweep_command:check_ray_options"),
     "vagram-fig2": Command(
         "VaGraM Fig. 2: VAML error and MSE of MSE, VAML and VaGraM models over value updates",
         "mismatch_jax.experiments.vagram_fig2_config:Fig2Config", "mismatch_jax.experiments.vagram_fig2:run_fig2",
@@ -277,10 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--devices", type=int, default=0,
                            help="CPU only: split the host into this many XLA devices (shards the "
                                 "population / the seeds / an expectation CEM call's candidates over them)")
-        if name == "sweep":
-            from mismatch_jax.experiments.sweep_command import add_sweep_flags
+        if name in ("sweep", "mbpo"):
+            from mismatch_jax.experiments.sweep_command import add_ray_flags, add_sweep_flags
 
-            add_sweep_flags(p)
+            add_sweep_flags(p) if name == "sweep" else add_ray_flags(p, "seed block")
         if name == "estimate":
             p.add_argument("--device", default="cpu", metavar="NAME",
                            help="the device the roofline time is for: cpu (measured now), h100, a100, v5e")

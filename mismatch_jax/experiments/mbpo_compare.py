@@ -2,7 +2,8 @@
 
 A config (TOML, loaded strictly into ``CompareConfig``) names the agents (``mbpo_config.AGENTS``) and one
 ``[mbpo]`` table (``MBPOConfig``, with ``[mbpo.sac]``) shared by all of them; every agent runs
-``mbpo.sac.num_seeds`` seeds as one compiled program ``jit(vmap(train))`` on the same seed keys
+``mbpo.sac.num_seeds`` seeds as one compiled program ``jit(vmap(train))`` (or in blocks of
+``seeds_per_program``, one Ray task each with ``--ray``: ``experiments.mbpo_seeds``) on the same seed keys
 (paired seeds, as VaGraM's comparisons) and the same environment (incl. the distractor draw).
 
     mismatch-jax mbpo sweeps/vagram_distractors_cpu.toml --out runs/vagram_dist
@@ -17,7 +18,6 @@ seed-by-seed difference to the first agent with a 95 % CI, ``paired_differences`
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -25,21 +25,23 @@ import jax
 import numpy as np
 
 from mismatch_jax.files import write_json
-from mismatch_jax.agents import mbpo
 from mismatch_jax.agents import mbpo_config
-from mismatch_jax.config_io import Schema, from_dict, load_toml, to_dict
-from mismatch_jax.population import devices_dividing, jit_sharded, over_population
+from mismatch_jax.config_io import Schema, from_dict, load_toml, setting, to_dict
+from mismatch_jax.experiments.mbpo_seeds import run_seeds, with_seeds
 
 
 @dataclasses.dataclass(frozen=True)
 class CompareConfig(Schema):
     """agents: names from ``mbpo_config.AGENTS``; mbpo: the shared MBPOConfig; threshold: return that
     counts as solved (steps-to-threshold in the JSON); out_dir: default output directory;
-    title: figure title."""
+    title: figure title; seeds_per_program: seeds per compiled program (0 = all): blocks run one
+    after another here, or as one Ray task each with ``--ray``, with the same numbers
+    (``experiments.mbpo_seeds``)."""
 
     agents: tuple[str, ...] = ("mbpo",)
     mbpo: mbpo_config.MBPOConfig = dataclasses.field(default_factory=mbpo_config.MBPOConfig)
     threshold: float = -200.0
+    seeds_per_program: int = setting(0, ge=0)
     out_dir: str = "runs/mbpo_compare"
     title: str = ""
 
@@ -73,27 +75,17 @@ def steps_to_threshold(env_steps: np.ndarray, returns: np.ndarray, threshold: fl
 
 
 def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Optional[int] = None,
-              threshold: float = -200.0) -> dict:
-    """Runs agent ``name`` on ``num_seeds`` (default config.sac.num_seeds) vmapped seeds; returns
-    the JSON-ready summary (compile time apart from run time)."""
-    config = mbpo_config.agent_config(name, config)
-    if num_seeds is not None:
-        config = dataclasses.replace(config, sac=dataclasses.replace(config.sac, num_seeds=num_seeds))
-    env = mbpo_config.make_env(config) if env is None else env
-    keys = mbpo.seed_keys(config)
+              threshold: float = -200.0, seeds_per_program: int = 0, cluster=None) -> dict:
+    """Runs agent ``name`` on ``num_seeds`` (default config.sac.num_seeds) vmapped seeds, in blocks
+    of ``seeds_per_program`` (0 = one program; on the Ray ``cluster`` one task per block);
+    returns the JSON-ready summary (compile time apart from run time). ``env``: the config's
+    env when already built (Ray tasks build their own)."""
+    config = with_seeds(mbpo_config.agent_config(name, config), num_seeds)
     # Seeds laid out like any population (--layout; "auto": the backend's default for the
     # networks' width), sharded over the local devices when they divide the seed count (e.g.
     # `mismatch-jax mbpo --devices 2` on a CPU: 8 seeds took 0.47x the sequential runs).
-    train = mbpo.make_train(config, env)
-    devices = devices_dividing(config.sac.num_seeds)
-    program = jit_sharded(over_population(jax.vmap(train), None, width=config.sac.hidden_size,
-                                          per_model=train), 1, devices=devices)
-    t = time.perf_counter()
-    compiled = program.lower(keys).compile()
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    _, metrics = jax.block_until_ready(compiled(keys))
-    run_s = time.perf_counter() - t
+    ran = run_seeds(config, seeds_per_program, cluster, lambda line: print(f"{name}: {line}", flush=True), env)
+    metrics, compile_s, run_s = ran["metrics"], ran["compile_s"], ran["run_s"]
     returns = np.asarray(metrics.eval_return)  # [S, evals]
     steps = np.asarray(metrics.env_steps[0])
     mean, std = returns.mean(0), returns.std(0)
@@ -101,7 +93,8 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
     return {
         "agent": name,
         "num_seeds": int(returns.shape[0]),
-        "seed_devices": len(devices),
+        "seed_devices": ran["devices"],
+        "seed_programs": ran["blocks"],
         "env_steps": [int(s) for s in steps],
         "eval_return": [[round(float(r), 2) for r in row] for row in returns],
         "eval_return_mean": [round(float(r), 2) for r in mean],
@@ -236,17 +229,31 @@ def plot_curves(results: list[dict], path: Path, title: str = "", threshold: Opt
     plt.close(fig)
 
 
-def run_compare(config: CompareConfig, out_dir, num_seeds: Optional[int] = None) -> dict:
-    """Runs every agent of ``config``; writes mbpo_compare.json / .png into ``out_dir``."""
+def run_compare(config: CompareConfig, out_dir, num_seeds: Optional[int] = None, options=None) -> dict:
+    """Runs every agent of ``config``; writes mbpo_compare.json / .png into ``out_dir``.
+    ``options``: the CLI's parsed arguments (``--ray`` runs the seed blocks as Ray tasks)."""
+    from mismatch_jax.experiments.sweep_command import ray_options
+
+    ray = ray_options(options) if options is not None and hasattr(options, "ray") else None
+    cluster = None
+    if ray is not None:  # a wrong address fails here, before anything is written
+        from mismatch_jax.sweep.ray_runner import connect
+
+        cluster = connect(ray)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = mbpo_config.make_env(config.mbpo)
     results = []
-    for name in config.agents:
-        results.append(run_agent(name, config.mbpo, env, num_seeds, config.threshold))
-        r = results[-1]
-        print(f"{name}: final return {r['final_return_mean']} ± {r['final_return_std']} "
-              f"(compile {r['compile_s']} s, run {r['run_s']} s)", flush=True)
+    try:
+        for name in config.agents:
+            results.append(run_agent(name, config.mbpo, env, num_seeds, config.threshold,
+                                     config.seeds_per_program, cluster))
+            r = results[-1]
+            print(f"{name}: final return {r['final_return_mean']} ± {r['final_return_std']} "
+                  f"(compile {r['compile_s']} s, run {r['run_s']} s)", flush=True)
+    finally:
+        if cluster is not None:
+            cluster.close()
     for r in results[1:]:
         r["paired"] = paired_differences(r, results[0])
         final = r["paired"]["final"]

@@ -11,20 +11,26 @@ COPIES_VARIABLES = (("SLURM_STEP_NUM_TASKS", "srun"), ("OMPI_COMM_WORLD_SIZE", "
                     ("PMI_SIZE", "an MPI launcher"), ("WORLD_SIZE", "torchrun"))
 
 
+def add_ray_flags(parser: argparse.ArgumentParser, unit: str = "chunk") -> None:
+    """``--ray [ADDRESS]`` and its resource flags, for a command that runs one Ray task per
+    ``unit`` (a sweep's chunk, an MBPO seed block)."""
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help=f"run one Ray task per {unit}: no ADDRESS = $RAY_ADDRESS, else a Ray instance "
+                             "started on this machine; 'auto' = the cluster this node joined; HOST:PORT = "
+                             "the head node's `ray start --head --port` (README)")
+    parser.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                        help=f"GPUs per {unit} task (default: 1 on a cluster with GPUs, else 0)")
+    parser.add_argument("--ray-cpus", type=float, default=1.0, metavar="N",
+                        help=f"CPUs per {unit} task (default: %(default)s)")
+    parser.add_argument("--ray-retries", type=int, default=3, metavar="N",
+                        help=f"times Ray re-runs a {unit} task whose worker or node died (default: %(default)s)")
+
+
 def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     """The ``sweep`` command's own flags."""
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted sweep in OUT (finished chunks are verified and kept)")
-    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                        help="run one Ray task per chunk: no ADDRESS = $RAY_ADDRESS, else a Ray instance "
-                             "started on this machine; 'auto' = the cluster this node joined; HOST:PORT = "
-                             "the head node's `ray start --head --port` (README)")
-    parser.add_argument("--ray-gpus", type=float, default=None, metavar="N",
-                        help="GPUs per chunk task (default: 1 on a cluster with GPUs, else 0)")
-    parser.add_argument("--ray-cpus", type=float, default=1.0, metavar="N",
-                        help="CPUs per chunk task (default: %(default)s)")
-    parser.add_argument("--ray-retries", type=int, default=3, metavar="N",
-                        help="times Ray re-runs a chunk task whose worker or node died (default: %(default)s)")
+    add_ray_flags(parser, "chunk")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
 
@@ -63,9 +69,16 @@ def check_single_copy(environ=None) -> None:
         if not value.isdigit():
             raise InputError(f"{variable}={value!r} (set by {launcher}) is not a process count; unset it")
         if int(value) > 1:
-            raise InputError(f"{variable}={value}: {launcher} started {value} copies of this sweep, and each would "
+            raise InputError(f"{variable}={value}: {launcher} started {value} copies of this command, and each would "
                              "run all of it; start one driver and pass --ray to spread its chunks over the "
                              "nodes (README: Ray on SLURM)")
+
+
+def check_ray_options(options: argparse.Namespace) -> None:
+    """The ``--ray*`` flags and launcher variables of a command without other flags of its own
+    (``mbpo``), checked before anything runs."""
+    ray_options(options)
+    check_single_copy()
 
 
 def check_sweep_options(options: argparse.Namespace) -> None:

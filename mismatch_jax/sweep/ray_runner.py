@@ -112,6 +112,24 @@ class ChunkCluster:
 
         if not tasks:
             return
+        shared = ray.put(inputs)
+        key = f"{digest}-{shared.hex()}"
+        cache = os.environ.get("MISMATCH_JAX_CACHE")
+        calls = [(key, shared, task, self.devices_per_task, bool(self.num_gpus), cache) for task in tasks]
+        names = [f"chunk {task.first}..{task.last} ({task.kind})" for task in tasks]
+        for _, result in self.map(run_chunk_task, calls, names, status, "chunk"):
+            yield result
+
+    def map(self, function: Callable, calls: list[tuple], names: list[str], status: Callable[[str], None],
+            what: str = "task") -> Iterator[tuple[int, object]]:
+        """Runs ``function(*call)`` for every call as one Ray task with this cluster's resource
+        request (and the ``--devices`` split in every CPU worker); yields (index, result) as
+        they finish. A task's ``InputError`` is raised as one; when Ray gives up on a task
+        (its worker or node died ``max_retries`` + 1 times) a ``RuntimeError`` names it
+        (``names[index]``). ``function`` must be importable on the workers (a module-level
+        function of this package)."""
+        import ray
+
         env_vars = {}
         if not self.num_gpus and self.devices_per_task > 1:  # the --devices split, in every worker
             env_vars["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={self.devices_per_task}"
@@ -119,30 +137,25 @@ class ChunkCluster:
                         retry_exceptions=False)
         if env_vars:
             settings["runtime_env"] = {"env_vars": env_vars}
-        remote = ray.remote(run_chunk_task).options(**settings)
-        shared = ray.put(inputs)
-        key = f"{digest}-{shared.hex()}"
-        cache = os.environ.get("MISMATCH_JAX_CACHE")
-        pending = {remote.remote(key, shared, task, self.devices_per_task, bool(self.num_gpus), cache): task
-                   for task in tasks}
-        status(f"{len(pending)} chunk task(s) on Ray")
+        remote = ray.remote(function).options(**settings)
+        pending = {remote.remote(*call): index for index, call in enumerate(calls)}
+        status(f"{len(pending)} {what} task(s) on Ray")
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(ready[0])
+            index = pending.pop(ready[0])
             try:
                 result = ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else None
                 if isinstance(cause, InputError):
                     raise InputError(str(cause)) from None
-                raise RuntimeError(f"chunk {task.first}..{task.last} ({task.kind}) failed in its Ray task: "
-                                   f"{exc}") from None
+                raise RuntimeError(f"{names[index]} failed in its Ray task: {exc}") from None
             except ray.exceptions.RayError as exc:
-                raise RuntimeError(f"chunk {task.first}..{task.last} ({task.kind}): Ray gave up after "
-                                   f"{self.options.max_retries} retries ({type(exc).__name__}); the chunks "
-                                   "written are kept — re-run with --resume") from None
-            status(f"{len(pending)} chunk task(s) on Ray")
-            yield result
+                raise RuntimeError(f"{names[index]}: Ray gave up after {self.options.max_retries} retries "
+                                   f"({type(exc).__name__}); what was written is kept — re-run with --resume "
+                                   "where the command has it") from None
+            status(f"{len(pending)} {what} task(s) on Ray")
+            yield index, result
 
     def close(self) -> None:
         """Disconnects (and stops the Ray instance this driver started)."""

@@ -100,6 +100,23 @@ def test_a_bad_ray_address_or_flag_fails_within_seconds_in_one_line(flags, envir
     assert not (tmp_path / "out" / "chunks").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("flags, fragment", [
+    (["--ray", "127.0.0.1:{port}"], "--ray 127.0.0.1:{port}: no Ray cluster answers at 127.0.0.1:{port}"),
+    (["--ray-cpus", "2"], "--ray-cpus need --ray"),
+])
+def test_mbpo_refuses_a_bad_ray_address_or_flag_in_one_line_before_writing(flags, fragment, tmp_path, capsys):
+    from mismatch_jax import cli
+
+    port = free_port()
+    started = time.time()
+    code = cli.main(["mbpo", "mbpo_pendulum_quick", "--out", str(tmp_path / "out"), *(f.format(port=port) for f in flags)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and fragment.format(port=port) in err and "Traceback" not in err, err
+    assert time.time() - started < 15
+    assert not (tmp_path / "out").exists()
+
+
 def test_only_a_launcher_starting_several_copies_is_refused():
     from mismatch_jax.errors import InputError
     from mismatch_jax.experiments.sweep_command import check_single_copy
