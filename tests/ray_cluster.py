@@ -24,7 +24,11 @@ HOST = "127.0.0.1"
 # 127.0.0.1 — but `ray start --address` refuses to add a node. So each node's `ray start` runs
 # with the switch off in its environment (for the processes it spawns) and on in its own process,
 # where its loopback address is kept as given. Drivers need LOOPBACK_ENV in their environment.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+#
+# Ray >= 2.59 turns token authentication on for a head started where ~/.ray/auth_token exists (and
+# a local `ray.init()` writes that file), but `ray start --address` does not send the token, so the
+# second node is refused (ray-project/ray#66248's review). These test clusters keep it off by name.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 _LAUNCHER = (
     "import ray._private.ray_constants as constants, ray._private.services as services\n"
     "constants.ENABLE_RAY_CLUSTER = True\n"
