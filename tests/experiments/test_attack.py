@@ -105,8 +105,7 @@ def test_low_variance_basis_is_orthonormal_and_moves_predictions_by_its_eigenval
     np.testing.assert_allclose(jnp.einsum("ehk,ehj->ekj", basis, basis), jnp.broadcast_to(jnp.eye(3), (2, 3, 3)),
                                atol=1e-5)
     # The least-excited directions move the predictions on the rows less than any other unit step.
-    settings = attack.CMAESSettings(search_space="low_variance", subspace_rank=3)
-    space = attack.make_search_space(settings, cfg, params, norm, obs, action)
+    space = attack.make_search_space("low_variance", 3, cfg, params, norm, obs, action)
     assert space.template.shape == (2, 3, 4)
     unit = jnp.zeros((2, 3, 4)).at[:, 0, 0].set(1.0)
     delta = space.expand(unit)
@@ -121,8 +120,7 @@ def test_low_variance_basis_is_orthonormal_and_moves_predictions_by_its_eigenval
 def test_whitened_directions_move_predictions_equally():
     cfg, params, norm = _tiny_model(kind="P")
     obs, action = _rows(n=256)
-    settings = attack.CMAESSettings(search_space="whitened")
-    space = attack.make_search_space(settings, cfg, params, norm, obs, action)
+    space = attack.make_search_space("whitened", 16, cfg, params, norm, obs, action)
     assert space.template.shape == (1, 9, 4)
     changes = [float(_prediction_change(cfg, params, norm, space.expand(jnp.zeros((1, 9, 4)).at[0, k, 1].set(1.0)),
                                         obs, action)[0]) for k in range(9)]
