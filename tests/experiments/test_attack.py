@@ -346,7 +346,8 @@ def test_random_baseline_directions_cost_the_attacks_ll_change():
 
 
 def test_planned_path_baselines_use_the_same_keys_and_report_their_gap(tmp_path):
-    from mismatch_jax.experiments.attack_paths import compare_planned_paths, plot_planned_paths
+    from mismatch_jax.analysis.attack import plot_planned_paths
+    from mismatch_jax.experiments.attack_paths import compare_planned_paths
 
     env = make("cartpole_balance")
     cfg, params, norm = _tiny_model()
