@@ -178,9 +178,8 @@ def test_drawn_values_given_as_a_list_give_identical_rows(tmp_path):
     """The acceptance of [env_params]: a draw and the same values as a list → identical rows,
     one env_<name> column per constant, and the per-parameter figure."""
     from mismatch_jax.analysis.env_params import env_params_figure
-    from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
+    from mismatch_jax.sweep.runner import run_sweep
 
-    enable_compilation_cache(tmp_path / "xla")
     drawn_config = _sweep(tmp_path, "[env_params]\ndraws = 2\n[env_params.draw]\ngravity = [2.0, 30.0]\n"
                                     "pole_mass = [0.05, 0.5]")
     drawn = run_sweep(drawn_config, tmp_path / "drawn", progress=False, log=lambda s: None)
