@@ -1,10 +1,15 @@
 """The package's rooms keep their floors (docs/ARCHITECTURE.md): no module imports a room above
-its own, and analysis/ reads tables and draws — it imports no room that trains or plans."""
+its own, no two modules import each other (a function-level import counts), analysis/ reads
+tables and draws — it imports no room that trains or plans — and only analysis/ draws."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit  # every test here is in the fast tier
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mismatch_jax"
 

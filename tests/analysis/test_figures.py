@@ -4,10 +4,13 @@ numbers (the commands' own tests run them end to end)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mismatch_jax.analysis import tabular
 from mismatch_jax.analysis.attack import plot_planned_paths
 from mismatch_jax.analysis.pets import plot_pets_rewards
+
+pytestmark = pytest.mark.unit  # every test here is in the fast tier
 
 
 def _is_png(path) -> bool:

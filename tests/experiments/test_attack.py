@@ -20,6 +20,7 @@ from mismatch_jax.train.config import TrainingSection
 from mismatch_jax.planning.mpc import make_planner
 
 
+@pytest.mark.unit
 def test_fitness_known_values():
     reward = jnp.array([100.0, 50.0, 80.0, 10.0])
     ll = jnp.array([5.0, 4.9, 5.2, jnp.nan])
@@ -127,6 +128,7 @@ def test_whitened_directions_move_predictions_equally():
     np.testing.assert_allclose(changes, 1.0, rtol=0.1)  # float32 eigh: the smallest is ~5% off
 
 
+@pytest.mark.unit
 def test_pets_member_config_rules():
     with pytest.raises(ConfigError, match="model_path"):
         from_dict(attack.AttackConfig, {"base_model": "pets_member", "model_path": "runs/x"})
@@ -191,6 +193,7 @@ def test_cmaes_with_repair_scores_only_feasible_candidates():
         attack.make_cmaes_attack(evaluate, template, settings, 2, 0.0)
 
 
+@pytest.mark.unit
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="cmaes.sigmaa"):
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cmaes": {"sigmaa": 0.1}})
@@ -204,6 +207,7 @@ def test_config_errors_name_the_key():
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cem": {"num_elites": 1}})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["attack_quick", "attack_cartpole", "attack_swingup", "attack_cpu",
                                   "attack_cpu_pets_member"])
 def test_shipped_configs_load(name):

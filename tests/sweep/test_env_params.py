@@ -55,6 +55,7 @@ def _sweep(tmp_path, section: str) -> SweepConfig:
     return from_dict(SweepConfig, data)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("section, message", [
     ("[env_params.grid]\ngravityy = [9.8]", "env_params.grid.gravityy: cartpole_balance has no physical constant"),
     ("[env_params.grid]\ngravity = []", "grid.gravity must list at least one value"),
@@ -70,6 +71,7 @@ def test_bad_sections_name_the_key(tmp_path, section, message):
         _sweep(tmp_path, section)
 
 
+@pytest.mark.unit
 def test_array_constant_shape_is_checked():
     config = EnvParamsConfig(grid=(("joint_damping", ((1.0, 2.0, 3.0),)),))
     with pytest.raises(ValueError, match=r"joint_damping\[0\]: the constant has shape \(2,\)"):

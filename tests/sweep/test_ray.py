@@ -100,6 +100,7 @@ def test_a_bad_ray_address_or_flag_fails_within_seconds_in_one_line(flags, envir
     assert not (tmp_path / "out" / "chunks").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.unit
 def test_only_a_launcher_starting_several_copies_is_refused():
     from mismatch_jax.errors import InputError
     from mismatch_jax.experiments.sweep_command import check_single_copy

@@ -261,6 +261,7 @@ def test_sigkill_then_resume_and_two_devices_mapped_match(reference, tmp_path):
     assert (out / "ll_reward_scatter.png").is_file()
 
 
+@pytest.mark.unit
 def test_bad_configs_rejected_before_compile(tmp_path):
     base = {"env": "cartpole_balance"}
     with pytest.raises(ConfigError, match="population.replicatse"):
@@ -275,6 +276,7 @@ def test_bad_configs_rejected_before_compile(tmp_path):
         from_dict(SweepConfig, {**base, "training": {"num_epochs": 5, "eval_epochs": [9]}})
 
 
+@pytest.mark.unit
 def test_a_chunk_that_cannot_be_written_is_a_clear_error_and_keeps_the_rest(tmp_path):
     # Runs as root too (root ignores directory permissions): a file where chunks/ must go.
     out = tmp_path / "out"
@@ -288,13 +290,15 @@ def test_a_chunk_that_cannot_be_written_is_a_clear_error_and_keeps_the_rest(tmp_
     assert not list(out.glob(".*.tmp"))
 
 
-def test_unwritable_out_dir_is_clear(tmp_path):
+@pytest.mark.unit
+def test_unwritable_out_dir_is_clear(tmp_path, capsys):
+    from mismatch_jax import cli
+
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = _cli(["sweep", str(_config(tmp_path, 4)), "--out", str(blocker / "out"), "--no-progress"])
-    log = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 2
-    assert "cannot create output directory" in log
+    assert cli.main(["sweep", str(_config(tmp_path, 4)), "--out", str(blocker / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create output directory" in err and "Traceback" not in err, err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,10 +319,10 @@ def test_damaged_and_misnamed_chunks_are_quarantined_and_recomputed(chunked, tmp
     scrambled.write_bytes(np.random.default_rng(0).bytes(scrambled.stat().st_size))
     shutil.copyfile(copied, renamed)  # a valid chunk under another chunk's name
     (out / "chunks" / ".chunk_00000000_00000001.parquet.x.tmp").write_text("left by a kill")
-    proc = _cli(["sweep", str(_config(source, 2)), "--out", str(out), "--resume", "--no-progress"])
-    log = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, log
-    assert "Traceback" not in log and log.count("quarantine") >= 3, log
+    lines = []  # (in this process: the chunk programs come from the run's XLA cache either way)
+    run_sweep(load(_config(source, 2)), out, resume=True, progress=False, log=lines.append)
+    log = "\n".join(lines)
+    assert log.count("quarantine") >= 3, log
     assert len(list((out / "quarantine").iterdir())) == 3
     assert not list(out.rglob("*.tmp"))
     resumed = pd.read_parquet(out / "results.parquet")
@@ -329,16 +333,18 @@ def test_damaged_and_misnamed_chunks_are_quarantined_and_recomputed(chunked, tmp
                for entry in manifest["chunks"])
 
 
-def test_a_deleted_manifest_cannot_mix_two_configs(reference, tmp_path):
+def test_a_deleted_manifest_cannot_mix_two_configs(reference, tmp_path, capsys):
     import shutil
 
     out = tmp_path / "out"
     shutil.copytree(reference[0] / "out", out)
     (out / "manifest.json").unlink()
     other = _config(tmp_path, 2)
-    proc = _cli(["sweep", str(other), "--out", str(out), "--resume", "--no-progress"])
-    log = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 2 and "Traceback" not in log, log
+    from mismatch_jax import cli
+
+    assert cli.main(["sweep", str(other), "--out", str(out), "--resume", "--no-progress"]) == 2
+    log = capsys.readouterr().err
+    assert "Traceback" not in log, log
     assert "different config (it differs in datasets.cache_dir: " in log and "; run.chunk_size: 4 → 2)" in log, log
     ours = results.config_hash((out / "config.resolved.toml").read_text())
     (out / "config.resolved.toml").unlink()  # and without the resolved config, the chunks tell
@@ -390,6 +396,7 @@ def test_neighbours_of_a_diverging_model_are_bit_identical():
             np.testing.assert_array_equal(np.asarray(a)[n], np.asarray(b)[n])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("overrides, fragment", [
     (["population.model.hidden_size=100000", "population.model.num_hidden_layers=2"],
      "population.model.hidden_size = 100000"),
@@ -455,6 +462,7 @@ def test_two_configs_started_at_once_on_one_out_one_is_refused(reference, tmp_pa
     assert not leftovers and not (out / "claims").exists(), leftovers
 
 
+@pytest.mark.unit
 def test_the_merge_verifies_every_chunk_again(tmp_path):
     frame = lambda first: pd.DataFrame({"model_id": [first, first + 1], "epoch": [1, 1], "x": [0.5, 1.5]})
     results.write_chunk(tmp_path, 0, 1, frame(0), "a" * 16)
