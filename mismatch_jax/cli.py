@@ -75,7 +75,7 @@ COMMANDS: dict[str, Command] = {
         (), takes_options=True),
     "pets": Command(
         "PETS (CEM-MPC on a learned ensemble): per-trial rewards",
-        "mismatch_jax.agents.config:PetsConfig", "mismatch_jax.agents.pets:run_pets_cli",
+        "mismatch_jax.agents.config:PetsConfig", "mismatch_jax.experiments.pets_command:run_pets_command",
         "pets_cartpole_cpu", ("pets_rewards.json", "pets_rewards.png")),
     "attack": Command(
         "adversarial CMA-ES attack on a trained model's last layer (paper 000, Fig. 6-7)",
@@ -172,53 +172,9 @@ def promised_outputs(command: str, config) -> list[str]:
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
-    from mismatch_jax.analysis.epochs import fig4_best_epochs, fig5_dataset_nll
-    from mismatch_jax.analysis.fig3 import fig3_panels
-    from mismatch_jax.analysis.plots import ll_reward_scatter, per_epoch_curves
-    from mismatch_jax.errors import InputError
+    from mismatch_jax.experiments.plot_command import run_plot_command
 
-    if args.epoch != "last" and not args.epoch.isdigit():
-        raise InputError(f"--epoch must be 'last' or an epoch number, got {args.epoch!r}")
-    def read(results: str):
-        path = Path(results)
-        if path.is_dir():
-            path = path / "results.parquet"
-        if not path.is_file():
-            raise InputError(f"results table {path} does not exist; run `mismatch-jax sweep` first")
-        from mismatch_jax.experiments.report_command import read_results
-
-        return path, read_results(path)  # columns and one row per (model, epoch): a damaged merge is refused
-
-    path, table = read(args.results)
-    score = read(args.rescore_on)[1] if args.rescore_on else None  # refused before any drawing
-    if score is not None and table["epoch"].nunique() < 2:
-        raise InputError("--rescore-on needs a table with several evaluated epochs per model")
-    out = args.out or str(path.parent)
-    epoch = args.epoch if args.epoch == "last" else int(args.epoch)
-    content = ll_reward_scatter(table, out, epoch=epoch, num_bootstrap=args.bootstrap)
-    from mismatch_jax.sweep.results import read_manifest
-
-    notes = (read_manifest(path.parent) or {}).get("dataset_notes")
-    fig3 = fig3_panels(table, out, epoch=epoch, num_bootstrap=args.bootstrap, dataset_notes=notes)
-    from mismatch_jax.analysis.fig3 import is_pets_population
-
-    if table["epoch"].nunique() > 1 and not is_pets_population(table):
-        per_epoch_curves(table, out)
-        fig4_best_epochs(table, out)
-        fig5_dataset_nll(table, out)
-    if score is not None:
-        from mismatch_jax.analysis.epochs import fig4_rescored
-
-        rescored = fig4_rescored(table, score, out)
-        for s in rescored["summary"]:
-            print(f"fig4 re-scored, {s['model_type']} on {s['train_dataset']} (n={s['n']}): reward lost by NLL "
-                  f"stopping {s['reward_lost_on_picking_episodes']:.1f} on the picking episodes, "
-                  f"{s['reward_lost_on_fresh_episodes']:.1f} [{s['fresh_ci'][0]:.1f}, {s['fresh_ci'][1]:.1f}] "
-                  "on fresh ones")
-    from mismatch_jax.experiments.sweep_command import print_env_params_summary, print_summary
-
-    print_summary(out, table, content, fig3)
-    print_env_params_summary(out, table, epoch=epoch, num_bootstrap=args.bootstrap)
+    run_plot_command(args.results, args.out, args.epoch, args.bootstrap, args.rescore_on)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:

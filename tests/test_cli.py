@@ -11,6 +11,8 @@ import pytest
 from mismatch_jax import cli
 from mismatch_jax.config_io import ConfigError, apply_overrides, from_dict, parse_override_value
 
+pytestmark = pytest.mark.unit  # every test here is in the fast tier
+
 
 def test_help_lists_every_command_and_the_exit_codes(capsys):
     assert cli.main([]) == 2

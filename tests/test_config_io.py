@@ -7,6 +7,8 @@ import pytest
 
 from mismatch_jax.config_io import ConfigError, from_dict, load_toml, to_dict
 
+pytestmark = pytest.mark.unit  # every test here is in the fast tier
+
 
 @dataclasses.dataclass(frozen=True)
 class Inner:

@@ -9,6 +9,8 @@ import pytest
 
 from mismatch_jax import files
 
+pytestmark = pytest.mark.unit  # every test here is in the fast tier
+
 
 def _strict_loads(text: str):
     def refuse(token):

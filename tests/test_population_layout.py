@@ -103,6 +103,7 @@ def test_one_at_a_time_calls_the_unbatched_function_and_keeps_its_conds():
     assert " cond[" not in via_vmap and "select_n" in via_vmap  # a group of one is still a vmap
 
 
+@pytest.mark.unit
 def test_defaults_and_resolution():
     assert default_layout("gpu", 1024) == PopulationLayout("vmap", 0)
     assert default_layout("tpu", 1024) == PopulationLayout("vmap", 0)
@@ -118,6 +119,7 @@ def test_defaults_and_resolution():
     assert PopulationLayout("auto", 8).resolve("cpu", 4096) == PopulationLayout("map", 8)
 
 
+@pytest.mark.unit
 def test_config_table_is_checked():
     from mismatch_jax.sweep.config import SweepConfig
 
@@ -187,6 +189,7 @@ def test_jit_sharded_accepts_arguments_committed_to_another_layout(tmp_path):
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
 
 
+@pytest.mark.unit
 def test_devices_dividing_keeps_every_device_only_when_they_divide_the_population():
     from mismatch_jax.population import devices_dividing
 

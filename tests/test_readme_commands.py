@@ -183,7 +183,7 @@ def _run_tier(tier: str, tmp_path: Path) -> None:
     commands = _tier_commands(tier)
     assert commands, f"no README command in tier {tier}"
     (tmp_path / "sweeps").symlink_to(ROOT / "sweeps")
-    env = {**os.environ, "MISMATCH_JAX_CACHE": str(tmp_path / "xla_cache"), "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",  # (the XLA cache: the test run's, tests/conftest.py)
            "PYTHONPATH": str(ROOT)}
     with contextlib.ExitStack() as stack:
         if any("--ray" in argv for argv in commands):

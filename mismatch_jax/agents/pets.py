@@ -13,10 +13,10 @@ minibatch slots past every model's data and epochs after every model stopped; un
 conds become selects and every trial would pay for the buffer's full capacity (≈ 2× more training
 work over a 15-trial run). ``run(key)`` is the single-seed function (still vmappable, at that cost).
 
-The pieces are also exposed for a host loop (the CLI): ``init(keys) -> PetsState`` and
-``trial_step(state) -> (state, TrialMetrics)``; ``run_seeds`` is exactly ``init`` followed by a
-``lax.scan`` of ``trial_step`` over the trials, so a Python loop over a jitted ``trial_step`` gives
-the same numbers with a progress display between trials.
+The pieces are also exposed for a host loop (``mismatch-jax pets``, ``experiments.pets_command``):
+``init(keys) -> PetsState`` and ``trial_step(state) -> (state, TrialMetrics)``; ``run_seeds`` is
+exactly ``init`` followed by a ``lax.scan`` of ``trial_step`` over the trials, so a Python loop
+over a jitted ``trial_step`` gives the same numbers with a progress display between trials.
 
 Choices: the model continues training from the previous trial's weights (PETS, mbrl-lib) unless
 ``continue_training = false``; the optimiser state restarts each trial (mbrl-lib keeps Adam's
@@ -26,8 +26,6 @@ moments across trials); rewards come from ``env.reward_fn`` (known reward, as in
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from typing import Any, Callable, Optional
 
 import jax
@@ -35,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from mismatch_jax.agents.config import PetsConfig, load_pets_config
+from mismatch_jax.agents.config import PetsConfig
 from mismatch_jax.models import core as models
-from mismatch_jax.planning.mpc import Planner, candidate_devices_for, make_planner, mpc_episode
+from mismatch_jax.planning.mpc import Planner, make_planner, mpc_episode
 from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.train import TrainHParams, make_train_fn
 
@@ -279,89 +277,3 @@ def seed_keys(config: PetsConfig, seed: Optional[int] = None, root: Optional[jax
     if root is None:
         root = jax.random.key(config.seed if seed is None else seed)
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, jnp.arange(config.num_seeds))
-
-
-def run_pets_cli(config: Optional[PetsConfig] = None, out_dir: str = "runs/pets", *, env=None,
-                 console=None) -> dict:
-    """Runs PETS with a per-trial progress bar; writes ``out_dir/pets_rewards.json`` and
-    ``pets_rewards.png`` (reward per trial and seed).
-
-    A Python loop around a jitted ``trial_step`` (the same function ``run_seeds`` scans), so the
-    display updates between trials. config None: the packaged CPU config. Returns the JSON dict
-    (rewards per seed and trial, mean, timings).
-    """
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from mismatch_jax.envs.registry import make
-
-    from mismatch_jax.files import check_writable, write_json
-
-    config = load_pets_config() if config is None else config
-    check_writable(out_dir)
-    env = env if env is not None else make(config.env)
-    console = console or Console()
-    # Several (host) devices (`--devices`): each planning call's candidates are split over them.
-    candidate_devices = candidate_devices_for(config.cem_config(env))
-    pets = make_pets(config, env, candidate_devices=candidate_devices)
-    keys = seed_keys(config)
-    t0 = time.perf_counter()
-    init, trial_step = compile_trial_loop(pets, keys, donate_state=True)
-    t_compile = time.perf_counter() - t0
-    state, random_reward = jax.block_until_ready(init(keys))
-    t_init = time.perf_counter() - t0 - t_compile
-    console.print(f"PETS {config.env}: {config.num_seeds} seed(s) from seed {config.seed}, "
-                  f"{config.num_trials} trials × {pets.trial_length} steps; random trial reward "
-                  f"{np.round(np.asarray(random_reward), 1).tolist()}")
-    rewards, trial_times = [], []
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("trials", total=config.num_trials)
-        for trial in range(config.num_trials):
-            t = time.perf_counter()
-            state, metrics = trial_step(state)
-            reward = np.asarray(jax.block_until_ready(metrics.reward))
-            trial_times.append(time.perf_counter() - t)
-            rewards.append(reward.tolist())
-            progress.console.print(
-                f"trial {trial + 1:3d}: reward {np.round(reward, 1).tolist()} "
-                f"(mean {reward.mean():.1f}, {trial_times[-1]:.1f} s)")
-            progress.update(task, advance=1)
-    per_seed = np.asarray(rewards).T  # [S, num_trials]
-    out = {
-        "env": config.env, "config": dataclasses.asdict(config), "seed": config.seed,
-        "device": jax.devices()[0].device_kind,
-        "candidate_devices": len(candidate_devices) if candidate_devices else 1,
-        "random_reward": np.asarray(random_reward).tolist(),
-        "trial_rewards": per_seed.tolist(), "mean_trial_rewards": per_seed.mean(0).tolist(),
-        "best_reward": per_seed.max(1).tolist(), "compile_s": t_compile, "init_s": t_init, "trial_s": trial_times,
-        "total_s": time.perf_counter() - t0,
-    }
-    path = os.path.join(out_dir, "pets_rewards.json")
-    write_json(path, out, indent=1)
-    _plot_rewards(per_seed, np.asarray(random_reward), os.path.join(out_dir, "pets_rewards.png"),
-                  f"PETS {config.env}")
-    console.print(f"wrote {path} and pets_rewards.png")
-    return out
-
-
-def _plot_rewards(trial_rewards: np.ndarray, random_reward: np.ndarray, path: str, title: str) -> None:
-    """Episode reward per trial (trial 0 = the random one), one line per seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    trials = np.arange(trial_rewards.shape[1] + 1)
-    for seed, rewards in enumerate(trial_rewards):
-        ax.plot(trials, np.concatenate([[random_reward[seed]], rewards]), marker="o", label=f"seed {seed}")
-    ax.set_xlabel("trial (0 = random actions)")
-    ax.set_ylabel("episode reward")
-    ax.set_title(title)
-    if len(trial_rewards) <= 10:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""Figures of the adversarial attack (``experiments.attack``), drawn from its JSON numbers."""
+"""Figures of the adversarial attack (``experiments.attack``, ``experiments.attack_paths``), drawn
+from their JSON numbers."""
 
 from __future__ import annotations
 
@@ -78,3 +79,36 @@ def plot_convergence(history: dict, ll_original: float, reward_original: float,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_planned_paths(content: dict, path) -> None:
+    """Fig. 6-like PNG: the first planned action along the expert path for each model (and the
+    expert's own action), the largest gap marked; ``content``: the JSON of
+    ``experiments.attack_paths.compare_planned_paths``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    expert = np.asarray(content["expert_action"])
+    fig, axes = plt.subplots(expert.shape[1], 1, figsize=(8, 3.2 * expert.shape[1]), squeeze=False)
+    for d, ax in enumerate(axes[:, 0]):
+        ax.plot(expert[:, d], color="k", lw=1.0, alpha=0.5, label="expert's action")
+        baseline = content.get("random_baseline")
+        for i, actions in enumerate((baseline or {}).get("planned", {}).values()):
+            ax.plot(np.asarray(actions)[:, d], color="tab:gray", lw=0.7, alpha=0.6,
+                    label=None if i else "planned: random last-layer change, same LL change "
+                    f"(mean |gap| {baseline['mean_abs_gap_mean']:.2f} vs {baseline['reference']})")
+        for name, colour in zip(content["planned"], ("tab:blue", "tab:red", "tab:green")):
+            ax.plot(np.asarray(content["planned"][name])[:, d], color=colour, lw=1.2, label=f"planned: {name}")
+        if "largest_gap_step" in content:
+            ax.axvline(content["largest_gap_step"], color="grey", ls=":", lw=1, label="largest gap")
+        ax.set_xlabel("step along the expert trajectory")
+        ax.set_ylabel(f"action[{d}]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_title(f"planned control along the expert trajectory (return {content['expert_return']:.1f}); "
+                         "Lambert et al. 2020 Fig. 6", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -251,7 +251,8 @@ def run_attack(config: AttackConfig, out_dir=None, log: Callable[[str], None] = 
     devices = devices_dividing(config.cmaes.population_size)
     _, evaluate = make_candidate_evaluator(env, planner, mcfg, params, norm, validation, length)
     template = zero_delta(params)
-    space = make_search_space(config.cmaes, mcfg, params, norm, dataset.obs, dataset.action)
+    space = make_search_space(config.cmaes.search_space, config.cmaes.subspace_rank, mcfg, params, norm,
+                              dataset.obs, dataset.action)
     ll_original = float(models.one_step_log_likelihood(mcfg, params, norm, *validation))
     num_dims = sum(int(np.size(a)) for a in jax.tree.leaves(space.template))
     log(f"attack: original validation LL {ll_original:.4f}; CMA-ES over {num_dims} "

@@ -13,9 +13,12 @@ planned with the same keys; their gaps to the original are reported beside the a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 
+from mismatch_jax.analysis.attack import plot_planned_paths
 from mismatch_jax.files import write_json
 
 PATH_SALT = 0xFA7  # fold_in salt of the planner keys along the path
@@ -76,45 +79,12 @@ def compare_planned_paths(key: jax.Array, planner, models_by_name: dict, path: d
     return out
 
 
-def plot_planned_paths(content: dict, path) -> None:
-    """Fig. 6-like PNG: the first planned action along the expert path for each model (and the
-    expert's own action), the largest gap marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    expert = np.asarray(content["expert_action"])
-    fig, axes = plt.subplots(expert.shape[1], 1, figsize=(8, 3.2 * expert.shape[1]), squeeze=False)
-    for d, ax in enumerate(axes[:, 0]):
-        ax.plot(expert[:, d], color="k", lw=1.0, alpha=0.5, label="expert's action")
-        baseline = content.get("random_baseline")
-        for i, actions in enumerate((baseline or {}).get("planned", {}).values()):
-            ax.plot(np.asarray(actions)[:, d], color="tab:gray", lw=0.7, alpha=0.6,
-                    label=None if i else "planned: random last-layer change, same LL change "
-                    f"(mean |gap| {baseline['mean_abs_gap_mean']:.2f} vs {baseline['reference']})")
-        for name, colour in zip(content["planned"], ("tab:blue", "tab:red", "tab:green")):
-            ax.plot(np.asarray(content["planned"][name])[:, d], color=colour, lw=1.2, label=f"planned: {name}")
-        if "largest_gap_step" in content:
-            ax.axvline(content["largest_gap_step"], color="grey", ls=":", lw=1, label="largest gap")
-        ax.set_xlabel("step along the expert trajectory")
-        ax.set_ylabel(f"action[{d}]")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0, 0].set_title(f"planned control along the expert trajectory (return {content['expert_return']:.1f}); "
-                         "Lambert et al. 2020 Fig. 6", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def write_planned_paths(key, planner, models_by_name: dict, runs: dict, out_dir, baselines: dict | None = None,
                         baseline_info: dict | None = None) -> dict:
     """Fig. 6 for ``models_by_name`` along the expert path of ``runs`` (and ``baselines``, see
     ``compare_planned_paths``; ``baseline_info`` is added to their record): writes
-    attack_planned_paths.json / .png into ``out_dir`` and returns the JSON."""
-    from pathlib import Path
-
+    attack_planned_paths.json / .png (``analysis.attack.plot_planned_paths``) into ``out_dir``
+    and returns the JSON."""
     content = compare_planned_paths(jax.random.fold_in(key, PATH_SALT), planner, models_by_name, expert_path(runs),
                                     baselines)
     if baseline_info and "random_baseline" in content:

@@ -5,16 +5,13 @@ of a perturbed model, which both the candidate evaluator and the LL constraint's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from mismatch_jax import models
 from mismatch_jax.errors import InputError
-
-if TYPE_CHECKING:
-    from mismatch_jax.experiments.attack_cmaes import CMAESSettings
 
 WHITEN_FLOOR = 1e-6  # smallest eigenvalue a whitened direction is scaled by, relative to the largest
 
@@ -79,17 +76,18 @@ class SearchSpace(NamedTuple):
     expand: Callable
 
 
-def make_search_space(settings: "CMAESSettings", config: models.ModelConfig, params: models.ModelParams,
-                      normalizer: models.Normalizer, obs, action) -> SearchSpace:
-    """The search space ``settings.search_space`` names (see ``CMAESSettings``); obs/action: the
-    rows that define the low-variance directions (the attack dataset)."""
+def make_search_space(search_space: str, subspace_rank: int, config: models.ModelConfig,
+                      params: models.ModelParams, normalizer: models.Normalizer, obs, action) -> SearchSpace:
+    """The search space named ``search_space`` ("full", "low_variance" of ``subspace_rank``
+    directions, "whitened", "output_bias"; ``attack_cmaes.CMAESSettings``); obs/action: the rows
+    that define the low-variance directions (the attack dataset)."""
     template = zero_delta(params)
-    if settings.search_space == "full":
+    if search_space == "full":
         return SearchSpace(template, lambda delta: delta)
-    if settings.search_space == "output_bias":
+    if search_space == "output_bias":
         return _output_bias_space(config, params, normalizer, obs, action, template)
-    whiten = settings.search_space == "whitened"
-    rank = config.hidden_size + 1 if whiten else settings.subspace_rank
+    whiten = search_space == "whitened"
+    rank = config.hidden_size + 1 if whiten else subspace_rank
     basis = low_variance_basis(config, params, normalizer, obs, action, rank, whiten)
     hidden, outputs = template.w.shape[1], template.w.shape[2]
     attacked = config.target_dim  # the mean columns come first (logvar follows for P / PE)

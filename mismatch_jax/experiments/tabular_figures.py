@@ -23,6 +23,7 @@ import numpy as np
 from mismatch_jax.files import write_json
 from mismatch_jax.agents import tabular as agents
 from mismatch_jax.agents import tabular_measures as measures
+from mismatch_jax.analysis import tabular as figures
 from mismatch_jax.config_io import Schema, from_dict, load_toml, setting
 from mismatch_jax.envs import tabular as envs
 
@@ -109,26 +110,22 @@ def load_config(config) -> TabularConfig:
     return from_dict(TabularConfig, config)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _finite(x):
     """JSON-safe float (None for ±inf / nan)."""
     x = float(x)
     return x if np.isfinite(x) else None
 
 
+def _grid(mdp) -> dict:
+    """The gridworld layout ``analysis.tabular`` draws on (numpy)."""
+    return {"coords": np.asarray(mdp.coords), "shape": mdp.grid_shape, "free": np.asarray(mdp.free),
+            "goal": np.asarray(mdp.goal), "start": np.asarray(mdp.coords)[int(np.argmax(np.asarray(mdp.start)))]}
+
+
 def _write(out_dir, name: str, fig, data: dict) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    figures.save_figure(fig, out / f"{name}.png")
     data = {"experiment": name, "device": jax.devices()[0].device_kind, **data}
     write_json(out / f"{name}.json", data)
     return data
@@ -177,43 +174,22 @@ def run_fig2a(cfg: TabularConfig, out_dir) -> dict:
     _, optimal_policy = measures.value_iteration(mdp)
     optimal = float(measures.expected_return(mdp, optimal_policy))
 
-    plt = _pyplot()
-    fig, (ax_curve, ax_arrows) = plt.subplots(1, 2, figsize=(11, 4.5))
-    iters = np.arange(1, num_iters + 1)
-    summary = {}
+    summary, curves = {}, {}
     for method in methods:
         curve = np.asarray(results[method].expected_return)
         mean, std = curve.mean(0), curve.std(0)
-        ax_curve.plot(iters, mean, label=method)
-        ax_curve.fill_between(iters, mean - std, mean + std, alpha=0.2)
+        curves[method] = (mean, std)
         summary[method] = {
             "final_mean": float(mean[-1]), "final_std": float(std[-1]),
             "mean_curve": [float(x) for x in mean], "std_curve": [float(x) for x in std],
             "iterations_to_90pct_optimal": int(np.argmax(mean >= 0.9 * optimal) + 1)
             if np.any(mean >= 0.9 * optimal) else None,
         }
-    ax_curve.axhline(optimal, color="k", ls="--", lw=0.8, label="optimal")
-    ax_curve.set_xlabel("iteration")
-    ax_curve.set_ylabel("expected discounted return (true dynamics)")
-    ax_curve.set_title(f"Fig. 2a — {seeds} seeds")
-    ax_curve.legend()
-
     mnm_q = results["mnm"].q[0]
     optimism = float(measures.optimism(mdp, mnm_q))
     noise_shift = np.asarray(measures.mean_displacement(mdp, mnm_q)
                              - measures.mean_displacement(mdp, mdp.p))
-    coords = np.asarray(mdp.coords)
-    height, width = mdp.grid_shape
-    ax_arrows.quiver(coords[:, 1], coords[:, 0], noise_shift[:, 1], noise_shift[:, 0],
-                     color="tab:blue", angles="xy")
-    goal = coords[np.asarray(mdp.goal)][0]
-    start_cell = coords[int(np.argmax(np.asarray(mdp.start)))]
-    ax_arrows.scatter([goal[1]], [goal[0]], marker="*", s=250, c="gold", edgecolors="k")
-    ax_arrows.scatter([start_cell[1]], [start_cell[0]], marker="o", s=80, c="tab:green")
-    ax_arrows.set_xlim(-0.5, width - 0.5)
-    ax_arrows.set_ylim(height - 0.5, -0.5)
-    ax_arrows.set_aspect("equal")
-    ax_arrows.set_title(f"MnM dynamics minus true (action-averaged); optimism {optimism:+.3f}")
+    fig = figures.draw_fig2a(curves, optimal, seeds, _grid(mdp), noise_shift, optimism)
     return _write(out_dir, "fig2a", fig, {
         "seeds": seeds, "num_iters": num_iters, "run": run_cfg, "env": cfg.env.given(),
         "optimal_return": optimal, "methods": summary, "mnm_optimism": optimism,
@@ -221,21 +197,9 @@ def run_fig2a(cfg: TabularConfig, out_dir) -> dict:
     })
 
 
-def _draw_policy(ax, mdp, policy, title):
-    coords = np.asarray(mdp.coords)
-    height, width = mdp.grid_shape
-    free = np.asarray(mdp.free)
-    ax.imshow((~free).reshape(height, width), cmap="Greys", vmin=0, vmax=1.5)
-    action = np.asarray(policy).argmax(-1)
-    delta = envs.ACTION_DELTAS[action]
-    movable = free & ~np.asarray(mdp.goal)
-    ax.quiver(coords[movable, 1], coords[movable, 0], delta[movable, 1], delta[movable, 0],
-              angles="xy", scale=25, color="tab:red")
-    goal = coords[np.asarray(mdp.goal)][0]
-    start = coords[int(np.argmax(np.asarray(mdp.start)))]
-    ax.scatter([goal[1]], [goal[0]], marker="*", s=250, c="gold", edgecolors="k")
-    ax.scatter([start[1]], [start[0]], marker="o", s=80, c="tab:green")
-    ax.set_title(title, fontsize=9)
+def _greedy_moves(policy) -> np.ndarray:
+    """The (row, column) step of each state's most likely action → [S, 2]."""
+    return envs.ACTION_DELTAS[np.asarray(policy).argmax(-1)]
 
 
 def run_fig2b(cfg: TabularConfig, out_dir) -> dict:
@@ -255,12 +219,10 @@ def run_fig2b(cfg: TabularConfig, out_dir) -> dict:
                        "fraction_of_optimal": float(res.expected_return[-1]) / optimal,
                        "objective": _finite(res.objective[-1]),
                        "expected_return_curve": [float(x) for x in res.expected_return]}
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
-    _draw_policy(axes[0], mdp, optimal_policy, f"optimal (true model): {optimal:.3f}")
-    for ax, method in zip(axes[1:], ("mnm", "mnm_no_kl")):
-        _draw_policy(ax, mdp, policies[method],
-                     f"{method}, 3x3-block model: return {out[method]['expected_return']:.3f}")
+    panels = [(_greedy_moves(optimal_policy), f"optimal (true model): {optimal:.3f}")]
+    panels += [(_greedy_moves(policies[m]), f"{m}, 3x3-block model: return {out[m]['expected_return']:.3f}")
+               for m in ("mnm", "mnm_no_kl")]
+    fig = figures.draw_fig2b(_grid(mdp), panels)
     return _write(out_dir, "fig2b", fig, {"num_iters": num_iters, "run": run_cfg,
                                           "env": cfg.env.given(), "optimal_return": optimal,
                                           "methods": out})
@@ -279,16 +241,7 @@ def run_fig3a(cfg: TabularConfig, out_dir) -> dict:
         out[method] = {"action_in_middle": ("left", "right")[choice],
                        "exact_return": float(res.expected_return[-1]),
                        "policy": np.asarray(res.policy).tolist()}
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = list(out)
-    ax.bar(names, [out[m]["exact_return"] for m in names],
-           color=["tab:green" if out[m]["action_in_middle"] == "left" else "tab:red"
-                  for m in names])
-    for i, m in enumerate(names):
-        ax.text(i, out[m]["exact_return"] + 5, out[m]["action_in_middle"], ha="center")
-    ax.set_ylabel("exact expected return from the middle")
-    ax.set_title("Fig. 3a — green: safe left, red: windy right")
+    fig = figures.draw_fig3a(out)
     return _write(out_dir, "fig3a", fig, {"num_iters": num_iters, "run": run_cfg,
                                           "env": cfg.env.given(), "methods": out})
 
@@ -302,15 +255,7 @@ def run_fig3b(cfg: TabularConfig, out_dir) -> dict:
     res = agents.run("mnm", mdp, jax.random.key(0), num_iters=num_iters, **run_cfg)
     lower, log_ret, upper = (np.asarray(x) for x in (res.mnm_bound, res.log_expected_return,
                                                      res.vmbpo_bound))
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    iters = np.arange(1, num_iters + 1)
-    ax.plot(iters, upper, label="VMBPO objective")
-    ax.plot(iters, log_ret, label="log expected return", color="k")
-    ax.plot(iters, lower, label="MnM objective (lower bound)")
-    ax.set_xlabel("iteration")
-    ax.legend()
-    ax.set_title("Fig. 3b — exact objectives along MnM value iteration")
+    fig = figures.draw_fig3b(lower, log_ret, upper)
     return _write(out_dir, "fig3b", fig, {
         "num_iters": num_iters, "run": run_cfg, "env": cfg.env.given(),
         "mnm_objective": lower.tolist(), "log_expected_return": log_ret.tolist(),

@@ -16,37 +16,24 @@ in every trial (Lambert et al. 2020's expert cart-pole data are episodes above 1
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
 import numpy as np
 
 from mismatch_jax import models
-from mismatch_jax.config_io import Schema, setting
 from mismatch_jax.envs.base import Env
+from mismatch_jax.errors import InputError
+from mismatch_jax.files import write_json
 from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import make_planner, mpc_episode
+from mismatch_jax.sweep.config import COMPETENCE_TRIALS, CompetenceTarget  # noqa: F401 (re-exported)
+from mismatch_jax.sweep.study_data import StudyData, pets_models, pets_runs
 
 COMPETENCE_SALT = 0xC0_4E7E  # fold_in salt of the check's episode keys
-COMPETENCE_TRIALS = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class CompetenceTarget(Schema):
-    """``[competence]``: whether the sweep checks its controller before scoring the population
-    (``enabled``; it needs the PETS runs of on_policy / expert data), and what a competent
-    controller earns with the expert model and an untrained one on ``trials`` full episodes."""
-
-    enabled: bool = False
-    trials: int = setting(COMPETENCE_TRIALS, ge=1)
-    expert_threshold: float = 170.0
-    min_expert_successes: int = setting(4, ge=1)
-    untrained_ceiling: float = 50.0
-
-    def check(self):
-        if self.min_expert_successes > self.trials:
-            raise ValueError(f"min_expert_successes ({self.min_expert_successes}) exceeds trials ({self.trials})")
 
 
 def episode_rewards(key: jax.Array, env: Env, cem: CEMConfig, model_config: models.ModelConfig,
@@ -111,14 +98,6 @@ def sweep_competence(config, env: Env, out_dir, log: Callable[[str], None] = pri
     directory: scores the final model of the sweep's (cached) PETS runs and an untrained
     population model with the sweep's controller; writes ``competence.json`` and returns it
     (the saved one on a resume; None when the check is off)."""
-    from pathlib import Path
-
-    import json
-
-    from mismatch_jax.errors import InputError
-    from mismatch_jax.files import write_json
-    from mismatch_jax.sweep.study_data import StudyData, pets_models, pets_runs
-
     target = config.competence
     if not target.enabled:
         return None

@@ -56,7 +56,6 @@ from mismatch_jax.models.core import ModelConfig
 from mismatch_jax.planning.cem import CEMConfig
 from mismatch_jax.planning.mpc import EpisodeSettings
 from mismatch_jax.population import PopulationLayout
-from mismatch_jax.sweep.competence import CompetenceTarget
 from mismatch_jax.sweep.env_params import EnvParamsConfig, check_for_env
 from mismatch_jax.train.config import TrainingSection
 
@@ -178,6 +177,26 @@ class RunConfig(Schema):
     chunk_size: int = setting(0, ge=0)
     memory_gb: float = setting(4.0, gt=0.0)
     layout: PopulationLayout = PopulationLayout()
+
+
+COMPETENCE_TRIALS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class CompetenceTarget(Schema):
+    """``[competence]``: whether the sweep checks its controller before scoring the population
+    (``enabled``; it needs the PETS runs of on_policy / expert data), and what a competent
+    controller earns with the expert model and an untrained one on ``trials`` full episodes."""
+
+    enabled: bool = False
+    trials: int = setting(COMPETENCE_TRIALS, ge=1)
+    expert_threshold: float = 170.0
+    min_expert_successes: int = setting(4, ge=1)
+    untrained_ceiling: float = 50.0
+
+    def check(self):
+        if self.min_expert_successes > self.trials:
+            raise ValueError(f"min_expert_successes ({self.min_expert_successes}) exceeds trials ({self.trials})")
 
 
 @dataclasses.dataclass(frozen=True)

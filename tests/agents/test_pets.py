@@ -52,6 +52,7 @@ def test_pets_improves_over_random_and_seed_batching_matches_single_seed():
     np.testing.assert_allclose(jnp.stack(rewards, 1), result.trial_rewards, rtol=1e-3, atol=1e-2)
 
 
+@pytest.mark.unit
 def test_packaged_configs_load():
     cpu = load_pets_config(None)
     assert cpu == load_pets_config(ROOT / "sweeps" / "pets_cartpole_cpu.toml")
@@ -65,6 +66,7 @@ def test_packaged_configs_load():
     assert paper.num_trials == 15
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "table, message",
     [
@@ -86,6 +88,7 @@ def test_config_errors_name_the_key(table, message):
         pets_config_from_dict(table)
 
 
+@pytest.mark.unit
 def test_config_file_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("env = 'cartpole_swingup'\n[planner]\nhorizon = 0\n")
@@ -95,6 +98,7 @@ def test_config_file_errors(tmp_path):
         load_pets_config(tmp_path / "missing.toml")
 
 
+@pytest.mark.unit
 def test_int_accepted_for_float_and_defaults():
     config = pets_config_from_dict({"train": {"learning_rate": 1}})
     assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)

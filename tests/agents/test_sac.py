@@ -59,6 +59,7 @@ def _batch(env, key, n=8):
 # --------------------------------------------------------------------------- replay buffer
 
 
+@pytest.mark.unit
 def test_replay_wraps_around_with_known_values():
     example = {"x": jnp.zeros(()), "v": jnp.zeros((2,))}
     buf = replay.init(example, capacity=4)
@@ -80,6 +81,7 @@ def test_replay_wraps_around_with_known_values():
         replay.init(example, 0)
 
 
+@pytest.mark.unit
 def test_replay_samples_only_valid_rows():
     buf = replay.init(jnp.zeros(()), capacity=10)
     for i in range(3):
@@ -100,6 +102,7 @@ def test_replay_is_jittable_and_scannable():
 # --------------------------------------------------------------------------- update rules
 
 
+@pytest.mark.unit
 def test_polyak_update_known_values():
     online = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(10.0)}
     target = {"w": jnp.array([0.0, 0.0]), "b": jnp.array(0.0)}
@@ -160,6 +163,7 @@ def test_entropy_tuning_direction(env, target_entropy, direction):
     np.testing.assert_allclose(abs(change), TINY.alpha_lr, rtol=1e-3)  # Adam's first step = lr
 
 
+@pytest.mark.unit
 def test_tanh_gaussian_log_prob_matches_change_of_variables():
     mean, log_std = jnp.array([0.3, -0.2]), jnp.array([-0.5, 0.1])
     u = jnp.array([0.7, -1.9])
@@ -185,6 +189,7 @@ def test_tanh_gaussian_log_prob_equals_distrax_transformed_normal():
     np.testing.assert_allclose(sac_lib.tanh_gaussian_log_prob(u, mean, log_std), theirs, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.unit
 def test_shapes_and_action_box(env):
     sac = sac_lib.make_sac(TINY, env)
     state = sac.init(jax.random.key(10))
@@ -383,6 +388,7 @@ def test_lr_sweep_of_4_seeds_by_4_rates_compiles_once_and_equals_separate_runs(e
 # --------------------------------------------------------------------------- config
 
 
+@pytest.mark.unit
 def test_config_loading_is_strict(tmp_path):
     config = sac_config.load_sac_config(ROOT / "sweeps" / "sac_pendulum.toml")
     assert config.env == "pendulum" and config.num_seeds == 5

@@ -19,6 +19,7 @@ def grid():
     return T.gridworld()
 
 
+@pytest.mark.unit
 def test_three_state_acceptance():
     mdp = T.three_state()
     chosen = {}
@@ -156,6 +157,7 @@ def test_low_resolution_model_needs_the_classifier():
     assert np.asarray(mnm.q)[np.asarray(mdp.free)][:, :, wall].sum() > 0.1
 
 
+@pytest.mark.unit
 def test_validation_errors():
     mdp = T.three_state()
     with pytest.raises(ValueError, match="method"):
@@ -179,6 +181,7 @@ def test_cli_writes_figures(tmp_path):
     assert data["methods"]["q_learning"]["action_in_middle"] == "left"
 
 
+@pytest.mark.unit
 def test_tabular_config_refuses_a_builder_key_of_another_figure():
     from mismatch_jax.config_io import ConfigError
     from mismatch_jax.experiments.tabular_figures import load_config

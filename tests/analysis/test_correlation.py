@@ -6,6 +6,8 @@ import scipy.stats
 
 from mismatch_jax.analysis.correlation import correlate
 
+pytestmark = pytest.mark.unit  # every test here is in the fast tier
+
 
 def test_matches_scipy_and_ci_brackets():
     rng = np.random.default_rng(0)

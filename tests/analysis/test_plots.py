@@ -25,6 +25,7 @@ def _table(n=60, seed=0):
     return pd.DataFrame(rows)
 
 
+@pytest.mark.unit
 def test_scatter_json_equals_scipy(tmp_path):
     table = _table()
     table.to_parquet(tmp_path / "results.parquet")
@@ -43,11 +44,13 @@ def test_scatter_json_equals_scipy(tmp_path):
         assert rec["n"] == len(part)
 
 
+@pytest.mark.unit
 def test_rejects_non_results_table(tmp_path):
     with pytest.raises(ValueError, match="not a sweep results table"):
         ll_reward_scatter(pd.DataFrame({"a": [1]}), tmp_path)
 
 
+@pytest.mark.unit
 def test_per_epoch_curves_mark_best_epochs(tmp_path):
     from mismatch_jax.analysis.plots import per_epoch_curves
 
@@ -64,6 +67,7 @@ def test_per_epoch_curves_mark_best_epochs(tmp_path):
     assert (tmp_path / "per_epoch_curves.png").is_file()
 
 
+@pytest.mark.unit
 def test_fig3_panels_use_each_training_set_own_ll_and_match_scipy(tmp_path):
     from mismatch_jax.analysis.fig3 import fig3_panels
 
@@ -173,6 +177,7 @@ def _epoch_table():
     return pd.DataFrame(rows)
 
 
+@pytest.mark.unit
 def test_fig4_best_epochs_per_model(tmp_path):
     from mismatch_jax.analysis.epochs import best_epochs, fig4_best_epochs
 
@@ -187,6 +192,7 @@ def test_fig4_best_epochs_per_model(tmp_path):
     assert (tmp_path / "fig4_best_epochs.png").is_file()
 
 
+@pytest.mark.unit
 def test_fig5_nll_on_every_dataset(tmp_path):
     from mismatch_jax.analysis.epochs import fig5_dataset_nll
 
@@ -244,6 +250,7 @@ def test_plot_rescore_on_writes_the_fresh_episode_statistic(tmp_path, capsys):
     assert {s["train_dataset"] for s in saved["summary"]} == {"grid", "on_policy"}
 
 
+@pytest.mark.unit
 def test_expert_data_below_the_threshold_are_not_called_expert():
     from mismatch_jax.analysis.fig3 import dataset_label
 

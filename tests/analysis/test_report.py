@@ -20,6 +20,8 @@ from mismatch_jax import cli
 from mismatch_jax.analysis import report_data
 from mismatch_jax.analysis.report import sweep_report
 
+pytestmark = pytest.mark.unit  # every test here is in the fast tier
+
 
 class Page(HTMLParser):
     """The tags, attributes and script texts of an HTML page."""

@@ -35,6 +35,7 @@ def test_sampled_in_box_and_deterministic(env):
     assert (pts >= np.asarray(low, np.float32)).all() and (pts <= np.asarray(high, np.float32)).all()
 
 
+@pytest.mark.unit
 def test_min_distance_matches_brute_force():
     rng = np.random.default_rng(0)
     pts, ref = rng.normal(size=(1000, 5)), rng.normal(size=(37, 5))
@@ -60,6 +61,7 @@ def test_nan_rejected_and_cache_roundtrip(env, tmp_path):
         data.load(next(tmp_path.glob("*.npz")), {**spec, "n": 51})
 
 
+@pytest.mark.unit
 def test_unknown_box_is_clear():
     class Fake:
         name, obs_dim, action_dim = "nothing", 2, 1
@@ -67,6 +69,7 @@ def test_unknown_box_is_clear():
         data.datasets._box(Fake(), None)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(data.DEFAULT_BOXES))
 def test_default_boxes_fit_their_envs(name):
     env = envs.make(name)

@@ -38,6 +38,7 @@ def test_constants_match_mbrl(ref, env):
     np.testing.assert_array_equal(env.action_high, [1.0])
 
 
+@pytest.mark.unit
 def test_one_step_table(ref, env):
     @jax.jit
     @jax.vmap
@@ -57,6 +58,7 @@ def test_one_step_table(ref, env):
     np.testing.assert_array_equal(out.time, 1)
 
 
+@pytest.mark.unit
 def test_pure_functions_agree_with_step(ref, env):
     next_obs = jnp.asarray(ref["step_next_states"], jnp.float32)
     done = jax.vmap(env.termination_fn)(next_obs)
@@ -171,6 +173,7 @@ def test_euler_uses_old_velocities(env):
     np.testing.assert_allclose(next_obs[2], 0.02 * -2.0, rtol=1e-6)
 
 
+@pytest.mark.unit
 def test_rollout_stops_counting_after_termination(env):
     # Always push right: the pole falls within a few dozen steps; total reward = steps alive.
     traj, total = rollout(env, lambda key, obs: jnp.ones(1), jax.random.key(1), 200)

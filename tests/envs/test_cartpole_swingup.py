@@ -71,6 +71,7 @@ def broadcast_params(params, batch):
     return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (batch,) + leaf.shape), params)
 
 
+@pytest.mark.unit
 def test_model_facts(env):
     model = env.mj_model
     np.testing.assert_allclose(model.body_mass[1:], [10.472, 5.019], atol=1e-3)
@@ -234,6 +235,7 @@ def test_reset_distribution(env):
     np.testing.assert_array_equal(physics, states.obs)
 
 
+@pytest.mark.unit
 def test_bad_inputs(env):
     state = env.state_from_obs(jnp.zeros(4))
     with pytest.raises(ValueError, match="action must have shape"):

@@ -50,6 +50,7 @@ def test_constant_scales_are_standard_deviations(cartpole):
     np.testing.assert_allclose(np.asarray(env.default_params.reset_state).std(), 0.1, rtol=0.25)
 
 
+@pytest.mark.unit
 def test_known_value_step(cartpole):
     mixing = np.array([[1.0, 2.0], [3.0, 4.0]])
     d = np.array([0.5, -1.0])

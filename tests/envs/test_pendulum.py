@@ -32,6 +32,7 @@ def test_static_facts(env):
     np.testing.assert_array_equal(gym_env.action_space.high, env.action_high)
 
 
+@pytest.mark.unit
 def test_one_step_table(env, step_from_obs):
     """Many random states (including unwrapped angles and out-of-box torques) set directly."""
     rng = np.random.default_rng(0)
@@ -169,6 +170,7 @@ def test_reset_distribution(env):
     np.testing.assert_array_equal(states.obs[:, 2], theta_dot)
 
 
+@pytest.mark.unit
 def test_state_from_obs_recovers_angle(env):
     theta = jnp.linspace(-3.1, 3.1, 13)
     obs = jnp.stack([jnp.cos(theta), jnp.sin(theta), jnp.full_like(theta, 0.5)], axis=-1)
@@ -177,6 +179,7 @@ def test_state_from_obs_recovers_angle(env):
     np.testing.assert_array_equal(states.obs, obs)
 
 
+@pytest.mark.unit
 def test_angle_stays_wrapped_while_spinning(env):
     # Full torque forever: the pendulum spins at max speed; theta must stay in [-pi, pi].
     def body(state, _):

@@ -13,6 +13,7 @@ from mismatch_jax.envs.pendulum import Pendulum, PendulumParams
 CLASSIC = ["cartpole_balance", "pendulum"]
 
 
+@pytest.mark.unit
 def test_unknown_name_lists_available():
     with pytest.raises(ValueError) as info:
         make("cartpole_balanse")
@@ -22,6 +23,7 @@ def test_unknown_name_lists_available():
         assert name in message
 
 
+@pytest.mark.unit
 def test_make_builds_the_right_classes():
     assert isinstance(make("cartpole_balance"), CartpoleBalance)
     assert isinstance(make("pendulum"), Pendulum)
@@ -30,6 +32,7 @@ def test_make_builds_the_right_classes():
     assert make("pendulum", episode_length=50).episode_length == 50
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", CLASSIC)
 def test_wrong_action_shape_raises(name):
     env = make(name)
@@ -112,6 +115,7 @@ def test_vmap_over_gravity():
     assert out.obs.shape == (3, 3)
 
 
+@pytest.mark.unit
 def test_state_is_a_pytree_with_stable_dtypes():
     for name in CLASSIC:
         env = make(name)

@@ -7,6 +7,8 @@ import pytest
 
 from mismatch_jax.envs import tabular as T
 
+pytestmark = pytest.mark.unit  # every test here is in the fast tier
+
 
 def _exact_return(mdp, actions):
     p = np.asarray(mdp.p, np.float64)

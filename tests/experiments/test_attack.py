@@ -20,6 +20,7 @@ from mismatch_jax.train.config import TrainingSection
 from mismatch_jax.planning.mpc import make_planner
 
 
+@pytest.mark.unit
 def test_fitness_known_values():
     reward = jnp.array([100.0, 50.0, 80.0, 10.0])
     ll = jnp.array([5.0, 4.9, 5.2, jnp.nan])
@@ -105,8 +106,7 @@ def test_low_variance_basis_is_orthonormal_and_moves_predictions_by_its_eigenval
     np.testing.assert_allclose(jnp.einsum("ehk,ehj->ekj", basis, basis), jnp.broadcast_to(jnp.eye(3), (2, 3, 3)),
                                atol=1e-5)
     # The least-excited directions move the predictions on the rows less than any other unit step.
-    settings = attack.CMAESSettings(search_space="low_variance", subspace_rank=3)
-    space = attack.make_search_space(settings, cfg, params, norm, obs, action)
+    space = attack.make_search_space("low_variance", 3, cfg, params, norm, obs, action)
     assert space.template.shape == (2, 3, 4)
     unit = jnp.zeros((2, 3, 4)).at[:, 0, 0].set(1.0)
     delta = space.expand(unit)
@@ -121,14 +121,14 @@ def test_low_variance_basis_is_orthonormal_and_moves_predictions_by_its_eigenval
 def test_whitened_directions_move_predictions_equally():
     cfg, params, norm = _tiny_model(kind="P")
     obs, action = _rows(n=256)
-    settings = attack.CMAESSettings(search_space="whitened")
-    space = attack.make_search_space(settings, cfg, params, norm, obs, action)
+    space = attack.make_search_space("whitened", 16, cfg, params, norm, obs, action)
     assert space.template.shape == (1, 9, 4)
     changes = [float(_prediction_change(cfg, params, norm, space.expand(jnp.zeros((1, 9, 4)).at[0, k, 1].set(1.0)),
                                         obs, action)[0]) for k in range(9)]
     np.testing.assert_allclose(changes, 1.0, rtol=0.1)  # float32 eigh: the smallest is ~5% off
 
 
+@pytest.mark.unit
 def test_pets_member_config_rules():
     with pytest.raises(ConfigError, match="model_path"):
         from_dict(attack.AttackConfig, {"base_model": "pets_member", "model_path": "runs/x"})
@@ -193,6 +193,7 @@ def test_cmaes_with_repair_scores_only_feasible_candidates():
         attack.make_cmaes_attack(evaluate, template, settings, 2, 0.0)
 
 
+@pytest.mark.unit
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="cmaes.sigmaa"):
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cmaes": {"sigmaa": 0.1}})
@@ -206,6 +207,7 @@ def test_config_errors_name_the_key():
         from_dict(attack.AttackConfig, {"env": "cartpole_balance", "cem": {"num_elites": 1}})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["attack_quick", "attack_cartpole", "attack_swingup", "attack_cpu",
                                   "attack_cpu_pets_member"])
 def test_shipped_configs_load(name):
@@ -348,7 +350,8 @@ def test_random_baseline_directions_cost_the_attacks_ll_change():
 
 
 def test_planned_path_baselines_use_the_same_keys_and_report_their_gap(tmp_path):
-    from mismatch_jax.experiments.attack_paths import compare_planned_paths, plot_planned_paths
+    from mismatch_jax.analysis.attack import plot_planned_paths
+    from mismatch_jax.experiments.attack_paths import compare_planned_paths
 
     env = make("cartpole_balance")
     cfg, params, norm = _tiny_model()

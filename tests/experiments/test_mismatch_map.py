@@ -20,6 +20,7 @@ from mismatch_jax.models.trainer_losses import LossInputs
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["mismatch_map.toml", "mismatch_map_quick.toml"])
 def test_shipped_configs_load(name):
     config = mmc.load_config(ROOT / "sweeps" / name)
@@ -27,6 +28,7 @@ def test_shipped_configs_load(name):
     assert config.population.num_epochs % config.mnm.rounds == 0
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("data, key", [
     ({"population": {"num_modelz": 3}}, "population.num_modelz"),
     ({"planner": {"horizon": "ten"}}, "planner.horizon"),
@@ -92,6 +94,7 @@ def _check_against_scipy(table, summary):
         pytest.approx(summary["correlations"]["mnm"]["neg_mnm"]["pearson"])
 
 
+@pytest.mark.unit
 def test_correlation_summary_equals_scipy_and_drops_diverged():
     table = _synthetic_table()
     summary = mm.correlation_summary(table, num_bootstrap=50)

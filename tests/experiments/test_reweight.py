@@ -20,6 +20,7 @@ from mismatch_jax.data.transitions import TransitionData
 from mismatch_jax.train import TrainConfig, TrainHParams, make_train
 
 
+@pytest.mark.unit
 def test_weights_known_values():
     w = data.distance_weights([0.0, 1.0, 2.0])
     raw = np.exp(-np.array([0.0, 1.0, 2.0]))
@@ -33,6 +34,7 @@ def test_weights_known_values():
         data.distance_weights(np.zeros((2, 2)))
 
 
+@pytest.mark.unit
 def test_log_grid_paper_range():
     sizes = reweight.log_grid(10, 2500, 8, integer=True)
     assert sizes[0] == 10 and sizes[-1] == 2500 and len(sizes) == 8
@@ -81,6 +83,7 @@ def test_weights_change_training_but_a_constant_factor_does_not():
         np.testing.assert_allclose(a, b, atol=1e-5)  # c cancels in the per-minibatch weighted mean
 
 
+@pytest.mark.unit
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="pool.sise"):
         from_dict(reweight.ReweightConfig, {"env": "cartpole_balance", "pool": {"sise": 3}})
@@ -94,6 +97,7 @@ def test_config_errors_name_the_key():
         from_dict(reweight.ReweightConfig, {"env": "cartpole_balance", "expert": {"source": "oracle"}})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["reweight_quick", "reweight_cartpole", "reweight_cpu"])
 def test_shipped_configs_load(name):
     config = load_toml(reweight.ReweightConfig, f"sweeps/{name}.toml")

@@ -62,6 +62,7 @@ def _with(section, **values):
     return data
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("data, key", [
     (_with("models", bogus=1), "models.bogus"),
     (_with("models", batch_size="big"), "models.batch_size"),
@@ -79,6 +80,7 @@ def test_config_errors_name_the_key(data, key):
         fig2_config.config_from_dict(data)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["vagram_fig2.toml", "vagram_fig2_quick.toml"])
 def test_sweep_configs_load(name):
     config = fig2_config.load_config(REPO / "sweeps" / name)

@@ -32,6 +32,7 @@ def test_round_trip_is_exact_and_overwrites(tmp_path):
     assert json.loads((path / "model.json").read_text())["meta"] == {"note": "x"}
 
 
+@pytest.mark.unit
 def test_bad_paths_and_mismatched_configs_are_input_errors(tmp_path):
     cfg, params, norm = _model()
     with pytest.raises(InputError, match="model_path: .*no model.json"):

@@ -13,6 +13,7 @@ from scipy.special import logsumexp
 from mismatch_jax.models import core as models
 
 
+@pytest.mark.unit
 def test_gaussian_log_likelihood_matches_scipy():
     rng = np.random.default_rng(0)
     mean = rng.normal(size=(5, 7, 3))
@@ -24,6 +25,7 @@ def test_gaussian_log_likelihood_matches_scipy():
     np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.unit
 def test_pets_nll_and_mse_per_sample_known_values():
     mean = jnp.array([[[1.0, 2.0]]])
     target = jnp.array([[[0.0, 0.0]]])
@@ -53,6 +55,7 @@ def test_soft_logvar_bounds():
     assert np.all(np.diff(outs) > 0)  # monotone
 
 
+@pytest.mark.unit
 def test_fit_normalizer_masked_moments():
     cfg = models.ModelConfig("P", 2, 1, hidden_size=4, num_hidden_layers=1)
     rng = np.random.default_rng(1)

@@ -73,6 +73,7 @@ def test_vagram_with_clipping_equals_direct_computation(sac_value):
     assert np.sum(norms > threshold[:, None]) >= 4  # one row per critic was actually clipped
 
 
+@pytest.mark.unit
 def test_gradient_clipping_known_values_and_mask():
     norms = np.arange(1.0, 21.0)  # 20 gradient norms 1..20
     directions = np.stack([np.cos(norms), np.sin(norms)], -1)
@@ -108,6 +109,7 @@ def test_vagram_ignores_dimensions_the_value_ignores_mse_does_not():
     assert np.all(np.abs(np.asarray(mse_grad[:, 2])) > 0)
 
 
+@pytest.mark.unit
 def test_known_values_vagram_itervaml_value_weighted():
     target = jnp.zeros((1, 3))
     pred = jnp.ones((1, 3))  # e = [1, 1, 1]
@@ -129,6 +131,7 @@ def test_known_values_vagram_itervaml_value_weighted():
     np.testing.assert_allclose(va.value_weights(jnp.array([0.0, 2.0]), eps=0.1), [10.0, 0.5])
 
 
+@pytest.mark.unit
 def test_itervaml_is_exact_vaml_for_a_linear_value_function():
     w = jnp.array([[0.5, -1.0, 2.0], [1.0, 0.0, -0.3]])
     value_fn = lambda s: w @ s  # noqa: E731
@@ -193,6 +196,7 @@ def test_classifier_loss_decreases_on_separable_data():
     assert va.classifier_loss_per_sample(params, obs, action, real, fake).shape == (128,)
 
 
+@pytest.mark.unit
 def test_classifier_loss_known_value():
     config = va.ClassifierConfig(obs_dim=2, action_dim=1, hidden_size=4, num_hidden_layers=1)
     params = va.classifier_init(jax.random.key(10), config)
@@ -225,6 +229,7 @@ def test_mnm_model_loss_known_value_and_gradient():
     assert va.mnm_model_loss_per_sample(value_fn, clf, obs, action, ens).shape == (2, 3)
 
 
+@pytest.mark.unit
 def test_augmented_reward_transforms():
     reward = jnp.array([-16.0, -1.0, 0.0])
     logits = jnp.array([0.5, -0.5, 0.0])

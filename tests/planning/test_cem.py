@@ -90,6 +90,7 @@ def test_samples_respect_bounds(sampling):
         np.testing.assert_allclose(samples[:, 2, 0].std(), 0.5 * 0.8796, rtol=0.05)
 
 
+@pytest.mark.unit
 def test_initial_dispersion_matches_mbrl_lib():
     cem = CEMConfig().with_bounds([-3.0], [3.0])
     np.testing.assert_allclose(initial_dispersion(cem, (2, 1)), jnp.full((2, 1), 36.0 / 16.0))
@@ -233,6 +234,7 @@ def test_mpc_episode_on_model_jit_vs_no_jit():
     np.testing.assert_allclose(traj.action, traj_jit.action, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.unit
 def test_config_validation():
     with pytest.raises(ValueError, match="population_size"):
         CEMConfig(population_size=-5)

@@ -5,6 +5,7 @@ model planner / MPC episode not retracing for new models, observations and keys.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jit_counts import jit_work
 from mismatch_jax import envs
@@ -114,6 +115,7 @@ def test_jitted_mpc_episode_does_not_retrace_for_new_models_and_keys():
     assert len(traces) == 1
 
 
+@pytest.mark.unit
 def test_episode_salt_omitted_keeps_the_keys_and_the_resolved_config():
     import pytest
 

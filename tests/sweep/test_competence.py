@@ -53,6 +53,7 @@ def test_verdict_follows_the_targets(threshold, ceiling, expert_ok, untrained_ok
     assert len(report["expert"]["rewards"]) == 2 and any("competence" in line for line in lines)
 
 
+@pytest.mark.unit
 def test_more_required_successes_than_trials_is_refused():
     with pytest.raises(ValueError, match="min_expert_successes"):
         CompetenceTarget(trials=3, min_expert_successes=4)

@@ -8,6 +8,8 @@ from mismatch_jax.config_io import to_toml
 from mismatch_jax.sweep.config import SweepConfig, load
 from mismatch_jax.config_io import from_dict
 
+pytestmark = pytest.mark.unit  # every test here is in the fast tier
+
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = ["quickstart.toml", "cartpole_ll_reward.toml", "cartpole_per_epoch.toml", "cpu_population_1000.toml",
           "cartpole_ll_reward_cpu.toml", "cartpole_study_cpu.toml", "cartpole_per_epoch_cpu.toml",

@@ -55,6 +55,7 @@ def _sweep(tmp_path, section: str) -> SweepConfig:
     return from_dict(SweepConfig, data)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("section, message", [
     ("[env_params.grid]\ngravityy = [9.8]", "env_params.grid.gravityy: cartpole_balance has no physical constant"),
     ("[env_params.grid]\ngravity = []", "grid.gravity must list at least one value"),
@@ -70,6 +71,7 @@ def test_bad_sections_name_the_key(tmp_path, section, message):
         _sweep(tmp_path, section)
 
 
+@pytest.mark.unit
 def test_array_constant_shape_is_checked():
     config = EnvParamsConfig(grid=(("joint_damping", ((1.0, 2.0, 3.0),)),))
     with pytest.raises(ValueError, match=r"joint_damping\[0\]: the constant has shape \(2,\)"):
@@ -178,9 +180,8 @@ def test_drawn_values_given_as_a_list_give_identical_rows(tmp_path):
     """The acceptance of [env_params]: a draw and the same values as a list → identical rows,
     one env_<name> column per constant, and the per-parameter figure."""
     from mismatch_jax.analysis.env_params import env_params_figure
-    from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
+    from mismatch_jax.sweep.runner import run_sweep
 
-    enable_compilation_cache(tmp_path / "xla")
     drawn_config = _sweep(tmp_path, "[env_params]\ndraws = 2\n[env_params.draw]\ngravity = [2.0, 30.0]\n"
                                     "pole_mass = [0.05, 0.5]")
     drawn = run_sweep(drawn_config, tmp_path / "drawn", progress=False, log=lambda s: None)

@@ -34,6 +34,7 @@ def scan_of_matmuls(x, w, unroll=1):
     return jax.lax.scan(outer, x, None, length=5, unroll=unroll)[0]
 
 
+@pytest.mark.unit
 def test_loop_bodies_count_their_trip_counts_as_xla_counts_the_unrolled_program():
     looped = _compiled(scan_of_matmuls)
     unrolled = _compiled(lambda x, w: scan_of_matmuls(x, w, unroll=True))
@@ -49,6 +50,7 @@ def test_loop_bodies_count_their_trip_counts_as_xla_counts_the_unrolled_program(
     assert cost.xla.flops == _xla_flops(looped)
 
 
+@pytest.mark.unit
 def test_a_scan_of_k_matmuls_is_k_times_one_matmul():
     for steps in (1, 7):
         looped = _compiled(lambda x, w: jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=steps)[0])
@@ -56,6 +58,7 @@ def test_a_scan_of_k_matmuls_is_k_times_one_matmul():
         assert program_cost(looped).cost.flops == pytest.approx(steps * _xla_flops(single), rel=1e-4)
 
 
+@pytest.mark.unit
 def test_a_data_dependent_loop_counts_once_and_is_reported():
     def fn(x, w):
         return jax.lax.while_loop(lambda c: c[0, 0] < 100.0, lambda c: c @ w, x)
@@ -69,6 +72,7 @@ def scaled_loop(x, w):  # its loop is the one the trip scale below names
     return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=8)[0]
 
 
+@pytest.mark.unit
 def test_trip_scale_scales_the_loops_built_in_a_named_function():
     compiled = _compiled(scaled_loop)
     loops = HloModuleText(compiled.as_text()).loops_below(HloModuleText(compiled.as_text()).entry)
@@ -78,6 +82,7 @@ def test_trip_scale_scales_the_loops_built_in_a_named_function():
     assert half == pytest.approx(full / 2, rel=1e-3)
 
 
+@pytest.mark.unit
 def test_row_scales_count_the_slots_a_group_has_rows_in():
     train = type("T", (), {"batch_size": 10, "eval_batch_size": None})()
     # capacity 100 → 10 slots; a group runs as many as its largest dataset needs.
@@ -91,6 +96,7 @@ def test_row_scales_count_the_slots_a_group_has_rows_in():
     assert scale(("/x/mismatch_jax/planning/mpc.py", "mpc_episode")) == 1.0
 
 
+@pytest.mark.unit
 def test_roofline_is_the_slower_of_compute_and_memory():
     h100 = DEVICES["h100"]
     assert h100.roofline_s(Cost(flops=67e12, bytes=1.0)) == pytest.approx(1.0)
@@ -104,6 +110,7 @@ BAD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("argv, fragment", [
     (["estimate", "{bad}"], "num_epoch"),
     (["estimate", "no_such_config"], "no_such_config"),

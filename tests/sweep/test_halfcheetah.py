@@ -33,6 +33,7 @@ def tiny_overrides(cache_dir) -> list[str]:
     ]
 
 
+@pytest.mark.unit
 def test_paper_config_is_paper_size():
     config = load_toml(SweepConfig, PAPER)
     assert config.num_models == 2400                      # the paper's M_hc

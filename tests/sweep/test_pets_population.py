@@ -23,6 +23,7 @@ def _small(*overrides):
                                           "population.replicates=2", *overrides])
 
 
+@pytest.mark.unit
 def test_shipped_configs_are_the_papers_design_and_size():
     paper, cpu = load_toml(SweepConfig, PAPER), load_toml(SweepConfig, CPU)
     assert paper.pets_source and cpu.pets_source
@@ -33,6 +34,7 @@ def test_shipped_configs_are_the_papers_design_and_size():
     assert paper.kinds[-1] == cpu.kinds[-1] == "PETS"
 
 
+@pytest.mark.unit
 def test_every_type_seed_trial_copy_appears_once_and_indexes_its_data():
     config = _small()
     seen = set()
@@ -50,6 +52,7 @@ def test_every_type_seed_trial_copy_appears_once_and_indexes_its_data():
     assert config.num_models == sum(count for _, _, count in config.type_ranges())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("overrides, fragment", [
     (["datasets.pets.num_seeds=1"], "datasets.pets.num_seeds >= 2"),
     (["training.eval_epochs=[50, 100]"], "training.eval_epochs must list one epoch"),

@@ -18,7 +18,7 @@ import pytest
 
 from mismatch_jax.sweep import results
 from mismatch_jax.sweep.config import load
-from mismatch_jax.sweep.runner import enable_compilation_cache, run_sweep
+from mismatch_jax.sweep.runner import run_sweep
 from ray_cluster import LOOPBACK_ENV, LocalRayCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +117,7 @@ def test_mbpo_refuses_a_bad_ray_address_or_flag_in_one_line_before_writing(flags
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.unit
 def test_only_a_launcher_starting_several_copies_is_refused():
     from mismatch_jax.errors import InputError
     from mismatch_jax.experiments.sweep_command import check_single_copy
@@ -138,14 +139,11 @@ def test_only_a_launcher_starting_several_copies_is_refused():
 def reference(tmp_path_factory):
     """The single-process table at the same chunk size, and the config file."""
     tmp = tmp_path_factory.mktemp("ray_ref")
-    cache = tmp_path_factory.mktemp("xla_cache")
-    os.environ["MISMATCH_JAX_CACHE"] = str(cache)  # the Ray workers load the programs compiled here
-    enable_compilation_cache(cache)
+    # The Ray workers load the programs compiled here from the test run's cache (tests/conftest.py).
     config = tmp / "cfg.toml"
     config.write_text(TINY.format(cache=tmp / "cache", chunk=CHUNK))
     run_sweep(load(config), tmp / "out", progress=False, log=lambda s: None)
-    yield config, pd.read_parquet(tmp / "out" / "results.parquet")
-    os.environ.pop("MISMATCH_JAX_CACHE", None)
+    return config, pd.read_parquet(tmp / "out" / "results.parquet")
 
 
 @pytest.fixture(scope="module")

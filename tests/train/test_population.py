@@ -304,6 +304,7 @@ def test_diverged_model_is_flagged_frozen_and_isolated():
 # ------------------------------------------------------------------ validation -------------
 
 
+@pytest.mark.unit
 def test_nan_in_data_raises_naming_the_array():
     obs, act, nxt = linear_system(20)
     nxt[3, 1] = np.nan
@@ -317,6 +318,7 @@ def test_nan_in_data_raises_naming_the_array():
         train(model_keys(jax.random.key(0), 0, 1), None, bad, TrainHParams.population(1))
 
 
+@pytest.mark.unit
 def test_bad_shapes_raise():
     obs, act, nxt = linear_system(20)
     with pytest.raises(ValueError, match="rows"):
