@@ -22,6 +22,7 @@ TINY = mbpo_config.MBPOConfig(
 )
 
 
+@pytest.mark.unit
 def test_seed_blocks_cover_every_seed_once_in_order():
     assert mbpo_seeds.seed_blocks(8, 0) == [(0, 8)]
     assert mbpo_seeds.seed_blocks(8, 3) == [(0, 3), (3, 3), (6, 2)]
@@ -55,6 +56,7 @@ def test_blocks_finishing_in_any_order_reassemble_to_the_local_run():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.unit
 def test_a_worker_with_another_device_count_is_refused():
     from mismatch_jax.errors import InputError
 
