@@ -137,6 +137,20 @@ class MBPOConfig(Schema):
         excursion). Our stabiliser, not the paper's: an unbounded critic extrapolates off the
         data and the model can raise V without limit there (sweeps/mnm_pendulum_cpu.toml's
         "none" run diverged: model loss −1e10).
+    mnm_value_action: Eq. 9's V(s′) = min of the online critics at "sample" a ~ π(s′) (paper
+        001 Sec. 4.2: "a 1-sample approximation V(s) = Q(s, a), a ~ π") or "deterministic"
+        a = tanh(μ(s′)) (the earlier behaviour).
+    mnm_value_scale: c in Eq. 9's c·V + log C/(1 − C). Ours, not the paper's (which writes 1):
+        MnM-approx's critic is trained on raw rewards, so V is a sum of ~1/(1 − γ) rewards while
+        the logit is a per-step log-ratio; c = 1 − γ is Eq. 3's (1 − γ) balance of reward and
+        log-ratio carried to the value.
+    mnm_mle_weight: weight of the PETS Gaussian NLL added to Eq. 9 (an MLE anchor). Ours.
+    mnm_mle_warmup_epochs: MBPO epochs (from the first env step) whose model phases train on the
+        NLL alone before Eq. 9 takes over (VaGraM's code warms up with the MSE likewise). Ours.
+    classifier_logit_bound: b > 0 bounds the classifier's logit smoothly to ±b·tanh(·/b) in
+        Eq. 4, Eq. 9 and r̃ (0: unbounded, the paper). Ours (a GAN stabiliser).
+    classifier_label_smoothing: α: Eq. 4's targets 1 − α (real) and α (model) (0: the paper).
+        Ours (a GAN stabiliser: the optimal logit stays finite on separable data).
     num_distractors / distractor_seed: VaGraM distracting dims appended to the env (0: none).
     """
 
@@ -169,6 +183,12 @@ class MBPOConfig(Schema):
     mnm_classifier_rows: Literal["model", "all"] = "model"
     classifier_steps_per_model_step: int = setting(1, ge=0)
     mnm_value_clip: Literal["none", "data_range"] = "none"
+    mnm_value_action: Literal["sample", "deterministic"] = "sample"
+    mnm_value_scale: float = setting(1.0, ge=0.0)
+    mnm_mle_weight: float = setting(0.0, ge=0.0)
+    mnm_mle_warmup_epochs: int = setting(0, ge=0)
+    classifier_logit_bound: float = setting(0.0, ge=0.0)
+    classifier_label_smoothing: float = setting(0.0, ge=0.0, lt=0.5)
     num_distractors: int = setting(0, ge=0)
     distractor_seed: int = 0
 

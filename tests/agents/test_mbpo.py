@@ -92,10 +92,12 @@ def test_sample_recent_draws_only_the_newest_rows():
     assert set(np.asarray(everything).tolist()) == set(range(2, 8))
 
 
-def test_model_step_uses_the_mean_unless_mle_with_a_probabilistic_model(env):
+def test_model_step_samples_with_mle_and_mnm_and_uses_the_mean_otherwise(env):
+    """MnM's classifier rows and rollouts come from model_step: a P model's sample, not its mean
+    (Eq. 4's s′ ~ q); the value-aware losses do not train the variance and use the mean."""
     obs = jax.random.normal(jax.random.key(1), (6, 3))
     action = jnp.zeros((6, 1))
-    for loss, noisy in (("mle", True), ("vagram", False)):
+    for loss, noisy in (("mle", True), ("mnm", True), ("vagram", False)):
         pieces = mbpo.make_mbpo(dataclasses.replace(TINY, model_loss=loss, model=dataclasses.replace(TINY.model, kind="P", ensemble_size=1)), env)
         params = models.init(jax.random.key(2), pieces.model_config)
         normalizer = models.identity_normalizer(pieces.model_config)
@@ -134,7 +136,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_packaged_configs_load():
-    names = ("mbpo_pendulum", "mbpo_pendulum_quick", "vagram_distractors_cpu", "mnm_pendulum_cpu", "mnm_fig4_halfcheetah",
+    names = ("mbpo_pendulum", "mbpo_pendulum_quick", "vagram_distractors_cpu", "mnm_pendulum_cpu", "mnm_distractors_cpu", "mnm_fig4_halfcheetah",
              "mnm_fig4_hopper", "vagram_hopper")
     for name in names:
         config = mbpo_compare.load_compare_config(ROOT / "sweeps" / f"{name}.toml")
