@@ -129,7 +129,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     per_sample_loss = trainer_losses.make_model_loss(
         config.model_loss, value_apply=value_apply_online, predict_reward=True,
         reward_weight=config.reward_loss_weight, itervaml_mse_coef=config.itervaml_mse_coef,
-        critic_reduce=config.vagram.critic_reduce,
+        critic_reduce=config.vagram.critic_reduce, output_reduce=config.vagram.output_reduce,
         minibatch_clip_percentile=(config.vagram.clip_percentile
                                    if config.vagram.clip_scope == "minibatch" else None),
         mnm_options=dict(probabilistic=mcfg.probabilistic, value_scale=config.mnm_value_scale,
@@ -178,9 +178,8 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             classifier=classifier, classifier_opt_state=opt_state,
             val_rows=jax.random.uniform(val_key, (capacity,)) < config.model_training.validation_fraction,
             env_state=env.reset(env_key),
-            episode_return=jnp.zeros((), jnp.float32),
-            env_steps=jnp.zeros((), jnp.int32),
-        )
+            episode_return=jnp.zeros((), jnp.float32), env_steps=jnp.zeros((), jnp.int32),
+            vagram_norm_avg=jnp.ones((), jnp.float32))
 
     def model_step(key, params, normalizer, obs, action):
         """One model transition per row: obs [B, D], action [B, A] → (next_obs [B, D],
@@ -244,8 +243,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             buffer_clip = config.vagram.clip_percentile if config.vagram.clip_scope == "buffer" else 100.0
             aux_fn = lambda nxt, m: trainer_losses.value_gradient_aux(value_fn, nxt, m, buffer_clip)
         elif config.model_loss == "value_weighted":
-            aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt, m,
-                                                                    config.value_weighted.direction)
+            aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt, m, config.value_weighted.direction)
         value_params = ts.sac.params
         if config.mnm_value_clip == "data_range":
             valid = (jnp.arange(ts.real.capacity) < ts.real.size)[:, None]
@@ -261,17 +259,21 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             trainer = population.make_train_fn(tcfg, per_sample_loss,
                                                context_step=mnm.classifier_context_step(model_step, config, ts.real, hp))
         params = jax.tree_util.tree_map(lambda p: p[None], ts.model_params)
-        # The buffer holds min(env_steps, capacity) rows: a bound shared by every seed, so the
-        # trainer's slot skipping survives an outer vmap over seeds.
+        # min(env_steps, capacity) rows: a bound shared by every seed (slot skipping survives vmap).
         rows_bound = jnp.minimum(jnp.asarray(env_steps, jnp.int32), ts.real.capacity)
-        # The (possibly traced) model rates enter the trainer as its own vmappable hparams.
-        mse_weight = hp.model_mse_weight
+        mse_weight = hp.model_mse_weight  # the (possibly traced) rates enter as the trainer's hparams
         if value_gradient_loss and config.vagram.mse_warmup_epochs:
             warming_up = env_steps < config.vagram.mse_warmup_epochs * config.epoch_length
             mse_weight = mse_weight + jnp.where(warming_up, 1.0, 0.0).astype(mse_weight.dtype)
         train_hp = population.TrainHParams.population(
             1, learning_rate=hp.model_lr, weight_decay=hp.model_weight_decay, mse_weight=mse_weight)
-        result = trainer(model_key[None], params, training_data(ts, aux_fn), train_hp,
+        data = training_data(ts, aux_fn)
+        if value_gradient_loss and config.vagram.gradient_scale == "running_mean":
+            steps = 4 * tcfg.num_epochs * -(-data.train_mask.sum() // training.batch_size)  # critics × minibatches
+            norm_avg, aux = trainer_losses.running_gradient_scale(ts.vagram_norm_avg, data.aux, data.train_mask,
+                                                                  obs_dim, steps)
+            ts, data = ts.replace(vagram_norm_avg=norm_avg), data.replace(aux=aux)
+        result = trainer(model_key[None], params, data, train_hp,
                          jnp.zeros((1,), jnp.int32), context, rows_bound)
         take = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)
         ts = ts.replace(model_params=take(result.params), normalizer=take(result.normalizer))
@@ -332,12 +334,10 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
                                           lambda t: (t.sac, nan_update), ts)
         return ts.replace(sac=sac_state), (metrics, do_update, episode_over, episode_return)
 
-    nan_phase = PhaseMetrics(
-        model_train_loss=jnp.asarray(jnp.nan, jnp.float32), model_val_mse=jnp.asarray(jnp.nan, jnp.float32),
-        model_epochs=jnp.zeros((), jnp.int32), classifier_loss=jnp.asarray(jnp.nan, jnp.float32),
-        classifier_logit_real=jnp.asarray(jnp.nan, jnp.float32),
-        classifier_logit_model=jnp.asarray(jnp.nan, jnp.float32),
-        rollout_length=jnp.zeros((), jnp.int32), rollout_rows=jnp.zeros((), jnp.int32))
+    nan, zero = jnp.asarray(jnp.nan, jnp.float32), jnp.zeros((), jnp.int32)
+    nan_phase = PhaseMetrics(model_train_loss=nan, model_val_mse=nan, model_epochs=zero, classifier_loss=nan,
+                             classifier_logit_real=nan, classifier_logit_model=nan, rollout_length=zero,
+                             rollout_rows=zero)
 
     def phase(ts: MBPOState, xs, hp: MBPOHParams):
         key, phase_index = xs  # unbatched

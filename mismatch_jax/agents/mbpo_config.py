@@ -78,6 +78,12 @@ class VaGraMOptions(Schema):
     mse_warmup_epochs: MBPO epochs (``epoch_length`` env steps each, counted from the first env
         step) during which the normalised MSE of every output is added to the model loss with
         weight 1 (the code adds it for the first epoch; the paper does not mention it).
+    gradient_scale: "none" (the paper: g as is) or "running_mean": g divided by a running mean of
+        the gradient norms, the code's ``norm_avg`` (``trainer_losses.running_gradient_scale``),
+        which rescales the value term against the reward term.
+    output_reduce: "sum" (Eq. 7 sums the squared errors over state dims) or "mean": the code
+        averages over the state dims its per-dim loss with the reward error added to each dim,
+        i.e. (1/D)·Eq. 7 + the reward error.
     """
 
     clip_percentile: float = setting(95.0, gt=0.0, le=100.0)
@@ -85,6 +91,8 @@ class VaGraMOptions(Schema):
     action_gradient: Literal["detached", "through_policy"] = "detached"
     critic_reduce: Literal["sum", "mean"] = "sum"
     mse_warmup_epochs: int = setting(1, ge=0)
+    gradient_scale: Literal["none", "running_mean"] = "none"
+    output_reduce: Literal["sum", "mean"] = "sum"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +317,8 @@ class MBPOState:
     """Carry of the training scan. sac: SACState; real / model_buffer: ReplayBuffers of
     Transition; model_params / normalizer: the dynamics model; classifier /
     classifier_opt_state: MnM's classifier (None when unused); val_rows [buffer_capacity] bool:
-    real-buffer rows held out for model validation; env_state, episode_return [], env_steps []."""
+    real-buffer rows held out for model validation; env_state, episode_return [], env_steps [];
+    vagram_norm_avg []: the running mean of value-gradient norms (``VaGraMOptions.gradient_scale``)."""
 
     sac: SACState
     real: replay.ReplayBuffer
@@ -322,6 +331,7 @@ class MBPOState:
     env_state: Any
     episode_return: jax.Array
     env_steps: jax.Array
+    vagram_norm_avg: jax.Array
 
 
 @struct.dataclass

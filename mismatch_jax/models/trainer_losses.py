@@ -134,28 +134,49 @@ def _minibatch_gradients(inputs: LossInputs, minibatch_clip_percentile: Optional
 
 
 def vagram_loss(regularizer: float = 0.0, critic_reduce: str = "sum",
-                minibatch_clip_percentile: Optional[float] = None) -> PerSampleLoss:
+                minibatch_clip_percentile: Optional[float] = None, output_reduce: str = "sum") -> PerSampleLoss:
     """per_sample_loss of VaGraM (Eq. 7): Σ_k Σ_d g_{k,d}² e_d² on aux = ``value_gradient_aux``
     (mean over critics with ``critic_reduce = "mean"``; gradient norms clipped per minibatch at
-    ``minibatch_clip_percentile`` when set)."""
+    ``minibatch_clip_percentile`` when set; ``output_reduce = "mean"`` divides by the state
+    dimension D: the released code averages its per-dimension loss, to which the reward error is
+    added, over the D state dims, i.e. (1/D)·Eq. 7 + e_r²)."""
     def loss(inputs, loss_context):
         del loss_context
         grads = _minibatch_gradients(inputs, minibatch_clip_percentile)
-        return jax.vmap(lambda p, s, g: value_aware.vagram_per_sample(p, s, g, regularizer, critic_reduce))(
+        out = jax.vmap(lambda p, s, g: value_aware.vagram_per_sample(p, s, g, regularizer, critic_reduce))(
             inputs.pred_next_obs, inputs.next_obs, grads)
+        return out / inputs.next_obs.shape[-1] if output_reduce == "mean" else out
     return loss
 
 
 def itervaml_loss(mse_coef: float = 0.01, critic_reduce: str = "sum",
-                  minibatch_clip_percentile: Optional[float] = None) -> PerSampleLoss:
+                  minibatch_clip_percentile: Optional[float] = None, output_reduce: str = "sum") -> PerSampleLoss:
     """per_sample_loss of first-order IterVAML + mse_coef·MSE (appendix D.1) on aux =
-    ``value_gradient_aux`` (critic_reduce, minibatch_clip_percentile: as ``vagram_loss``)."""
+    ``value_gradient_aux`` (critic_reduce, minibatch_clip_percentile, output_reduce: as
+    ``vagram_loss``)."""
     def loss(inputs, loss_context):
         del loss_context
         grads = _minibatch_gradients(inputs, minibatch_clip_percentile)
-        return jax.vmap(lambda p, s, g: value_aware.itervaml_per_sample(p, s, g, mse_coef, critic_reduce))(
+        out = jax.vmap(lambda p, s, g: value_aware.itervaml_per_sample(p, s, g, mse_coef, critic_reduce))(
             inputs.pred_next_obs, inputs.next_obs, grads)
+        return out / inputs.next_obs.shape[-1] if output_reduce == "mean" else out
     return loss
+
+
+def running_gradient_scale(norm_avg: jax.Array, aux: jax.Array, mask: jax.Array, obs_dim: int, steps,
+                           rate: float = 0.001) -> tuple[jax.Array, jax.Array]:
+    """VaGraM's released code divides g by an exponential running mean m of the gradient norms
+    (m ← (1 − rate)·m + rate·mean‖g‖ at every minibatch and critic, m = 1 at the start, kept for
+    the whole run). Our gradients are fixed for a phase, so the ``steps`` (minibatches × critics)
+    updates of a phase collapse to m ← (1 − rate)^steps·m + (1 − (1 − rate)^steps)·mean‖g‖ (the
+    mean over the rows ``mask`` marks and the critics), and the phase's g are divided by that m.
+    norm_avg [], aux [M, T, K·D], mask [M, T] → (new norm_avg [], aux / new norm_avg)."""
+    norms = jnp.linalg.norm(aux.reshape(aux.shape[:2] + (-1, obs_dim)), axis=-1)  # [M, T, K]
+    weight = jnp.broadcast_to(mask[..., None], norms.shape)
+    mean = jnp.sum(jnp.where(weight, norms, 0.0)) / jnp.maximum(weight.sum(), 1)
+    keep = (1.0 - rate) ** jnp.asarray(steps, jnp.float32)
+    new = jnp.where(weight.any(), keep * norm_avg + (1.0 - keep) * mean, norm_avg)
+    return new, aux / new
 
 
 def value_weighted_loss() -> PerSampleLoss:
@@ -246,21 +267,21 @@ LOSSES = ("mle", "vagram", "itervaml", "value_weighted", "mnm")
 def make_model_loss(name: str, *, value_apply: Optional[ValueApply] = None, predict_reward: bool = False,
                     reward_weight: float = 1.0, vagram_regularizer: float = 0.0,
                     itervaml_mse_coef: float = 0.01, critic_reduce: str = "sum",
-                    minibatch_clip_percentile: Optional[float] = None,
+                    minibatch_clip_percentile: Optional[float] = None, output_reduce: str = "sum",
                     mnm_options: Optional[dict] = None) -> Optional[PerSampleLoss]:
     """The trainer's ``per_sample_loss`` for model loss ``name`` (None for "mle": the trainer's
     own NLL/MSE, which already covers the reward output). ``value_apply`` is needed by "mnm";
     with ``predict_reward`` the reward output is trained by ``with_reward_mse(reward_weight)``.
-    critic_reduce / minibatch_clip_percentile: VaGraM's and IterVAML's (``vagram_loss``);
+    critic_reduce / minibatch_clip_percentile / output_reduce: VaGraM's and IterVAML's (``vagram_loss``);
     mnm_options: keyword arguments of ``mnm_loss``."""
     if name not in LOSSES:
         raise ValueError(f"model loss must be one of {LOSSES}, got {name!r}")
     if name == "mle":
         return None
     if name == "vagram":
-        loss = vagram_loss(vagram_regularizer, critic_reduce, minibatch_clip_percentile)
+        loss = vagram_loss(vagram_regularizer, critic_reduce, minibatch_clip_percentile, output_reduce)
     elif name == "itervaml":
-        loss = itervaml_loss(itervaml_mse_coef, critic_reduce, minibatch_clip_percentile)
+        loss = itervaml_loss(itervaml_mse_coef, critic_reduce, minibatch_clip_percentile, output_reduce)
     elif name == "value_weighted":
         loss = value_weighted_loss()
     else:

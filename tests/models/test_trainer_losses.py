@@ -183,3 +183,25 @@ def test_value_weights_inverse_and_proportional_known_values():
     np.testing.assert_allclose(np.asarray(aux.mean(axis=(1, 2))), [1.0, 1.0], rtol=1e-5)
     np.testing.assert_allclose(np.asarray(aux[1, :, 0]), np.asarray(value_aware.value_weights(
         jax.vmap(two_critics)(nxt_rows[1]).T, direction="proportional")), rtol=1e-6)
+
+
+def test_vagram_released_code_options_output_mean_and_running_gradient_scale():
+    """output_reduce="mean" is Eq. 7 / D (the code's mean over state dims, the reward error added
+    to each); running_gradient_scale advances m by (1 − rate)^steps towards the mean norm of the
+    masked rows and divides g by the new m."""
+    _, _, nxt, _, _ = random_inputs(None)
+    aux = trainer_losses.value_gradient_aux(two_critics, nxt[None], clip_percentile=100.0)[0]
+    inputs, _, _, _, _ = random_inputs(aux)
+    for make in (trainer_losses.vagram_loss, lambda **kw: trainer_losses.itervaml_loss(0.1, **kw)):
+        np.testing.assert_allclose(np.asarray(make(output_reduce="mean")(inputs, None)),
+                                   np.asarray(make()(inputs, None)) / D, rtol=1e-6)
+    grads = jnp.asarray([[[3.0, 4.0, 0.0, 0.0, 0.0, 1.0], [6.0, 8.0, 0.0, 0.0, 0.0, 2.0],
+                          [100.0, 0.0, 0.0, 0.0, 0.0, 0.0]]])  # [M=1, T=3, K·D = 2·3]
+    mask = jnp.asarray([[True, True, False]])
+    new, scaled = trainer_losses.running_gradient_scale(jnp.float32(1.0), grads, mask, 3, steps=10, rate=0.1)
+    keep = 0.9**10
+    want = keep * 1.0 + (1 - keep) * np.mean([5.0, 1.0, 10.0, 2.0])  # norms of the 2 rows × 2 critics
+    np.testing.assert_allclose(float(new), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(scaled), np.asarray(grads) / want, rtol=1e-5)
+    same, _ = trainer_losses.running_gradient_scale(jnp.float32(2.0), grads, jnp.zeros_like(mask), 3, steps=10)
+    assert float(same) == 2.0  # no rows yet: m stays
