@@ -15,9 +15,9 @@ How MnM runs inside MBPO (and why):
   Eq. 9's expectation over q_θ is one reparameterised sample μ + σ ε per member and row, so its
   gradient reaches the mean and the log-variance heads, and the classifier sees samples too.
   V in Eq. 9 is the min of the two online critics at a ∼ π (Sec. 4.2's 1-sample estimate;
-  ``mnm_value_action``). The stabilisers (``MBPOConfig``; each off at 0 / 1 except where the
-  measured defaults say) are ours, not the paper's: an NLL anchor and MLE warm-up epochs, a
-  scale on V, a bounded classifier logit, label smoothing. The augmented reward is Eq. 3's r̃ = (1 − γ) log r⁺ + log C/(1 − C) −
+  ``mnm_value_action``). The stabilisers (``MBPOConfig``; defaults from a measured ablation)
+  are ours, not the paper's: an NLL anchor, MLE warm-up epochs and a scale on V (on), a bounded
+  classifier logit and label smoothing (off). The augmented reward is Eq. 3's r̃ = (1 − γ) log r⁺ + log C/(1 − C) −
   (1 − γ) log(1 − γ) (``mnm_reward_balance``), computed when a batch is sampled with the current
   classifier; the log-ratio applies to model rows (Q is trained on model transitions, Eq. 7),
   real rows of the mixed batch keep (1 − γ) log r⁺ − (1 − γ) log(1 − γ) so Q sees one scale

@@ -410,7 +410,7 @@ def test_mnm_phase_alternates_classifier_and_model_and_logs_log_ratios(env):
     classifier than one whose classifier is frozen during the phase (k = 0), from the same state
     and key; both report a finite classifier loss and mean logits on real and model rows."""
     base = dataclasses.replace(SMALLEST, model_loss="mnm", classifier_steps=2, classifier_hidden_size=8,
-                               classifier_batch_size=16)
+                               classifier_batch_size=16, mnm_mle_warmup_epochs=0)  # Eq. 9 from the start
 
     def phase(k):
         config = dataclasses.replace(base, classifier_steps_per_model_step=k)
