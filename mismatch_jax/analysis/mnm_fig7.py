@@ -83,7 +83,7 @@ def draw_fig7(summary: dict, factor: float = 3.0, mnm: tuple[str, ...] = ("mnm_a
     ax_m.set_xlabel("env steps")
     ax_m.set_ylabel("held-out MSE of the model")
     passed = sum(stability["within"])
-    ax_m.set_title(f"(b) {ours_agent['agent']} model (solid) vs MLE minimum (dashed; dotted: MLE), per seed\n"
+    ax_m.set_title(f"(b) {ours_agent['agent']} model (solid), MLE model (dotted), its minimum (dashed)\n"
                    f"final ≤ {factor:g}× MLE minimum: {passed} of {len(stability['within'])} seeds", fontsize=9)
     fig.text(0.01, 0.01, "(b): MSE after each evaluation interval's last model phase, on that seed's held-out real "
              "rows (all state dims and the reward); dashed: the paired MLE (mbpo) seed's minimum over its run",

@@ -349,7 +349,8 @@ def _filled_state(pieces, env, rows=100):
 @pytest.mark.slow  # seven compiled model phases (~1 min)
 def test_vagram_options_reach_the_model_phase(env):
     """One VaGraM model phase from the same state and key: the MSE warm-up changes it inside its
-    epochs only; the clip scope, the action gradient and the critic reduction each change it."""
+    epochs only; the clip scope, the action gradient, the critic reduction and the released
+    code's gradient scale and output mean each change it."""
     base = dataclasses.replace(SMALLEST, model_loss="vagram",
                                model_training=dataclasses.replace(SMALLEST.model_training, num_epochs=4))
 
@@ -367,7 +368,8 @@ def test_vagram_options_reach_the_model_phase(env):
     no_warmup_after, _ = phase(100, mse_warmup_epochs=0)
     assert not np.allclose(default_in, no_warmup_in) and loss_in > loss_no_warmup  # + MSE in epoch 0
     np.testing.assert_array_equal(default_after, no_warmup_after)  # epoch 1: no warm-up either way
-    for option in ({"clip_scope": "buffer"}, {"action_gradient": "through_policy"}, {"critic_reduce": "mean"}):
+    for option in ({"clip_scope": "buffer"}, {"action_gradient": "through_policy"}, {"critic_reduce": "mean"},
+                   {"gradient_scale": "running_mean"}, {"output_reduce": "mean"}):
         changed, _ = phase(100, **option)
         assert np.abs(changed - default_after).max() > 1e-4, option
 
