@@ -15,10 +15,10 @@ Agents (``AGENTS``; ``make_agent(name, config, env)``) differ only in the model 
 * ``mbpo``: MLE (the trainer's PETS NLL / MSE); ``vagram`` / ``itervaml`` / ``value_weighted``:
   value-aware losses whose per-row side information (the gradients of the 4 SAC critics at the
   true next states, or the value weights) is computed once per model phase (VaGraM Algorithm 1).
-* ``mnm``: model trained on Eq. 9 of Mismatched No More (``loss_context = (SAC params,
-  classifier params)``), classifier on Eq. 4, policy on the augmented reward
-  r̃ = log r⁺ + log C/(1 − C) (Eq. 5, ``value_aware.mnm_augmented_reward``); ``mnm_approx``:
-  the same model and classifier, policy on the plain (learned) reward (paper 001, Sec. 4.3).
+* ``mnm``: model on Eq. 9 of Mismatched No More at reparameterised samples of the P / PE model
+  (``loss_context = trainer_losses.MnMContext``), classifier on Eq. 4, policy on r̃ (Eq. 5);
+  ``mnm_approx``: the same model and classifier, policy on the plain (learned) reward (paper
+  001, Sec. 4.3). ``agents.mbpo_mnm`` lists the stabilisers and which are the paper's.
 
 Schedules (functions of the env-step count, epoch = env_steps / epoch_length):
 
@@ -28,11 +28,9 @@ Schedules (functions of the env-step count, epoch = env_steps / epoch_length):
   ``model_share_end`` (0.95) over the first ``model_share_ramp_epochs`` epochs (they used 40
   epochs of 1000 steps). ``start = end = 0.95`` is MBPO's fixed real_ratio 0.05.
 
-Hyper-parameters: ``MBPOHParams`` (the SAC ones, ``SACHParams``, nested, plus the model's and the
-classifier's learning rates, the model weight decay and MSE weight) is a vmappable pytree argument
-of ``train``; None means the config's values (``MBPOHParams.from_config``), so a learning-rate
-sweep is ``jax.vmap`` over it, one compiled program. The model rates reach the population trainer
-as its own (traced) ``TrainHParams``.
+Hyper-parameters: ``MBPOHParams`` (SAC's, the model's and the classifier's rates) is a vmappable
+pytree argument of ``train`` (None: the config's), so a learning-rate sweep is ``jax.vmap`` over
+it, one compiled program; the model rates reach the trainer as its (traced) ``TrainHParams``.
 
 Compilation and vmapping: the whole run is ``lax.scan`` over evaluation intervals → scan over
 model phases → scan over env steps. Every schedule and every "has learning started" gate is
@@ -49,19 +47,15 @@ Choices (and why):
   length) holds.
 * Rollouts pick a uniformly random ensemble member per row and step (MBPO uses its 5 elites of
   7: we keep all members, there is no elite selection in the trainer). Probabilistic models
-  sample the Gaussian only with the MLE loss; the decision-aware losses do not train the
+  sample the Gaussian with the MLE and MnM losses; the value-aware losses do not train the
   variance, so their rollouts use the member's mean.
 * The trainer re-initialises Adam each model phase (MBPO keeps the optimiser); with MLE it
   returns the best-validation-epoch parameters, with the decision-aware losses the last ones
   (the validation score is MLE and would undo the loss's preference).
-* VaGraM (``MBPOConfig.vagram``, defaults from the paper, else its released code): value
-  gradients of the 2 online + 2 target critics, ∂Q_k(s, a)/∂s at a = tanh(μ(s)) held fixed
-  (``action_gradient``), computed once per model phase (the critics do not change during it),
-  their norms clipped at the 95th percentile over each minibatch's valid rows (``clip_scope``),
-  summed over critics (``critic_reduce``), plus the normalised MSE during the first MBPO epoch
-  (``mse_warmup_epochs``). The released code also divides the gradients by a running mean of
-  their norms (a loss scale, relative to the reward term) and averages the squared errors over
-  state dimensions where Eq. 7 sums them; we follow Eq. 7 and keep no running scale.
+* VaGraM (``MBPOConfig.vagram``; ``mbpo_config.VaGraMOptions`` says which choice is the
+  paper's and which its released code's): value gradients of the 2 online + 2 target critics,
+  computed once per model phase (the critics do not change during it), clipped, reduced over
+  critics, plus the normalised MSE during the first ``mse_warmup_epochs``.
 * MnM: the classifier before and in alternation with the model, the augmented reward and the
   per-phase classifier report are in ``agents.mbpo_mnm`` (its docstring says how and why).
 """
@@ -123,24 +117,26 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
     training = config.model_training
     tcfg = training.train_config(mcfg, keep_best=training.keep_best and config.model_loss == "mle",
                                  eval_batch_size=max(training.batch_size, 1024))
-    def value_apply_online(value_params, obs):
-        """Eq. 9's V: the online critics at the deterministic action; with ``mnm_value_clip =
-        "data_range"`` value_params = (SAC params, (low, high)) and the state is clipped to that
-        box first."""
+    def value_apply_online(value_params, obs, key=None):
+        """Eq. 9's V: the online critics at a policy sample (key) or the deterministic action
+        (None); with ``mnm_value_clip = "data_range"`` value_params = (SAC params, (low, high))
+        and the state is clipped to that box first."""
         if config.mnm_value_clip == "data_range":
             (value_params, (low, high)) = value_params
             obs = jnp.clip(obs, low, high)
-        return sac.value(value_params, obs, critics="online")
+        return sac.value(value_params, obs, key=key, critics="online")
 
     per_sample_loss = trainer_losses.make_model_loss(
         config.model_loss, value_apply=value_apply_online, predict_reward=True,
         reward_weight=config.reward_loss_weight, itervaml_mse_coef=config.itervaml_mse_coef,
-        critic_reduce=config.vagram.critic_reduce,
+        critic_reduce=config.vagram.critic_reduce, output_reduce=config.vagram.output_reduce,
         minibatch_clip_percentile=(config.vagram.clip_percentile
-                                   if config.vagram.clip_scope == "minibatch" else None))
+                                   if config.vagram.clip_scope == "minibatch" else None),
+        mnm_options=dict(probabilistic=mcfg.probabilistic, value_scale=config.mnm_value_scale,
+                         logit_bound=config.classifier_logit_bound or None, mle_weight=config.mnm_mle_weight,
+                         sample_value_action=config.mnm_value_action == "sample"))
     value_gradient_loss = trainer_losses.needs_value_gradients(config.model_loss)
-    alternating = config.model_loss == "mnm" and config.classifier_steps_per_model_step > 0
-    model_trainer = population.make_train_fn(tcfg, per_sample_loss)
+    uses_mnm, model_trainer = config.model_loss == "mnm", population.make_train_fn(tcfg, per_sample_loss)
     default_hparams = MBPOHParams.from_config(config, action_dim)
 
     def resolve(hparams: Optional[MBPOHParams]) -> MBPOHParams:
@@ -150,7 +146,8 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             raise TypeError(f"MBPO: hparams must be MBPOHParams or None, got {type(hparams).__name__}")
         return hparams
 
-    sample_noise = mcfg.probabilistic and config.model_loss == "mle"
+    # MLE and MnM (Eq. 9's samples) train the variance; the value-aware losses do not.
+    sample_noise = mcfg.probabilistic and config.model_loss in ("mle", "mnm")
     cls_cfg = value_aware.ClassifierConfig(obs_dim, action_dim, config.classifier_hidden_size,
                                            config.classifier_num_hidden_layers)
 
@@ -181,13 +178,13 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             classifier=classifier, classifier_opt_state=opt_state,
             val_rows=jax.random.uniform(val_key, (capacity,)) < config.model_training.validation_fraction,
             env_state=env.reset(env_key),
-            episode_return=jnp.zeros((), jnp.float32),
-            env_steps=jnp.zeros((), jnp.int32),
-        )
+            episode_return=jnp.zeros((), jnp.float32), env_steps=jnp.zeros((), jnp.int32),
+            vagram_norm_avg=jnp.ones((), jnp.float32))
 
     def model_step(key, params, normalizer, obs, action):
         """One model transition per row: obs [B, D], action [B, A] → (next_obs [B, D],
-        reward [B]) from a uniformly random member per row (Gaussian sample with MLE)."""
+        reward [B]) from a uniformly random member per row (a Gaussian sample with MLE and MnM
+        on P / PE models, else the mean)."""
         member_key, noise_key = jax.random.split(key)
         mean, var = models.predict(mcfg, params, normalizer, obs, action)  # [E, B, D + 1]
         member = jax.random.randint(member_key, (obs.shape[0],), 0, mcfg.ensemble_size)
@@ -235,7 +232,7 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
                     ) -> tuple[MBPOState, PhaseMetrics]:
         """Classifier (MnM), model retraining and rollouts at ``env_steps``."""
         hp = resolve(hparams)
-        cls_key, model_key, rollout_key, alternate_key, report_key = jax.random.split(key, 5)
+        cls_key, model_key, rollout_key, alternate_key, report_key, noise_key = jax.random.split(key, 6)
         if config.uses_classifier:
             ts = mnm.train_classifier(model_step, config, cls_key, ts, hp)
         value_fn = lambda s: sac.value(ts.sac.params, s, critics="all",  # [D] → [4]
@@ -246,37 +243,43 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
             buffer_clip = config.vagram.clip_percentile if config.vagram.clip_scope == "buffer" else 100.0
             aux_fn = lambda nxt, m: trainer_losses.value_gradient_aux(value_fn, nxt, m, buffer_clip)
         elif config.model_loss == "value_weighted":
-            aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt, m,
-                                                                    config.value_weighted.direction)
+            aux_fn = lambda nxt, m: trainer_losses.value_weight_aux(value_fn, nxt, m, config.value_weighted.direction)
         value_params = ts.sac.params
         if config.mnm_value_clip == "data_range":
             valid = (jnp.arange(ts.real.capacity) < ts.real.size)[:, None]
             seen = ts.real.data.next_obs
             value_params = (value_params, (jnp.min(jnp.where(valid, seen, jnp.inf), 0),
                                            jnp.max(jnp.where(valid, seen, -jnp.inf), 0)))
-        context = (value_params, ts.classifier) if config.model_loss == "mnm" else None
-        trainer = model_trainer
-        if alternating:
-            context = (value_params, ts.classifier, ts.classifier_opt_state, alternate_key)
+        context, trainer = None, model_trainer
+        if uses_mnm:
+            # Eq. 9 from the first step after the MLE warm-up (counted from the first env step).
+            warming_up = env_steps < config.mnm_mle_warmup_epochs * config.epoch_length
+            context = trainer_losses.MnMContext(value_params, ts.classifier, ts.classifier_opt_state, alternate_key,
+                                                noise_key, jnp.where(warming_up, 0.0, 1.0).astype(jnp.float32))
             trainer = population.make_train_fn(tcfg, per_sample_loss,
                                                context_step=mnm.classifier_context_step(model_step, config, ts.real, hp))
         params = jax.tree_util.tree_map(lambda p: p[None], ts.model_params)
-        # The buffer holds min(env_steps, capacity) rows: a bound shared by every seed, so the
-        # trainer's slot skipping survives an outer vmap over seeds.
+        # min(env_steps, capacity) rows: a bound shared by every seed (slot skipping survives vmap).
         rows_bound = jnp.minimum(jnp.asarray(env_steps, jnp.int32), ts.real.capacity)
-        # The (possibly traced) model rates enter the trainer as its own vmappable hparams.
-        mse_weight = hp.model_mse_weight
+        mse_weight = hp.model_mse_weight  # the (possibly traced) rates enter as the trainer's hparams
         if value_gradient_loss and config.vagram.mse_warmup_epochs:
             warming_up = env_steps < config.vagram.mse_warmup_epochs * config.epoch_length
             mse_weight = mse_weight + jnp.where(warming_up, 1.0, 0.0).astype(mse_weight.dtype)
         train_hp = population.TrainHParams.population(
             1, learning_rate=hp.model_lr, weight_decay=hp.model_weight_decay, mse_weight=mse_weight)
-        result = trainer(model_key[None], params, training_data(ts, aux_fn), train_hp,
+        data = training_data(ts, aux_fn)
+        if value_gradient_loss and config.vagram.gradient_scale == "running_mean":
+            steps = 4 * tcfg.num_epochs * -(-data.train_mask.sum() // training.batch_size)  # critics × minibatches
+            norm_avg, aux = trainer_losses.running_gradient_scale(ts.vagram_norm_avg, data.aux, data.train_mask,
+                                                                  obs_dim, steps)
+            ts, data = ts.replace(vagram_norm_avg=norm_avg), data.replace(aux=aux)
+        result = trainer(model_key[None], params, data, train_hp,
                          jnp.zeros((1,), jnp.int32), context, rows_bound)
         take = lambda tree: jax.tree_util.tree_map(lambda p: p[0], tree)
         ts = ts.replace(model_params=take(result.params), normalizer=take(result.normalizer))
-        if alternating:
-            ts = ts.replace(classifier=result.loss_context[1], classifier_opt_state=result.loss_context[2])
+        if uses_mnm:
+            ts = ts.replace(classifier=result.loss_context.classifier,
+                            classifier_opt_state=result.loss_context.classifier_opt_state)
         classifier_loss, logit_real, logit_model = mnm.classifier_report(model_step, config, report_key, ts)
         length = rollout_length(config, env_steps)
         ts, rows = rollouts(rollout_key, ts, length)
@@ -288,7 +291,8 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
 
     def augment(batch: Transition, classifier, from_model, gamma) -> Transition:
         """MnM's r̃ on a mixed batch (``mnm_batch_reward``)."""
-        logits = value_aware.classifier_apply(classifier, batch.obs, batch.action, batch.next_obs)
+        logits = value_aware.classifier_apply(classifier, batch.obs, batch.action, batch.next_obs,
+                                              config.classifier_logit_bound or None)
         return batch._replace(reward=mnm_batch_reward(config, batch.reward, jax.lax.stop_gradient(logits),
                                                       from_model, gamma))
 
@@ -330,12 +334,10 @@ def make_mbpo(config: MBPOConfig, env: Env) -> MBPO:
                                           lambda t: (t.sac, nan_update), ts)
         return ts.replace(sac=sac_state), (metrics, do_update, episode_over, episode_return)
 
-    nan_phase = PhaseMetrics(
-        model_train_loss=jnp.asarray(jnp.nan, jnp.float32), model_val_mse=jnp.asarray(jnp.nan, jnp.float32),
-        model_epochs=jnp.zeros((), jnp.int32), classifier_loss=jnp.asarray(jnp.nan, jnp.float32),
-        classifier_logit_real=jnp.asarray(jnp.nan, jnp.float32),
-        classifier_logit_model=jnp.asarray(jnp.nan, jnp.float32),
-        rollout_length=jnp.zeros((), jnp.int32), rollout_rows=jnp.zeros((), jnp.int32))
+    nan, zero = jnp.asarray(jnp.nan, jnp.float32), jnp.zeros((), jnp.int32)
+    nan_phase = PhaseMetrics(model_train_loss=nan, model_val_mse=nan, model_epochs=zero, classifier_loss=nan,
+                             classifier_logit_real=nan, classifier_logit_model=nan, rollout_length=zero,
+                             rollout_rows=zero)
 
     def phase(ts: MBPOState, xs, hp: MBPOHParams):
         key, phase_index = xs  # unbatched

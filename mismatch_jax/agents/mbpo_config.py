@@ -78,6 +78,12 @@ class VaGraMOptions(Schema):
     mse_warmup_epochs: MBPO epochs (``epoch_length`` env steps each, counted from the first env
         step) during which the normalised MSE of every output is added to the model loss with
         weight 1 (the code adds it for the first epoch; the paper does not mention it).
+    gradient_scale: "none" (the paper: g as is) or "running_mean": g divided by a running mean of
+        the gradient norms, the code's ``norm_avg`` (``trainer_losses.running_gradient_scale``),
+        which rescales the value term against the reward term.
+    output_reduce: "sum" (Eq. 7 sums the squared errors over state dims) or "mean": the code
+        averages over the state dims its per-dim loss with the reward error added to each dim,
+        i.e. (1/D)·Eq. 7 + the reward error.
     """
 
     clip_percentile: float = setting(95.0, gt=0.0, le=100.0)
@@ -85,6 +91,8 @@ class VaGraMOptions(Schema):
     action_gradient: Literal["detached", "through_policy"] = "detached"
     critic_reduce: Literal["sum", "mean"] = "sum"
     mse_warmup_epochs: int = setting(1, ge=0)
+    gradient_scale: Literal["none", "running_mean"] = "none"
+    output_reduce: Literal["sum", "mean"] = "sum"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +145,26 @@ class MBPOConfig(Schema):
         excursion). Our stabiliser, not the paper's: an unbounded critic extrapolates off the
         data and the model can raise V without limit there (sweeps/mnm_pendulum_cpu.toml's
         "none" run diverged: model loss −1e10).
+    The MnM stabilisers below default to the ablation in REPRODUCTION.md's MnM section
+    (sweeps/mnm_distractors_cpu.toml, 2 seeds × 3 000 steps): without them (the paper's
+    objective) or with only the NLL anchor and warm-up, Eq. 9's model ran off the data (held-out
+    MSE 2 → 1e3 … 1e4, the critics' Q → 1e6); with the anchor, the warm-up and c = 0.01 it
+    stayed at the MLE model's MSE, and bounding the logit / smoothing the labels changed nothing
+    there, so those two are off (the paper's classifier).
+    mnm_value_action: Eq. 9's V(s′) = min of the online critics at "sample" a ~ π(s′) (paper
+        001 Sec. 4.2: "a 1-sample approximation V(s) = Q(s, a), a ~ π") or "deterministic"
+        a = tanh(μ(s′)) (the earlier behaviour).
+    mnm_value_scale: c in Eq. 9's c·V + log C/(1 − C) (0.01). Ours, not the paper's (which writes 1):
+        MnM-approx's critic is trained on raw rewards, so V is a sum of ~1/(1 − γ) rewards while
+        the logit is a per-step log-ratio; c = 1 − γ is Eq. 3's (1 − γ) balance of reward and
+        log-ratio carried to the value.
+    mnm_mle_weight: weight of the PETS Gaussian NLL added to Eq. 9 (an MLE anchor; 1). Ours.
+    mnm_mle_warmup_epochs: MBPO epochs (from the first env step) whose model phases train on the
+        NLL alone before Eq. 9 takes over (1; VaGraM's code warms up with the MSE likewise). Ours.
+    classifier_logit_bound: b > 0 bounds the classifier's logit smoothly to ±b·tanh(·/b) in
+        Eq. 4, Eq. 9 and r̃ (0: unbounded, the paper). Ours (a GAN stabiliser).
+    classifier_label_smoothing: α: Eq. 4's targets 1 − α (real) and α (model) (0: the paper).
+        Ours (a GAN stabiliser: the optimal logit stays finite on separable data).
     num_distractors / distractor_seed: VaGraM distracting dims appended to the env (0: none).
     """
 
@@ -169,6 +197,12 @@ class MBPOConfig(Schema):
     mnm_classifier_rows: Literal["model", "all"] = "model"
     classifier_steps_per_model_step: int = setting(1, ge=0)
     mnm_value_clip: Literal["none", "data_range"] = "none"
+    mnm_value_action: Literal["sample", "deterministic"] = "sample"
+    mnm_value_scale: float = setting(0.01, ge=0.0)
+    mnm_mle_weight: float = setting(1.0, ge=0.0)
+    mnm_mle_warmup_epochs: int = setting(1, ge=0)
+    classifier_logit_bound: float = setting(0.0, ge=0.0)
+    classifier_label_smoothing: float = setting(0.0, ge=0.0, lt=0.5)
     num_distractors: int = setting(0, ge=0)
     distractor_seed: int = 0
 
@@ -289,7 +323,8 @@ class MBPOState:
     """Carry of the training scan. sac: SACState; real / model_buffer: ReplayBuffers of
     Transition; model_params / normalizer: the dynamics model; classifier /
     classifier_opt_state: MnM's classifier (None when unused); val_rows [buffer_capacity] bool:
-    real-buffer rows held out for model validation; env_state, episode_return [], env_steps []."""
+    real-buffer rows held out for model validation; env_state, episode_return [], env_steps [];
+    vagram_norm_avg []: the running mean of value-gradient norms (``VaGraMOptions.gradient_scale``)."""
 
     sac: SACState
     real: replay.ReplayBuffer
@@ -302,6 +337,7 @@ class MBPOState:
     env_state: Any
     episode_return: jax.Array
     env_steps: jax.Array
+    vagram_norm_avg: jax.Array
 
 
 @struct.dataclass

@@ -12,7 +12,9 @@ Writes ``mbpo_compare.json`` (per agent: env_steps, eval_return [seeds, evals], 
 standard deviation, final returns, first env-step count whose seed-mean return exceeds
 ``threshold``, compile and run seconds, last model-phase metrics; ``paired``: every agent's
 seed-by-seed difference to the first agent with a 95 % CI, ``paired_differences``) and
-``mbpo_compare.png`` (the seed-mean evaluation return with its 95 % CI against env steps).
+``mbpo_compare.png`` (the seed-mean evaluation return with its 95 % CI against env steps); with
+both "mbpo" and an MnM agent also paper 001's Fig. 7 (``analysis.mnm_fig7``: ``mnm_fig7.png``
+and ``model_stability`` in the JSON).
 """
 
 from __future__ import annotations
@@ -113,9 +115,18 @@ def run_agent(name: str, config: mbpo_config.MBPOConfig, env=None, num_seeds: Op
         # The last model phase of every evaluation interval, [seeds, evals] (NaN where none ran):
         # the MnM diagnostics (classifier loss, its log p/q estimates on real and model rows)
         # next to the model's own loss and held-out MSE.
-        "phase_log": {f: [[round(float(v), 4) for v in row] for row in np.asarray(getattr(metrics, f))]
+        "phase_log": {f: [[_finite(v) for v in row] for row in np.asarray(getattr(metrics, f))]
                       for f in PHASE_LOG},
+        # The critics' mean Q on their training batches per interval, [seeds, evals] (Fig. 7a).
+        "q_mean": [[_finite(v) for v in row] for row in np.asarray(metrics.q_mean)],
     }
+
+
+def _finite(v, digits: int = 6):
+    """A JSON number rounded to ``digits`` significant digits (held-out MSEs are small), None
+    for NaN / inf."""
+    v = float(v)
+    return float(f"{v:.{digits}g}") if np.isfinite(v) else None
 
 
 def paired_differences(agent: dict, baseline: dict, level: float = 0.95) -> dict:
@@ -269,6 +280,12 @@ def run_compare(config: CompareConfig, out_dir, num_seeds: Optional[int] = None,
         "env": env.name,
         "agents": results,
     }
+    names = [r["agent"] for r in results]
+    if "mbpo" in names and ("mnm_approx" in names or "mnm" in names):
+        from mismatch_jax.analysis import mnm_fig7
+
+        summary["model_stability"] = mnm_fig7.model_stability(summary)
+        mnm_fig7.plot_fig7(summary, out / "mnm_fig7.png")
     write_json(out / "mbpo_compare.json", summary)
     plot_curves(results, out / "mbpo_compare.png", config.title or env.name, config.threshold)
     return summary

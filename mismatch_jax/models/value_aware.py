@@ -251,34 +251,49 @@ def classifier_init(key: jax.Array, config: ClassifierConfig) -> tuple:
     return nets.mlp_init(key, config.layer_sizes)
 
 
-def classifier_apply(params: tuple, obs: jax.Array, action: jax.Array, next_obs: jax.Array) -> jax.Array:
+def classifier_apply(params: tuple, obs: jax.Array, action: jax.Array, next_obs: jax.Array,
+                     logit_bound: Optional[float] = None) -> jax.Array:
     """Logit of C(s, a, s′) = P(real | s, a, s′): obs/next_obs [..., obs_dim], action
-    [..., action_dim] (same leading axes) → [...]. log C/(1−C) equals the logit."""
-    return nets.mlp_apply(params, jnp.concatenate([obs, action, next_obs - obs], axis=-1), "relu")[..., 0]
+    [..., action_dim] (same leading axes) → [...]. log C/(1−C) equals the logit. With
+    ``logit_bound`` b the logit is b·tanh(raw / b): bounded by ±b, smooth, ≈ raw for |raw| ≪ b
+    (a GAN stabiliser, ours: an unbounded logit lets one separable row dominate Eq. 9)."""
+    raw = nets.mlp_apply(params, jnp.concatenate([obs, action, next_obs - obs], axis=-1), "relu")[..., 0]
+    return raw if logit_bound is None else logit_bound * jnp.tanh(raw / logit_bound)
 
 
 def classifier_loss_per_sample(params: tuple, obs: jax.Array, action: jax.Array,
-                               real_next_obs: jax.Array, model_next_obs: jax.Array) -> jax.Array:
+                               real_next_obs: jax.Array, model_next_obs: jax.Array,
+                               label_smoothing: float = 0.0, logit_bound: Optional[float] = None) -> jax.Array:
     """Negated Eq. 4: −log C(s, a, s′_real) − log(1 − C(s, a, s′_model)), same (s, a).
-    Inputs [B, ...] → [B]. (−log σ(l) = softplus(−l), −log(1 − σ(l)) = softplus(l).)"""
-    real = classifier_apply(params, obs, action, real_next_obs)
-    fake = classifier_apply(params, obs, action, jax.lax.stop_gradient(model_next_obs))
-    return jax.nn.softplus(-real) + jax.nn.softplus(fake)
+    Inputs [B, ...] → [B]. (−log σ(l) = softplus(−l), −log(1 − σ(l)) = softplus(l).) With
+    ``label_smoothing`` α the targets are 1 − α (real) and α (model), two-sided (Salimans et
+    al. 2016 smooth only the real side; two-sided keeps the optimum logit at log p/q shrunk
+    towards 0, finite where p/q is 0 or ∞)."""
+    real = classifier_apply(params, obs, action, real_next_obs, logit_bound)
+    fake = classifier_apply(params, obs, action, jax.lax.stop_gradient(model_next_obs), logit_bound)
+    a = label_smoothing
+    return ((1 - a) * jax.nn.softplus(-real) + a * jax.nn.softplus(real)
+            + (1 - a) * jax.nn.softplus(fake) + a * jax.nn.softplus(-fake))
 
 
-def classifier_loss(params: tuple, obs, action, real_next_obs, model_next_obs) -> jax.Array:
+def classifier_loss(params: tuple, obs, action, real_next_obs, model_next_obs, label_smoothing: float = 0.0,
+                    logit_bound: Optional[float] = None) -> jax.Array:
     """Mean over the batch of ``classifier_loss_per_sample`` → []."""
-    return classifier_loss_per_sample(params, obs, action, real_next_obs, model_next_obs).mean()
+    return classifier_loss_per_sample(params, obs, action, real_next_obs, model_next_obs, label_smoothing,
+                                      logit_bound).mean()
 
 
 def fit_classifier(key: jax.Array, params: tuple, opt_state, optimizer: optax.GradientTransformation,
-                   sample_batch: Callable, num_steps: int):
+                   sample_batch: Callable, num_steps: int, label_smoothing: float = 0.0,
+                   logit_bound: Optional[float] = None):
     """``num_steps`` optimizer steps of the classifier loss (Eq. 4), one lax.scan.
 
     sample_batch(key) -> (obs [B, d], action [B, a], real_next_obs [B, d], model_next_obs [B, d]):
-    the caller's way of pairing real transitions with model predictions of the same (s, a).
+    the caller's way of pairing real transitions with model samples for the same (s, a).
     Returns (params, opt_state, losses [num_steps])."""
-    step = nets.gradient_update(classifier_loss, optimizer)
+    step = nets.gradient_update(
+        lambda p, *rows: classifier_loss(p, *rows, label_smoothing=label_smoothing, logit_bound=logit_bound),
+        optimizer)
 
     def body(carry, k):
         p, state = carry
@@ -291,24 +306,31 @@ def fit_classifier(key: jax.Array, params: tuple, opt_state, optimizer: optax.Gr
 
 def mnm_model_loss_per_sample(value_fn: ValueFn, classifier_params: tuple, obs: jax.Array,
                               action: jax.Array, model_next_obs: jax.Array,
-                              reduce: Literal["min", "mean"] = "min") -> jax.Array:
-    """MnM model loss (Eq. 9, negated): −[V(s′_model) + log C(s, a, s′_model)/(1 − C(…))].
+                              reduce: Literal["min", "mean"] = "min", value_scale: float = 1.0,
+                              logit_bound: Optional[float] = None,
+                              value_keys: Optional[jax.Array] = None) -> jax.Array:
+    """MnM model loss (Eq. 9, negated): −[c·V(s′_model) + log C(s, a, s′_model)/(1 − C(…))].
 
     obs [B, obs_dim], action [B, action_dim] are real; model_next_obs [..., B, obs_dim] are
     model samples that must depend differentiably on the model parameters (the mean of a
     deterministic model or a reparameterised sample μ + σ ε of a probabilistic one).
-    V = min (SAC's convention) or mean over the K critics of ``value_fn``. Gradients reach the
-    model through V and through the classifier input; the classifier's and critics' own
-    parameters are constants here (they are trained by their own losses). → [..., B]."""
+    V = min (SAC's convention) or mean over the K critics of ``value_fn`` (s [D] → [K], or
+    (s, key) → [K] when ``value_keys`` [..., B] gives one key per sample: V(s) = Q(s, a ~ π),
+    paper 001's 1-sample estimate); c = ``value_scale``; ``logit_bound`` as ``classifier_apply``.
+    Gradients reach the model through V and through the classifier input; the classifier's and
+    critics' own parameters are constants here (they are trained by their own losses). → [..., B]."""
     lead = model_next_obs.shape[:-1]
     flat = model_next_obs.reshape((-1, model_next_obs.shape[-1]))
-    values = jax.vmap(value_fn)(flat)  # [M, K]
+    if value_keys is None:
+        values = jax.vmap(value_fn)(flat)  # [M, K]
+    else:
+        values = jax.vmap(value_fn)(flat, value_keys.reshape((-1,)))
     v = values.min(axis=-1) if reduce == "min" else values.mean(axis=-1)
     v = v.reshape(lead)
     obs_b = jnp.broadcast_to(_lift(obs, model_next_obs.ndim), model_next_obs.shape)
     action_b = jnp.broadcast_to(_lift(action, model_next_obs.ndim), lead + action.shape[-1:])
-    logits = classifier_apply(classifier_params, obs_b, action_b, model_next_obs)
-    return -(v + logits)
+    logits = classifier_apply(classifier_params, obs_b, action_b, model_next_obs, logit_bound)
+    return -(value_scale * v + logits)
 
 
 def log_positive_reward(reward: jax.Array, transform: Literal["exp", "shift", "log"] = "exp",

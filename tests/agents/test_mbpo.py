@@ -92,10 +92,12 @@ def test_sample_recent_draws_only_the_newest_rows():
     assert set(np.asarray(everything).tolist()) == set(range(2, 8))
 
 
-def test_model_step_uses_the_mean_unless_mle_with_a_probabilistic_model(env):
+def test_model_step_samples_with_mle_and_mnm_and_uses_the_mean_otherwise(env):
+    """MnM's classifier rows and rollouts come from model_step: a P model's sample, not its mean
+    (Eq. 4's s′ ~ q); the value-aware losses do not train the variance and use the mean."""
     obs = jax.random.normal(jax.random.key(1), (6, 3))
     action = jnp.zeros((6, 1))
-    for loss, noisy in (("mle", True), ("vagram", False)):
+    for loss, noisy in (("mle", True), ("mnm", True), ("vagram", False)):
         pieces = mbpo.make_mbpo(dataclasses.replace(TINY, model_loss=loss, model=dataclasses.replace(TINY.model, kind="P", ensemble_size=1)), env)
         params = models.init(jax.random.key(2), pieces.model_config)
         normalizer = models.identity_normalizer(pieces.model_config)
@@ -134,7 +136,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_packaged_configs_load():
-    names = ("mbpo_pendulum", "mbpo_pendulum_quick", "vagram_distractors_cpu", "mnm_pendulum_cpu", "mnm_fig4_halfcheetah",
+    names = ("mbpo_pendulum", "mbpo_pendulum_quick", "vagram_distractors_cpu", "mnm_pendulum_cpu", "mnm_distractors_cpu", "mnm_fig4_halfcheetah",
              "mnm_fig4_hopper", "vagram_hopper")
     for name in names:
         config = mbpo_compare.load_compare_config(ROOT / "sweeps" / f"{name}.toml")
@@ -347,7 +349,8 @@ def _filled_state(pieces, env, rows=100):
 @pytest.mark.slow  # seven compiled model phases (~1 min)
 def test_vagram_options_reach_the_model_phase(env):
     """One VaGraM model phase from the same state and key: the MSE warm-up changes it inside its
-    epochs only; the clip scope, the action gradient and the critic reduction each change it."""
+    epochs only; the clip scope, the action gradient, the critic reduction and the released
+    code's gradient scale and output mean each change it."""
     base = dataclasses.replace(SMALLEST, model_loss="vagram",
                                model_training=dataclasses.replace(SMALLEST.model_training, num_epochs=4))
 
@@ -365,7 +368,8 @@ def test_vagram_options_reach_the_model_phase(env):
     no_warmup_after, _ = phase(100, mse_warmup_epochs=0)
     assert not np.allclose(default_in, no_warmup_in) and loss_in > loss_no_warmup  # + MSE in epoch 0
     np.testing.assert_array_equal(default_after, no_warmup_after)  # epoch 1: no warm-up either way
-    for option in ({"clip_scope": "buffer"}, {"action_gradient": "through_policy"}, {"critic_reduce": "mean"}):
+    for option in ({"clip_scope": "buffer"}, {"action_gradient": "through_policy"}, {"critic_reduce": "mean"},
+                   {"gradient_scale": "running_mean"}, {"output_reduce": "mean"}):
         changed, _ = phase(100, **option)
         assert np.abs(changed - default_after).max() > 1e-4, option
 
@@ -408,7 +412,7 @@ def test_mnm_phase_alternates_classifier_and_model_and_logs_log_ratios(env):
     classifier than one whose classifier is frozen during the phase (k = 0), from the same state
     and key; both report a finite classifier loss and mean logits on real and model rows."""
     base = dataclasses.replace(SMALLEST, model_loss="mnm", classifier_steps=2, classifier_hidden_size=8,
-                               classifier_batch_size=16)
+                               classifier_batch_size=16, mnm_mle_warmup_epochs=0)  # Eq. 9 from the start
 
     def phase(k):
         config = dataclasses.replace(base, classifier_steps_per_model_step=k)

@@ -59,10 +59,51 @@ def test_value_weighted_and_mnm_adapters_equal_direct_losses():
                                np.asarray(value_aware.value_weighted_mse_per_sample(pred, nxt, weights)), rtol=1e-5)
     cls = value_aware.classifier_init(jax.random.key(3), value_aware.ClassifierConfig(D, A, hidden_size=8))
     scale = jnp.float32(2.0)
-    value_apply = lambda s_params, s: s_params * two_critics(s)
-    got = trainer_losses.mnm_loss(value_apply)(inputs, (scale, cls))
+    value_apply = lambda s_params, s, key: s_params * two_critics(s)
+    # A deterministic model: Eq. 9 at the mean prediction.
+    got = trainer_losses.mnm_loss(value_apply, probabilistic=False, sample_value_action=False)(
+        inputs, mnm_context(scale, cls))
     want = value_aware.mnm_model_loss_per_sample(lambda s: scale * two_critics(s), cls, obs, act, pred)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
+
+
+def mnm_context(value_params, classifier, eq9_weight=1.0):
+    return trainer_losses.MnMContext(value_params, classifier, None, jax.random.key(8), jax.random.key(9),
+                                     jnp.float32(eq9_weight))
+
+
+def test_mnm_loss_sees_a_reparameterised_sample_and_anchors_on_the_nll():
+    """Eq. 9 of a P model is taken at pred + exp(logvar / 2) ε · target_std with ε drawn from the
+    context's noise key (not at the mean), so its gradient reaches the log-variance head; the
+    eq9_weight = 0 warm-up is the Gaussian NLL alone and mle_weight adds it."""
+    inputs, pred, nxt, obs, act = random_inputs(None)
+    logvar = jax.random.normal(jax.random.key(11), pred.shape) - 1.0
+    std = jnp.asarray([0.5, 2.0, 1.0])
+    inputs = inputs.replace(logvar=logvar, target_std=std, target=pred + 0.3)
+    cls = value_aware.classifier_init(jax.random.key(3), value_aware.ClassifierConfig(D, A, hidden_size=8))
+    value_apply = lambda p, s, key: p * two_critics(s)
+    ctx = mnm_context(jnp.float32(1.0), cls)
+    loss = trainer_losses.mnm_loss(value_apply, sample_value_action=False, value_scale=0.5, logit_bound=3.0)
+    eps = jax.random.normal(jax.random.split(ctx.noise_key)[0], pred.shape)
+    sample = pred + jnp.exp(0.5 * logvar) * eps * std[None, None]
+    np.testing.assert_allclose(np.asarray(trainer_losses.mnm_sampled_next_obs(inputs, jax.random.split(ctx.noise_key)[0])),
+                               np.asarray(sample), rtol=1e-6)
+    want = value_aware.mnm_model_loss_per_sample(two_critics, cls, obs, act, sample, value_scale=0.5, logit_bound=3.0)
+    got = loss(inputs, ctx)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
+    at_mean = value_aware.mnm_model_loss_per_sample(two_critics, cls, obs, act, pred, value_scale=0.5, logit_bound=3.0)
+    assert np.abs(np.asarray(got - at_mean)).max() > 1e-2  # the mean is not what Eq. 9 sees
+    grad_logvar = jax.grad(lambda lv: loss(inputs.replace(logvar=lv), ctx).sum())(logvar)
+    assert np.abs(np.asarray(grad_logvar)).min() > 0  # every member, row and dim (V and C read all dims)
+    nll = jnp.mean((inputs.mean - inputs.target) ** 2 * jnp.exp(-logvar) + logvar, -1)
+    warm = ctx._replace(eq9_weight=jnp.float32(0.0))
+    np.testing.assert_allclose(np.asarray(loss(inputs, warm)), np.asarray(nll), rtol=1e-5)
+    anchored = trainer_losses.mnm_loss(value_apply, sample_value_action=False, value_scale=0.5, logit_bound=3.0,
+                                       mle_weight=0.25)
+    np.testing.assert_allclose(np.asarray(anchored(inputs, ctx)), np.asarray(want + 0.25 * nll), rtol=1e-5)
+    # V(s) = Q(s, a ~ π): one key per member and row.
+    keyed = trainer_losses.mnm_loss(lambda p, s, key: p * two_critics(s) + jax.random.normal(key, (2,)))
+    assert np.isfinite(np.asarray(keyed(inputs, ctx))).all()
 
 
 def test_with_reward_mse_adds_the_normalised_reward_error():
@@ -142,3 +183,25 @@ def test_value_weights_inverse_and_proportional_known_values():
     np.testing.assert_allclose(np.asarray(aux.mean(axis=(1, 2))), [1.0, 1.0], rtol=1e-5)
     np.testing.assert_allclose(np.asarray(aux[1, :, 0]), np.asarray(value_aware.value_weights(
         jax.vmap(two_critics)(nxt_rows[1]).T, direction="proportional")), rtol=1e-6)
+
+
+def test_vagram_released_code_options_output_mean_and_running_gradient_scale():
+    """output_reduce="mean" is Eq. 7 / D (the code's mean over state dims, the reward error added
+    to each); running_gradient_scale advances m by (1 − rate)^steps towards the mean norm of the
+    masked rows and divides g by the new m."""
+    _, _, nxt, _, _ = random_inputs(None)
+    aux = trainer_losses.value_gradient_aux(two_critics, nxt[None], clip_percentile=100.0)[0]
+    inputs, _, _, _, _ = random_inputs(aux)
+    for make in (trainer_losses.vagram_loss, lambda **kw: trainer_losses.itervaml_loss(0.1, **kw)):
+        np.testing.assert_allclose(np.asarray(make(output_reduce="mean")(inputs, None)),
+                                   np.asarray(make()(inputs, None)) / D, rtol=1e-6)
+    grads = jnp.asarray([[[3.0, 4.0, 0.0, 0.0, 0.0, 1.0], [6.0, 8.0, 0.0, 0.0, 0.0, 2.0],
+                          [100.0, 0.0, 0.0, 0.0, 0.0, 0.0]]])  # [M=1, T=3, K·D = 2·3]
+    mask = jnp.asarray([[True, True, False]])
+    new, scaled = trainer_losses.running_gradient_scale(jnp.float32(1.0), grads, mask, 3, steps=10, rate=0.1)
+    keep = 0.9**10
+    want = keep * 1.0 + (1 - keep) * np.mean([5.0, 1.0, 10.0, 2.0])  # norms of the 2 rows × 2 critics
+    np.testing.assert_allclose(float(new), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(scaled), np.asarray(grads) / want, rtol=1e-5)
+    same, _ = trainer_losses.running_gradient_scale(jnp.float32(2.0), grads, jnp.zeros_like(mask), 3, steps=10)
+    assert float(same) == 2.0  # no rows yet: m stays
