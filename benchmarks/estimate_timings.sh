@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for path in sweeps/*.toml; do
+for path in ${CONFIGS:-sweeps/*.toml}; do
   name=$(basename "$path" .toml)
   "$python" -c "import sys; from mismatch_jax.sweep.config import load; load(sys.argv[1])" "$path" 2>/dev/null || continue
   load_before=$(cut -d' ' -f1 /proc/loadavg)
