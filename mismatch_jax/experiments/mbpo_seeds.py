@@ -35,14 +35,15 @@ def seed_blocks(num_seeds: int, seeds_per_program: int) -> list[tuple[int, int]]
 
 
 def run_seed_block(config: mbpo_config.MBPOConfig, first: int, count: int, num_devices: int = 0,
-                   cache_dir: Optional[str] = None, env=None) -> dict:
+                   cache_dir: Optional[str] = None, env=None, programs: Optional[dict] = None) -> dict:
     """Runs seeds ``first`` … ``first + count - 1`` of ``config`` (an agent's resolved config) as
     one program split over this process's devices (where they divide ``count``); returns
     {"metrics": the ``mbpo.train`` metrics pytree as NumPy, leading axis [count],
     "compile_s", "run_s", "devices"}. ``num_devices`` > 0 (a Ray task): refuses a worker that
     sees another device count, since the program and so the numbers would differ. ``env``:
     ``mbpo_config.make_env(config)`` when None (a Ray task builds its own; the distractor draw
-    is a function of the config)."""
+    is a function of the config). ``programs``: compiled block programs by seed count, filled and
+    reused across calls (blocks of one size are one program: compiled once, same numbers)."""
     if num_devices and len(jax.local_devices()) != num_devices:
         raise InputError(f"a Ray worker on {socket.gethostname()} (pid {os.getpid()}) sees "
                          f"{len(jax.local_devices())} device(s), but the seed blocks were planned for "
@@ -53,12 +54,15 @@ def run_seed_block(config: mbpo_config.MBPOConfig, first: int, count: int, num_d
         enable_compilation_cache(cache_dir)
     env = mbpo_config.make_env(config) if env is None else env
     keys = mbpo.seed_keys(config)[first:first + count]
-    train = mbpo.make_train(config, env)
     devices = devices_dividing(count)
-    program = jit_sharded(over_population(jax.vmap(train), None, width=config.sac.hidden_size,
-                                          per_model=train), 1, devices=devices)
+    programs = {} if programs is None else programs
     t = time.perf_counter()
-    compiled = program.lower(keys).compile()
+    if count not in programs:
+        train = mbpo.make_train(config, env)
+        program = jit_sharded(over_population(jax.vmap(train), None, width=config.sac.hidden_size,
+                                              per_model=train), 1, devices=devices)
+        programs[count] = program.lower(keys).compile()
+    compiled = programs[count]
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
     _, metrics = jax.block_until_ready(compiled(keys))
@@ -75,7 +79,8 @@ def run_seeds(config: mbpo_config.MBPOConfig, seeds_per_program: int = 0, cluste
     times, which overlap), devices per block."""
     blocks = seed_blocks(config.sac.num_seeds, seeds_per_program)
     if cluster is None:
-        parts = [run_seed_block(config, first, count, env=env) for first, count in blocks]
+        programs = {}
+        parts = [run_seed_block(config, first, count, env=env, programs=programs) for first, count in blocks]
     else:
         cache = os.environ.get("MISMATCH_JAX_CACHE")
         calls = [(config, first, count, cluster.devices_per_task, cache) for first, count in blocks]
